@@ -5,6 +5,8 @@ Training, evaluation and `segbench data check` all go through `load_pair`, so wh
 from __future__ import annotations
 
 import os
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, ClassVar, Sequence
 
@@ -25,9 +27,45 @@ class DatasetError(RuntimeError):
     """Bad or missing data on disk; the message says which path, what was expected and how to fix it."""
 
 
+class SizeMismatchError(DatasetError):
+    """Image and label differ in size: the pair cannot be aligned, so it must not be trained on."""
+
+
+class DatasetWarning(UserWarning):
+    """Pairs were left out at construction (one warning per dataset, naming them)."""
+
+
 def data_root(explicit: str | os.PathLike | None = None) -> Path:
     """--data-root wins, then $SEGBENCH_DATA, then ./datasets."""
     return Path(explicit or os.environ.get(DATA_ROOT_ENV) or DEFAULT_DATA_ROOT)
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One defect of a download: what kind, which file, the details. Collected at construction and by `data check`."""
+
+    kind: str  # one of PROBLEM_KINDS
+    path: str
+    detail: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.kind}: {self.path}" + (f" ({self.detail})" if self.detail else "")
+
+
+PROBLEM_KINDS = ("missing label", "missing image", "unreadable", "size mismatch", "label values outside the mapping")
+#: how many offending files a construction-time warning names before it abbreviates
+WARN_NAMES = 20
+
+
+def apply_lut(raw: np.ndarray, lut: np.ndarray) -> np.ndarray:
+    """raw ids -> uint8 trainIds through a lookup table; ids past the table's end become IGNORE_INDEX."""
+    if raw.dtype == np.uint8 and len(lut) == 256:
+        return cv2.LUT(raw, lut)  # several times faster than fancy indexing on full-size frames
+    if raw.size and (raw.min() < 0 or raw.max() >= len(lut)):
+        out = np.take(lut, np.clip(raw, 0, len(lut) - 1))
+        out[(raw < 0) | (raw >= len(lut))] = IGNORE_INDEX
+        return out
+    return lut[raw]
 
 
 def read_rgb(path: Path) -> np.ndarray:
@@ -54,6 +92,13 @@ class SegmentationDataset(torch.utils.data.Dataset):
     splits: ClassVar[Sequence[str]] = ("train", "val")
     #: trainIds this dataset is scored on (SYNTHIA has a 16-class protocol too)
     eval_classes: ClassVar[Sequence[int]] = tuple(range(NUM_CLASSES))
+    #: raw id -> trainId table used by the default `decode_label`; None when a subclass decodes on its own
+    label_lut: ClassVar[np.ndarray | None] = None
+    #: raw label values the table knows (mapped or deliberately ignored); others are reported by `data check`.
+    #: None: no table to check against.
+    known_label_values: ClassVar[Sequence[int] | None] = None
+    #: evaluation resizes frames to this height when set (Mapillary's frames are huge and of varying size)
+    eval_height: ClassVar[int | None] = None
 
     def __init__(self, root: str | os.PathLike, split: str = "train", transform: Callable | None = None):
         self.root = Path(root)
@@ -63,9 +108,14 @@ class SegmentationDataset(torch.utils.data.Dataset):
             raise DatasetError(f"{type(self).__name__}: unknown split {split!r} for {self.root}; valid splits: {', '.join(self.splits)}")
         if not self.root.is_dir():
             raise DatasetError(self.missing_message(f"directory {self.root} does not exist"))
+        #: pairs left out at construction (missing labels, size mismatches); `find_pairs` appends to it
+        self.skipped: list[Problem] = []
         self.pairs: list[tuple[Path, Path]] = self.find_pairs(split)
         if not self.pairs:
-            raise DatasetError(self.missing_message(f"no image/label pairs for split {split!r} under {self.root}"))
+            detail = f" ({len(self.skipped)} candidates skipped: {self.skipped[0]}, ...)" if self.skipped else ""
+            raise DatasetError(self.missing_message(f"no image/label pairs for split {split!r} under {self.root}{detail}"))
+        if self.skipped:
+            warnings.warn(self.skipped_message(), DatasetWarning, stacklevel=2)
 
     # -- what subclasses provide -------------------------------------------------------------------
     def find_pairs(self, split: str) -> list[tuple[Path, Path]]:
@@ -73,7 +123,32 @@ class SegmentationDataset(torch.utils.data.Dataset):
 
     def decode_label(self, raw: np.ndarray, path: Path) -> np.ndarray:
         """Raw label image as stored on disk -> uint8 trainIds with IGNORE_INDEX for everything outside the 19 classes."""
-        raise NotImplementedError
+        if self.label_lut is None:
+            raise NotImplementedError(f"{type(self).__name__} sets no label_lut and must implement decode_label")
+        return apply_lut(raw, self.label_lut)
+
+    def known_values(self, path: Path) -> np.ndarray | None:
+        """Boolean table over raw values: True where the mapping knows the value. Override when it depends on the file."""
+        if self.known_label_values is None:
+            return None
+        known = np.zeros(max(self.known_label_values) + 1, dtype=bool)
+        known[list(self.known_label_values)] = True
+        return known
+
+    def unknown_label_values(self, raw: np.ndarray, path: Path) -> dict[int, int]:
+        """{raw value: pixel count} for values outside the mapping (training maps them to IGNORE_INDEX)."""
+        known = self.known_values(path)
+        if known is None or raw.size == 0:
+            return {}
+        if raw.dtype.kind == "u" and raw.dtype.itemsize <= 2:
+            counts = np.bincount(raw.ravel(), minlength=len(known))
+            counts[: len(known)][known] = 0
+            return {int(v): int(counts[v]) for v in np.flatnonzero(counts)}
+        values, counts = np.unique(raw, return_counts=True)
+        inside = (values >= 0) & (values < len(known))
+        bad = ~inside
+        bad[inside] = ~known[values[inside]]
+        return {int(v): int(c) for v, c in zip(values[bad], counts[bad])}
 
     def read_raw_label(self, path: Path) -> np.ndarray:
         return read_gray(path)
@@ -87,20 +162,42 @@ class SegmentationDataset(torch.utils.data.Dataset):
             f"(default: ./{DEFAULT_DATA_ROOT}); see datasets/README.md."
         )
 
+    def skipped_message(self) -> str:
+        """One message for all skipped pairs: counts per kind, the first few names, where to see the rest."""
+        by_kind: dict[str, list[Problem]] = {}
+        for problem in self.skipped:
+            by_kind.setdefault(problem.kind, []).append(problem)
+        parts = []
+        for kind, problems in by_kind.items():
+            names = ", ".join(Path(p.path).name + (f" [{p.detail}]" if p.detail else "") for p in problems[:WARN_NAMES])
+            more = f", ... and {len(problems) - WARN_NAMES} more" if len(problems) > WARN_NAMES else ""
+            parts.append(f"{len(problems)} {kind}: {names}{more}")
+        return (
+            f"{type(self).__name__} {self.split!r} under {self.root}: skipped {len(self.skipped)} of "
+            f"{len(self.skipped) + len(self.pairs)} pairs; " + "; ".join(parts)
+            + ". `segbench data check` lists every problem."
+        )
+
     @classmethod
     def prepare(cls, root: Path) -> None:
         """Hook for datasets that can create themselves (the embedded synthetic domains); real downloads do nothing."""
 
     def load_pair(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        image, _, label = self.load_pair_raw(index)
+        return image, label
+
+    def load_pair_raw(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(RGB image, label as stored, trainIds): the one reader behind training, evaluation and `data check`."""
         image_path, label_path = self.pairs[index]
         image = read_rgb(image_path)
-        label = self.decode_label(self.read_raw_label(label_path), label_path)
+        raw = self.read_raw_label(label_path)
+        label = self.decode_label(raw, label_path)
         if image.shape[:2] != label.shape[:2]:
-            raise DatasetError(
+            raise SizeMismatchError(
                 f"size mismatch: image {image_path} is {image.shape[1]}x{image.shape[0]} but label {label_path} is "
                 f"{label.shape[1]}x{label.shape[0]}; remove the pair or re-extract it"
             )
-        return image, label
+        return image, raw, label
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -117,7 +214,14 @@ class SegmentationDataset(torch.utils.data.Dataset):
 
 
 def build_dataset(name: str, split: str, root: str | os.PathLike | None = None, transform: Callable | None = None):
-    """Look the adapter up by name and open it under `<data root>/<its default_dir>`."""
+    """Look the adapter up by name and open it under `<data root>/<its default_dir>`.
+
+    `NAME@WxH` opens the resized copy written by `segbench data prepare NAME --size WxH` instead.
+    """
+    if "@" in name:
+        from .prepared import open_prepared  # local: the prepared cache builds on the adapters
+
+        return open_prepared(name, split, root, transform)
     cls = DATASETS.get(name)
     path = data_root(root) / cls.default_dir
     cls.prepare(path)
@@ -126,5 +230,5 @@ def build_dataset(name: str, split: str, root: str | os.PathLike | None = None, 
 
 __all__ = [
     "DATASETS", "DatasetError", "SegmentationDataset", "build_dataset", "data_root", "read_rgb", "read_gray",
-    "IGNORE_INDEX", "NUM_CLASSES",
+    "IGNORE_INDEX", "NUM_CLASSES", "Problem", "SizeMismatchError", "DatasetWarning", "PROBLEM_KINDS", "apply_lut",
 ]

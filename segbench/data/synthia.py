@@ -1,0 +1,50 @@
+"""SYNTHIA-RAND-CITYSCAPES: 16-bit multi-channel labels with the class id in R, its own id table.
+
+Two registered names share the reader: `synthia` scores the 19 Cityscapes classes, `synthia16` the 16-class protocol
+(terrain, truck and train never occur in SYNTHIA).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..labels import NUM_CLASSES, SYNTHIA16_EXCLUDED
+from .base import DATASETS, SegmentationDataset
+from .pairing import pair_by_suffix, require_dir
+from .readers import read_label_channel
+from .splitlists import SPLIT_DIR, read_split_list
+from .tables import SYNTHIA_KNOWN, SYNTHIA_LUT
+
+#: RobustNet's split of the 9400 frames (its SYNTHIA val has 2820), shipped as text
+ROBUSTNET_SPLITS = {"train": "synthia_robustnet_train.txt", "val": "synthia_robustnet_val.txt"}
+FRAME_DIGITS = 7
+
+
+@DATASETS.register("synthia")
+class Synthia(SegmentationDataset):
+    default_dir = "synthia"
+    layout = (
+        "  RGB/0000000.png ... 0009399.png        (1280x760 RGB)\n"
+        "  GT/LABELS/0000000.png ...              (16-bit multi-channel PNG, class id in the R channel)"
+    )
+    splits = ("all", *ROBUSTNET_SPLITS)
+    label_lut = SYNTHIA_LUT
+    known_label_values = SYNTHIA_KNOWN
+
+    def find_pairs(self, split: str) -> list[tuple[Path, Path]]:
+        images = require_dir(self, self.root / "RGB", "image")
+        labels = require_dir(self, self.root / "GT" / "LABELS", "label")
+        only = read_split_list(SPLIT_DIR / ROBUSTNET_SPLITS[split], FRAME_DIGITS) if split in ROBUSTNET_SPLITS else None
+        return pair_by_suffix(images, ".png", labels, (".png",), self.skipped, only=only)
+
+    def read_raw_label(self, path: Path) -> np.ndarray:
+        # PIL cannot read 16-bit multi-channel PNGs correctly; OpenCV returns BGR, so R is the last channel.
+        return read_label_channel(path, "r")
+
+
+@DATASETS.register("synthia16")
+class Synthia16(Synthia):
+    """Same frames and labels; scored on 16 classes."""
+
+    eval_classes = tuple(c for c in range(NUM_CLASSES) if c not in SYNTHIA16_EXCLUDED)

@@ -1,0 +1,235 @@
+"""Each real-dataset adapter against a miniature tree in the official layout and file format."""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+import minitrees as mt
+from segbench.data import acdc, bdd100k, cityscapes, gta5, mapillary, synthia  # noqa: F401  (registers the adapters)
+from segbench.data.base import DATASETS, DatasetError, DatasetWarning, SizeMismatchError, build_dataset
+
+
+def assert_decodes(ds, truth):
+    """Every pair decodes to exactly the trainIds the tree was generated from, image included."""
+    assert len(ds) == len(truth)
+    for i, (image_path, _) in enumerate(ds.pairs):
+        image, label = ds[i]
+        assert image.dtype == np.uint8 and image.shape == (mt.H, mt.W, 3)
+        assert label.dtype == np.uint8
+        np.testing.assert_array_equal(label, truth[image_path])
+
+
+def open_quietly(name, root, split):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DatasetWarning)  # a clean tree must not warn
+        return DATASETS.get(name)(root, split=split)
+
+
+# ------------------------------------------------------------------------------------------------ Cityscapes
+def test_cityscapes_from_label_ids_alone(tmp_path):
+    truth = mt.make_cityscapes(tmp_path)
+    for split, count in (("train", 3), ("val", 2)):
+        ds = open_quietly("cityscapes", tmp_path, split)
+        assert len(ds) == count and all(p[1].name.endswith("_gtFine_labelIds.png") for p in ds.pairs)
+        assert_decodes(ds, {k: v for k, v in truth.items() if f"/{split}/" in str(k)})
+
+
+def test_cityscapes_prefers_train_id_files(tmp_path):
+    truth = mt.make_cityscapes(tmp_path, trainid_files=True)
+    ds = open_quietly("cityscapes", tmp_path, "train")
+    assert all(p[1].name.endswith("_gtFine_labelTrainIds.png") for p in ds.pairs)
+    assert_decodes(ds, {k: v for k, v in truth.items() if "/train/" in str(k)})
+
+
+def test_cityscapes_missing_label_is_skipped_with_one_warning(tmp_path):
+    truth = mt.make_cityscapes(tmp_path)
+    gone = next(p for p in (tmp_path / "gtFine/train").rglob("*_labelIds.png"))
+    gone.unlink()
+    with pytest.warns(DatasetWarning) as record:
+        ds = cityscapes.Cityscapes(tmp_path, "train")
+    assert len(record) == 1 and "1 missing label" in str(record[0].message)
+    assert gone.name.replace("_gtFine_labelIds", "_leftImg8bit") in str(record[0].message)
+    assert len(ds) == 2 and ds.skipped[0].kind == "missing label"
+
+
+# ------------------------------------------------------------------------------------------------ GTA5
+def test_gta5_reads_palette_index_not_colour(tmp_path):
+    truth = mt.make_gta5(tmp_path)
+    ds = open_quietly("gta5", tmp_path, "all")
+    assert_decodes(ds, truth)
+
+
+def test_gta5_skips_size_mismatch_and_missing_label_with_one_warning(tmp_path):
+    truth = mt.make_gta5(tmp_path, count=6)
+    mt.write_palette(tmp_path / "labels/00002.png", np.zeros((mt.H - 2, mt.W), np.uint8))  # 64x30 label for a 64x32 image
+    (tmp_path / "labels/00004.png").unlink()
+    with pytest.warns(DatasetWarning) as record:
+        ds = gta5.GTA5(tmp_path, "all")
+    assert len(record) == 1
+    message = str(record[0].message)
+    assert "skipped 2 of 6" in message and "1 size mismatch: 00002.png [image 64x32, label 64x30]" in message
+    assert "1 missing label: 00004.png" in message
+    assert [p[0].name for p in ds.pairs] == ["00001.png", "00003.png", "00005.png", "00006.png"]
+    for i in range(len(ds)):  # a whole epoch goes through
+        ds[i]
+
+
+def test_gta5_robustnet_splits_are_shipped_and_disjoint():
+    names = {s: gta5.read_split_list(gta5.SPLIT_DIR / f, gta5.FRAME_DIGITS) for s, f in gta5.ROBUSTNET_SPLITS.items()}
+    assert {s: len(v) for s, v in names.items()} == {"train": 12388, "val": 6382, "test": 6181}
+    sets = {s: set(v) for s, v in names.items()}
+    assert not (sets["train"] & sets["val"]) and not (sets["train"] & sets["test"]) and not (sets["val"] & sets["test"])
+    union = {int(n[:5]) for v in sets.values() for n in v}
+    unused = set(range(1, 24967)) - union
+    assert unused == {12160, 12166, 12167, 12191, 12192, 12193, 12195, *range(12202, 12209), 19993}
+
+
+def test_gta5_split_selects_listed_frames_and_reports_listed_but_absent(tmp_path, monkeypatch):
+    truth = mt.make_gta5(tmp_path, count=4)
+    (tmp_path / "lists").mkdir()
+    (tmp_path / "lists/val.txt").write_text("00002.png\n3\n00009.png\n")
+    monkeypatch.setattr(gta5, "SPLIT_DIR", tmp_path / "lists")
+    monkeypatch.setitem(gta5.ROBUSTNET_SPLITS, "val", "val.txt")
+    with pytest.warns(DatasetWarning, match="1 missing image: 00009.png"):
+        ds = gta5.GTA5(tmp_path, "val")
+    assert [p[0].name for p in ds.pairs] == ["00002.png", "00003.png"]
+
+
+def test_gta5_missing_split_list_names_where_to_put_it(tmp_path, monkeypatch):
+    mt.make_gta5(tmp_path, count=2)
+    monkeypatch.setattr(gta5, "SPLIT_DIR", tmp_path / "nowhere")
+    with pytest.raises(DatasetError, match=r"(?s)nowhere/gta5_robustnet_train.txt not found.*copy the list"):
+        gta5.GTA5(tmp_path, "train")
+
+
+def test_gta5_official_split_mat(tmp_path):
+    scipy_io = pytest.importorskip("scipy.io")
+    mt.make_gta5(tmp_path, count=5)
+    scipy_io.savemat(tmp_path / "split.mat", {"trainIds": np.array([[1], [2], [5]]), "valIds": np.array([[3]]), "testIds": np.array([[4]])})
+    assert [p[0].name for p in gta5.GTA5(tmp_path, "official-train").pairs] == ["00001.png", "00002.png", "00005.png"]
+    assert [p[0].name for p in gta5.GTA5(tmp_path, "official-test").pairs] == ["00004.png"]
+    (tmp_path / "split.mat").unlink()
+    with pytest.raises(DatasetError, match="(?s)split.mat not found.*read_mapping"):
+        gta5.GTA5(tmp_path, "official-val")
+
+
+def test_gta5_id_outside_table_is_ignored_and_reported(tmp_path):
+    mt.make_gta5(tmp_path, count=1)
+    raw = np.full((mt.H, mt.W), 7, np.uint8)
+    raw[0, :5] = 40  # no Cityscapes id 40
+    mt.write_palette(tmp_path / "labels/00001.png", raw)
+    ds = gta5.GTA5(tmp_path, "all")
+    image, raw_read, label = ds.load_pair_raw(0)
+    assert (label[0, :5] == 255).all() and (label[1:] == 0).all()
+    assert ds.unknown_label_values(raw_read, ds.pairs[0][1]) == {40: 5}
+
+
+def test_gta5_rgb_label_is_refused_with_the_reason(tmp_path):
+    mt.make_gta5(tmp_path, count=1)
+    mt.write_rgb(tmp_path / "labels/00001.png", mt.image(0))
+    ds = gta5.GTA5(tmp_path, "all")
+    with pytest.raises(DatasetError, match="expected a palette PNG"):
+        ds[0]
+
+
+def test_corrupt_png_fails_when_read_naming_the_file(tmp_path):
+    mt.make_gta5(tmp_path, count=2)
+    mt.corrupt(tmp_path / "images/00002.png")
+    ds = gta5.GTA5(tmp_path, "all")  # header intact: only decoding can tell
+    ds[0]
+    with pytest.raises(DatasetError, match="00002.png"):
+        ds[1]
+
+
+# ------------------------------------------------------------------------------------------------ SYNTHIA
+@pytest.mark.parametrize("name, n_eval", [("synthia", 19), ("synthia16", 16)])
+def test_synthia_reads_class_from_r_channel_of_16_bit_labels(tmp_path, name, n_eval):
+    truth = mt.make_synthia(tmp_path)
+    ds = open_quietly(name, tmp_path, "all")
+    assert_decodes(ds, truth)
+    assert len(ds.eval_classes) == n_eval
+    assert not {9, 14, 16} & set(ds.eval_classes) or n_eval == 19
+
+
+def test_synthia_unknown_16_bit_id_is_reported(tmp_path):
+    mt.make_synthia(tmp_path, count=1)
+    label = np.zeros((mt.H, mt.W, 3), np.uint16)
+    label[:, :, 2] = 3
+    label[0, 0, 2] = 300
+    mt.write_gray(tmp_path / "GT/LABELS/0000000.png", label)
+    ds = synthia.Synthia(tmp_path, "all")
+    _, raw, decoded = ds.load_pair_raw(0)
+    assert decoded[0, 0] == 255 and decoded[0, 1] == 0
+    assert ds.unknown_label_values(raw, ds.pairs[0][1]) == {300: 1}
+
+
+# ------------------------------------------------------------------------------------------------ BDD100K, Mapillary, ACDC
+@pytest.mark.parametrize("legacy", [False, True])
+def test_bdd100k_both_layouts(tmp_path, legacy):
+    truth = mt.make_bdd100k(tmp_path, legacy=legacy)
+    for split in ("train", "val"):
+        ds = open_quietly("bdd100k", tmp_path, split)
+        assert_decodes(ds, {k: v for k, v in truth.items() if f"/{split}/" in str(k)})
+
+
+@pytest.mark.parametrize("nested", [False, True])
+def test_mapillary_both_archive_layouts(tmp_path, nested):
+    truth = mt.make_mapillary(tmp_path, nested=nested)
+    ds = open_quietly("mapillary", tmp_path, "val")
+    assert_decodes(ds, {k: v for k, v in truth.items() if "/validation/" in str(k)})
+    assert ds.eval_height == 1536
+
+
+def test_acdc_per_condition_and_all(tmp_path):
+    truth = mt.make_acdc(tmp_path)
+    assert len(open_quietly("acdc", tmp_path, "val")) == 4
+    for condition in ("fog", "night", "rain", "snow"):
+        ds = open_quietly(f"acdc-{condition}", tmp_path, "val")
+        assert len(ds) == 1 and f"/{condition}/" in str(ds.pairs[0][0])
+        assert_decodes(ds, {k: v for k, v in truth.items() if f"/{condition}/val/" in str(k)})
+
+
+# ------------------------------------------------------------------------------------------------ errors and plumbing
+@pytest.mark.parametrize("name", ["cityscapes", "gta5", "synthia", "bdd100k", "mapillary", "acdc-fog"])
+def test_missing_root_names_path_and_layout(tmp_path, name):
+    with pytest.raises(DatasetError) as info:
+        build_dataset(name, "val" if "val" in DATASETS.get(name).splits else "all", root=tmp_path)
+    message = str(info.value)
+    assert str(tmp_path / DATASETS.get(name).default_dir) in message and "Expected layout" in message
+    assert DATASETS.get(name).layout.splitlines()[0] in message
+
+
+def test_wrong_layout_names_the_missing_directory(tmp_path):
+    mt.make_gta5(tmp_path / "gta5")
+    (tmp_path / "gta5/labels").rename(tmp_path / "gta5/gt")
+    with pytest.raises(DatasetError, match=r"(?s)label directory .*gta5/labels does not exist.*palette PNG"):
+        build_dataset("gta5", "all", root=tmp_path)
+
+
+def test_unknown_split_lists_valid_ones(tmp_path):
+    mt.make_cityscapes(tmp_path)
+    with pytest.raises(DatasetError, match=r"unknown split 'test'.*train, val"):
+        cityscapes.Cityscapes(tmp_path, "test")
+
+
+def test_size_mismatch_outside_gta5_fails_loudly_on_read(tmp_path):
+    mt.make_bdd100k(tmp_path)
+    lab = next((tmp_path / "labels/sem_seg/masks/val").glob("*.png"))
+    mt.write_gray(lab, np.zeros((8, 8), np.uint8))
+    ds = bdd100k.BDD100K(tmp_path, "val")
+    with pytest.raises(SizeMismatchError, match=lab.name):
+        [ds[i] for i in range(len(ds))]
+
+
+def test_dataloader_with_workers_and_transform(tmp_path):
+    from segbench.data.workers import worker_init_fn
+
+    mt.make_acdc(tmp_path)
+    to_tensor = lambda image, mask: {"image": torch.from_numpy(image).permute(2, 0, 1).float(), "mask": torch.from_numpy(mask).long()}
+    ds = DATASETS.get("acdc-night")(tmp_path, "train", transform=to_tensor)
+    loader = torch.utils.data.DataLoader(ds, batch_size=1, num_workers=1, worker_init_fn=worker_init_fn)
+    image, mask = next(iter(loader))
+    assert image.shape == (1, 3, mt.H, mt.W) and mask.dtype == torch.long
