@@ -233,3 +233,12 @@ def test_dataloader_with_workers_and_transform(tmp_path):
     loader = torch.utils.data.DataLoader(ds, batch_size=1, num_workers=1, worker_init_fn=worker_init_fn)
     image, mask = next(iter(loader))
     assert image.shape == (1, 3, mt.H, mt.W) and mask.dtype == torch.long
+
+
+def test_synthia_split_lists_from_dataset_root_or_a_clear_error(tmp_path):
+    mt.make_synthia(tmp_path, count=4)
+    with pytest.raises(DatasetError, match=r"(?s)split list not found.*split_data/synthia_split_val.txt"):
+        synthia.Synthia(tmp_path, "val")
+    (tmp_path / "split_data").mkdir()
+    (tmp_path / "split_data/synthia_split_val.txt").write_text("0000001.png\n0000003.png\n")
+    assert [p[0].name for p in synthia.Synthia(tmp_path, "val").pairs] == ["0000001.png", "0000003.png"]

@@ -27,6 +27,17 @@ def read_split_list(path: Path, digits: int) -> list[str]:
     return [frame_name(line, digits) for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
 
 
+def read_first_split_list(candidates: list[Path], digits: int) -> list[str]:
+    """The first list that exists among `candidates`; the error names every place looked at."""
+    for path in candidates:
+        if path.is_file():
+            return read_split_list(path, digits)
+    places = "\n  ".join(str(p) for p in candidates)
+    raise DatasetError(
+        f"split list not found; looked at:\n  {places}\nPut the list (one file name per line) at one of these paths"
+    )
+
+
 def read_split_mat(path: Path, key: str, digits: int) -> list[str]:
     """One id array of the official GTA5 `split.mat` (keys trainIds, valIds, testIds; 1-based frame numbers)."""
     if not path.is_file():

@@ -13,11 +13,13 @@ from ..labels import NUM_CLASSES, SYNTHIA16_EXCLUDED
 from .base import DATASETS, SegmentationDataset
 from .pairing import pair_by_suffix, require_dir
 from .readers import read_label_channel
-from .splitlists import SPLIT_DIR, read_split_list
+from .splitlists import SPLIT_DIR, read_first_split_list
 from .tables import SYNTHIA_KNOWN, SYNTHIA_LUT
 
-#: RobustNet's split of the 9400 frames (its SYNTHIA val has 2820), shipped as text
+#: RobustNet's split of the 9400 frames (val 2820). Not shipped yet: segbench looks for it in its splits folder, then
+#: for RobustNet's own file names under the dataset root (copy RobustNet's `split_data/` folder there).
 ROBUSTNET_SPLITS = {"train": "synthia_robustnet_train.txt", "val": "synthia_robustnet_val.txt"}
+UPSTREAM_NAMES = {"train": "split_data/synthia_split_train.txt", "val": "split_data/synthia_split_val.txt"}
 FRAME_DIGITS = 7
 
 
@@ -26,7 +28,8 @@ class Synthia(SegmentationDataset):
     default_dir = "synthia"
     layout = (
         "  RGB/0000000.png ... 0009399.png        (1280x760 RGB)\n"
-        "  GT/LABELS/0000000.png ...              (16-bit multi-channel PNG, class id in the R channel)"
+        "  GT/LABELS/0000000.png ...              (16-bit multi-channel PNG, class id in the R channel)\n"
+        "  split_data/synthia_split_{train,val}.txt  (optional: RobustNet's split lists, for the train/val splits)"
     )
     splits = ("all", *ROBUSTNET_SPLITS)
     label_lut = SYNTHIA_LUT
@@ -35,7 +38,10 @@ class Synthia(SegmentationDataset):
     def find_pairs(self, split: str) -> list[tuple[Path, Path]]:
         images = require_dir(self, self.root / "RGB", "image")
         labels = require_dir(self, self.root / "GT" / "LABELS", "label")
-        only = read_split_list(SPLIT_DIR / ROBUSTNET_SPLITS[split], FRAME_DIGITS) if split in ROBUSTNET_SPLITS else None
+        only = None
+        if split in ROBUSTNET_SPLITS:
+            candidates = [SPLIT_DIR / ROBUSTNET_SPLITS[split], self.root / UPSTREAM_NAMES[split]]
+            only = read_first_split_list(candidates, FRAME_DIGITS)
         return pair_by_suffix(images, ".png", labels, (".png",), self.skipped, only=only)
 
     def read_raw_label(self, path: Path) -> np.ndarray:
