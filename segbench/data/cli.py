@@ -1,0 +1,106 @@
+"""`segbench data list | check NAME | prepare NAME --size WxH`.
+
+Exit codes: 0 fine, 1 problems found (check) or pairs left out (prepare), 2 the dataset cannot be opened at all.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from pathlib import Path
+
+from . import real  # noqa: F401  (registers the real-dataset adapters)
+from .base import DATASETS, DatasetError, DatasetWarning, data_root
+from .plugins import load_plugins
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="segbench data", description="inspect or prepare datasets")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def common(p):
+        p.add_argument("name", help="registered dataset name (segbench data list); NAME@WxH for a prepared copy")
+        p.add_argument("--root", help="the dataset's own directory (default: DATA_ROOT/<its directory>)")
+        p.add_argument("--data-root", help="directory holding all datasets (default: $SEGBENCH_DATA or ./datasets)")
+        p.add_argument("--workers", type=int, default=0, help="reader processes (0: read in this process)")
+        p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    sub.add_parser("list", help="registered datasets, their directories and splits")
+    check = sub.add_parser("check", help="read every pair as training does and report problems")
+    common(check)
+    check.add_argument("--split", help="split to scan (default: the dataset's first split)")
+    check.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    prepare = sub.add_parser("prepare", help="write resized uint8 copies for faster training")
+    common(prepare)
+    prepare.add_argument("--size", required=True, help="WIDTHxHEIGHT, e.g. 1280x720")
+    prepare.add_argument("--out", help="cache directory (default: DATA_ROOT/prepared/NAME@WxH)")
+    return parser
+
+
+def open_dataset(name: str, split: str | None, root: str | None, data_root_dir: str | None):
+    """The dataset as `build_dataset` would open it, or from an explicit --root."""
+    if "@" in name:
+        from .prepared import load_manifest, open_prepared, parse_size, prepared_path
+
+        source, _, size = name.partition("@")
+        path = Path(root) if root else prepared_path(source, parse_size(size), data_root_dir)
+        return open_prepared(name, split or next(iter(load_manifest(path)["splits"])), path=path)
+    if name not in DATASETS:
+        raise DatasetError(f"unknown dataset {name!r}; registered: {', '.join(DATASETS.names())} (segbench data list)")
+    cls = DATASETS.get(name)
+    path = Path(root) if root else data_root(data_root_dir) / cls.default_dir
+    cls.prepare(path)
+    return cls(path, split=split or cls.splits[0])
+
+
+def cmd_list() -> int:
+    for name in DATASETS.names():
+        cls = DATASETS.get(name)
+        print(f"{name:<14} {getattr(cls, 'default_dir', ''):<14} splits: {', '.join(getattr(cls, 'splits', ()))}")
+    return 0
+
+
+def cmd_check(args) -> int:
+    from .check import check_dataset
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DatasetWarning)  # the report lists what the warning would
+        dataset = open_dataset(args.name, args.split, args.root, args.data_root)
+    report = check_dataset(dataset, name=args.name, workers=args.workers, progress=not args.quiet)
+    print(json.dumps(report.to_json(), indent=1) if args.json else report.to_text())
+    return 0 if report.ok else 1
+
+
+def cmd_prepare(args) -> int:
+    from .prepare import prepare_dataset
+    from .prepared import parse_size
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DatasetWarning)
+        out, left_out = prepare_dataset(
+            args.name, parse_size(args.size), root=args.root, data_root_dir=args.data_root, out=args.out,
+            workers=args.workers, progress=not args.quiet,
+        )
+    print(f"prepared {args.name}@{args.size} in {out}; use it as dataset name {args.name}@{args.size}")
+    if left_out:
+        print(f"{len(left_out)} pairs left out (listed in {out}/manifest.json); `segbench data check {args.name}` explains", file=sys.stderr)
+    return 1 if left_out else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    load_plugins(args.data_root if hasattr(args, "data_root") else None)
+    try:
+        if args.command == "list":
+            return cmd_list()
+        if args.command == "check":
+            return cmd_check(args)
+        return cmd_prepare(args)
+    except DatasetError as e:
+        print(f"segbench data {args.command}: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
