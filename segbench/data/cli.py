@@ -35,6 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     common(prepare)
     prepare.add_argument("--size", required=True, help="WIDTHxHEIGHT, e.g. 1280x720")
     prepare.add_argument("--out", help="cache directory (default: DATA_ROOT/prepared/NAME@WxH)")
+    prepare.add_argument("--png-compression", type=int, default=1, choices=range(10), metavar="0-9",
+                         help="zlib level of cached images: 0 decodes ~4x faster, ~1.7x the disk (default 1)")
     return parser
 
 
@@ -80,7 +82,7 @@ def cmd_prepare(args) -> int:
         warnings.simplefilter("ignore", DatasetWarning)
         out, left_out = prepare_dataset(
             args.name, parse_size(args.size), root=args.root, data_root_dir=args.data_root, out=args.out,
-            workers=args.workers, progress=not args.quiet,
+            workers=args.workers, progress=not args.quiet, png_compression=args.png_compression,
         )
     print(f"prepared {args.name}@{args.size} in {out}; use it as dataset name {args.name}@{args.size}")
     if left_out:
