@@ -59,7 +59,7 @@ def open_dataset(name: str, split: str | None, root: str | None, data_root_dir: 
 def cmd_list() -> int:
     for name in DATASETS.names():
         cls = DATASETS.get(name)
-        print(f"{name:<14} {getattr(cls, 'default_dir', ''):<14} splits: {', '.join(getattr(cls, 'splits', ()))}")
+        print(f"{name:<14} {getattr(cls, 'default_dir', ''):<18} splits: {', '.join(getattr(cls, 'splits', ()))}")
     return 0
 
 
