@@ -1,0 +1,44 @@
+"""torch.distributed helpers: one code path for 1 CPU, 1 GPU and N GPUs launched by torchrun."""
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+
+
+def is_dist() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def rank() -> int:
+    return dist.get_rank() if is_dist() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if is_dist() else 1
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def init_from_env(device_type: str | None = None) -> torch.device:
+    """Join the process group torchrun describes (if any) and return this process's device."""
+    use_cuda = torch.cuda.is_available() if device_type is None else device_type == "cuda"
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ and not is_dist():
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    if use_cuda:
+        local = int(os.environ.get("LOCAL_RANK", 0))
+        torch.cuda.set_device(local)
+        return torch.device("cuda", local)
+    return torch.device("cpu")
+
+
+def wrap_ddp(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """DDP + SyncBatchNorm when several processes train; SyncBN converts only BatchNorm, so IN stays per-sample."""
+    if not is_dist() or world_size() == 1:
+        return model
+    if device.type == "cuda":
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)

@@ -1,0 +1,168 @@
+"""The training loop of one cell: SGD + poly lr, iteration based, seeded, resumable, with AMP on GPUs."""
+from __future__ import annotations
+
+import csv
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from ..labels import IGNORE_INDEX
+from ..data.sampler import SeededStreamSampler, SeededTransformDataset
+from . import distributed as dist_utils
+from .checkpoint import check_same_config, latest_checkpoint, load_checkpoint, save_checkpoint
+
+
+class NonFiniteLoss(RuntimeError):
+    """The loss became NaN/inf; the last good checkpoint is left untouched."""
+
+
+@dataclass
+class TrainSettings:
+    iters: int = 40000
+    batch_size: int = 8  # per process
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    power: float = 0.9
+    aux_weight: float = 0.4
+    workers: int = 4
+    ckpt_every: int = 2000
+    keep_ckpts: int = 2
+    amp: bool = True  # only takes effect on CUDA
+    channels_last: bool = True  # only takes effect on CUDA
+    compile: bool = False
+
+
+def poly_lr(base_lr: float, iteration: int, total: int, power: float) -> float:
+    return base_lr * (1 - iteration / total) ** power
+
+
+def autocast_for(device: torch.device, enabled: bool):
+    """bf16 autocast where the GPU supports it, fp16 (with a GradScaler) otherwise; full precision on CPU."""
+    if not enabled or device.type != "cuda":
+        return nullcontext(), None
+    if torch.cuda.is_bf16_supported():
+        return torch.autocast("cuda", dtype=torch.bfloat16), None
+    return torch.autocast("cuda", dtype=torch.float16), torch.amp.GradScaler("cuda")
+
+
+def segmentation_loss(outputs: dict, target: torch.Tensor, aux_weight: float) -> torch.Tensor:
+    loss = F.cross_entropy(outputs["out"], target, ignore_index=IGNORE_INDEX)
+    if "aux" in outputs:
+        loss = loss + aux_weight * F.cross_entropy(outputs["aux"], target, ignore_index=IGNORE_INDEX)
+    return loss
+
+
+def make_loader(dataset, transform, settings: TrainSettings, seed: int, start_iter: int, device: torch.device):
+    from ..data.workers import worker_init_fn
+
+    rank, world = dist_utils.rank(), dist_utils.world_size()
+    sampler = SeededStreamSampler(len(dataset), seed, start=start_iter * settings.batch_size * world,
+                                  total=settings.iters * settings.batch_size * world, rank=rank, world_size=world)
+    return torch.utils.data.DataLoader(
+        SeededTransformDataset(dataset, transform), batch_size=settings.batch_size, sampler=sampler,
+        num_workers=settings.workers, pin_memory=device.type == "cuda", drop_last=True,
+        persistent_workers=False, worker_init_fn=worker_init_fn if settings.workers else None,
+    )
+
+
+def train(model: torch.nn.Module, dataset, transform, settings: TrainSettings, *, seed: int, device: torch.device,
+          ckpt_dir: Path, identity: dict, log_path: Path | None = None, desc: str = "train") -> dict:
+    """Train `model` in place for `settings.iters` iterations, resuming from `ckpt_dir` when it holds a checkpoint.
+
+    `identity` is the configuration a checkpoint must match to be resumed from. Returns timing statistics.
+    """
+    model.to(device)
+    if device.type == "cuda" and settings.channels_last:
+        model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(model.parameters(), lr=settings.lr, momentum=settings.momentum,
+                                weight_decay=settings.weight_decay)
+    amp_ctx, scaler = autocast_for(device, settings.amp)
+    start = 0
+    resume = latest_checkpoint(ckpt_dir)
+    if resume is not None:
+        state = load_checkpoint(resume)
+        check_same_config(state["identity"], identity, resume)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["rng_cpu"])
+        if device.type == "cuda" and state.get("rng_cuda") is not None:
+            torch.cuda.set_rng_state(state["rng_cuda"], device)
+        start = int(state["iteration"])
+    ddp_model = dist_utils.wrap_ddp(model, device)
+    step_model = torch.compile(ddp_model) if settings.compile else ddp_model
+
+    def snapshot(iteration: int) -> None:
+        if dist_utils.is_main():
+            save_checkpoint(ckpt_dir, iteration, {
+                "iteration": iteration, "identity": identity, "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict() if scaler else None,
+                "rng_cpu": torch.get_rng_state(),
+                "rng_cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+            }, keep=settings.keep_ckpts)
+
+    loader = make_loader(dataset, transform, settings, seed, start, device)
+    log_file = open(log_path, "a", newline="") if (log_path and dist_utils.is_main()) else None
+    writer = csv.writer(log_file) if log_file else None
+    if writer and start == 0:
+        writer.writerow(["iteration", "loss", "lr", "images_per_s"])
+    model.train()
+    bar = tqdm(total=settings.iters, initial=start, desc=desc, unit="it", dynamic_ncols=True,
+               disable=not dist_utils.is_main())
+    images, t0 = 0, time.perf_counter()
+    iteration = start
+    try:
+        for image, target in loader:
+            lr = poly_lr(settings.lr, iteration, settings.iters, settings.power)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            image = image.to(device, non_blocking=True)
+            target = target.to(device, non_blocking=True)
+            if device.type == "cuda" and settings.channels_last:
+                image = image.contiguous(memory_format=torch.channels_last)
+            with amp_ctx:
+                loss = segmentation_loss(step_model(image), target, settings.aux_weight)
+            loss_value = loss.detach()
+            if not torch.isfinite(loss_value):
+                raise NonFiniteLoss(
+                    f"{desc}: loss is {loss_value.item()} at iteration {iteration}; stopped without saving. The last good "
+                    f"checkpoint in {ckpt_dir} is intact. Lower train.lr or check the labels (values outside 0..18/255?)."
+                )
+            optimizer.zero_grad(set_to_none=True)
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                loss.backward()
+                optimizer.step()
+            iteration += 1
+            images += image.shape[0] * dist_utils.world_size()
+            rate = images / max(time.perf_counter() - t0, 1e-9)
+            bar.update(1)
+            if iteration % 10 == 0 or iteration == settings.iters:
+                value = loss_value.item()
+                bar.set_postfix(loss=f"{value:.3f}", lr=f"{lr:.2e}", img_s=f"{rate:.1f}")
+                if writer:
+                    writer.writerow([iteration, f"{value:.5f}", f"{lr:.6g}", f"{rate:.2f}"])
+            if settings.ckpt_every and iteration % settings.ckpt_every == 0 and iteration < settings.iters:
+                snapshot(iteration)
+    finally:
+        bar.close()
+        if log_file:
+            log_file.close()
+    if iteration != settings.iters:
+        raise RuntimeError(f"{desc}: data stream ended at iteration {iteration} of {settings.iters}")
+    if start < settings.iters:
+        snapshot(settings.iters)
+    seconds = time.perf_counter() - t0
+    return {"train_seconds": seconds, "images_per_s": images / seconds if seconds > 0 and images else math.nan,
+            "resumed_from": start}

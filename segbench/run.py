@@ -1,0 +1,156 @@
+"""`python -m segbench.run [SPEC ...]`: plan a study, run its missing cells, print and write the tables.
+
+With no spec and no --config it runs the embedded default (experiments/embedded.yaml): two generated domains,
+ResNet-18 vs IBN-a vs IBN-b, on a CPU in minutes.
+"""
+from __future__ import annotations
+
+import argparse
+import re
+import shlex
+import sys
+from pathlib import Path
+
+from .config import EMBEDDED_DEFAULT, ConfigError, apply_overrides, load_config
+from .spec import GRAMMAR, SpecError, parse_specs
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m segbench.run", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Train on each source, test on every target, write the generalization table.",
+        epilog=f"spec grammar:\n{GRAMMAR}\n\nexamples:\n  python -m segbench.run                       # embedded default\n"
+               "  python -m segbench.run 'gta5->cityscapes'\n  python -m segbench.run gta5:cityscapes,bdd100k "
+               "--backbones 'resnet50*' --seeds 3",
+    )
+    p.add_argument("specs", nargs="*", help="study specs; none = the experiment file's (default: embedded)")
+    p.add_argument("--config", type=Path, help="experiment YAML file (default: experiments/embedded.yaml when no spec)")
+    p.add_argument("--backbones", nargs="+", help="backbone names or globs, e.g. 'resnet50*'")
+    p.add_argument("--heads", nargs="+", help="head names or globs")
+    p.add_argument("--seeds", type=int, help="run seeds 0..N-1")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any config field, e.g. --set train.iters=2000 (repeatable)")
+    p.add_argument("--data-root", help="directory holding the datasets (default: $SEGBENCH_DATA or ./datasets)")
+    p.add_argument("--results", type=Path, default=Path("results"), help="results root (default: ./results)")
+    p.add_argument("--name", help="study name: results go to RESULTS/NAME")
+    p.add_argument("--launcher", default="local", help="how cells run (default: local)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--dry-run", action="store_true", help="print the plan (cells, ids, done or not) and exit")
+    return p
+
+
+def study_name(specs: list[str]) -> str:
+    text = "_".join(specs).replace("<->", "-and-").replace("->", "-to-").replace(":", "-to-")
+    return re.sub(r"[^A-Za-z0-9_.,+-]", "_", text)
+
+
+def resolve_config(args) -> dict:
+    if args.config is not None:
+        cfg = load_config(args.config)
+    elif not args.specs:
+        cfg = load_config(EMBEDDED_DEFAULT)
+    else:
+        cfg = load_config(None)
+    cfg = apply_overrides(cfg, args.overrides)
+    if args.specs:
+        cfg["specs"] = list(args.specs)
+    if args.backbones:
+        cfg["backbones"] = args.backbones
+    if args.heads:
+        cfg["heads"] = args.heads
+    if args.seeds is not None:
+        if args.seeds < 1:
+            raise ConfigError(f"--seeds must be at least 1, got {args.seeds}")
+        cfg["seeds"] = list(range(args.seeds))
+    if args.name:
+        cfg["name"] = args.name
+    if not cfg["specs"]:
+        raise ConfigError("no spec given and the experiment file has none; e.g. python -m segbench.run 'gta5->cityscapes'")
+    if not cfg["name"] or (args.specs and args.config is None and not args.name):
+        cfg["name"] = study_name(cfg["specs"])
+    return cfg
+
+
+def check_datasets(transfers, cfg: dict, data_root) -> None:
+    """Open every split the study needs before training anything, so a missing target fails in seconds."""
+    from .data import build_dataset
+
+    needed = []
+    for t in transfers:
+        needed.append((t.source, cfg["train"]["split"]))
+        needed += [(name, cfg["eval"]["split"]) for name in (t.source, *t.targets)]
+    for name, split in dict.fromkeys(needed):
+        build_dataset(name, split, root=data_root)
+
+
+def print_plan(cells, results_dir: Path, argv: list[str]) -> None:
+    from .matrix import is_done
+
+    print(f"{len(cells)} cells -> {results_dir}")
+    for cell in cells:
+        done = is_done(cell, results_dir / "cells" / cell.dirname)
+        print(f"  {cell.cell_id}  {'done   ' if done else 'pending'}  {cell.dirname}  "
+              f"targets={','.join(cell.eval_targets)}")
+    print("run them with:", " ".join(shlex.quote(a) for a in ["python", "-m", "segbench.run", *argv]
+                                    if a != "--dry-run"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    try:
+        cfg = resolve_config(args)
+        transfers = parse_specs(cfg["specs"])
+    except (ConfigError, SpecError) as e:
+        print(f"segbench: {e}", file=sys.stderr)
+        return 2
+
+    import torch
+
+    from .data import DatasetError
+    from .engine import distributed as dist_utils
+    from .matrix import LAUNCHERS, expand_names, plan
+    from .models import BACKBONES, HEADS
+    from .report import build_report
+
+    try:
+        backbones = expand_names(cfg["backbones"], BACKBONES)
+        heads = expand_names(cfg["heads"], HEADS)
+        launcher = LAUNCHERS.get(args.launcher)
+    except KeyError as e:
+        print(f"segbench: {e.args[0]}", file=sys.stderr)
+        return 2
+    cells = plan(cfg, transfers, backbones, heads)
+    results_dir = args.results / cfg["name"]
+    if args.dry_run:
+        print_plan(cells, results_dir, argv)
+        return 0
+    try:
+        check_datasets(transfers, cfg, args.data_root)
+    except (DatasetError, KeyError) as e:
+        print(f"segbench: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
+        return 2
+    device = dist_utils.init_from_env(None if args.device == "auto" else args.device)
+    if args.device == "auto" and device.type == "cpu":
+        torch.set_num_threads(max(1, torch.get_num_threads()))
+    outcomes = launcher(cells, results_dir, data_root=args.data_root, device=device)
+    if not dist_utils.is_main():
+        return 0
+    md = build_report(results_dir)
+    print()
+    print(md)
+    print(f"tables: {results_dir / 'table.md'}, {results_dir / 'table.csv'}; records: {results_dir / 'cells'}")
+    failed = [o for o in outcomes if o.status == "failed"]
+    skipped = sum(o.status == "skipped" for o in outcomes)
+    if skipped:
+        print(f"{skipped} finished cell(s) skipped (delete their directory to rerun them)")
+    if failed:
+        print(f"\n{len(failed)} cell(s) FAILED:", file=sys.stderr)
+        for o in failed:
+            print(f"  {o.cell.dirname}: {o.error}\n    log: {o.log}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

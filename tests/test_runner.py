@@ -1,0 +1,95 @@
+"""`python -m segbench.run` end to end on a tiny budget, and its error paths."""
+import json
+
+import pytest
+
+from segbench import run
+from segbench.data import synthetic
+
+TINY = ["--set", "train.iters=2", "--set", "train.batch_size=2", "--set", "train.crop=[32,64]",
+        "--set", "train.workers=0", "--set", "train.ckpt_every=1", "--set", "model.pretrained=null"]
+
+
+@pytest.fixture
+def tiny_domains(monkeypatch):
+    monkeypatch.setattr(synthetic, "SPLIT_SIZES", {"train": 4, "val": 2})
+
+
+def _main(tmp_path, *args):
+    return run.main(["--data-root", str(tmp_path / "data"), "--results", str(tmp_path / "results"), *args])
+
+
+@pytest.mark.slow
+def test_embedded_study_end_to_end_then_skips_finished_cells(tmp_path, tiny_domains, capsys):
+    args = ["sim->photo", "--backbones", "resnet18", "resnet18_ibn_b", "--name", "tiny", *TINY]
+    assert _main(tmp_path, *args) == 0
+    out = capsys.readouterr().out
+    study = tmp_path / "results" / "tiny"
+    assert "| backbone | train sim / test sim | train sim / test photo |" in out
+    for name in ("table.md", "table.csv", "per_seed.csv", "table.png"):
+        assert (study / name).stat().st_size > 0, name
+    records = sorted(study.glob("cells/*/record.json"))
+    assert len(records) == 2
+    rec = json.loads(records[0].read_text())
+    assert set(rec["results"]) == {"sim", "photo"}
+    assert 0 <= rec["results"]["photo"]["miou"] <= 100
+    assert rec["config"]["train"]["iters"] == 2 and rec["provenance"]["torch"]
+    assert (records[0].parent / "done").exists() and (records[0].parent / "model_final.pt").exists()
+    csv_text = (study / "table.csv").read_text()
+    assert "resnet18_ibn_b" in csv_text and "train sim / test photo mIoU" in csv_text
+
+    mtimes = [r.stat().st_mtime_ns for r in records]
+    assert _main(tmp_path, *args) == 0
+    assert "2 finished cell(s) skipped" in capsys.readouterr().out
+    assert [r.stat().st_mtime_ns for r in records] == mtimes
+
+
+@pytest.mark.slow
+def test_new_target_is_evaluated_without_retraining(tmp_path, tiny_domains, capsys):
+    base = ["--backbones", "resnet18", "--name", "grow", *TINY]
+    assert _main(tmp_path, "sim->sim", *base) == 0
+    (record,) = (tmp_path / "results" / "grow").glob("cells/*/record.json")
+    weights = record.parent / "model_final.pt"
+    before = weights.stat().st_mtime_ns
+    assert _main(tmp_path, "sim->photo", *base) == 0
+    assert weights.stat().st_mtime_ns == before  # not retrained
+    assert set(json.loads(record.read_text())["results"]) == {"sim", "photo"}
+
+
+def test_unquoted_arrow_gets_a_quoting_hint(tmp_path, capsys):
+    assert _main(tmp_path, "gta5-") == 2
+    err = capsys.readouterr().err
+    assert "redirect" in err and "gta5:TARGET" in err
+
+
+def test_unknown_dataset_lists_valid_names(tmp_path, capsys):
+    assert _main(tmp_path, "nosuch->sim") == 2
+    err = capsys.readouterr().err
+    assert "unknown dataset 'nosuch'" in err and "sim" in err and "photo" in err
+
+
+def test_missing_data_root_names_directory_layout_and_fix(tmp_path, capsys):
+    assert _main(tmp_path, "gta5->cityscapes") == 2
+    err = capsys.readouterr().err
+    assert str(tmp_path / "data" / "gta5") in err or str(tmp_path / "data") in err
+    assert "--data-root" in err and "SEGBENCH_DATA" in err
+    assert "images/" in err  # the expected layout is shown
+
+
+def test_unknown_backbone_lists_valid_names(tmp_path, capsys):
+    assert _main(tmp_path, "sim->photo", "--backbones", "resnet7") == 2
+    assert "resnet18_ibn_a" in capsys.readouterr().err
+
+
+def test_dry_run_prints_the_plan_without_running(tmp_path, capsys):
+    assert _main(tmp_path, "sim->photo", "--backbones", "resnet18*", "--seeds", "2", "--dry-run") == 0
+    out = capsys.readouterr().out
+    assert out.startswith("6 cells") and out.count("pending") == 6
+    assert not (tmp_path / "results").exists()
+
+
+def test_shell_safe_spelling_plans_the_same_cells(tmp_path, capsys):
+    assert _main(tmp_path, "sim:photo", "--name", "x", "--dry-run") == 0
+    colon = capsys.readouterr().out
+    assert _main(tmp_path, "sim->photo", "--name", "x", "--dry-run") == 0
+    assert capsys.readouterr().out.splitlines()[:-1] == colon.splitlines()[:-1]

@@ -1,0 +1,76 @@
+"""Seeded stream sampler (resumable data order) and the transform presets."""
+import numpy as np
+import pytest
+import torch
+
+from segbench.data.sampler import SeededStreamSampler
+from segbench.data.transforms import build_eval_transform, build_train_transform
+
+
+def test_stream_is_a_function_of_seed_and_position():
+    full = list(SeededStreamSampler(10, seed=3, total=35))
+    resumed = list(SeededStreamSampler(10, seed=3, start=17, total=35))
+    assert resumed == full[17:]
+    assert list(SeededStreamSampler(10, seed=4, total=35)) != full
+
+
+def test_each_epoch_is_a_permutation():
+    idx = [i for i, _ in SeededStreamSampler(7, seed=0, total=21)]
+    for e in range(3):
+        assert sorted(idx[e * 7:(e + 1) * 7]) == list(range(7))
+
+
+def test_ranks_split_the_stream_without_overlap():
+    full = list(SeededStreamSampler(10, seed=1, total=20))
+    r0 = list(SeededStreamSampler(10, seed=1, total=20, rank=0, world_size=2))
+    r1 = list(SeededStreamSampler(10, seed=1, total=20, rank=1, world_size=2))
+    assert r0 == full[0::2] and r1 == full[1::2]
+    assert len(SeededStreamSampler(10, seed=1, total=20, rank=1, world_size=2)) == 10
+
+
+def _pair(h=50, w=80):
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 256, (h, w, 3), dtype=np.uint8), rng.integers(0, 19, (h, w), dtype=np.uint8)
+
+
+def test_train_transform_moves_image_and_mask_together():
+    # a label that encodes its own x coordinate in the image: after flip/scale/crop they must still agree
+    h, w = 40, 64
+    xs = np.tile(np.arange(w, dtype=np.uint8)[None] % 19, (h, 1))
+    image = np.repeat((xs * 13)[..., None], 3, axis=2).astype(np.uint8)
+    t = build_train_transform((32, 48), scale_range=(1.0, 1.0), hflip=0.5, mean=(0, 0, 0), std=(1, 1, 1))
+    for seed in range(6):
+        t.set_random_seed(seed)
+        out = t(image=image, mask=xs)
+        img = (out["image"][0] * 255).round().long()
+        assert torch.equal(img, out["mask"] * 13)
+
+
+def test_train_transform_pads_masks_with_ignore_not_road():
+    image, mask = _pair(20, 30)
+    t = build_train_transform((64, 64), scale_range=(1.0, 1.0))
+    out = t(image=image, mask=mask)
+    assert out["mask"].shape == (64, 64) and out["mask"].dtype == torch.long
+    assert (out["mask"] == 255).sum() == 64 * 64 - 20 * 30
+
+
+def test_train_transform_is_reproducible_per_seed():
+    image, mask = _pair()
+    t = build_train_transform((32, 32), scale_range=(0.5, 2.0))
+    t.set_random_seed(11)
+    a = t(image=image, mask=mask)
+    t.set_random_seed(11)
+    b = t(image=image, mask=mask)
+    assert torch.equal(a["image"], b["image"]) and torch.equal(a["mask"], b["mask"])
+
+
+def test_eval_transform_keeps_mask_resolution():
+    image, mask = _pair(50, 80)
+    out = build_eval_transform((25, 40))(image=image, mask=mask)
+    assert out["image"].shape == (3, 25, 40) and out["mask"].shape == (50, 80)
+    assert torch.equal(out["mask"], torch.from_numpy(mask).long())
+
+
+def test_bad_scale_range_is_rejected():
+    with pytest.raises(ValueError, match="scale_range"):
+        build_train_transform((8, 8), scale_range=(2.0, 1.0))
