@@ -1,0 +1,52 @@
+"""`segbench models [PATTERN]`: list backbones (with parameter counts) and heads."""
+from __future__ import annotations
+
+import argparse
+
+from segbench.models.factory import count_parameters, create_backbone, create_model, list_backbones, list_heads
+from segbench.models.registries import HEADS
+
+REFERENCE_BACKBONE = "resnet50"  # head sizes are reported on top of this backbone
+
+
+def backbone_rows(pattern: str) -> list[tuple[str, str, str]]:
+    rows = []
+    for name in list_backbones(pattern):
+        bb = create_backbone(name)
+        rows.append((name, f"{count_parameters(bb) / 1e6:.2f}", "/".join(map(str, bb.out_channels))))
+    return rows
+
+
+def head_rows(pattern: str) -> list[tuple[str, str, str, str]]:
+    base = count_parameters(create_backbone(REFERENCE_BACKBONE))
+    rows = []
+    for name in list_heads(pattern):
+        spec = HEADS.get(name)
+        extra = count_parameters(create_model(REFERENCE_BACKBONE, name)) - base
+        strides = ",".join(map(str, spec.output_strides))
+        rows.append((name, f"{extra / 1e6:.2f}", f"{spec.default_output_stride} ({strides})", spec.description))
+    return rows
+
+
+def format_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    line = lambda r: "  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip()  # noqa: E731
+    return "\n".join([line(header), line(tuple("-" * w for w in widths)), *map(line, rows)])
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="segbench models", description=__doc__)
+    parser.add_argument("pattern", nargs="?", default="*", help="glob on backbone names (default: all)")
+    parser.add_argument("--heads", default="*", help="glob on head names (default: all)")
+    args = parser.parse_args(argv)
+    backbones = backbone_rows(args.pattern)
+    if not backbones:
+        print(f"no backbone matches {args.pattern!r}; valid: {', '.join(list_backbones())}")
+        return 1
+    print(format_table(("backbone", "params (M)", "stage channels"), backbones))
+    heads = head_rows(args.heads)
+    if heads:
+        print()
+        print(format_table(("head", f"params on {REFERENCE_BACKBONE} (M)", "output stride: default (allowed)",
+                            "description"), heads))
+    return 0

@@ -1,0 +1,99 @@
+"""Native segbench heads: `fcn` (the IBN-Net paper's), `deeplabv3`, `deeplabv3plus`, plus the aux FCN head.
+
+Every head maps the backbone's feature list [layer1, layer2, layer3, layer4] to low-resolution logits; the Segmenter
+upsamples. All of them accept any input size, so no padding is needed.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+from torchvision.models.segmentation.deeplabv3 import ASPP
+
+from segbench.models.registries import HEADS
+from segbench.models.segmenter import HeadSpec, Segmenter, upsample_to
+
+ASPP_RATES_AT_OS16 = (6, 12, 18)  # DeepLab's rates; they scale inversely with the output stride
+ASPP_CHANNELS = 256
+LOW_LEVEL_CHANNELS = 48  # DeepLabV3+ reduces the layer1 skip to 48 channels
+
+
+def aspp_rates(output_stride: int) -> tuple[int, ...]:
+    """(6, 12, 18) at OS16, (12, 24, 36) at OS8, (3, 6, 9) at OS32: the same receptive field in pixels."""
+    return tuple(r * 16 // output_stride for r in ASPP_RATES_AT_OS16)
+
+
+def conv_bn_relu(cin: int, cout: int, kernel: int = 3) -> list[nn.Module]:
+    return [nn.Conv2d(cin, cout, kernel, padding=kernel // 2, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+
+
+class FCNHead(nn.Sequential):
+    """PSPNet's final block without the pyramid pooling: 3x3 conv -> BN -> ReLU -> Dropout(0.1) -> 1x1 conv.
+
+    Hidden width = in_channels // 4 (torchvision's FCNHead): 512 on Bottleneck nets' layer4 (2048), which is PSPNet's
+    512; 128 on ResNet-18/34 (512). `in_index` picks the stage (3 = layer4 for the main head, 2 = layer3 for aux).
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, in_index: int = 3, channels: int | None = None,
+                 dropout: float = 0.1):
+        channels = channels or in_channels // 4
+        super().__init__(*conv_bn_relu(in_channels, channels), nn.Dropout(dropout), nn.Conv2d(channels, num_classes, 1))
+        self.in_index = in_index
+
+    def forward(self, feats: Sequence[torch.Tensor]) -> torch.Tensor:  # type: ignore[override]
+        return super().forward(feats[self.in_index])
+
+
+class DeepLabV3Head(nn.Module):
+    """ASPP on layer4 (torchvision's ASPP: 1x1 + three atrous 3x3 + image pooling, 256 ch) -> 3x3 conv -> classifier."""
+
+    def __init__(self, in_channels: Sequence[int], num_classes: int, output_stride: int):
+        super().__init__()
+        self.aspp = ASPP(in_channels[3], list(aspp_rates(output_stride)), ASPP_CHANNELS)
+        self.fuse = nn.Sequential(*conv_bn_relu(ASPP_CHANNELS, ASPP_CHANNELS))
+        self.classifier = nn.Conv2d(ASPP_CHANNELS, num_classes, 1)
+
+    def forward(self, feats: Sequence[torch.Tensor]) -> torch.Tensor:
+        return self.classifier(self.fuse(self.aspp(feats[3])))
+
+
+class DeepLabV3PlusHead(nn.Module):
+    """DeepLabV3+ decoder: ASPP(layer4) upsampled to layer1's size, concatenated with a 48-channel 1x1 projection of
+    layer1, two 3x3 conv-BN-ReLU (256), 1x1 classifier. Output at stride 4."""
+
+    def __init__(self, in_channels: Sequence[int], num_classes: int, output_stride: int):
+        super().__init__()
+        self.aspp = ASPP(in_channels[3], list(aspp_rates(output_stride)), ASPP_CHANNELS)
+        self.low_level = nn.Sequential(*conv_bn_relu(in_channels[0], LOW_LEVEL_CHANNELS, kernel=1))
+        self.fuse = nn.Sequential(*conv_bn_relu(ASPP_CHANNELS + LOW_LEVEL_CHANNELS, ASPP_CHANNELS),
+                                  *conv_bn_relu(ASPP_CHANNELS, ASPP_CHANNELS))
+        self.classifier = nn.Conv2d(ASPP_CHANNELS, num_classes, 1)
+
+    def forward(self, feats: Sequence[torch.Tensor]) -> torch.Tensor:
+        low = self.low_level(feats[0])
+        x = upsample_to(self.aspp(feats[3]), low.shape[-2:])
+        return self.classifier(self.fuse(torch.cat([x, low], dim=1)))
+
+
+def aux_head(backbone: nn.Module, num_classes: int) -> FCNHead:
+    """torchvision-style auxiliary FCN head on layer3 (training-time deep supervision only)."""
+    return FCNHead(backbone.out_channels[2], num_classes, in_index=2)
+
+
+def _native(head_cls):
+    def build(backbone: nn.Module, num_classes: int, aux: bool) -> Segmenter:
+        if head_cls is FCNHead:
+            head = FCNHead(backbone.out_channels[3], num_classes)
+        else:
+            head = head_cls(backbone.out_channels, num_classes, backbone.output_stride)
+        return Segmenter(backbone, head, aux_head(backbone, num_classes) if aux else None)
+
+    return build
+
+
+HEADS.add("fcn", HeadSpec(_native(FCNHead), 8, (8, 16, 32),
+                          "IBN-Net paper: dilated backbone, PSPNet head without pyramid pooling, x8 bilinear"))
+HEADS.add("deeplabv3", HeadSpec(_native(DeepLabV3Head), 8, (8, 16, 32), "ASPP on layer4"))
+HEADS.add("deeplabv3plus", HeadSpec(_native(DeepLabV3PlusHead), 16, (8, 16, 32),
+                                    "ASPP rates 6/12/18 at OS16 + 48-channel layer1 skip (RobustNet protocol)"))

@@ -1,0 +1,60 @@
+"""Backbone + head glue: the dict-output contract shared by every segbench model.
+
+`model(x)` -> {"out": N x C x H x W logits at the input size} plus "aux" (same size) while training with an aux head.
+Heads take the backbone's list of stage features, so any head plugs onto any backbone.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def upsample_to(x: torch.Tensor, size: tuple[int, int] | torch.Size) -> torch.Tensor:
+    """Bilinear resize of logits (align_corners=False, as torchvision's segmentation models)."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Zero-pad bottom/right so H and W divide `multiple` (zero = the mean after normalisation); crop back later."""
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    return F.pad(x, (0, pw, 0, ph)) if ph or pw else x
+
+
+class Segmenter(nn.Module):
+    """`backbone` (list of 4 stage maps) -> `head` logits at low resolution -> bilinear upsampling to input size.
+
+    The attribute names fix the checkpoint key prefixes: `backbone.*`, `head.*`, `aux_head.*`.
+    """
+
+    def __init__(self, backbone: nn.Module, head: nn.Module, aux_head: nn.Module | None = None, size_divisor: int = 1):
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+        self.aux_head = aux_head
+        self.size_divisor = size_divisor
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        h, w = x.shape[-2:]
+        padded = pad_to_multiple(x, self.size_divisor)
+        feats = self.backbone(padded)
+        out = {"out": upsample_to(self.head(feats), padded.shape[-2:])[..., :h, :w]}
+        if self.aux_head is not None and self.training:
+            out["aux"] = upsample_to(self.aux_head(feats), padded.shape[-2:])[..., :h, :w]
+        return out
+
+
+@dataclass(frozen=True)
+class HeadSpec:
+    """What HEADS holds: `build(backbone, num_classes, aux) -> model` plus the output strides it supports."""
+
+    build: Callable[[nn.Module, int, bool], nn.Module]
+    default_output_stride: int
+    output_strides: tuple[int, ...]
+    description: str

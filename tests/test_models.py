@@ -1,0 +1,281 @@
+"""Backbones and heads: shapes, gradients, output strides, IBN placement and weight compatibility (FACTS.md §3)."""
+from __future__ import annotations
+
+import math
+import re
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+from torchvision.models.resnet import BasicBlock as TVBasic, Bottleneck as TVBottleneck, ResNet as TVResNet
+
+import segbench.models as M
+from segbench.models.ibn import IBN
+
+PAPER_BACKBONES = [f"resnet{d}{s}" for d in (18, 34, 50, 101) for s in ("", "_ibn_a", "_ibn_b")]
+NATIVE_HEADS = ["fcn", "deeplabv3", "deeplabv3plus"]
+BLOCKS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
+BOTTLENECK = {18: False, 34: False, 50: True, 101: True}
+
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny inputs gain nothing from intra-op threads, and several threads on a shared 2-core box thrash."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _depth(name: str) -> int:
+    return int(re.search(r"\d+", name).group())
+
+
+def _torchvision_reference(name: str) -> nn.Module:
+    """torchvision ResNet with the same depth/groups as `name` (random weights) whose keys the IBN rules transform."""
+    depth = _depth(name)
+    block = TVBottleneck if BOTTLENECK[depth] else TVBasic
+    kwargs = dict(groups=32, width_per_group=4) if name.startswith("resnext") else {}
+    return TVResNet(block, list(BLOCKS[depth]), **kwargs)
+
+
+def test_registry_has_the_official_names():
+    assert set(PAPER_BACKBONES) <= set(M.list_backbones())
+    assert {"resnext101_ibn_a", "se_resnet101_ibn_a"} <= set(M.list_backbones())
+    assert M.list_backbones("*_ibn_b") == ["resnet101_ibn_b", "resnet18_ibn_b", "resnet34_ibn_b", "resnet50_ibn_b"]
+    assert set(NATIVE_HEADS) <= set(M.list_heads())
+    assert M.list_heads("deeplab*") == [h for h in M.list_heads() if h.startswith("deeplab")]
+    with pytest.raises(KeyError, match="valid names"):
+        M.create_backbone("resnet51")
+
+
+def _check_feature_strides(feats, out_channels, size, output_stride):
+    """layer1..layer4 sit at strides 4, 8, 16, 32, capped at the requested output stride (each stride-2 op rounds up)."""
+
+    def halve(n: int, times: int) -> int:
+        for _ in range(times):
+            n = -(-n // 2)
+        return n
+
+    assert [f.shape[1] for f in feats] == list(out_channels)
+    for f, stride in zip(feats, (4, 8, 16, 32)):
+        k = int(math.log2(min(stride, output_stride)))
+        assert tuple(f.shape[-2:]) == (halve(size[0], k), halve(size[1], k)), (stride, output_stride, f.shape)
+
+
+def test_bad_output_stride_is_rejected():
+    with pytest.raises(ValueError, match="output_stride"):
+        M.create_backbone("resnet18", output_stride=4)
+    with pytest.raises(ValueError, match="output_stride"):
+        M.create_model("resnet18", "fcn", output_stride=12)
+
+
+@pytest.mark.parametrize("head", NATIVE_HEADS)
+@pytest.mark.parametrize("backbone", M.list_backbones())
+def test_model_shapes_gradients_no_nan(backbone, head):
+    torch.manual_seed(0)
+    model = M.create_model(backbone, head, num_classes=5, aux=True).train()
+    feats = []
+    model.backbone.register_forward_hook(lambda mod, inp, outp: feats.extend(outp))
+    x = torch.randn(2, 3, 40, 56)  # divisible by neither 32 nor 16; small to keep the 42-model matrix fast
+    out = model(x)
+    assert model.backbone.output_stride == M.HEADS.get(head).default_output_stride
+    _check_feature_strides(feats, model.backbone.out_channels, (40, 56), model.backbone.output_stride)
+    assert set(out) == {"out", "aux"}
+    for v in out.values():
+        assert v.shape == (2, 5, 40, 56)
+        assert torch.isfinite(v).all()
+    # random weights on the logits: a plain sum would cancel through the head's BatchNorm
+    loss = sum((v * torch.randn_like(v)).sum() for v in out.values())
+    loss.backward()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.abs().sum())]
+    assert not missing, f"no gradient reaches {missing[:5]}"
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+    model.eval()
+    with torch.no_grad():
+        out = model(torch.randn(1, 3, 64, 64))
+    assert set(out) == {"out"} and out["out"].shape == (1, 5, 64, 64)
+
+
+@pytest.mark.parametrize("head,expected", [("fcn", 8), ("deeplabv3", 8), ("deeplabv3plus", 16)])
+def test_default_output_stride_per_head(head, expected):
+    model = M.create_model("resnet18", head)
+    assert model.backbone.output_stride == expected
+    assert set(model.train()(torch.randn(2, 3, 32, 32))) == {"out"}  # aux=False: no aux output
+
+
+def test_fcn_head_is_the_papers():
+    head = M.create_model("resnet50", "fcn", num_classes=19).head
+    convs = [m for m in head.modules() if isinstance(m, nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels, c.kernel_size) for c in convs] == [(2048, 512, (3, 3)), (512, 19, (1, 1))]
+    assert any(isinstance(m, nn.Dropout) and m.p == 0.1 for m in head.modules())
+
+
+def test_deeplab_aspp_rates_follow_output_stride():
+    for os_, rates in ((16, (6, 12, 18)), (8, (12, 24, 36))):
+        head = M.create_model("resnet18", "deeplabv3plus", output_stride=os_).head
+        dilations = sorted({m.dilation[0] for m in head.aspp.modules() if isinstance(m, nn.Conv2d)} - {1})
+        assert tuple(dilations) == rates
+        assert head.low_level[0].out_channels == 48
+
+
+def _norm_layout(model: nn.Module) -> tuple[set, set]:
+    ibn = {n for n, m in model.named_modules() if isinstance(m, IBN)}
+    inorm = {n for n, m in model.named_modules() if isinstance(m, nn.InstanceNorm2d)}
+    return ibn, inorm
+
+
+@pytest.mark.parametrize("name", PAPER_BACKBONES + ["resnext101_ibn_a", "se_resnet101_ibn_a"])
+def test_ibn_placement_matches_facts(name):
+    bb = M.create_backbone(name)
+    blocks = BLOCKS[_depth(name)]
+    ibn, inorm = _norm_layout(bb)
+    if name.endswith("_ibn_a"):
+        expected = {f"layer{s + 1}.{i}.bn1" for s in range(3) for i in range(blocks[s])}
+        assert ibn == expected
+        assert inorm == {f"{n}.IN" for n in expected}
+        for n in expected:
+            mod = bb.get_submodule(n)
+            planes = bb.get_submodule(n.replace("bn1", "conv1")).out_channels
+            assert mod.IN.num_features == planes // 2 and mod.IN.affine and not mod.IN.track_running_stats
+            assert isinstance(mod.BN, nn.BatchNorm2d) and mod.BN.num_features == planes - planes // 2
+    elif name.endswith("_ibn_b"):
+        assert ibn == set()
+        assert inorm == {"bn1", f"layer1.{blocks[0] - 1}.IN", f"layer2.{blocks[1] - 1}.IN"}
+        assert bb.bn1.num_features == 64 and bb.bn1.affine
+        assert bb.layer2[-1].IN.num_features == bb.out_channels[1]
+    else:
+        assert ibn == set() and inorm == set()
+
+
+def test_ibn_forward_normalises_first_half_per_instance():
+    torch.manual_seed(0)
+    layer = IBN(8).train()
+    x = torch.randn(3, 8, 5, 5) * 4 + 2
+    y = layer(x)
+    per_instance = y[:, :4].mean(dim=(2, 3))
+    assert torch.allclose(per_instance, torch.zeros_like(per_instance), atol=1e-5)
+    per_channel = y[:, 4:].mean(dim=(0, 2, 3))
+    assert torch.allclose(per_channel, torch.zeros_like(per_channel), atol=1e-5)
+    assert not torch.allclose(y[:, 4:].mean(dim=(2, 3)), torch.zeros(3, 4), atol=1e-3)  # BN half: batch stats
+
+
+def test_init_follows_official_rule():
+    torch.manual_seed(0)
+    bb = M.create_backbone("resnet50_ibn_b")
+    conv = bb.layer4[0].conv2
+    n = conv.kernel_size[0] * conv.kernel_size[1] * conv.out_channels
+    assert abs(conv.weight.std().item() / math.sqrt(2.0 / n) - 1) < 0.02
+    for m in bb.modules():
+        if isinstance(m, (nn.BatchNorm2d, nn.InstanceNorm2d)):
+            assert torch.all(m.weight == 1) and torch.all(m.bias == 0)
+
+
+def _expected_official_keys(name: str) -> dict[str, torch.Size]:
+    """FACTS §3 applied to a torchvision state dict: the key->shape map the official release must have (minus fc)."""
+    ref = {k: v.shape for k, v in _torchvision_reference(name).state_dict().items() if not k.startswith("fc.")}
+    blocks = BLOCKS[_depth(name)]
+    bn_keys = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+    if "_ibn_a" in name:
+        for s in range(3):
+            for i in range(blocks[s]):
+                p = f"layer{s + 1}.{i}.bn1"
+                planes = ref.pop(f"{p}.weight")[0]
+                for k in bn_keys[1:]:
+                    ref.pop(f"{p}.{k}")
+                half = planes // 2
+                ref.update({f"{p}.IN.weight": torch.Size([half]), f"{p}.IN.bias": torch.Size([half])})
+                for k in bn_keys[:4]:
+                    ref[f"{p}.BN.{k}"] = torch.Size([planes - half])
+                ref[f"{p}.BN.num_batches_tracked"] = torch.Size([])
+    if "_ibn_b" in name:
+        for k in bn_keys[2:]:
+            ref.pop(f"bn1.{k}")
+        for s in range(2):
+            last = f"layer{s + 1}.{blocks[s] - 1}"
+            ch = ref[f"{last}.bn2.weight" if not BOTTLENECK[_depth(name)] else f"{last}.bn3.weight"]
+            ref.update({f"{last}.IN.weight": ch, f"{last}.IN.bias": ch})
+    if name.startswith("se_"):
+        for s in range(4):
+            for i in range(blocks[s]):
+                ch = ref[f"layer{s + 1}.{i}.bn3.weight"][0]
+                ref[f"layer{s + 1}.{i}.se.fc.0.weight"] = torch.Size([ch // 16, ch])
+                ref[f"layer{s + 1}.{i}.se.fc.2.weight"] = torch.Size([ch, ch // 16])
+    return ref
+
+
+@pytest.mark.parametrize("name", PAPER_BACKBONES + ["resnext101_ibn_a", "se_resnet101_ibn_a"])
+def test_state_dict_keys_match_official_layout(name):
+    bb = M.create_backbone(name)  # output stride 32: the classification network's own strides
+    ours = {k: v.shape for k, v in bb.state_dict().items()}
+    assert ours == _expected_official_keys(name)
+    with torch.no_grad():
+        feats = bb.eval()(torch.randn(1, 3, 64, 96))
+    assert bb.output_stride == 32
+    _check_feature_strides(feats, bb.out_channels, (64, 96), 32)
+
+
+@pytest.mark.parametrize("name", ["resnet18_ibn_b", "resnet50_ibn_a"])
+@pytest.mark.parametrize("output_stride", [16, 8])
+def test_dilation_keeps_keys_and_sets_strides(name, output_stride):
+    bb = M.create_backbone(name, output_stride=output_stride).eval()
+    assert set(bb.state_dict()) == set(M.create_backbone(name).state_dict())
+    with torch.no_grad():
+        feats = bb(torch.randn(1, 3, 64, 96))
+    assert bb.output_stride == output_stride
+    _check_feature_strides(feats, bb.out_channels, (64, 96), output_stride)
+
+
+def test_ibn_key_examples_resnet50():
+    a = M.create_backbone("resnet50_ibn_a").state_dict()
+    assert {"layer1.0.bn1.IN.weight", "layer1.0.bn1.BN.running_mean", "layer3.5.bn1.IN.bias"} <= set(a)
+    assert "layer4.0.bn1.running_mean" in a and not any(k.startswith("layer4") and ".IN." in k for k in a)
+    b = M.create_backbone("resnet50_ibn_b").state_dict()
+    assert {"bn1.weight", "bn1.bias", "layer1.2.IN.weight", "layer2.3.IN.weight"} <= set(b)
+    assert "bn1.running_mean" not in b and not any(k.startswith(("layer3", "layer4")) and ".IN." in k for k in b)
+
+
+@pytest.mark.parametrize("depth", [18, 34, 50, 101])
+def test_plain_backbone_loads_torchvision_weights_and_matches(depth):
+    torch.manual_seed(depth)
+    dilate = [False, True, True] if BOTTLENECK[depth] else None  # torchvision cannot dilate BasicBlock
+    tv = getattr(torchvision.models, f"resnet{depth}")(weights=None, **({"replace_stride_with_dilation": dilate} if dilate else {}))
+    tv.eval()
+    ours = M.create_backbone(f"resnet{depth}", output_stride=8 if dilate else 32).eval()
+    state = {k: v for k, v in tv.state_dict().items() if not k.startswith("fc.")}
+    # make running stats non-trivial so the comparison also covers them
+    for k, v in state.items():
+        if k.endswith("running_var"):
+            v.uniform_(0.5, 2.0)
+        elif k.endswith("running_mean"):
+            v.normal_(0, 0.1)
+    tv.load_state_dict(state, strict=False)
+    ours.load_state_dict(state, strict=True)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        t = tv.maxpool(tv.relu(tv.bn1(tv.conv1(x))))
+        t = tv.layer4(tv.layer3(tv.layer2(tv.layer1(t))))
+        o = ours(x)[3]
+    assert o.shape == t.shape
+    assert torch.allclose(o, t, atol=1e-5, rtol=1e-4)
+
+
+def test_count_parameters():
+    m = M.create_backbone("resnet18")
+    assert M.count_parameters(m) == sum(p.numel() for p in m.parameters())
+    m.layer4.requires_grad_(False)
+    assert M.count_parameters(m, trainable_only=True) == M.count_parameters(m) - M.count_parameters(m.layer4)
+
+
+def test_cli_lists_backbones_with_counts(capsys):
+    from segbench.models.cli import main
+
+    assert main(["resnet18*", "--heads", "fcn"]) == 0
+    text = capsys.readouterr().out
+    for name in ("resnet18", "resnet18_ibn_a", "resnet18_ibn_b", "fcn"):
+        assert name in text
+    assert f"{M.count_parameters(M.create_backbone('resnet18')) / 1e6:.2f}" in text
+    assert "resnet50" not in text.split("head")[0]
+    assert main(["nothing*"]) == 1
