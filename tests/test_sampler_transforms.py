@@ -74,3 +74,30 @@ def test_eval_transform_keeps_mask_resolution():
 def test_bad_scale_range_is_rejected():
     with pytest.raises(ValueError, match="scale_range"):
         build_train_transform((8, 8), scale_range=(2.0, 1.0))
+
+
+def test_scaled_crops_keep_image_and_mask_aligned():
+    """Blocks of constant class; after scale+crop the image still says which class each pixel has."""
+    h, w = 60, 90
+    mask = ((np.arange(h)[:, None] // 15) * 4 + (np.arange(w)[None] // 15)).astype(np.uint8) % 19
+    image = np.repeat((mask * 13)[..., None], 3, axis=2).astype(np.uint8)
+    t = build_train_transform((40, 40), scale_range=(0.5, 2.0), hflip=0.5, mean=(0, 0, 0), std=(1, 1, 1))
+    for seed in range(10):
+        t.set_random_seed(seed)
+        out = t(image=image, mask=mask)
+        assert out["image"].shape == (3, 40, 40) and out["mask"].shape == (40, 40)
+        valid = out["mask"] != 255
+        decoded = (out["image"][0] * 255 / 13).round().long()
+        agree = (decoded[valid] == out["mask"][valid]).float().mean().item()
+        assert agree > 0.85, (seed, agree)
+
+
+def test_scale_range_is_respected():
+    """At scale 2 a 40x40 crop covers ~20x20 source pixels: a mask with 1-pixel stripes shows runs of 2."""
+    mask = np.tile((np.arange(80) % 2).astype(np.uint8)[None], (80, 1))
+    image = np.zeros((80, 80, 3), np.uint8)
+    t = build_train_transform((40, 40), scale_range=(2.0, 2.0), hflip=0.0)
+    t.set_random_seed(0)
+    row = t(image=image, mask=mask)["mask"][0].tolist()
+    runs = [len(list(g)) for _, g in __import__("itertools").groupby(row)]
+    assert set(runs[1:-1]) == {2}

@@ -218,6 +218,9 @@ def build_dataset(name: str, split: str, root: str | os.PathLike | None = None, 
 
     `NAME@WxH` opens the resized copy written by `segbench data prepare NAME --size WxH` instead.
     """
+    from .plugins import load_plugins  # local: plug-ins import this module
+
+    load_plugins(root)
     if "@" in name:
         from .prepared import open_prepared  # local: the prepared cache builds on the adapters
 

@@ -27,8 +27,48 @@ def _to_tensors(image: np.ndarray, mask: np.ndarray) -> dict[str, torch.Tensor]:
     }
 
 
+class RandomScaleCrop:
+    """Random scale then random crop, computed in source coordinates: only the pixels that survive the crop are resized.
+
+    Equivalent to resizing the whole frame by s and cropping (what mmseg and torchvision's reference do), but at s=2 on a
+    1914x1052 GTA5 frame it resizes ~0.15 Mpx of source instead of producing 8 Mpx to throw most of it away. Where the
+    scaled frame is smaller than the crop, the whole extent is kept and the pipeline pads it (mask with IGNORE_INDEX).
+    """
+
+    def __init__(self, crop_size: Sequence[int], scale_range: Sequence[float]):
+        self.crop_h, self.crop_w = int(crop_size[0]), int(crop_size[1])
+        self.lo, self.hi = float(scale_range[0]), float(scale_range[1])
+        if not 0 < self.lo <= self.hi:
+            raise ValueError(f"scale_range must satisfy 0 < low <= high, got {scale_range}")
+
+    def _window(self, rng: np.random.Generator, size: int, crop: int, s: float) -> tuple[int, int, int]:
+        """Source interval [a, b) and its output length for one axis."""
+        scaled = max(1, int(round(size * s)))
+        if scaled <= crop:
+            return 0, size, scaled
+        start = int(rng.integers(0, scaled - crop + 1))
+        a = int(np.floor(start / s))
+        b = min(size, max(a + 1, int(np.ceil((start + crop) / s))))
+        return a, b, crop
+
+    def __call__(self, rng: np.random.Generator, image: np.ndarray, mask: np.ndarray):
+        h, w = mask.shape[:2]
+        s = float(rng.uniform(self.lo, self.hi))
+        y0, y1, out_h = self._window(rng, h, self.crop_h, s)
+        x0, x1, out_w = self._window(rng, w, self.crop_w, s)
+        image, mask = image[y0:y1, x0:x1], mask[y0:y1, x0:x1]
+        if image.shape[:2] != (out_h, out_w):
+            image = cv2.resize(image, (out_w, out_h), interpolation=cv2.INTER_LINEAR)
+            mask = cv2.resize(mask, (out_w, out_h), interpolation=cv2.INTER_NEAREST)
+        return image, mask
+
+
 class TrainTransform:
-    """Random scale -> pad (ignore) -> random crop -> flip -> normalise, as in torchvision's / mmseg's presets."""
+    """Random scale -> random crop -> pad (mask with ignore) -> flip -> [extra] -> normalise.
+
+    The scale+crop step is `RandomScaleCrop` (crop before the expensive resize); everything after it is an
+    albumentations pipeline. Both draw from one per-sample seed, so augmentation is reproducible and resumable.
+    """
 
     def __init__(
         self,
@@ -39,17 +79,13 @@ class TrainTransform:
         std: Sequence[float] = IMAGENET_STD,
         extra: Sequence[A.BasicTransform] = (),
     ):
-        crop_h, crop_w = int(crop_size[0]), int(crop_size[1])
-        lo, hi = float(scale_range[0]), float(scale_range[1])
-        if not 0 < lo <= hi:
-            raise ValueError(f"scale_range must satisfy 0 < low <= high, got {scale_range}")
+        self.scale_crop = RandomScaleCrop(crop_size, scale_range)
+        crop_h, crop_w = self.scale_crop.crop_h, self.scale_crop.crop_w
+        self.rng = np.random.default_rng()
         self.pipeline = A.Compose(
             [
-                A.RandomScale(scale_limit=(lo - 1.0, hi - 1.0), interpolation=cv2.INTER_LINEAR,
-                              mask_interpolation=cv2.INTER_NEAREST, p=1.0),
                 A.PadIfNeeded(min_height=crop_h, min_width=crop_w, border_mode=cv2.BORDER_CONSTANT,
                               fill=0, fill_mask=IGNORE_INDEX),
-                A.RandomCrop(height=crop_h, width=crop_w),
                 A.HorizontalFlip(p=hflip),
                 *extra,
                 A.Normalize(mean=mean, std=std),
@@ -59,9 +95,11 @@ class TrainTransform:
 
     def set_random_seed(self, seed: int) -> None:
         """Per-sample seeding makes augmentation a pure function of (sample position, run seed): resumable."""
+        self.rng = np.random.default_rng(seed)
         self.pipeline.set_random_seed(seed)
 
     def __call__(self, image: np.ndarray, mask: np.ndarray) -> dict[str, torch.Tensor]:
+        image, mask = self.scale_crop(self.rng, image, mask)
         out = self.pipeline(image=image, mask=mask)
         return _to_tensors(out["image"], out["mask"])
 
