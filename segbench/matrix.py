@@ -13,7 +13,6 @@ import platform
 import subprocess
 import sys
 import time
-import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,7 +21,6 @@ import torch
 from . import __version__
 from .config import identity_view, train_settings
 from .io import write_json
-from .registry import Registry
 from .spec import Transfer
 
 RECORD = "record.json"
@@ -186,33 +184,3 @@ def run_cell(cell: Cell, cell_dir: Path, *, data_root=None, device: torch.device
     if dist_utils.is_main():
         (cell_dir / DONE).touch()
     return record
-
-
-# -- launchers: plain functions in a registry, so a site can add its own -------------------------------------------
-LAUNCHERS = Registry("launcher")
-
-
-@LAUNCHERS.register("local")
-def launch_local(cells: list[Cell], results_dir: Path, *, data_root=None, device=None) -> list[CellOutcome]:
-    """Run cells one after another in this process. A failing cell is logged and the rest go on."""
-    outcomes = []
-    for i, cell in enumerate(cells, 1):
-        cell_dir = Path(results_dir) / "cells" / cell.dirname
-        if is_done(cell, cell_dir):
-            outcomes.append(CellOutcome(cell, cell_dir, "skipped"))
-            continue
-        print(f"[{i}/{len(cells)}] {cell.dirname}", file=sys.stderr, flush=True)
-        cell_dir.mkdir(parents=True, exist_ok=True)
-        t0 = time.perf_counter()
-        try:
-            run_cell(cell, cell_dir, data_root=data_root, device=device)
-            outcomes.append(CellOutcome(cell, cell_dir, "done", seconds=time.perf_counter() - t0))
-        except KeyboardInterrupt:
-            raise
-        except Exception as e:  # noqa: BLE001 - one failed cell must not stop the study
-            log = cell_dir / "error.log"
-            log.write_text(traceback.format_exc())
-            outcomes.append(CellOutcome(cell, cell_dir, "failed", error=f"{type(e).__name__}: {e}", log=log,
-                                        seconds=time.perf_counter() - t0))
-            print(f"  FAILED: {type(e).__name__}: {e}\n  (traceback in {log})", file=sys.stderr, flush=True)
-    return outcomes

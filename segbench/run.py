@@ -36,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--launcher", default="local", help="how cells run (default: local)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--dry-run", action="store_true", help="print the plan (cells, ids, done or not) and exit")
+    p.add_argument("--only", nargs="+", metavar="CELL_ID", help="run only these cells of the plan (used by launchers)")
     return p
 
 
@@ -109,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from .data import DatasetError
     from .engine import distributed as dist_utils
-    from .matrix import LAUNCHERS, expand_names, plan
+    from .launchers import LAUNCHERS
+    from .matrix import expand_names, plan
     from .models import BACKBONES, HEADS
     from .report import build_report
 
@@ -121,6 +123,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"segbench: {e.args[0]}", file=sys.stderr)
         return 2
     cells = plan(cfg, transfers, backbones, heads)
+    if args.only:
+        unknown = set(args.only) - {c.cell_id for c in cells}
+        if unknown:
+            print(f"segbench: --only {' '.join(sorted(unknown))}: no such cell in this plan (see --dry-run)", file=sys.stderr)
+            return 2
+        cells = [c for c in cells if c.cell_id in args.only]
     results_dir = args.results / cfg["name"]
     if args.dry_run:
         print_plan(cells, results_dir, argv)
@@ -133,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     device = dist_utils.init_from_env(None if args.device == "auto" else args.device)
     if args.device == "auto" and device.type == "cpu":
         torch.set_num_threads(max(1, torch.get_num_threads()))
-    outcomes = launcher(cells, results_dir, data_root=args.data_root, device=device)
+    outcomes = launcher(cells, results_dir, data_root=args.data_root, device=device, argv=argv)
     if not dist_utils.is_main():
         return 0
     md = build_report(results_dir)
