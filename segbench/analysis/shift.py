@@ -1,0 +1,123 @@
+"""Appearance-shift robustness: mIoU of a model on one split, clean and under each appearance transform and level.
+
+Only the image goes through the transform; the label reaches the confusion matrix exactly as the adapter decoded it.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from ..data.transforms import build_eval_transform
+from .appearance import TRANSFORMS, ImageTransform, StyleStats
+
+CLEAN = "clean"
+#: default order of the table and plot
+DEFAULT_TRANSFORMS = tuple(TRANSFORMS)
+
+
+class ShiftedDataset(torch.utils.data.Dataset):
+    """`base` (an adapter opened without transform) seen through an appearance transform, then the eval preset."""
+
+    def __init__(self, base, appearance: ImageTransform | None, eval_transform, indices: Sequence[int] | None = None):
+        self.base, self.appearance, self.eval_transform = base, appearance, eval_transform
+        self.indices = list(range(len(base))) if indices is None else list(indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def raw(self, i: int):
+        """(transformed RGB uint8, untouched label) for position `i`."""
+        index = self.indices[i]
+        image, label = self.base.load_pair(index)
+        if self.appearance is not None:
+            image = self.appearance(image, index)
+        return image, label
+
+    def __getitem__(self, i: int):
+        image, label = self.raw(i)
+        out = self.eval_transform(image=image, mask=label)
+        return out["image"], out["mask"]
+
+
+@dataclass
+class ShiftRow:
+    model: str
+    dataset: str
+    split: str
+    transform: str
+    level: float | None
+    label: str
+    miou: float
+    drop: float  # clean mIoU - this mIoU (points); positive = worse
+    images: int
+
+
+def run_shift(models, base, *, dataset: str, split: str, conditions: Sequence[tuple[str, float]],
+              style: StyleStats | None = None, size=None, max_images: int | None = None, seed: int = 0,
+              device="cpu", batch_size: int = 1) -> list[ShiftRow]:
+    """Evaluate each `LoadedModel` clean and under each (transform, level) on the first `max_images` of `base`."""
+    from ..engine.evaluate import evaluate
+
+    device = torch.device(device)
+    indices = list(range(len(base) if max_images is None else min(max_images, len(base))))
+    eval_t = build_eval_transform(size)
+    plan = [(CLEAN, None)] + list(conditions)
+    rows: list[ShiftRow] = []
+    bar = tqdm(total=len(models) * len(plan), desc="shift", unit="cond", dynamic_ncols=True)
+    for m in models:
+        clean = math.nan
+        for name, level in plan:
+            appearance = None if name == CLEAN else ImageTransform(name, level, seed=seed, style=style)
+            ds = ShiftedDataset(base, appearance, eval_t, indices)
+            bar.set_postfix_str(f"{m.label} {name} {'' if level is None else f'{level:g}'}")
+            res = evaluate(m.model, ds, device=device, eval_classes=base.eval_classes, batch_size=batch_size,
+                           workers=0, desc=f"{m.label} {name}")
+            if name == CLEAN:
+                clean = res["miou"]
+            rows.append(ShiftRow(m.label, dataset, split, name, level, CLEAN if appearance is None else appearance.label,
+                                 res["miou"], clean - res["miou"], len(ds)))
+            bar.update(1)
+    bar.close()
+    return rows
+
+
+CSV_FIELDS = ("model", "dataset", "split", "transform", "level", "label", "miou", "drop", "images")
+
+
+def shift_csv(rows: Sequence[ShiftRow]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(CSV_FIELDS)
+    for r in rows:
+        w.writerow([r.model, r.dataset, r.split, r.transform, "" if r.level is None else f"{r.level:g}", r.label,
+                    f"{r.miou:.2f}", f"{r.drop:.2f}", r.images])
+    return buf.getvalue()
+
+
+def shift_markdown(rows: Sequence[ShiftRow]) -> str:
+    """One row per condition, one column per model: 'mIoU (drop)'; the last row averages the drops."""
+    models = list(dict.fromkeys(r.model for r in rows))
+    conds = list(dict.fromkeys((r.transform, r.level, r.label) for r in rows))
+    cell = {(r.model, r.transform, r.level): r for r in rows}
+    first = rows[0] if rows else None
+    title = f"mIoU (%) on {first.dataset} {first.split} ({first.images} images) under appearance shifts; " \
+            f"in brackets the change from clean (points)" if first else "no rows"
+    lines = [title, "", "| transform | level | " + " | ".join(models) + " |", "|---|---|" + "---:|" * len(models)]
+    for t, lev, lab in conds:
+        vals = []
+        for m in models:
+            r = cell.get((m, t, lev))
+            vals.append("" if r is None else (f"{r.miou:.1f}" if t == CLEAN else f"{r.miou:.1f} ({-r.drop:+.1f})"))
+        lines.append(f"| {t} | {lab if t != CLEAN else ''} | " + " | ".join(vals) + " |")
+    means = []
+    for m in models:
+        drops = [r.drop for r in rows if r.model == m and r.transform != CLEAN]
+        means.append(f"{-sum(drops) / len(drops):+.1f}" if drops else "")
+    lines.append("| **mean change** | all shifted | " + " | ".join(means) + " |")
+    return "\n".join(lines) + "\n"
