@@ -205,7 +205,7 @@ def test_shift_cli_writes_table_and_plot(tiny_root, tmp_path, capsys):
     rc = main(["shift", *map(str, cells), "--dataset", "sim", "--data-root", str(tiny_root), "--max-images", "2",
                "--transforms", "brightness,style", "--style-images", "2"])
     assert rc == 0, capsys.readouterr().err
-    out = study / "analysis"
+    out = study  # next to the study's table.md
     rows = _read_csv(out / "shift_sim_val.csv")
     assert len(rows) == 2 * (1 + 3 + 3)
     for model in ("resnet18", "resnet18_ibn_b"):

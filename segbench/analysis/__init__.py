@@ -7,6 +7,6 @@
 
 `run_analyses` is the entry point for the matrix runner; `segbench analyze ...` (`cli.main`) for people.
 """
-from .cli import analyze_divergence, analyze_shift, run_analyses
+from .cli import ANALYSES, analyze_divergence, analyze_shift, run_analyses
 
-__all__ = ["analyze_shift", "analyze_divergence", "run_analyses"]
+__all__ = ["ANALYSES", "analyze_shift", "analyze_divergence", "run_analyses"]

@@ -145,6 +145,11 @@ class ImageTransform:
     def label(self) -> str:
         return self.kind.fmt.format(self.level)
 
+    @property
+    def title(self) -> str:
+        """The label, prefixed with the transform's name where the label alone would not say it."""
+        return self.label if self.label.lower().startswith(self.name[:3]) else f"{self.name} {self.label}"
+
     def __call__(self, image: np.ndarray, index: int) -> np.ndarray:
         if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
             raise ValueError(f"expected an RGB uint8 HxWx3 image, got {image.dtype} {image.shape}")

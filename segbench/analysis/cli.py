@@ -1,8 +1,8 @@
 """`segbench analyze shift|divergence CHECKPOINT... [options]` and `run_analyses` for the matrix runner.
 
 A CHECKPOINT is a finished cell directory (`results/STUDY/cells/NAME/`) or its `model_final.pt`; the model is rebuilt
-from the `record.json` beside it. Tables and plots go to --out (default: `results/STUDY/analysis/` when every checkpoint
-belongs to the same study, `./analysis/` otherwise).
+from the `record.json` beside it. Tables and plots go to --out (default: next to the study's table, `results/STUDY/`,
+when every checkpoint belongs to the same study; `./analysis/` otherwise).
 """
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from ..labels import CLASS_NAMES
 from .appearance import TRANSFORMS, ImageTransform, parse_transform_spec, style_statistics
 from .loading import CheckpointError, load_models, resolve
 
+ANALYSES = ("shift", "divergence")
 DEFAULT_CONTENT_CLASS = "car"
 DEFAULT_STYLE_IMAGES = 50
 
@@ -32,7 +33,7 @@ def default_out_dir(checkpoints: Sequence[str | Path]) -> Path:
     for c in checkpoints:
         cell = Path(c) if Path(c).is_dir() else Path(c).parent
         studies.add(cell.parent.parent if cell.parent.name == "cells" else None)
-    return (studies.pop() / "analysis") if len(studies) == 1 and None not in studies else Path("analysis")
+    return studies.pop() if len(studies) == 1 and None not in studies else Path("analysis")
 
 
 def default_style_source(dataset: str) -> str:
@@ -148,9 +149,9 @@ def run_analyses(kinds: Sequence[str], cell_dirs: Sequence[Path], out_dir: Path,
     """
     from .loading import read_record
 
-    unknown = set(kinds) - {"shift", "divergence"}
+    unknown = set(kinds) - set(ANALYSES)
     if unknown:
-        raise ValueError(f"unknown analysis {sorted(unknown)}; valid: shift, divergence")
+        raise ValueError(f"unknown analysis {sorted(unknown)}; valid: {', '.join(ANALYSES)}")
     by_source: dict[str, list[Path]] = {}
     targets: dict[str, list[str]] = {}
     for cell in cell_dirs:

@@ -176,7 +176,7 @@ def measure(model, base_a, *, base_b=None, appearance: ImageTransform | None = N
         hooks.close()
     pairs = [("null", "r0", "r1", f"random halves of {names[0]}")]
     if appearance is not None:
-        pairs.insert(0, ("appearance", "A", "A+T", f"{names[0]} vs {names[0]} + {appearance.name} {appearance.label}"))
+        pairs.insert(0, ("appearance", "A", "A+T", f"{names[0]} vs {names[0]} + {appearance.title}"))
     if content_class is not None:
         from ..labels import CLASS_NAMES
         pairs.insert(1, ("content", "lo", "hi", f"{names[0]}: least vs most {CLASS_NAMES[content_class]}"))
