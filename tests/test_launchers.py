@@ -1,0 +1,230 @@
+"""Launchers: one command line per cell, parallel GPU workers (fake devices on CPU), torchrun and Slurm job construction.
+
+Fake runners stand in for the worker process where only the launcher's bookkeeping is under test; one test runs real
+`python -m segbench.run` workers on a tiny YAML dataset to prove the narrowed command line really runs one cell.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import stat
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from segbench import launchers
+from segbench.config import EMBEDDED_DEFAULT, load_config
+from segbench.io import write_json
+from segbench.launchers import LAUNCHERS, cell_argv, parse_options, visible_gpus
+from segbench.matrix import DONE, RECORD, is_done, plan
+from segbench.spec import parse_specs
+
+ARGV = ["sim->photo", "--backbones", "resnet18", "resnet18_ibn_b", "--seeds", "2", "--results", "R"]
+
+
+@pytest.fixture
+def cells():
+    cfg = load_config(EMBEDDED_DEFAULT)
+    cfg["seeds"] = [0, 1]
+    return plan(cfg, parse_specs(["sim->photo"]), ["resnet18", "resnet18_ibn_b"], ["fcn"])
+
+
+def finish(cell, cell_dir: Path) -> None:
+    """What a successful worker leaves behind: a record scoring every target and the done marker."""
+    write_json(cell_dir / RECORD, {"cell_id": cell.cell_id,
+                                   "results": {t: {"eval": cell.eval_identity()} for t in cell.eval_targets}})
+    (cell_dir / DONE).touch()
+
+
+class FakeWorker:
+    """Runner double: finishes the cell named by `--only`, or fails the ones in `fail` (with a log line)."""
+
+    def __init__(self, cells, results_dir, fail=(), barrier=None):
+        self.by_id = {c.cell_id: c for c in cells}
+        self.results_dir, self.fail, self.barrier = Path(results_dir), set(fail), barrier
+        self.calls, self.lock = [], threading.Lock()
+
+    def __call__(self, cmd, log, env, cwd):
+        cell_id = cmd[cmd.index("--only") + 1]
+        with self.lock:
+            self.calls.append((cell_id, env.get("CUDA_VISIBLE_DEVICES"), list(cmd)))
+        if self.barrier is not None:
+            self.barrier.wait(timeout=10)  # BrokenBarrierError unless the workers really run side by side
+        if cell_id in self.fail:
+            Path(log).write_text("Traceback ...\nRuntimeError: CUDA out of memory\n")
+            return 1
+        cell = self.by_id[cell_id]
+        finish(cell, self.results_dir / "cells" / cell.dirname)
+        return 0
+
+
+def test_cell_argv_strips_parent_only_options_and_runs_one_cell_locally():
+    argv = ["sim->photo", "--only", "aaa", "bbb", "--launcher", "gpus", "--launcher-opt", "gpus=0,1", "--seeds", "2",
+            "--dry-run", "--launcher=slurm", "--set", "train.iters=3"]
+    assert cell_argv(argv, "c0ffee") == ["sim->photo", "--seeds", "2", "--set", "train.iters=3",
+                                         "--launcher", "local", "--only", "c0ffee"]
+
+
+def test_torchrun_command_uses_this_interpreter_and_standalone_rendezvous():
+    cmd = launchers.torchrun_command(["sim->photo"], "abc", 4)
+    assert cmd[:3] == [sys.executable, "-m", "torch.distributed.run"]
+    assert cmd[3:6] == ["--standalone", "--nproc-per-node", "4"]
+    assert cmd[6:9] == ["-m", "segbench.run", "sim->photo"] and cmd[-2:] == ["--only", "abc"]
+
+
+def test_visible_gpus_explicit_env_and_count(monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2, 3")
+    assert visible_gpus() == ["2", "3"]
+    assert visible_gpus("0,1") == ["0", "1"] and visible_gpus([4, 5]) == ["4", "5"] and visible_gpus(3) == ["0", "1", "2"]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert visible_gpus() == []
+
+
+def test_gpus_launcher_runs_one_cell_per_device_in_parallel_and_survives_a_failure(cells, tmp_path, capsys):
+    bad = cells[1].cell_id
+    worker = FakeWorker(cells, tmp_path, fail={bad}, barrier=threading.Barrier(2))
+    outcomes = LAUNCHERS.get("gpus")(cells, tmp_path, argv=ARGV, gpus="0,1", runner=worker)
+    assert [o.cell for o in outcomes] == cells
+    assert sorted(c[0] for c in worker.calls) == sorted(c.cell_id for c in cells)  # each cell exactly once
+    assert {c[1] for c in worker.calls} == {"0", "1"}  # one device each, both used
+    for cell_id, _, cmd in worker.calls:
+        assert cmd[:3] == [sys.executable, "-m", "segbench.run"] and cmd[-4:] == ["--launcher", "local", "--only", cell_id]
+    status = {o.cell.cell_id: o for o in outcomes}
+    assert status[bad].status == "failed" and "exit code 1" in status[bad].error and "out of memory" in status[bad].error
+    assert status[bad].log == tmp_path / "cells" / cells[1].dirname / "launcher.log"
+    assert [o.status for o in outcomes if o.cell.cell_id != bad] == ["done"] * 3
+    assert "out of memory" in capsys.readouterr().err  # the failure is announced as it happens
+
+
+def test_gpus_launcher_skips_done_cells_and_flags_a_worker_that_left_no_record(cells, tmp_path):
+    finish(cells[0], tmp_path / "cells" / cells[0].dirname)
+    silent = lambda cmd, log, env, cwd: 0  # noqa: E731 - exits 0 without finishing its cell
+    outcomes = launchers.launch_gpus(cells[:2], tmp_path, argv=ARGV, gpus=["7"], runner=silent)
+    assert [o.status for o in outcomes] == ["skipped", "failed"]
+    assert "not done" in outcomes[1].error
+
+
+def test_gpus_per_cell_groups_run_under_torchrun(cells, tmp_path):
+    worker = FakeWorker(cells, tmp_path)
+    outcomes = launchers.launch_gpus(cells, tmp_path, argv=ARGV, gpus="0,1,2,3,4", per_cell=2, runner=worker)
+    assert all(o.status == "done" for o in outcomes)
+    assert {c[1] for c in worker.calls} <= {"0,1", "2,3"}  # the odd fifth GPU idles; groups never overlap
+    assert all(c[2][2] == "torch.distributed.run" and "2" in c[2] for c in worker.calls)
+
+
+def test_torchrun_launcher_takes_all_visible_gpus_by_default(cells, tmp_path, monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2")
+    worker = FakeWorker(cells[:1], tmp_path)
+    (out,) = launchers.launch_torchrun(cells[:1], tmp_path, argv=ARGV, runner=worker)
+    assert out.status == "done"
+    (_, devices, cmd), = worker.calls
+    assert devices == "0,1,2" and cmd[cmd.index("--nproc-per-node") + 1] == "3"
+
+
+def test_launchers_fail_clearly_without_gpus(cells, tmp_path):
+    with pytest.raises(ValueError, match="no GPU"):
+        launchers.launch_gpus(cells, tmp_path, argv=ARGV, gpus="")
+    with pytest.raises(ValueError, match="needs 4 GPU"):
+        launchers.launch_torchrun(cells, tmp_path, argv=ARGV, gpus="0,1", nproc=4)
+
+
+def test_parse_options_reads_yaml_values_and_rejects_unknown_keys():
+    assert parse_options(["gpus=0,1", "per_cell=2"], launchers.launch_gpus) == {"gpus": "0,1", "per_cell": 2}
+    assert parse_options(["gpus=[0, 1]"], launchers.launch_gpus) == {"gpus": [0, 1]}
+    with pytest.raises(ValueError, match="nproc"):
+        parse_options(["nprocs=2"], launchers.launch_torchrun)
+    with pytest.raises(ValueError, match="partition"):
+        parse_options(["gpus"], launchers.launch_slurm)
+
+
+# --- real workers ----------------------------------------------------------------------------------------------------
+
+def _tiny_yaml_dataset(root: Path) -> None:
+    """Four train and two val 32x64 images in a YAML-declared dataset, so a real worker trains and scores in seconds."""
+    import cv2
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 4), ("val", 2)):
+        for d in ("images", "labels"):
+            (root / "tiny" / d / split).mkdir(parents=True)
+        for i in range(n):
+            label = np.repeat(np.arange(4, dtype=np.uint8)[:, None] * [2, 5, 8, 10][i % 4] % 19, 8, 0)
+            label = np.repeat(label, 64, 1)
+            cv2.imwrite(str(root / "tiny/images" / split / f"{i}.png"), rng.integers(0, 255, (32, 64, 3), np.uint8))
+            cv2.imwrite(str(root / "tiny/labels" / split / f"{i}.png"), label)
+    (root / "tiny.yaml").write_text("name: tiny\nsplits: [train, val]\nimages: {dir: 'images/{split}', suffix: .png}\n"
+                                    "labels: {dir: 'labels/{split}', suffix: .png}\nencoding: trainid\n")
+
+
+@pytest.mark.slow
+def test_gpus_launcher_with_real_workers_on_cpu(tmp_path):
+    """A real `python -m segbench.run ... --only ID` worker on a fake device with --device cpu: the narrowed command
+    line parses, plans the same cell and finishes it (one cell only: each worker pays the torch import)."""
+    from segbench import run
+
+    _tiny_yaml_dataset(tmp_path / "data")
+    argv = ["tiny->tiny", "--backbones", "resnet18", "--name", "t", "--device", "cpu",
+            "--data-root", str(tmp_path / "data"), "--results", str(tmp_path / "results"),
+            "--set", "train.iters=1", "--set", "train.batch_size=2", "--set", "train.crop=[32,64]",
+            "--set", "train.workers=0", "--set", "model.pretrained=null", "--set", "eval.workers=0"]
+    cfg = run.resolve_config(run.build_parser().parse_args(argv))
+    cells_ = plan(cfg, parse_specs(cfg["specs"]), ["resnet18"], cfg["heads"])
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    outcomes = launchers.launch_gpus(cells_, tmp_path / "results" / "t", argv=argv, gpus="fake0")
+    assert len(outcomes) == 1
+    for o in outcomes:
+        assert o.status == "done", (o.error, o.log.read_text() if o.log else "")
+        assert is_done(o.cell, o.cell_dir)
+        assert o.log.read_text().startswith("=== ")  # the worker's output, after a header naming its command
+
+
+# --- Slurm (submitit), no cluster ----------------------------------------------------------------------------------
+
+@pytest.fixture
+def fake_slurm(tmp_path, monkeypatch):
+    """`sbatch` that records the script and answers like Slurm; `srun` only has to exist for submitit to pick Slurm."""
+    pytest.importorskip("submitit")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sbatch").write_text(f"#!/bin/sh\ncp \"$1\" {tmp_path}/submitted.sh\necho 'Submitted batch job 4242'\n")
+    (bin_dir / "srun").write_text("#!/bin/sh\nexit 1\n")
+    for f in bin_dir.iterdir():
+        f.chmod(f.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    return tmp_path / "submitted.sh"
+
+
+def test_slurm_array_is_built_from_the_pending_cells(cells, tmp_path, fake_slurm):
+    results = tmp_path / "results"
+    finish(cells[0], results / "cells" / cells[0].dirname)
+    outcomes = launchers.launch_slurm(cells, results, argv=ARGV, partition="gpu", gpus_per_cell=2, timeout_min=90,
+                                      account="proj", wait=False)
+    assert [o.status for o in outcomes] == ["skipped", "submitted", "submitted", "submitted"]
+    assert [o.extra["job_id"] for o in outcomes[1:]] == ["4242_0", "4242_1", "4242_2"]
+    script = fake_slurm.read_text()
+    for flag in ("--array=0-2%3", "--partition=gpu", "--gpus-per-node=2", "--time=90", "--account=proj",
+                 "--ntasks-per-node=1", "--cpus-per-task=16", "--signal=USR2@"):
+        assert f"#SBATCH {flag}" in script, flag
+    # the pickled array tasks are CellJobs running each pending cell under torchrun on its 2 GPUs
+    pickles = sorted((results / "slurm").glob("*/*_submitted.pkl"))
+    assert len(pickles) == 3
+    jobs = [pickle.loads(p.read_bytes()).function for p in pickles]
+    assert sorted(j.cmd[-1] for j in jobs) == sorted(c.cell_id for c in cells[1:])
+    for job in jobs:
+        assert job.cmd[2] == "torch.distributed.run" and job.cmd[job.cmd.index("--nproc-per-node") + 1] == "2"
+        assert Path(job.log).name == "launcher.log" and Path(job.log).is_absolute()
+        resubmit = job.checkpoint()  # what submitit requeues on timeout or preemption: the same task
+        assert resubmit.function is job
+
+
+def test_slurm_tasks_run_and_failures_are_reported(cells, tmp_path):
+    submitit = pytest.importorskip("submitit")
+    worker = FakeWorker(cells, tmp_path, fail={cells[2].cell_id})
+    executor = submitit.AutoExecutor(folder=tmp_path / "slurm", cluster="debug")
+    outcomes = launchers.launch_slurm(cells, tmp_path, argv=ARGV, partition="gpu", executor=executor, runner=worker)
+    assert [o.status for o in outcomes] == ["done", "done", "failed", "done"]
+    assert "out of memory" in outcomes[2].error and outcomes[2].log.name == "launcher.log"
+    assert all(cmd[:3] == [sys.executable, "-m", "segbench.run"] for _, _, cmd in worker.calls)
