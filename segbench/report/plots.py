@@ -1,0 +1,131 @@
+"""Figures (matplotlib Agg, PNG, written atomically so a reader never sees half a file).
+
+table.png: mIoU per train/test pair; per_class_iou.png: IoU per class per backbone; gap.png: in-domain vs
+cross-domain mIoU per backbone. Error bars are the std over seeds.
+"""
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from pathlib import Path
+
+from .records import Score, ordered_pairs, ordered_rows
+from .stats import Agg
+from .tables import _by_cell, col_title, per_class_aggs
+
+
+def pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save(fig, path: Path) -> Path:
+    """Write to a temp file beside `path`, then rename: a report rebuilt during a study never shows a torn PNG."""
+    plt = pyplot()
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
+    os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a figure is as readable as any file the user writes
+    try:
+        fig.savefig(tmp, dpi=120)
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def _bars(ax, groups: list[str], series: dict[str, list[Agg]], ylabel: str, colors: dict | None = None) -> None:
+    """Grouped bars: one group per x label, one bar per series, std error bars where n > 1.
+
+    `colors` fixes a series' colour across panels, so a backbone missing from one panel does not shift the others.
+    """
+    width = 0.8 / max(1, len(series))
+    for i, (name, aggs) in enumerate(series.items()):
+        xs = [j + (i - (len(series) - 1) / 2) * width for j in range(len(groups))]
+        ax.bar(xs, [a.mean for a in aggs], width, yerr=[a.std if a.n > 1 else 0 for a in aggs], capsize=2, label=name,
+               color=(colors or {}).get(name))
+    ax.set_xticks(range(len(groups)), groups)
+    ax.set_ylabel(ylabel)
+    ax.grid(axis="y", alpha=0.3)
+
+
+def plot_table(items: list[Score], path: Path) -> Path | None:
+    rows, cols, cells = ordered_rows(items), ordered_pairs(items), _by_cell(items)
+    if not rows:
+        return None
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.8 * len(cols) * max(2, len(rows))), 3.6))
+    series = {r: [Agg.of(s.miou for s in cells.get((r, *c), {}).values()) for c in cols] for r in rows}
+    _bars(ax, [col_title(c) for c in cols], series, "mIoU (%)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return save(fig, path)
+
+
+def plot_per_class(items: list[Score], path: Path) -> Path | None:
+    """One panel per train/test pair: bars per class, one colour per backbone."""
+    tables = {c: t for c, t in per_class_aggs(items).items() if t[1]}
+    if not tables:
+        return None
+    plt = pyplot()
+    width = max(8.0, 0.45 * max(len(t[1]) for t in tables.values()) * max(2, max(len(t[0]) for t in tables.values())))
+    fig, axes = plt.subplots(len(tables), 1, figsize=(width, 2.8 * len(tables)), squeeze=False)
+    palette = plt.get_cmap("tab10").colors
+    colors = {r: palette[i % len(palette)] for i, r in enumerate(ordered_rows(items))}
+    for ax, (col, (rows, classes, table)) in zip(axes[:, 0], tables.items()):
+        _bars(ax, classes, {r: [table[(r, c)] for c in classes] for r in rows}, "IoU (%)", colors)
+        ax.set_title(col_title(col), fontsize=10)
+        ax.tick_params(axis="x", labelrotation=45, labelsize=8)
+        ax.legend(fontsize=8, ncol=min(4, len(rows)))
+    fig.tight_layout()
+    return save(fig, path)
+
+
+def gap_aggs(items: list[Score]) -> dict[str, dict[str, tuple[Agg, Agg]]]:
+    """source -> row -> (in-domain mIoU, cross-domain mIoU averaged per seed over the other targets)."""
+    cells = _by_cell(items)
+    out: dict = {}
+    for source in sorted({s.source for s in items}):
+        mine = [s for s in items if s.source == source]
+        others = sorted({s.target for s in mine if s.target != source})
+        if not others or not any(s.target == source for s in mine):
+            continue
+        for r in ordered_rows(mine):
+            seeds = set.intersection(*(set(cells.get((r, source, t), {})) for t in others))
+            cross = [sum(cells[(r, source, t)][sd].miou for t in others) / len(others) for sd in sorted(seeds)]
+            within = [s.miou for s in cells.get((r, source, source), {}).values()]
+            out.setdefault(source, {})[r] = (Agg.of(within), Agg.of(cross))
+    return out
+
+
+def plot_gap(items: list[Score], path: Path) -> Path | None:
+    """Per source: in-domain and cross-domain bars per backbone, the change (cross - in) written above each pair."""
+    data = gap_aggs(items)
+    if not data:
+        return None
+    plt = pyplot()
+    n_rows = max(len(v) for v in data.values())
+    fig, axes = plt.subplots(1, len(data), figsize=(max(4.5, 1.3 * n_rows + 1.5) * len(data), 3.6), squeeze=False)
+    for ax, (source, rows) in zip(axes[0], data.items()):
+        names = list(rows)
+        _bars(ax, names, {"in-domain": [rows[r][0] for r in names], "cross-domain": [rows[r][1] for r in names]},
+              "mIoU (%)")
+        for j, r in enumerate(names):
+            within, cross = rows[r]
+            if not (math.isnan(within.mean) or math.isnan(cross.mean)):
+                ax.annotate(f"{cross.mean - within.mean:+.1f}", (j, max(within.mean, cross.mean)),
+                            ha="center", va="bottom", fontsize=8, xytext=(0, 4), textcoords="offset points")
+        ax.set_title(f"trained on {source}", fontsize=10)
+        ax.tick_params(axis="x", labelrotation=20, labelsize=8)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return save(fig, path)

@@ -1,0 +1,106 @@
+"""Reading a results directory: records -> flat scores, one per (cell, target). Nothing here trains or loads a model.
+
+Rows of every table are named by backbone (plus head when a study has several heads, plus the config keys that
+differ between records when a directory mixes runs of different settings), so no two configs are ever averaged
+together as if they were seeds.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..config import identity_view
+
+DONE = "done"
+
+
+@dataclass(frozen=True)
+class Score:
+    row: str
+    source: str
+    target: str
+    seed: int
+    miou: float
+    pixel_acc: float
+    per_class: dict = field(hash=False, compare=False)
+    cell_id: str = ""
+    head: str = ""
+    backbone: str = ""
+
+
+def load_records(results_dir: Path) -> list[dict]:
+    """Every `cells/*/record.json`, sorted by directory name; a record's directory is kept under `_dir`."""
+    records = []
+    for path in sorted(Path(results_dir).glob("cells/*/record.json")):
+        try:
+            rec = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not valid JSON ({e}); delete the file to have the cell evaluated again") from None
+        rec["_dir"] = path.parent
+        records.append(rec)
+    return records
+
+
+def count_done(records: list[dict]) -> int:
+    return sum((Path(r["_dir"]) / DONE).is_file() for r in records if "_dir" in r)
+
+
+def _flat(prefix: str, value, out: dict) -> None:
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _flat(f"{prefix}.{k}" if prefix else k, v, out)
+    else:
+        out[prefix] = json.dumps(value)
+
+
+def training_config(rec: dict) -> dict:
+    """The record's settings that decide its weights, flattened (`train.iters` -> "3")."""
+    cfg = rec.get("config", {})
+    out: dict = {}
+    _flat("model", cfg.get("model", {}), out)
+    _flat("train", identity_view("train", cfg.get("train", {})), out)
+    return out
+
+
+def row_labels(records: list[dict]) -> list[str]:
+    """One label per record: backbone, `+ head` if heads vary, `[key=value ...]` for config keys that vary."""
+    heads = {r["head"] for r in records}
+    configs = [training_config(r) for r in records]
+    keys = sorted({k for c in configs for k in c})
+    varying = [k for k in keys if len({c.get(k) for c in configs}) > 1]
+    labels = []
+    for rec, cfg in zip(records, configs):
+        label = rec["backbone"] if len(heads) <= 1 else f"{rec['backbone']} + {rec['head']}"
+        if varying:
+            label += " [" + ", ".join(f"{k.split('.', 1)[1]}={json.loads(cfg[k]) if k in cfg else '-'}"
+                                      for k in varying) + "]"
+        labels.append(label)
+    return labels
+
+
+def _number(x) -> float:
+    return math.nan if x is None else float(x)
+
+
+def scores(records: list[dict]) -> list[Score]:
+    """One Score per evaluated target of every record (NaN where the metric is missing)."""
+    out = []
+    for rec, row in zip(records, row_labels(records)):
+        for target, m in rec.get("results", {}).items():
+            per_class = {name: _number(v) for name, v in (m.get("per_class_iou") or {}).items()}
+            out.append(Score(row=row, source=rec["source"], target=target, seed=int(rec["seed"]),
+                             miou=_number(m.get("miou")), pixel_acc=_number(m.get("pixel_acc")), per_class=per_class,
+                             cell_id=rec.get("cell_id", ""), head=rec.get("head", ""), backbone=rec["backbone"]))
+    return out
+
+
+def ordered_rows(items: list[Score]) -> list[str]:
+    """Rows in first-seen order (records are sorted by directory, so by source, backbone, head, seed)."""
+    return list(dict.fromkeys(s.row for s in items))
+
+
+def ordered_pairs(items: list[Score]) -> list[tuple[str, str]]:
+    """(source, target) columns: by source, the in-domain column first, then targets by name."""
+    return sorted({(s.source, s.target) for s in items}, key=lambda c: (c[0], c[1] != c[0], c[1]))

@@ -1,0 +1,166 @@
+"""The published layouts, as markdown (GitHub-flavoured) and CSV, from flat scores.
+
+- paper: rows backbones, columns train/test pairs (IBN-Net's cross-domain table)
+- dg: per source, rows backbones, columns the targets and their mean over unseen targets (RobustNet's table)
+- per-class: per train/test pair, rows backbones, columns the scored classes
+"""
+from __future__ import annotations
+
+import csv
+import io
+import math
+import statistics
+from collections import defaultdict
+
+from ..labels import CLASS_NAMES
+from .records import Score, ordered_pairs, ordered_rows
+from .stats import DASH, Agg
+
+MEAN_UNSEEN = "mean (unseen)"
+
+
+def col_title(col: tuple[str, str]) -> str:
+    return f"train {col[0]} / test {col[1]}"
+
+
+def _esc(text: str) -> str:
+    return str(text).replace("|", "\\|")
+
+
+def markdown(header: list[str], rows: list[list[str]]) -> str:
+    """A GitHub table: first column left-aligned, numbers right-aligned, pipes in labels escaped."""
+    lines = ["| " + " | ".join(_esc(h) for h in header) + " |",
+             "|" + "|".join([":---"] + ["---:"] * (len(header) - 1)) + "|"]
+    lines += ["| " + " | ".join(_esc(c) for c in r) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def to_csv(header: list[str], rows: list[list]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(header)
+    w.writerows(rows)
+    return buf.getvalue()
+
+
+def _by_cell(items: list[Score]) -> dict[tuple[str, str, str], dict[int, Score]]:
+    out: dict = defaultdict(dict)
+    for s in items:
+        out[(s.row, s.source, s.target)][s.seed] = s
+    return out
+
+
+def _seed_note(items: list[Score], n_max: int) -> str:
+    seeds = sorted({s.seed for s in items})
+    if n_max > 1:
+        return f"mean ± std (sample) over {n_max} seeds ({', '.join(map(str, seeds))}); (n=k): only k seeds finished"
+    return f"one seed ({', '.join(map(str, seeds))})"
+
+
+# --- paper layout ----------------------------------------------------------------------------------------------------
+
+def paper(items: list[Score]) -> tuple[str, str]:
+    """(markdown, csv) of the paper layout; the CSV keeps mean, std and n per column as numbers."""
+    rows, cols, cells = ordered_rows(items), ordered_pairs(items), _by_cell(items)
+    if not rows:
+        return "(no results yet)\n", ""
+    aggs = {(r, c): Agg.of(s.miou for s in cells.get((r, *c), {}).values()) for r in rows for c in cols}
+    n_max = max(a.n for a in aggs.values())
+    md_rows = [[r] + [aggs[(r, c)].md(n_expected=n_max) for c in cols] for r in rows]
+    csv_header = ["backbone"] + [f"{col_title(c)} {k}" for c in cols for k in ("mIoU", "std", "n")]
+    csv_rows = [[r] + [v for c in cols for v in aggs[(r, c)].csv()] for r in rows]
+    md = markdown(["backbone"] + [col_title(c) for c in cols], md_rows)
+    md += f"\nmIoU (%) over the classes scored in each test set; {_seed_note(items, n_max)}.\n"
+    return md, to_csv(csv_header, csv_rows)
+
+
+# --- domain-generalization layout ------------------------------------------------------------------------------------
+
+def dg_aggs(items: list[Score]) -> dict[str, tuple[list[str], list[str], dict]]:
+    """source -> (rows, columns, {(row, column): Agg}); columns = in-domain, unseen targets, mean (unseen).
+
+    The mean is taken per seed over all unseen targets, then aggregated over the seeds that scored every one of
+    them, so its std is the spread of the average (not a mix of target spreads).
+    """
+    cells = _by_cell(items)
+    out = {}
+    for source in sorted({s.source for s in items}):
+        mine = [s for s in items if s.source == source]
+        rows = ordered_rows(mine)
+        unseen = sorted({s.target for s in mine if s.target != source})
+        columns = ([source] if any(s.target == source for s in mine) else []) + unseen
+        table = {}
+        for r in rows:
+            for t in columns:
+                table[(r, t)] = Agg.of(s.miou for s in cells.get((r, source, t), {}).values())
+            if len(unseen) > 1:
+                seeds = set.intersection(*(set(cells.get((r, source, t), {})) for t in unseen))
+                per_seed = [statistics.fmean(cells[(r, source, t)][sd].miou for t in unseen) for sd in sorted(seeds)]
+                table[(r, MEAN_UNSEEN)] = Agg.of(per_seed)
+        if len(unseen) > 1:
+            columns = columns + [MEAN_UNSEEN]
+        out[source] = (rows, columns, table)
+    return out
+
+
+def dg(items: list[Score]) -> tuple[str, str]:
+    parts, csv_rows, n_all = [], [], 0
+    aggs = dg_aggs(items)
+    for source, (rows, columns, table) in aggs.items():
+        n_max = max(a.n for a in table.values())
+        n_all = max(n_all, n_max)
+        titles = [f"{c} (in-domain)" if c == source else c for c in columns]
+        parts.append(f"### trained on {source}\n\n"
+                     + markdown(["backbone"] + titles, [[r] + [table[(r, c)].md(n_expected=n_max) for c in columns]
+                                                        for r in rows]))
+        csv_rows += [[source, r, c, *table[(r, c)].csv()] for r in rows for c in columns]
+    if not parts:
+        return "(no results yet)\n", ""
+    mean_note = (f"{MEAN_UNSEEN} = average over the targets other than the source, taken per seed; "
+                 if any(MEAN_UNSEEN in cols for _, cols, _ in aggs.values()) else "")
+    note = f"\nmIoU (%); {mean_note}{_seed_note(items, n_all)}.\n"
+    return "\n".join(parts) + note, to_csv(["source", "backbone", "target", "mIoU", "std", "n"], csv_rows)
+
+
+# --- per-class IoU ---------------------------------------------------------------------------------------------------
+
+def class_order(items: list[Score]) -> list[str]:
+    names = {k for s in items for k in s.per_class}
+    return [c for c in CLASS_NAMES if c in names] + sorted(names - set(CLASS_NAMES))
+
+
+def per_class_aggs(items: list[Score]) -> dict[tuple[str, str], tuple[list[str], list[str], dict]]:
+    """(source, target) -> (rows, classes scored there, {(row, class): Agg}); unscored classes dropped."""
+    cells = _by_cell(items)
+    out = {}
+    for col in ordered_pairs(items):
+        mine = [s for s in items if (s.source, s.target) == col]
+        rows = ordered_rows(mine)
+        table = {(r, c): Agg.of(s.per_class.get(c, math.nan) for s in cells.get((r, *col), {}).values())
+                 for r in rows for c in class_order(mine)}
+        classes = [c for c in class_order(mine) if any(table[(r, c)].n for r in rows)]
+        for r in rows:
+            table[(r, "mIoU")] = Agg.of(s.miou for s in cells.get((r, *col), {}).values())
+        out[col] = (rows, classes, table)
+    return out
+
+
+def per_class(items: list[Score]) -> tuple[str, str]:
+    parts, csv_rows = [], []
+    for col, (rows, classes, table) in per_class_aggs(items).items():
+        header = ["backbone"] + classes + ["mIoU"]
+        body = [[r] + [table[(r, c)].md(with_std=False) for c in classes + ["mIoU"]] for r in rows]
+        parts.append(f"### {col_title(col)}\n\n" + markdown(header, body))
+        csv_rows += [[*col, r, c, *table[(r, c)].csv()] for r in rows for c in classes + ["mIoU"]]
+    if not parts:
+        return "(no results yet)\n", ""
+    note = (f"\nIoU (%) per class, mean over seeds (std in per_class.csv); {DASH} = class absent from both ground "
+            "truth and prediction.\n")
+    return "\n".join(parts) + note, to_csv(["source", "target", "backbone", "class", "IoU", "std", "n"], csv_rows)
+
+
+def per_seed(items: list[Score]) -> str:
+    """Every measurement, unaggregated: what the tables are computed from."""
+    rows = [[s.backbone, s.head, s.source, s.target, s.seed, f"{s.miou:.4f}", f"{s.pixel_acc:.4f}", s.cell_id]
+            for s in items]
+    return to_csv(["backbone", "head", "source", "target", "seed", "miou", "pixel_acc", "cell_id"], rows)

@@ -1,0 +1,162 @@
+"""Report aggregation rules, layouts and figures, on small hand-built records (the golden test uses real ones)."""
+from __future__ import annotations
+
+import csv
+import io
+import statistics
+
+import cv2
+import numpy as np
+import pytest
+
+from segbench.io import write_json
+from segbench.labels import CLASS_NAMES, PALETTE
+from segbench.report import build_report, main
+from segbench.report.qualitative import ground_truth
+from segbench.report.records import load_records, scores
+from segbench.report.tables import dg, paper, per_class
+
+
+def record(backbone, source, seed, mious, *, head="fcn", iters=3, per_class=None, samples=None):
+    results = {}
+    for target, miou in mious.items():
+        results[target] = {"miou": miou, "pixel_acc": 50.0, "per_class_iou": per_class or {"road": miou, "sky": None},
+                           "eval": {"split": "val", "size": None}}
+        if samples and target in samples:
+            results[target]["samples"] = samples[target]
+    return {"cell_id": f"{backbone}{source}{seed}{iters}{head}", "backbone": backbone, "head": head, "source": source,
+            "seed": seed, "config": {"model": {"output_stride": 8}, "train": {"iters": iters, "workers": 0}},
+            "results": results}
+
+
+def write_study(root, records, done=True):
+    for rec in records:
+        cell = root / "cells" / f"{rec['source']}__{rec['backbone']}__{rec['head']}__s{rec['seed']}__{rec['cell_id']}"
+        write_json(cell / "record.json", rec)
+        if done:
+            (cell / "done").touch()
+    return root
+
+
+def read_csv(text):
+    return list(csv.DictReader(io.StringIO(text)))
+
+
+def test_dg_mean_is_taken_per_seed_then_over_seeds_that_scored_every_target():
+    recs = [record("r18", "gta", 0, {"gta": 60.0, "city": 30.0, "bdd": 20.0}),
+            record("r18", "gta", 1, {"gta": 62.0, "city": 34.0, "bdd": 28.0}),
+            record("r18", "gta", 2, {"gta": 61.0, "city": 31.0})]  # seed 2 never scored bdd
+    md, text = dg(scores(recs))
+    rows = {r["target"]: r for r in read_csv(text)}
+    assert list(rows) == ["gta", "bdd", "city", "mean (unseen)"]
+    per_seed = [statistics.fmean([30.0, 20.0]), statistics.fmean([34.0, 28.0])]
+    assert float(rows["mean (unseen)"]["mIoU"]) == pytest.approx(statistics.fmean(per_seed), abs=0.005)
+    assert float(rows["mean (unseen)"]["std"]) == pytest.approx(statistics.stdev(per_seed), abs=0.005)
+    assert rows["mean (unseen)"]["n"] == "2" and rows["city"]["n"] == "3"
+    assert float(rows["city"]["std"]) == pytest.approx(statistics.stdev([30.0, 34.0, 31.0]), abs=0.005)
+    assert "| r18 | 61.0 ± 1.0 | 24.0 ± 5.7 (n=2) | 31.7 ± 2.1 | 28.0 ± 4.2 (n=2) |" in md
+    assert "### trained on gta" in md and "gta (in-domain)" in md
+
+
+def test_paper_layout_rows_backbones_columns_pairs_in_domain_first():
+    recs = [record("r18", "b", 0, {"b": 50.0, "a": 10.0}), record("r18_ibn_b", "b", 0, {"b": 52.0, "a": 20.0}),
+            record("r18", "a", 0, {"a": 70.0, "b": 5.0})]
+    md, text = paper(scores(recs))
+    assert md.splitlines()[0] == ("| backbone | train a / test a | train a / test b | train b / test b "
+                                  "| train b / test a |")
+    assert md.splitlines()[1] == "|:---|---:|---:|---:|---:|"
+    assert "| r18_ibn_b | – | – | 52.0 | 20.0 |" in md  # one seed: no ± column noise
+    row = read_csv(text)[1]
+    assert row["train b / test a mIoU"] == "20.00" and row["train a / test a n"] == "0"
+
+
+def test_records_of_different_configs_are_separate_rows_not_seeds():
+    recs = [record("r18", "a", 0, {"a": 10.0}, iters=3), record("r18", "a", 0, {"a": 90.0}, iters=100),
+            record("r18", "a", 1, {"a": 20.0}, iters=3, head="deeplabv3")]
+    md, _ = paper(scores(recs))
+    assert "| r18 + fcn [iters=3] | 10.0 |" in md and "| r18 + fcn [iters=100] | 90.0 |" in md
+    assert "| r18 + deeplabv3 [iters=3] | 20.0 |" in md
+    assert "50.0" not in md  # never averaged together
+
+
+def test_per_class_table_drops_unscored_classes_and_dashes_undefined_ones():
+    pc = {name: None for name in CLASS_NAMES}
+    pc.update(road=80.0, car=10.0)
+    recs = [record("r18", "a", 0, {"a": 45.0}, per_class=pc),
+            record("r18", "a", 1, {"a": 47.0}, per_class={**pc, "car": None, "road": 84.0})]
+    md, text = per_class(scores(recs))
+    assert md.splitlines()[2].startswith("| backbone | road | car | mIoU |")
+    assert "| r18 | 82.0 | 10.0 | 46.0 |" in md
+    car = [r for r in read_csv(text) if r["class"] == "car"][0]
+    assert car["n"] == "1"  # the undefined IoU is not a zero
+
+
+def test_markdown_escapes_pipes_in_labels():
+    md, _ = paper(scores([record("weird|name", "a", 0, {"a": 1.0})]))
+    assert "| weird\\|name | 1.0 |" in md
+
+
+def test_empty_or_running_study_reports_without_crashing(tmp_path, capsys):
+    (tmp_path / "cells").mkdir()
+    assert main([str(tmp_path), "--no-plot"]) == 0
+    assert "(no results yet)" in capsys.readouterr().out
+    write_study(tmp_path, [record("r18", "a", 0, {"a": 40.0})], done=False)  # a cell still evaluating targets
+    build_report(tmp_path, plot=False)
+    assert "1 cell record(s), 0 finished." in (tmp_path / "report.md").read_text()
+    with pytest.raises(SystemExit):
+        main([str(tmp_path / "nowhere")])
+
+
+# --- figures -----------------------------------------------------------------------------------------------------------
+
+def _png_pixels(path):
+    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    assert img is not None and img.shape[0] > 100 and img.shape[1] > 100, path
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def _sample_files(root, n=2):
+    """An image, a trainId label and a prediction per sample; the prediction is all 'car', the label all 'road'."""
+    samples = []
+    for i in range(n):
+        image, label = root / f"img{i}.png", root / f"lab{i}.png"
+        cv2.imwrite(str(image), np.full((32, 64, 3), 90, np.uint8))
+        cv2.imwrite(str(label), np.zeros((32, 64), np.uint8))
+        samples.append({"index": i, "image": str(image), "label": str(label), "pred": f"preds/b/img{i}.png"})
+    return samples
+
+
+def test_every_figure_is_written_and_nonempty(tmp_path):
+    samples = _sample_files(tmp_path)
+    recs = [record(bb, "a", s, {"a": 50.0 + s, "b": 30.0 + 5 * s}, samples={"b": samples})
+            for bb in ("r18", "r18_ibn_b") for s in (0, 1)]
+    study = write_study(tmp_path / "study", recs)
+    for rec in load_records(study):
+        for s in samples:
+            (rec["_dir"] / s["pred"]).parent.mkdir(parents=True, exist_ok=True)
+            cv2.imwrite(str(rec["_dir"] / s["pred"]), np.full((32, 64), 13, np.uint8))
+    build_report(study)
+    for name in ("table.png", "per_class_iou.png", "gap.png", "qualitative.png"):
+        _png_pixels(study / name)
+    panel = _png_pixels(study / "qualitative.png").reshape(-1, 3)
+    for cls in (0, 13):  # ground truth drawn as road, predictions as car, in the Cityscapes palette
+        assert np.any(np.all(panel == PALETTE[cls], axis=1)), CLASS_NAMES[cls]
+    report = (study / "report.md").read_text()
+    assert "![qualitative results](qualitative.png)" in report and "![in-domain vs cross-domain mIoU](gap.png)" in report
+    assert not list(study.glob(".*.png"))  # no temp files left behind
+
+
+def test_no_samples_no_panel_and_the_report_says_so(tmp_path):
+    study = write_study(tmp_path, [record("r18", "a", 0, {"a": 50.0, "b": 30.0})])
+    build_report(study)
+    assert not (study / "qualitative.png").exists()
+    assert "no qualitative panel" in (study / "report.md").read_text()
+
+
+def test_ground_truth_prefers_dumped_trainids_and_refuses_raw_label_ids(tmp_path):
+    ids = np.full((4, 4), 26, np.uint8)  # Cityscapes labelIds: 26 = car, not a trainId
+    cv2.imwrite(str(tmp_path / "labelIds.png"), ids)
+    assert ground_truth({"label": str(tmp_path / "labelIds.png")}, tmp_path) is None
+    cv2.imwrite(str(tmp_path / "gt.png"), np.full((4, 4), 13, np.uint8))
+    gt = ground_truth({"label": str(tmp_path / "labelIds.png"), "gt": "gt.png"}, tmp_path)
+    assert gt is not None and np.all(gt == 13)
