@@ -8,6 +8,8 @@ import sys
 COMMANDS = {
     "run": ("segbench.run", "train and evaluate a study (same as python -m segbench.run)"),
     "report": ("segbench.report", "rebuild tables and plots from the records in a results directory"),
+    "evaluate": ("segbench.evaluate", "score a checkpoint or a directory of prediction PNGs (JSON, per-class IoU)"),
+    "analyze": ("segbench.analysis.cli", "appearance-shift robustness and layer-wise feature divergence"),
     "data": ("segbench.data.cli", "inspect or prepare datasets: data check NAME, data prepare NAME"),
     "models": ("segbench.models.cli", "list backbones and heads with parameter counts"),
 }

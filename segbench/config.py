@@ -32,12 +32,13 @@ DEFAULTS: dict[str, Any] = {
         "scale_range": [0.5, 2.0],
         "hflip": 0.5,
     },
-    "eval": {"split": "val", "size": None, "batch_size": 1, "workers": 2},
+    "eval": {"split": "val", "size": None, "batch_size": 1, "workers": 2, "mode": "whole", "window": None,
+             "stride": None, "flip": False, "scales": [1.0], "dump": 4},
 }
 
 # Settings that change how fast a cell runs but not what it computes: left out of the cell id.
 NON_IDENTITY_KEYS = {"train": {"workers", "ckpt_every", "keep_ckpts", "channels_last", "compile"},
-                     "eval": {"batch_size", "workers"}}
+                     "eval": {"batch_size", "workers", "dump"}}
 
 REPO_EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
 EMBEDDED_DEFAULT = REPO_EXPERIMENTS / "embedded.yaml"

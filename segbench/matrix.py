@@ -141,6 +141,7 @@ def run_cell(cell: Cell, cell_dir: Path, *, data_root=None, device: torch.device
     from .engine import distributed as dist_utils
     from .engine.checkpoint import load_checkpoint
     from .engine.evaluate import evaluate
+    from .engine.inference import InferenceSettings
     from .engine.train import train
     from .io import save_torch
     from .models import create_model
@@ -170,12 +171,13 @@ def run_cell(cell: Cell, cell_dir: Path, *, data_root=None, device: torch.device
         record["training"] = stats
     ecfg = cell.eval
     eval_tf = build_eval_transform(ecfg.get("size"))
+    settings = InferenceSettings.from_config(ecfg)
     for target in missing_targets(cell, cell_dir):
         ds = build_dataset(target, ecfg["split"], root=data_root, transform=eval_tf)
         t0 = time.perf_counter()
         metrics = evaluate(model, ds, device=device, eval_classes=getattr(ds, "eval_classes", None),
-                           batch_size=ecfg.get("batch_size", 1), workers=ecfg.get("workers", 0),
-                           desc=f"  test on {target}")
+                           workers=ecfg.get("workers", 0), settings=settings, desc=f"  test on {target}",
+                           dump_dir=cell_dir / "preds" / target, dump_count=int(ecfg.get("dump", 0) or 0))
         metrics.update(eval=cell.eval_identity(), images=len(ds), seconds=time.perf_counter() - t0)
         record["results"][target] = metrics
         record["provenance"] = provenance(device)

@@ -11,39 +11,50 @@ from .labels import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES
 
 
 class ConfusionMatrix:
-    """Rows = ground truth, columns = prediction. Accumulates on the tensors' device; `all_reduce` sums across ranks."""
+    """Rows = ground truth, columns = prediction. Accumulates on the tensors' device; `all_reduce` sums across ranks.
+
+    A prediction outside the classes (e.g. a Cityscapes id of an ignored class in a prediction PNG) lands in an extra
+    'void' column: a false negative for the true class and a false positive for none, as in the official script.
+    """
 
     def __init__(self, num_classes: int = NUM_CLASSES, ignore_index: int = IGNORE_INDEX, device=None):
         self.num_classes = num_classes
         self.ignore_index = ignore_index
-        self.mat = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
+        self.counts = torch.zeros(num_classes, num_classes + 1, dtype=torch.int64, device=device)
+
+    @property
+    def mat(self) -> torch.Tensor:
+        """The C x C confusion matrix (void predictions left out)."""
+        return self.counts[:, : self.num_classes]
 
     def update(self, target: torch.Tensor, pred: torch.Tensor) -> None:
         if target.shape != pred.shape:
             raise ValueError(f"prediction shape {tuple(pred.shape)} differs from label shape {tuple(target.shape)}; "
                              "upsample logits to the label resolution before scoring")
         target, pred = target.reshape(-1), pred.reshape(-1).to(target.device)
-        if self.mat.device != target.device:
-            self.mat = self.mat.to(target.device)
-        k = (target != self.ignore_index) & (target >= 0) & (target < self.num_classes)
-        if (pred[k] < 0).any() or (pred[k] >= self.num_classes).any():
-            raise ValueError(f"predictions must be class indices in [0, {self.num_classes}), got values outside")
-        idx = target[k].long() * self.num_classes + pred[k].long()
-        self.mat += torch.bincount(idx, minlength=self.num_classes ** 2).reshape(self.num_classes, self.num_classes)
+        if self.counts.device != target.device:
+            self.counts = self.counts.to(target.device)
+        c = self.num_classes
+        k = (target != self.ignore_index) & (target >= 0) & (target < c)
+        p = pred[k].long()
+        p = torch.where((p >= 0) & (p < c), p, torch.full_like(p, c))
+        idx = target[k].long() * (c + 1) + p
+        self.counts += torch.bincount(idx, minlength=c * (c + 1)).reshape(c, c + 1)
 
     def all_reduce(self) -> None:
         if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(self.mat)
+            dist.all_reduce(self.counts)
 
     def iou(self) -> torch.Tensor:
         """Per-class IoU as float64; NaN where TP + FP + FN == 0."""
-        m = self.mat.double()
+        full = self.counts.double()
+        m = full[:, : self.num_classes]
         tp = m.diag()
-        denom = m.sum(0) + m.sum(1) - tp
+        denom = m.sum(0) + full.sum(1) - tp
         return torch.where(denom > 0, tp / denom.clamp(min=1), torch.full_like(tp, float("nan")))
 
     def pixel_accuracy(self) -> float:
-        total = self.mat.sum().item()
+        total = self.counts.sum().item()
         return float(self.mat.diag().sum().item() / total) if total else float("nan")
 
     def summary(self, eval_classes: Sequence[int] | None = None) -> dict:

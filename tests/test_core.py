@@ -127,6 +127,14 @@ def test_eval_classes_restrict_the_mean():
     assert list(cm.summary([0, 2])["per_class_iou"]) == ["0", "2"]
 
 
+def test_void_predictions_are_false_negatives_only():
+    cm = ConfusionMatrix(num_classes=3)
+    cm.update(torch.tensor([0, 0, 1]), torch.tensor([0, 255, 1]))
+    iou = cm.iou()
+    assert iou[0].item() == pytest.approx(0.5) and iou[1].item() == 1.0
+    assert cm.pixel_accuracy() == pytest.approx(2 / 3)
+
+
 def test_shape_mismatch_is_explained():
     with pytest.raises(ValueError, match="upsample logits"):
         ConfusionMatrix().update(torch.zeros(4, 4, dtype=torch.long), torch.zeros(2, 2, dtype=torch.long))

@@ -32,6 +32,21 @@ from .base import DATASETS, SegmentationDataset, read_gray
 GENERATOR_VERSION = 3
 IMAGE_SIZE = (128, 256)  # (H, W)
 SPLIT_SIZES = {"train": 300, "val": 60}
+#: e.g. "train=8,val=3": smaller trees for smoke tests and subprocess tests (a different size regenerates the tree)
+SIZES_ENV = "SEGBENCH_SYNTHETIC_SIZES"
+
+
+def split_sizes() -> dict[str, int]:
+    raw = os.environ.get(SIZES_ENV)
+    if not raw:
+        return dict(SPLIT_SIZES)
+    try:
+        sizes = {k.strip(): int(v) for k, v in (item.split("=") for item in raw.split(","))}
+    except ValueError:
+        raise ValueError(f"{SIZES_ENV}={raw!r}: expected e.g. train=8,val=3") from None
+    if set(sizes) != set(SPLIT_SIZES) or min(sizes.values()) < 1:
+        raise ValueError(f"{SIZES_ENV}={raw!r}: give a positive size for each of {', '.join(SPLIT_SIZES)}")
+    return sizes
 
 ROAD, SIDEWALK, BUILDING, WALL, FENCE, POLE, LIGHT, SIGN, VEGETATION, TERRAIN, SKY, PERSON, CAR = (
     0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 13)
@@ -247,7 +262,7 @@ def generate_sample(domain: str, index: int, split: str, seed: int = 0, size: tu
 # ----------------------------------------------------------------------------------------------------------------
 def _manifest(domain: str, seed: int) -> dict:
     manifest = {"generator_version": GENERATOR_VERSION, "domain": domain, "seed": seed, "size": list(IMAGE_SIZE),
-                "splits": SPLIT_SIZES, "style": asdict(STYLES[domain])}
+                "splits": split_sizes(), "style": asdict(STYLES[domain])}
     return json.loads(json.dumps(manifest))  # tuples -> lists, as they come back from disk
 
 
@@ -268,7 +283,7 @@ def ensure_generated(root: Path, domain: str, seed: int = 0) -> bool:
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}-", dir=root.parent))
     try:
-        for split, count in SPLIT_SIZES.items():
+        for split, count in split_sizes().items():
             (tmp / "images" / split).mkdir(parents=True)
             (tmp / "labels" / split).mkdir(parents=True)
             for i in range(count):

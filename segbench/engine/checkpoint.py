@@ -56,3 +56,38 @@ def check_same_config(saved: dict, current: dict, path: Path) -> None:
         f"checkpoint {path} was written by another configuration:\n" + "\n".join(diffs)
         + f"\nDelete {Path(path).parent} to start over, or run with the checkpoint's settings."
     )
+
+
+def load_trained_model(path: Path):
+    """Rebuild a trained model from a cell directory, its `model_final.pt` (config in `record.json` beside it) or a
+    training checkpoint `iter_*.pt` (config inside). Returns (model, description dict)."""
+    import json
+
+    from ..models import create_model
+
+    path = Path(path)
+    if path.is_dir():
+        path = path / "model_final.pt"
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}: pass a cell directory (results/STUDY/cells/CELL), its "
+                                "model_final.pt, or a checkpoints/iter_*.pt file")
+    state = load_checkpoint(path)
+    if isinstance(state, dict) and "identity" in state and "model" in state:
+        ident, weights = state["identity"], state["model"]
+    else:
+        record_path = path.parent / "record.json"
+        if not record_path.is_file():
+            raise FileNotFoundError(f"{path} holds bare weights and {record_path} is missing, so the architecture is "
+                                    "unknown; pass the cell directory that holds both")
+        record = json.loads(record_path.read_text())
+        try:
+            ident = {"backbone": record["backbone"], "head": record["head"], "model": record["config"]["model"],
+                     "source": record["source"], "seed": record["seed"]}
+        except KeyError as e:
+            raise ValueError(f"{record_path} lacks key {e}; it was not written by segbench's runner") from None
+        weights = state
+    mcfg = ident["model"]
+    model = create_model(ident["backbone"], head=ident["head"], output_stride=mcfg.get("output_stride"),
+                         pretrained=None, aux=bool(mcfg.get("aux")))
+    model.load_state_dict(weights)
+    return model.eval(), ident

@@ -1,57 +1,95 @@
-"""Score a model on a split: logits upsampled to each label's native resolution, one confusion matrix per split."""
+"""Score a model on a split: predictions at each label's native resolution, one confusion matrix per split.
+
+Under torch.distributed each rank scores a disjoint shard (no padding duplicates, unlike DistributedSampler) and
+the matrices are summed, so N processes give exactly the 1-process numbers.
+"""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Sequence
 
+import cv2
+import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ..labels import colorize
 from ..metrics import ConfusionMatrix
 from . import distributed as dist_utils
+from .inference import InferenceSettings, predict
 
 
-@torch.no_grad()
-def predict_logits(model: torch.nn.Module, image: torch.Tensor, out_size: tuple[int, int]) -> torch.Tensor:
-    """Whole-image inference, bilinear upsampling of the logits to `out_size` (H, W)."""
-    logits = model(image)["out"]
-    if logits.shape[-2:] != tuple(out_size):
-        logits = F.interpolate(logits.float(), size=out_size, mode="bilinear", align_corners=False)
-    return logits
+class _Indexed(torch.utils.data.Dataset):
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, i):
+        image, mask = self.dataset[i]
+        return i, image, mask
 
 
 def _collate(batch):
-    """Images may differ in size across a split (Mapillary): keep them as a list when they do."""
-    images, masks = zip(*batch)
-    if all(i.shape == images[0].shape for i in images) and all(m.shape == masks[0].shape for m in masks):
-        return torch.stack(images), torch.stack(masks)
-    return list(images), list(masks)
+    """Keep samples as a list: a split may mix image sizes (Mapillary), and labels are scored at native size."""
+    return batch
+
+
+def save_prediction(path: Path, pred: np.ndarray, image_path: Path | None = None, overlay: bool = False) -> None:
+    """trainId PNG (what `segbench evaluate --preds` reads back), plus a palette overlay on the image if asked."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path), pred.astype(np.uint8))
+    if overlay:
+        color = colorize(pred.astype(np.uint8))
+        if image_path is not None:
+            image = cv2.cvtColor(cv2.imread(str(image_path), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+            if image.shape[:2] == color.shape[:2]:
+                color = (0.5 * image + 0.5 * color).astype(np.uint8)
+        cv2.imwrite(str(path.with_name(path.stem + "_overlay.png")), cv2.cvtColor(color, cv2.COLOR_RGB2BGR))
 
 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, dataset, *, device: torch.device, eval_classes: Sequence[int] | None = None,
-             batch_size: int = 1, workers: int = 2, desc: str = "eval") -> dict:
-    """mIoU and per-class IoU of `model` on `dataset` (whose transform is an eval preset)."""
+             workers: int = 2, settings: InferenceSettings = InferenceSettings(), desc: str = "eval",
+             dump_dir: Path | None = None, dump_count: int = 0, save_dir: Path | None = None,
+             overlay: bool = False, batch_size: int = 1) -> dict:
+    """mIoU and per-class IoU of `model` on `dataset` (whose transform is an eval preset).
+
+    The first `dump_count` predictions go to `dump_dir` (listed under "samples" for the report's qualitative panel);
+    `save_dir` receives every prediction (and overlays with `overlay=True`).
+    """
     from ..data.workers import worker_init_fn
 
-    sampler = None
-    if dist_utils.is_dist():
-        sampler = torch.utils.data.distributed.DistributedSampler(dataset, shuffle=False, drop_last=False)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=False,
-                                         num_workers=workers, collate_fn=_collate, pin_memory=device.type == "cuda",
+    rank, world = dist_utils.rank(), dist_utils.world_size()
+    shard = list(range(rank, len(dataset), world))
+    loader = torch.utils.data.DataLoader(_Indexed(dataset), batch_size=batch_size, sampler=shard, num_workers=workers,
+                                         collate_fn=_collate, pin_memory=device.type == "cuda",
                                          worker_init_fn=worker_init_fn if workers else None)
     was_training = model.training
     model.eval().to(device)
     cm = ConfusionMatrix(device=device)
-    for images, masks in tqdm(loader, desc=desc, unit="batch", dynamic_ncols=True, leave=False,
-                              disable=not dist_utils.is_main()):
-        pairs = zip(images, masks) if isinstance(images, list) else [(images, masks)]
-        for image, mask in pairs:
-            if image.dim() == 3:
-                image, mask = image[None], mask[None]
-            image, mask = image.to(device, non_blocking=True), mask.to(device, non_blocking=True)
-            pred = predict_logits(model, image, tuple(mask.shape[-2:])).argmax(1)
+    samples = []
+    pairs = getattr(dataset, "pairs", None)
+    for batch in tqdm(loader, desc=desc, unit="img", unit_scale=batch_size, dynamic_ncols=True, leave=False,
+                      disable=not dist_utils.is_main()):
+        for index, image, mask in batch:
+            image = image[None].to(device, non_blocking=True)
+            mask = mask[None].to(device, non_blocking=True)
+            pred = predict(model, image, tuple(mask.shape[-2:]), settings).argmax(1)
             cm.update(mask, pred)
+            image_path = Path(pairs[index][0]) if pairs else None
+            name = f"{index:05d}" if image_path is None else image_path.stem
+            if dump_dir is not None and index < dump_count and dist_utils.is_main():
+                rel = Path("preds") / Path(dump_dir).name / f"{name}.png"
+                save_prediction(Path(dump_dir) / f"{name}.png", pred[0].cpu().numpy())
+                samples.append({"index": index, "image": str(image_path) if image_path else None,
+                                "label": str(pairs[index][1]) if pairs else None, "pred": str(rel)})
+            if save_dir is not None:
+                save_prediction(Path(save_dir) / f"{name}.png", pred[0].cpu().numpy(), image_path, overlay)
     cm.all_reduce()
     model.train(was_training)
-    return cm.summary(eval_classes)
+    summary = cm.summary(eval_classes)
+    if samples:
+        summary["samples"] = sorted(samples, key=lambda s: s["index"])
+    return summary

@@ -69,6 +69,9 @@ def make_loader(dataset, transform, settings: TrainSettings, seed: int, start_it
         SeededTransformDataset(dataset, transform), batch_size=settings.batch_size, sampler=sampler,
         num_workers=settings.workers, pin_memory=device.type == "cuda", drop_last=True,
         persistent_workers=False, worker_init_fn=worker_init_fn if settings.workers else None,
+        # its own generator: creating the iterator must not draw from the global RNG, or a resumed run's dropout
+        # masks would differ from an uninterrupted run's
+        generator=torch.Generator().manual_seed(seed),
     )
 
 

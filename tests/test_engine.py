@@ -1,0 +1,156 @@
+"""Engine: inference presets, prediction-directory scoring, non-finite losses, checkpoint identity."""
+import json
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from segbench import evaluate as evaluate_cli
+from segbench.data import build_dataset, synthetic
+from segbench.data.transforms import build_train_transform
+from segbench.engine.checkpoint import CheckpointMismatch, list_checkpoints, load_checkpoint
+from segbench.engine.inference import InferenceSettings, predict, slide_logits
+from segbench.engine.train import NonFiniteLoss, TrainSettings, train
+from segbench.labels import CITYSCAPES_ID_TO_TRAINID
+from segbench.models import create_model
+
+
+class PixelModel(torch.nn.Module):
+    """A 1x1 conv: every output pixel sees only its input pixel, so windows cannot change the answer."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 19, 1)
+
+    def forward(self, x):
+        return {"out": self.conv(x)}
+
+
+def test_sliding_window_equals_whole_image_for_a_local_model():
+    torch.manual_seed(0)
+    model, image = PixelModel(), torch.randn(1, 3, 37, 53)
+    whole = model(image)["out"]
+    for window, stride in [((16, 16), (8, 8)), ((20, 30), (20, 30)), ((16, 24), None), ((64, 64), None)]:
+        torch.testing.assert_close(slide_logits(model, image, window, stride), whole)
+
+
+def test_sliding_window_with_one_window_equals_whole_for_a_real_model():
+    torch.manual_seed(0)
+    model = create_model("resnet18_ibn_b", "fcn").eval()
+    image = torch.randn(1, 3, 48, 64)
+    with torch.no_grad():
+        whole = predict(model, image, (48, 64))
+        slid = predict(model, image, (48, 64), InferenceSettings(mode="slide", window=(48, 64)))
+        overlapped = predict(model, image, (48, 64), InferenceSettings(mode="slide", window=(32, 32), stride=(16, 16)))
+    torch.testing.assert_close(slid, whole)
+    assert overlapped.shape == whole.shape and torch.isfinite(overlapped).all()
+
+
+def test_tta_averages_probabilities_at_label_size():
+    torch.manual_seed(0)
+    model, image = PixelModel(), torch.randn(1, 3, 20, 30)
+    probs = predict(model, image, (40, 60), InferenceSettings(flip=True, scales=(0.5, 1.0, 1.5)))
+    assert probs.shape == (1, 19, 40, 60)
+    torch.testing.assert_close(probs.sum(1), torch.full((1, 40, 60), 6.0))  # 3 scales x 2 flips
+
+
+def test_bad_inference_settings_say_what_to_set():
+    with pytest.raises(ValueError, match="eval.window"):
+        InferenceSettings(mode="slide")
+    with pytest.raises(ValueError, match="'whole' or 'slide'"):
+        InferenceSettings(mode="tiles")
+
+
+# -- scoring prediction PNGs from another framework -------------------------------------------------------------------
+@pytest.fixture
+def tiny_photo(tmp_path, monkeypatch):
+    monkeypatch.setattr(synthetic, "SPLIT_SIZES", {"train": 2, "val": 3})
+    return build_dataset("photo", "val", root=tmp_path / "data")
+
+
+def _write_preds(ds, out, encode=lambda lab: lab, suffix=""):
+    out.mkdir(parents=True)
+    for image_path, _ in ds.pairs:
+        _, label = ds.load_pair(ds.pairs.index((image_path, _)))
+        cv2.imwrite(str(out / f"{image_path.stem}{suffix}.png"), encode(label))
+
+
+def test_perfect_trainid_predictions_score_100(tiny_photo, tmp_path, capsys):
+    _write_preds(tiny_photo, tmp_path / "preds", suffix="_pred")
+    code = evaluate_cli.main(["--preds", str(tmp_path / "preds"), "--dataset", "photo",
+                              "--data-root", str(tmp_path / "data"), "--output", str(tmp_path / "out.json")])
+    assert code == 0
+    result = json.loads((tmp_path / "out.json").read_text())
+    assert result["miou"] == pytest.approx(100.0) and result["images"] == 3
+    assert result["per_class_iou"]["road"] == pytest.approx(100.0)
+
+
+def test_cityscapes_id_predictions_are_mapped(tiny_photo, tmp_path):
+    train_to_id = np.zeros(256, np.uint8)  # ignore -> id 0 (unlabeled)
+    for label_id, train_id in CITYSCAPES_ID_TO_TRAINID.items():
+        train_to_id[train_id] = label_id
+    _write_preds(tiny_photo, tmp_path / "preds", encode=lambda lab: train_to_id[lab])
+    result = evaluate_cli.score_prediction_dir(tiny_photo, tmp_path / "preds", "cityscapes")
+    assert result["miou"] == pytest.approx(100.0)
+
+
+def test_wrong_predictions_lower_the_score(tiny_photo, tmp_path):
+    _write_preds(tiny_photo, tmp_path / "preds", encode=lambda lab: np.where(lab == 0, 1, lab).astype(np.uint8))
+    result = evaluate_cli.score_prediction_dir(tiny_photo, tmp_path / "preds", "trainid")
+    assert result["per_class_iou"]["road"] == 0.0 and result["miou"] < 100
+
+
+def test_missing_and_misshapen_predictions_are_named(tiny_photo, tmp_path, capsys):
+    preds = tmp_path / "preds"
+    _write_preds(tiny_photo, preds)
+    first = sorted(preds.glob("*.png"))[0]
+    cv2.imwrite(str(first), np.zeros((5, 5), np.uint8))
+    with pytest.raises(ValueError, match=rf"{first.name}.*label resolution"):
+        evaluate_cli.score_prediction_dir(tiny_photo, preds, "trainid")
+    first.unlink()
+    code = evaluate_cli.main(["--preds", str(preds), "--dataset", "photo", "--data-root", str(tmp_path / "data")])
+    assert code == 2 and "1 of 3 images have no prediction" in capsys.readouterr().err
+
+
+# -- training loop safety -------------------------------------------------------------------------------------------
+class NaNAfter(torch.nn.Module):
+    """Wraps a model and returns NaN logits from the given forward call on."""
+
+    def __init__(self, model, after):
+        super().__init__()
+        self.model, self.after, self.calls = model, after, 0
+
+    def forward(self, x):
+        self.calls += 1
+        out = self.model(x)
+        if self.calls > self.after:
+            out = {"out": out["out"] * float("nan")}
+        return out
+
+
+def _tiny_train(tmp_path, model, iters=4, identity=None, monkeypatch=None):
+    ds = build_dataset("sim", "train", root=tmp_path / "data")
+    settings = TrainSettings(iters=iters, batch_size=2, workers=0, ckpt_every=2, keep_ckpts=5)
+    return train(model, ds, build_train_transform((32, 32), (0.5, 1.0)), settings, seed=0, device=torch.device("cpu"),
+                 ckpt_dir=tmp_path / "ckpt", identity=identity or {"a": 1})
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    monkeypatch.setattr(synthetic, "SPLIT_SIZES", {"train": 4, "val": 1})
+    torch.manual_seed(0)
+    model = NaNAfter(PixelModel(), after=2)
+    with pytest.raises(NonFiniteLoss, match="at iteration 2.*last good checkpoint"):
+        _tiny_train(tmp_path, model, iters=6)
+    (it, path), = list_checkpoints(tmp_path / "ckpt")
+    assert it == 2
+    state = load_checkpoint(path)
+    assert all(torch.isfinite(v).all() for v in state["model"].values())
+
+
+def test_resuming_under_another_config_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr(synthetic, "SPLIT_SIZES", {"train": 4, "val": 1})
+    torch.manual_seed(0)
+    _tiny_train(tmp_path, PixelModel(), iters=2, identity={"lr": 0.01, "backbone": "x"})
+    with pytest.raises(CheckpointMismatch, match=r"lr: checkpoint has 0.01, this run has 0.02"):
+        _tiny_train(tmp_path, PixelModel(), iters=4, identity={"lr": 0.02, "backbone": "x"})
