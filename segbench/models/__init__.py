@@ -6,6 +6,13 @@ segmentation-models-pytorch encoders when smp is installed).
 from segbench.models.registries import BACKBONES, HEADS
 from segbench.models import resnet as _resnet  # noqa: F401  (registers backbones)
 from segbench.models import heads as _heads  # noqa: F401  (registers native heads)
+try:  # segmentation-models-pytorch is a dependency, but the native models must not need it
+    from segbench.models import smp_encoders as _smp_encoders
+    from segbench.models import smp_heads as _smp_heads  # noqa: F401  (registers smp-* heads)
+
+    _smp_encoders.register_smp_encoders()
+except ImportError:  # pragma: no cover
+    pass
 from segbench.models.factory import count_parameters, create_backbone, create_model, list_backbones, list_heads
 
 __all__ = ["BACKBONES", "HEADS", "create_backbone", "create_model", "list_backbones", "list_heads", "count_parameters"]

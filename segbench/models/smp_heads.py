@@ -1,0 +1,92 @@
+"""segmentation-models-pytorch decoders as segbench heads (`smp-unet`, `smp-fpn`, `smp-deeplabv3plus`).
+
+smp decoders need inputs divisible by 32 (GTA5's 1914x1052 is not): the wrapper pads bottom/right and crops the logits
+back, so they follow the same dict-output contract as the native heads and accept any input size.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator, Sequence
+
+import segmentation_models_pytorch as smp
+import torch
+from segmentation_models_pytorch.encoders import encoders as SMP_ENCODERS
+from segmentation_models_pytorch.encoders._base import EncoderMixin
+from torch import nn
+
+from segbench.models.heads import FCNHead, aspp_rates
+from segbench.models.registries import HEADS
+from segbench.models.segmenter import HeadSpec, pad_to_multiple, upsample_to
+from segbench.models.smp_encoders import SegbenchEncoder
+
+SMP_SIZE_DIVISOR = 32  # Unet/FPN concatenate or add maps from strides 2..32; they must tile exactly
+
+
+class SmpSegmenter(nn.Module):
+    """smp decoder + segmentation head around a SegbenchEncoder, with padding and the dict contract.
+
+    Attribute `backbone` (the encoder) keeps checkpoint keys `backbone.*` as in the native Segmenter.
+    """
+
+    def __init__(self, backbone: SegbenchEncoder, decoder: nn.Module, segmentation_head: nn.Module,
+                 aux_head: nn.Module | None = None, size_divisor: int = SMP_SIZE_DIVISOR):
+        super().__init__()
+        self.backbone = backbone
+        self.decoder = decoder
+        self.segmentation_head = segmentation_head
+        self.aux_head = aux_head
+        self.size_divisor = size_divisor
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        h, w = x.shape[-2:]
+        padded = pad_to_multiple(x, self.size_divisor)
+        feats = self.backbone(padded)
+        logits = self.segmentation_head(self.decoder(feats))
+        out = {"out": upsample_to(logits, padded.shape[-2:])[..., :h, :w]}
+        if self.aux_head is not None and self.training:
+            out["aux"] = upsample_to(self.aux_head(feats), padded.shape[-2:])[..., :h, :w]
+        return out
+
+
+class _ChannelsOnly(nn.Module, EncoderMixin):
+    """What smp builds in place of a second real encoder: decoders read only out_channels from it."""
+
+    def __init__(self, out_channels: Sequence[int], depth: int = 5, output_stride: int = 32):
+        nn.Module.__init__(self)
+        self._out_channels, self._depth, self._in_channels = list(out_channels), depth, 3
+        self._output_stride = output_stride
+
+    def make_dilated(self, output_stride: int) -> None:
+        pass
+
+
+@contextmanager
+def _placeholder_encoder(out_channels: Sequence[int]) -> Iterator[str]:
+    name = "_segbench_placeholder"
+    SMP_ENCODERS[name] = {"encoder": _ChannelsOnly, "pretrained_settings": {},
+                          "params": {"out_channels": list(out_channels)}}
+    try:
+        yield name
+    finally:
+        del SMP_ENCODERS[name]
+
+
+def _smp_head(smp_cls, **extra):
+    def build(backbone: nn.Module, num_classes: int, aux: bool) -> SmpSegmenter:
+        encoder = SegbenchEncoder(backbone)
+        kwargs = dict(extra)
+        if smp_cls is smp.DeepLabV3Plus:
+            kwargs.update(encoder_output_stride=encoder.output_stride,
+                          decoder_atrous_rates=aspp_rates(encoder.output_stride))
+        with _placeholder_encoder(encoder.out_channels) as name:
+            model = smp_cls(encoder_name=name, encoder_weights=None, classes=num_classes, **kwargs)
+        aux_head = FCNHead(backbone.out_channels[2], num_classes, in_index=4) if aux else None  # feats[4] = layer3
+        return SmpSegmenter(encoder, model.decoder, model.segmentation_head, aux_head)
+
+    return build
+
+
+HEADS.add("smp-unet", HeadSpec(_smp_head(smp.Unet), 32, (32,), "smp U-Net decoder (input padded to /32)"))
+HEADS.add("smp-fpn", HeadSpec(_smp_head(smp.FPN), 32, (32,), "smp FPN decoder (input padded to /32)"))
+HEADS.add("smp-deeplabv3plus", HeadSpec(_smp_head(smp.DeepLabV3Plus), 16, (8, 16),
+                                        "smp DeepLabV3+ (separable ASPP, rates 6/12/18 at OS16; padded to /32)"))
