@@ -33,7 +33,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", help="directory holding the datasets (default: $SEGBENCH_DATA or ./datasets)")
     p.add_argument("--results", type=Path, default=Path("results"), help="results root (default: ./results)")
     p.add_argument("--name", help="study name: results go to RESULTS/NAME")
-    p.add_argument("--launcher", default="local", help="how cells run (default: local)")
+    p.add_argument("--launcher", default="local", help="how cells run: local, gpus, torchrun, slurm (default: local)")
+    p.add_argument("--launcher-opt", dest="launcher_opts", action="append", default=[], metavar="KEY=VALUE",
+                   help="launcher option, repeatable: gpus=0,1 per_cell=2 (gpus); nproc=4 (torchrun); "
+                        "partition=gpu gpus_per_cell=4 timeout_min=1440 wait=false (slurm)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--dry-run", action="store_true", help="print the plan (cells, ids, done or not) and exit")
     p.add_argument("--only", nargs="+", metavar="CELL_ID", help="run only these cells of the plan (used by launchers)")
@@ -92,8 +95,9 @@ def print_plan(cells, results_dir: Path, argv: list[str]) -> None:
         done = is_done(cell, results_dir / "cells" / cell.dirname)
         print(f"  {cell.cell_id}  {'done   ' if done else 'pending'}  {cell.dirname}  "
               f"targets={','.join(cell.eval_targets)}")
-    print("run them with:", " ".join(shlex.quote(a) for a in ["python", "-m", "segbench.run", *argv]
-                                    if a != "--dry-run"))
+    from .launchers import python_command
+
+    print("each cell runs:", shlex.join(["python", *python_command(argv, "CELL_ID")[1:]]))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -106,11 +110,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"segbench: {e}", file=sys.stderr)
         return 2
 
-    import torch
-
     from .data import DatasetError
     from .engine import distributed as dist_utils
-    from .launchers import LAUNCHERS
+    from .launchers import LAUNCHERS, parse_options
     from .matrix import expand_names, plan
     from .models import BACKBONES, HEADS
     from .report import build_report
@@ -119,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
         backbones = expand_names(cfg["backbones"], BACKBONES)
         heads = expand_names(cfg["heads"], HEADS)
         launcher = LAUNCHERS.get(args.launcher)
-    except KeyError as e:
+        launcher_opts = parse_options(args.launcher_opts, launcher)
+    except (KeyError, ValueError) as e:
         print(f"segbench: {e.args[0]}", file=sys.stderr)
         return 2
     cells = plan(cfg, transfers, backbones, heads)
@@ -138,16 +141,23 @@ def main(argv: list[str] | None = None) -> int:
     except (DatasetError, KeyError) as e:
         print(f"segbench: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
         return 2
-    device = dist_utils.init_from_env(None if args.device == "auto" else args.device)
-    if args.device == "auto" and device.type == "cpu":
-        torch.set_num_threads(max(1, torch.get_num_threads()))
-    outcomes = launcher(cells, results_dir, data_root=args.data_root, device=device, argv=argv)
+    # subprocess launchers must not open a CUDA context on GPU 0 in the parent
+    device = dist_utils.init_from_env(None if args.device == "auto" else args.device) \
+        if args.launcher == "local" else None
+    try:
+        outcomes = launcher(cells, results_dir, data_root=args.data_root, device=device, argv=argv, **launcher_opts)
+    except (ValueError, ImportError) as e:  # no GPU visible, submitit missing
+        print(f"segbench: {e}", file=sys.stderr)
+        return 2
     if not dist_utils.is_main():
         return 0
     md = build_report(results_dir)
     print()
     print(md)
     print(f"tables: {results_dir / 'table.md'}, {results_dir / 'table.csv'}; records: {results_dir / 'cells'}")
+    submitted = [o for o in outcomes if o.status == "submitted"]
+    if submitted:
+        print(f"{len(submitted)} cell(s) submitted; `segbench report {results_dir}` shows progress as they finish")
     failed = [o for o in outcomes if o.status == "failed"]
     skipped = sum(o.status == "skipped" for o in outcomes)
     if skipped:

@@ -81,10 +81,13 @@ def evaluate(model: torch.nn.Module, dataset, *, device: torch.device, eval_clas
             image_path = Path(pairs[index][0]) if pairs else None
             name = f"{index:05d}" if image_path is None else image_path.stem
             if dump_dir is not None and index < dump_count and dist_utils.is_main():
-                rel = Path("preds") / Path(dump_dir).name / f"{name}.png"
+                rel = Path("preds") / Path(dump_dir).name
                 save_prediction(Path(dump_dir) / f"{name}.png", pred[0].cpu().numpy())
+                # the decoded trainId label too: raw labels (GTA5 palette, SYNTHIA 16-bit) cannot be drawn directly
+                save_prediction(Path(dump_dir) / f"{name}_gt.png", mask[0].cpu().numpy())
                 samples.append({"index": index, "image": str(image_path) if image_path else None,
-                                "label": str(pairs[index][1]) if pairs else None, "pred": str(rel)})
+                                "label": str(pairs[index][1]) if pairs else None, "pred": str(rel / f"{name}.png"),
+                                "gt": str(rel / f"{name}_gt.png")})
             if save_dir is not None:
                 save_prediction(Path(save_dir) / f"{name}.png", pred[0].cpu().numpy(), image_path, overlay)
     cm.all_reduce()
