@@ -141,6 +141,7 @@ def run_cell(cell: Cell, cell_dir: Path, *, data_root=None, device: torch.device
     from .engine import distributed as dist_utils
     from .engine.checkpoint import load_checkpoint
     from .engine.evaluate import evaluate
+    from .engine.logging import tensorboard_writer
     from .engine.inference import InferenceSettings
     from .engine.train import train
     from .io import save_torch
@@ -153,6 +154,10 @@ def run_cell(cell: Cell, cell_dir: Path, *, data_root=None, device: torch.device
         "seed": cell.seed, "config": {"model": cell.model, "train": cell.train, "eval": cell.eval},
         "results": {},
     }
+    record["config"]["eval"] = cell.eval
+    if dist_utils.is_main():  # the effective configuration, there from the first second of the run
+        write_json(cell_dir / "config.json", {**cell.training_identity(), "targets": list(cell.eval_targets),
+                                              "train": cell.train, "eval": cell.eval})
     final = cell_dir / FINAL_WEIGHTS
     torch.manual_seed(cell.seed)
     model = create_model(cell.backbone, head=cell.head, output_stride=cell.model.get("output_stride"),
@@ -165,7 +170,8 @@ def run_cell(cell: Cell, cell_dir: Path, *, data_root=None, device: torch.device
         transform = build_train_transform(tcfg["crop"], tcfg["scale_range"], tcfg["hflip"])
         stats = train(model, source, transform, train_settings(tcfg), seed=cell.seed, device=device,
                       ckpt_dir=cell_dir / "checkpoints", identity=cell.training_identity(),
-                      log_path=cell_dir / "train_log.csv", desc=f"{cell.backbone} on {cell.source} (seed {cell.seed})")
+                      log_path=cell_dir / "train_log.csv", tb_dir=cell_dir / "tb",
+                      desc=f"{cell.backbone} on {cell.source} (seed {cell.seed})")
         if dist_utils.is_main():
             save_torch(final, model.state_dict())
         record["training"] = stats
@@ -183,6 +189,10 @@ def run_cell(cell: Cell, cell_dir: Path, *, data_root=None, device: torch.device
         record["provenance"] = provenance(device)
         if dist_utils.is_main():
             write_json(cell_dir / RECORD, record)
+            tb = tensorboard_writer(cell_dir / "tb")
+            if tb is not None:
+                tb.add_scalar(f"eval/miou/{target}", metrics["miou"], int(cell.train["iters"]))
+                tb.close()
     if dist_utils.is_main():
         (cell_dir / DONE).touch()
     return record

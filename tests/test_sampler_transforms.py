@@ -101,3 +101,42 @@ def test_scale_range_is_respected():
     row = t(image=image, mask=mask)["mask"][0].tolist()
     runs = [len(list(g)) for _, g in __import__("itertools").groupby(row)]
     assert set(runs[1:-1]) == {2}
+
+
+# -- class-uniform sampling -----------------------------------------------------------------------------------------
+def test_class_uniform_draws_rare_classes_as_often_as_common_ones():
+    from segbench.data.class_uniform import ClassUniformStreamSampler
+
+    presence = [[0, 2]] * 98 + [[0, 16]] * 2  # 'train' (16) is in 2% of the images
+    items = list(ClassUniformStreamSampler(presence, 1.0, seed=0, total=3000))
+    focus = [f for _, _, f in items]
+    share = {c: focus.count(c) / len(focus) for c in (0, 2, 16)}
+    assert all(abs(v - 1 / 3) < 0.05 for v in share.values()), share
+    assert all(16 in presence[i] for i, _, f in items if f == 16)
+    mixed = list(ClassUniformStreamSampler(presence, 0.5, seed=0, total=2000))
+    assert 0.4 < sum(f >= 0 for _, _, f in mixed) / 2000 < 0.6
+    assert list(ClassUniformStreamSampler(presence, 0.5, seed=0, start=700, total=2000)) == mixed[700:]
+
+
+def test_focus_crop_contains_the_class():
+    mask = np.zeros((100, 100), np.uint8)
+    mask[90:93, 5:8] = 16  # a tiny 'train' in a corner
+    image = np.zeros((100, 100, 3), np.uint8)
+    t = build_train_transform((32, 32), scale_range=(0.5, 2.0), hflip=0.5)
+    for seed in range(20):
+        t.set_random_seed(seed)
+        assert (t(image=image, mask=mask, focus=16)["mask"] == 16).any(), seed
+
+
+def test_class_presence_is_scanned_once_and_cached(tmp_path, monkeypatch):
+    from segbench.data import build_dataset, synthetic
+    from segbench.data.class_uniform import class_presence
+
+    monkeypatch.setattr(synthetic, "SPLIT_SIZES", {"train": 3, "val": 1})
+    monkeypatch.setenv("SEGBENCH_CACHE", str(tmp_path / "cache"))
+    ds = build_dataset("sim", "train", root=tmp_path / "data")
+    first = class_presence(ds)
+    assert len(first) == 3 and all(0 in c and 10 in c for c in first)  # every scene has road and sky
+    assert len(list((tmp_path / "cache" / "class_presence").glob("*.json"))) == 1
+    monkeypatch.setattr(type(ds), "read_raw_label", lambda *a: (_ for _ in ()).throw(AssertionError("rescanned")))
+    assert class_presence(ds) == first

@@ -55,10 +55,11 @@ class SeededTransformDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, item: tuple[int, int]):
-        index, seed = item
+    def __getitem__(self, item: tuple[int, ...]):
+        index, seed, *focus = item
         image, label = self.dataset.load_pair(index)
         if hasattr(self.transform, "set_random_seed"):
             self.transform.set_random_seed(seed)
-        out = self.transform(image=image, mask=label)
+        extra = {"focus": focus[0]} if focus and focus[0] >= 0 else {}
+        out = self.transform(image=image, mask=label, **extra)
         return out["image"], out["mask"]

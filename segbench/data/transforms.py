@@ -41,21 +41,31 @@ class RandomScaleCrop:
         if not 0 < self.lo <= self.hi:
             raise ValueError(f"scale_range must satisfy 0 < low <= high, got {scale_range}")
 
-    def _window(self, rng: np.random.Generator, size: int, crop: int, s: float) -> tuple[int, int, int]:
-        """Source interval [a, b) and its output length for one axis."""
+    def _window(self, rng: np.random.Generator, size: int, crop: int, s: float, anchor: int | None = None):
+        """Source interval [a, b) and its output length for one axis; with `anchor`, the window covers that pixel."""
         scaled = max(1, int(round(size * s)))
         if scaled <= crop:
             return 0, size, scaled
-        start = int(rng.integers(0, scaled - crop + 1))
+        lo, hi = 0, scaled - crop
+        if anchor is not None:
+            pos = int(anchor * s)
+            lo, hi = max(lo, pos - crop + 1), min(hi, pos)
+        start = int(rng.integers(lo, hi + 1))
         a = int(np.floor(start / s))
         b = min(size, max(a + 1, int(np.ceil((start + crop) / s))))
         return a, b, crop
 
-    def __call__(self, rng: np.random.Generator, image: np.ndarray, mask: np.ndarray):
+    def __call__(self, rng: np.random.Generator, image: np.ndarray, mask: np.ndarray, focus: int = -1):
         h, w = mask.shape[:2]
         s = float(rng.uniform(self.lo, self.hi))
-        y0, y1, out_h = self._window(rng, h, self.crop_h, s)
-        x0, x1, out_w = self._window(rng, w, self.crop_w, s)
+        anchor_y = anchor_x = None
+        if focus >= 0:
+            ys, xs = np.nonzero(mask == focus)
+            if len(ys):
+                k = int(rng.integers(len(ys)))
+                anchor_y, anchor_x = int(ys[k]), int(xs[k])
+        y0, y1, out_h = self._window(rng, h, self.crop_h, s, anchor_y)
+        x0, x1, out_w = self._window(rng, w, self.crop_w, s, anchor_x)
         image, mask = image[y0:y1, x0:x1], mask[y0:y1, x0:x1]
         if image.shape[:2] != (out_h, out_w):
             image = cv2.resize(image, (out_w, out_h), interpolation=cv2.INTER_LINEAR)
@@ -98,8 +108,9 @@ class TrainTransform:
         self.rng = np.random.default_rng(seed)
         self.pipeline.set_random_seed(seed)
 
-    def __call__(self, image: np.ndarray, mask: np.ndarray) -> dict[str, torch.Tensor]:
-        image, mask = self.scale_crop(self.rng, image, mask)
+    def __call__(self, image: np.ndarray, mask: np.ndarray, focus: int = -1) -> dict[str, torch.Tensor]:
+        """`focus` >= 0: the crop must contain a pixel of that class (class-uniform sampling)."""
+        image, mask = self.scale_crop(self.rng, image, mask, focus)
         out = self.pipeline(image=image, mask=mask)
         return _to_tensors(out["image"], out["mask"])
 

@@ -1,7 +1,6 @@
 """The training loop of one cell: SGD + poly lr, iteration based, seeded, resumable, with AMP on GPUs."""
 from __future__ import annotations
 
-import csv
 import math
 import time
 from contextlib import nullcontext
@@ -15,6 +14,7 @@ from tqdm.auto import tqdm
 from ..labels import IGNORE_INDEX
 from ..data.sampler import SeededStreamSampler, SeededTransformDataset
 from . import distributed as dist_utils
+from .logging import ScalarLog
 from .checkpoint import check_same_config, latest_checkpoint, load_checkpoint, save_checkpoint
 
 
@@ -37,6 +37,7 @@ class TrainSettings:
     amp: bool = True  # only takes effect on CUDA
     channels_last: bool = True  # only takes effect on CUDA
     compile: bool = False
+    class_uniform: float = 0.0  # fraction of samples drawn class-uniformly (RobustNet uses 0.5)
 
 
 def poly_lr(base_lr: float, iteration: int, total: int, power: float) -> float:
@@ -63,8 +64,14 @@ def make_loader(dataset, transform, settings: TrainSettings, seed: int, start_it
     from ..data.workers import worker_init_fn
 
     rank, world = dist_utils.rank(), dist_utils.world_size()
-    sampler = SeededStreamSampler(len(dataset), seed, start=start_iter * settings.batch_size * world,
-                                  total=settings.iters * settings.batch_size * world, rank=rank, world_size=world)
+    stream = dict(start=start_iter * settings.batch_size * world, total=settings.iters * settings.batch_size * world,
+                  rank=rank, world_size=world)
+    if settings.class_uniform > 0:
+        from ..data.class_uniform import ClassUniformStreamSampler, class_presence
+
+        sampler = ClassUniformStreamSampler(class_presence(dataset), settings.class_uniform, seed, **stream)
+    else:
+        sampler = SeededStreamSampler(len(dataset), seed, **stream)
     return torch.utils.data.DataLoader(
         SeededTransformDataset(dataset, transform), batch_size=settings.batch_size, sampler=sampler,
         num_workers=settings.workers, pin_memory=device.type == "cuda", drop_last=True,
@@ -76,7 +83,8 @@ def make_loader(dataset, transform, settings: TrainSettings, seed: int, start_it
 
 
 def train(model: torch.nn.Module, dataset, transform, settings: TrainSettings, *, seed: int, device: torch.device,
-          ckpt_dir: Path, identity: dict, log_path: Path | None = None, desc: str = "train") -> dict:
+          ckpt_dir: Path, identity: dict, log_path: Path | None = None, tb_dir: Path | None = None,
+          desc: str = "train") -> dict:
     """Train `model` in place for `settings.iters` iterations, resuming from `ckpt_dir` when it holds a checkpoint.
 
     `identity` is the configuration a checkpoint must match to be resumed from. Returns timing statistics.
@@ -113,10 +121,8 @@ def train(model: torch.nn.Module, dataset, transform, settings: TrainSettings, *
             }, keep=settings.keep_ckpts)
 
     loader = make_loader(dataset, transform, settings, seed, start, device)
-    log_file = open(log_path, "a", newline="") if (log_path and dist_utils.is_main()) else None
-    writer = csv.writer(log_file) if log_file else None
-    if writer and start == 0:
-        writer.writerow(["iteration", "loss", "lr", "images_per_s"])
+    main = dist_utils.is_main()
+    log = ScalarLog(log_path if main else None, tb_dir if main else None, append=start > 0)
     model.train()
     bar = tqdm(total=settings.iters, initial=start, desc=desc, unit="it", dynamic_ncols=True,
                disable=not dist_utils.is_main())
@@ -154,14 +160,12 @@ def train(model: torch.nn.Module, dataset, transform, settings: TrainSettings, *
             if iteration % 10 == 0 or iteration == settings.iters:
                 value = loss_value.item()
                 bar.set_postfix(loss=f"{value:.3f}", lr=f"{lr:.2e}", img_s=f"{rate:.1f}")
-                if writer:
-                    writer.writerow([iteration, f"{value:.5f}", f"{lr:.6g}", f"{rate:.2f}"])
+                log.log(iteration, value, lr, rate)
             if settings.ckpt_every and iteration % settings.ckpt_every == 0 and iteration < settings.iters:
                 snapshot(iteration)
     finally:
         bar.close()
-        if log_file:
-            log_file.close()
+        log.close()
     if iteration != settings.iters:
         raise RuntimeError(f"{desc}: data stream ended at iteration {iteration} of {settings.iters}")
     if start < settings.iters:

@@ -1,0 +1,73 @@
+"""Class-uniform sampling (RobustNet's protocol): a fraction of samples first draws a class uniformly, then an image
+containing it, and the crop is centred so that it holds a pixel of that class. Rare classes (train, motorcycle) are
+then seen as often as common ones.
+
+Which classes each image holds is scanned once per (dataset, split) and cached under ~/.cache/segbench.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from ..io import write_json
+from ..labels import NUM_CLASSES
+from .sampler import SeededStreamSampler, _mix
+
+CACHE_ENV = "SEGBENCH_CACHE"
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "segbench") / "class_presence"
+
+
+def class_presence(dataset) -> list[list[int]]:
+    """For every pair of `dataset`, the trainIds present in its label (cached; key = the label files and their sizes)."""
+    labels = [Path(label) for _, label in dataset.pairs]
+    key_src = json.dumps([type(dataset).__name__] + [(str(p), p.stat().st_size) for p in labels])
+    cache = _cache_dir() / f"{hashlib.sha1(key_src.encode()).hexdigest()[:16]}.json"
+    if cache.is_file():
+        try:
+            return json.loads(cache.read_text())["classes"]
+        except (json.JSONDecodeError, KeyError):
+            pass
+    presence = []
+    for path in tqdm(labels, desc="class-uniform: scanning labels", unit="label", dynamic_ncols=True):
+        train_ids = dataset.decode_label(dataset.read_raw_label(path), path)
+        found = np.flatnonzero(np.bincount(train_ids.ravel(), minlength=256)[:NUM_CLASSES])
+        presence.append(found.tolist())
+    write_json(cache, {"dataset": type(dataset).__name__, "classes": presence})
+    return presence
+
+
+class ClassUniformStreamSampler(SeededStreamSampler):
+    """The seeded stream of `SeededStreamSampler`, where each position is, with probability `fraction`, replaced by a
+    class-uniform draw. Yields (index, sample_seed, focus_class) with focus_class = -1 for ordinary samples."""
+
+    def __init__(self, presence: list[list[int]], fraction: float, seed: int, **kwargs):
+        super().__init__(len(presence), seed, **kwargs)
+        if not 0.0 <= fraction <= 1.0:
+            raise ValueError(f"train.class_uniform must be a fraction in [0, 1], got {fraction}")
+        self.fraction = fraction
+        self.by_class: dict[int, list[int]] = {}
+        for index, classes in enumerate(presence):
+            for c in classes:
+                self.by_class.setdefault(c, []).append(index)
+        self.classes = sorted(self.by_class)
+
+    def __iter__(self) -> Iterator[tuple[int, int, int]]:
+        p = self.start + self.rank
+        while self.total is None or p < self.total:
+            rng = np.random.default_rng(_mix(self.seed, p, 2))
+            if self.classes and rng.random() < self.fraction:
+                c = self.classes[int(rng.integers(len(self.classes)))]
+                images = self.by_class[c]
+                yield images[int(rng.integers(len(images)))], _mix(self.seed, p, 1), c
+            else:
+                yield self._index(p), _mix(self.seed, p, 1), -1
+            p += self.world_size
