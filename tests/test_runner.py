@@ -38,6 +38,15 @@ def test_embedded_study_end_to_end_then_skips_finished_cells(tmp_path, tiny_doma
     csv_text = (study / "table.csv").read_text()
     assert "resnet18_ibn_b" in csv_text and "train sim / test photo mIoU" in csv_text
 
+    # the standalone evaluator rebuilds the model from the cell and gets the runner's number
+    from segbench import evaluate as evaluate_cli
+
+    assert evaluate_cli.main([str(records[0].parent), "--dataset", "photo", "--data-root", str(tmp_path / "data"),
+                              "--workers", "0", "--device", "cpu", "--output", str(tmp_path / "ev.json")]) == 0
+    assert json.loads((tmp_path / "ev.json").read_text())["miou"] == pytest.approx(rec["results"]["photo"]["miou"])
+    samples = rec["results"]["photo"]["samples"]
+    assert samples and (records[0].parent / samples[0]["pred"]).is_file()
+
     mtimes = [r.stat().st_mtime_ns for r in records]
     assert _main(tmp_path, *args) == 0
     assert "2 finished cell(s) skipped" in capsys.readouterr().out

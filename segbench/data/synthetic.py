@@ -29,7 +29,7 @@ from ..labels import IGNORE_INDEX
 from .base import DATASETS, SegmentationDataset, read_gray
 
 # Bump when the drawing or rendering code changes: existing trees are then regenerated.
-GENERATOR_VERSION = 3
+GENERATOR_VERSION = 4
 IMAGE_SIZE = (128, 256)  # (H, W)
 SPLIT_SIZES = {"train": 300, "val": 60}
 #: e.g. "train=8,val=3": smaller trees for smoke tests and subprocess tests (a different size regenerates the tree)
@@ -79,12 +79,12 @@ class Style:
 
 
 STYLES = {
-    "sim": Style(saturation=1.45, contrast=1.35, exposure=1.05, exposure_jitter=0.1, tint=(1.10, 1.00, 0.82),
-                 tint_jitter=0.02, gamma=0.9, light_strength=0.45, texture=0.05, vignette=0.0, blur_sigma=0.0,
+    "sim": Style(saturation=1.3, contrast=1.2, exposure=1.0, exposure_jitter=0.15, tint=(1.06, 1.00, 0.90),
+                 tint_jitter=0.03, gamma=0.9, light_strength=0.45, texture=0.05, vignette=0.0, blur_sigma=0.0,
                  noise_std=0.0),
-    "photo": Style(saturation=0.45, contrast=0.6, exposure=0.8, exposure_jitter=0.35, tint=(0.85, 1.02, 1.12),
-                   tint_jitter=0.06, gamma=1.25, light_strength=0.1, texture=0.12, vignette=0.35, blur_sigma=0.9,
-                   noise_std=0.035),
+    "photo": Style(saturation=0.7, contrast=0.75, exposure=0.85, exposure_jitter=0.3, tint=(0.95, 1.00, 1.07),
+                   tint_jitter=0.05, gamma=1.15, light_strength=0.1, texture=0.12, vignette=0.25, blur_sigma=0.8,
+                   noise_std=0.03),
 }
 
 
