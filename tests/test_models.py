@@ -227,15 +227,15 @@ def _expected_official_keys(name: str) -> dict[str, torch.Size]:
 
 @pytest.mark.parametrize("name", M.list_backbones())
 def test_backbone_layout_matches_official(name):
-    """IBN placement per FACTS §3, the exact key->shape map of the release, and plain strides at OS 32."""
-    bb = M.create_backbone(name)  # output stride 32: the classification network's own strides
+    """IBN placement per FACTS §3, the exact key->shape map of the release, no dilation at OS 32.
+
+    Structure only, so on the meta device (free); the smp-unet/smp-fpn matrix cells run every backbone at OS 32."""
+    with torch.device("meta"):
+        bb = M.create_backbone(name)
     _check_ibn_placement(name, bb)
     ours = {k: v.shape for k, v in bb.state_dict().items()}
     assert ours == _expected_official_keys(name)
-    with torch.no_grad():
-        feats = bb.eval()(torch.randn(1, 3, 64, 96))
     assert bb.output_stride == 32
-    _check_feature_strides(feats, bb.out_channels, (64, 96), 32)
     assert {n for n, m in bb.named_modules() if isinstance(m, nn.Conv2d) and m.dilation != (1, 1)} == set()
 
 

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+import torch
+
 from segbench.models.factory import count_parameters, create_backbone, create_model, list_backbones, list_heads
 from segbench.models.registries import HEADS
 
@@ -12,17 +14,20 @@ REFERENCE_BACKBONE = "resnet50"  # head sizes are reported on top of this backbo
 def backbone_rows(pattern: str) -> list[tuple[str, str, str]]:
     rows = []
     for name in list_backbones(pattern):
-        bb = create_backbone(name)
+        with torch.device("meta"):  # shapes only: listing stays instant even for ResNet-101s
+            bb = create_backbone(name)
         rows.append((name, f"{count_parameters(bb) / 1e6:.2f}", "/".join(map(str, bb.out_channels))))
     return rows
 
 
 def head_rows(pattern: str) -> list[tuple[str, str, str, str]]:
-    base = count_parameters(create_backbone(REFERENCE_BACKBONE))
+    with torch.device("meta"):
+        base = count_parameters(create_backbone(REFERENCE_BACKBONE))
     rows = []
     for name in list_heads(pattern):
         spec = HEADS.get(name)
-        extra = count_parameters(create_model(REFERENCE_BACKBONE, name)) - base
+        with torch.device("meta"):
+            extra = count_parameters(create_model(REFERENCE_BACKBONE, name)) - base
         strides = ",".join(map(str, spec.output_strides))
         rows.append((name, f"{extra / 1e6:.2f}", f"{spec.default_output_stride} ({strides})", spec.description))
     return rows

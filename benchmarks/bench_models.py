@@ -1,0 +1,103 @@
+"""Cost of IBN: parameters and MACs per head at 512x1024, and CPU time of IBN variants relative to plain ResNet-50.
+
+MACs are counted on the meta device (no memory, no compute) with torch.utils.flop_counter.FlopCounterMode, which counts
+convolutions and matrix products (MACs = FLOPs / 2); normalisation layers are not counted, which is exactly where IBN
+differs, so the timing part measures that cost directly: the variants run interleaved, repeat by repeat, so machine
+load drifts hit all of them alike; medians are reported.
+
+    python benchmarks/bench_models.py [--size 256 512] [--repeats 5] [--threads 2]
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import segbench.models as M  # noqa: E402
+
+BACKBONES = ("resnet50", "resnet50_ibn_a", "resnet50_ibn_b")
+MAC_SIZE = (512, 1024)
+
+
+def macs(backbone: str, head: str, size: tuple[int, int]) -> int:
+    with torch.device("meta"):
+        model = M.create_model(backbone, head).eval()
+        with FlopCounterMode(display=False) as counter:
+            model(torch.randn(1, 3, *size))
+    return counter.get_total_flops() // 2
+
+
+def cost_table(heads: list[str]) -> str:
+    lines = [f"| head | backbone | output stride | params (M) | GMACs @ {MAC_SIZE[0]}x{MAC_SIZE[1]} |",
+             "|---|---|---|---|---|"]
+    for head in heads:
+        for backbone in BACKBONES:
+            with torch.device("meta"):
+                model = M.create_model(backbone, head)
+            lines.append(f"| {head} | {backbone} | {model.backbone.output_stride} | "
+                         f"{M.count_parameters(model) / 1e6:.2f} | {macs(backbone, head, MAC_SIZE) / 1e9:.1f} |")
+    return "\n".join(lines)
+
+
+def _time_once(model: torch.nn.Module, x: torch.Tensor, train: bool) -> float:
+    start = time.perf_counter()
+    if train:
+        out = model(x)["out"]
+        out.float().mean().backward()
+        model.zero_grad(set_to_none=True)
+    else:
+        with torch.inference_mode():
+            model(x)
+    return time.perf_counter() - start
+
+
+def timing_table(head: str, size: tuple[int, int], repeats: int, train: bool, batch: int) -> str:
+    torch.manual_seed(0)
+    models = {b: M.create_model(b, head).train(train) for b in BACKBONES}
+    x = torch.randn(batch, 3, *size)
+    times: dict[str, list[float]] = {b: [] for b in BACKBONES}
+    for b in BACKBONES:  # warm-up: allocator and oneDNN primitive caches
+        _time_once(models[b], x, train)
+    for _ in range(repeats):
+        for b in BACKBONES:
+            times[b].append(_time_once(models[b], x, train))
+    base = statistics.median(times[BACKBONES[0]])
+    mode = "train fwd+bwd" if train else "eval forward"
+    lines = [f"{head}, {mode}, batch {batch} x {size[0]}x{size[1]}, {repeats} repeats, "
+             f"{torch.get_num_threads()} threads:",
+             "| backbone | median (s) | min (s) | max (s) | ratio to resnet50 (median) |", "|---|---|---|---|---|"]
+    for b in BACKBONES:
+        med = statistics.median(times[b])
+        lines.append(f"| {b} | {med:.3f} | {min(times[b]):.3f} | {max(times[b]):.3f} | {med / base:.3f} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, nargs=2, default=(256, 512), help="timing input H W")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--timing-heads", nargs="+", default=["fcn"])
+    parser.add_argument("--skip-timing", action="store_true")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {sys.platform}")
+    print(cost_table(M.list_heads()))
+    if not args.skip_timing:
+        for head in args.timing_heads:
+            print()
+            print(timing_table(head, tuple(args.size), args.repeats, train=False, batch=1))
+            print()
+            h, w = args.size
+            print(timing_table(head, (h // 2, w // 2), args.repeats, train=True, batch=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
