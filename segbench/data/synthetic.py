@@ -29,8 +29,8 @@ from ..labels import IGNORE_INDEX
 from .base import DATASETS, SegmentationDataset, read_gray
 
 # Bump when the drawing or rendering code changes: existing trees are then regenerated.
-GENERATOR_VERSION = 4
-IMAGE_SIZE = (128, 256)  # (H, W)
+GENERATOR_VERSION = 5
+IMAGE_SIZE = (96, 192)  # (H, W)
 SPLIT_SIZES = {"train": 300, "val": 60}
 #: e.g. "train=8,val=3": smaller trees for smoke tests and subprocess tests (a different size regenerates the tree)
 SIZES_ENV = "SEGBENCH_SYNTHETIC_SIZES"
