@@ -160,3 +160,11 @@ def test_ground_truth_prefers_dumped_trainids_and_refuses_raw_label_ids(tmp_path
     cv2.imwrite(str(tmp_path / "gt.png"), np.full((4, 4), 13, np.uint8))
     gt = ground_truth({"label": str(tmp_path / "labelIds.png"), "gt": "gt.png"}, tmp_path)
     assert gt is not None and np.all(gt == 13)
+
+
+def test_partial_seed_marker_is_explained_only_when_used():
+    full = [record("r18", "a", s, {"a": 50.0 + s, "b": 20.0}) for s in range(3)]
+    md, _ = paper(scores(full))
+    assert "over 3 seeds" in md and "(n=k)" not in md
+    md, _ = paper(scores(full + [record("r50", "a", 0, {"a": 60.0, "b": 30.0})]))
+    assert "(n=1)" in md and "(n=k): only k seeds finished" in md

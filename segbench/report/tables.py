@@ -50,10 +50,12 @@ def _by_cell(items: list[Score]) -> dict[tuple[str, str, str], dict[int, Score]]
     return out
 
 
-def _seed_note(items: list[Score], n_max: int) -> str:
+def _seed_note(items: list[Score], n_max: int, partial: bool) -> str:
+    """`partial`: some cell has fewer seeds than n_max, so its '(n=k)' marker needs explaining."""
     seeds = sorted({s.seed for s in items})
     if n_max > 1:
-        return f"mean ± std (sample) over {n_max} seeds ({', '.join(map(str, seeds))}); (n=k): only k seeds finished"
+        note = f"mean ± std (sample) over {n_max} seeds ({', '.join(map(str, seeds))})"
+        return note + ("; (n=k): only k seeds finished" if partial else "")
     return f"one seed ({', '.join(map(str, seeds))})"
 
 
@@ -70,7 +72,8 @@ def paper(items: list[Score]) -> tuple[str, str]:
     csv_header = ["backbone"] + [f"{col_title(c)} {k}" for c in cols for k in ("mIoU", "std", "n")]
     csv_rows = [[r] + [v for c in cols for v in aggs[(r, c)].csv()] for r in rows]
     md = markdown(["backbone"] + [col_title(c) for c in cols], md_rows)
-    md += f"\nmIoU (%) over the classes scored in each test set; {_seed_note(items, n_max)}.\n"
+    partial = any(a.n < n_max for a in aggs.values())
+    md += f"\nmIoU (%) over the classes scored in each test set; {_seed_note(items, n_max, partial)}.\n"
     return md, to_csv(csv_header, csv_rows)
 
 
@@ -104,11 +107,12 @@ def dg_aggs(items: list[Score]) -> dict[str, tuple[list[str], list[str], dict]]:
 
 
 def dg(items: list[Score]) -> tuple[str, str]:
-    parts, csv_rows, n_all = [], [], 0
+    parts, csv_rows, n_all, partial = [], [], 0, False
     aggs = dg_aggs(items)
     for source, (rows, columns, table) in aggs.items():
         n_max = max(a.n for a in table.values())
         n_all = max(n_all, n_max)
+        partial = partial or any(a.n < n_max for a in table.values())
         titles = [f"{c} (in-domain)" if c == source else c for c in columns]
         parts.append(f"### trained on {source}\n\n"
                      + markdown(["backbone"] + titles, [[r] + [table[(r, c)].md(n_expected=n_max) for c in columns]
@@ -118,7 +122,7 @@ def dg(items: list[Score]) -> tuple[str, str]:
         return "(no results yet)\n", ""
     mean_note = (f"{MEAN_UNSEEN} = average over the targets other than the source, taken per seed; "
                  if any(MEAN_UNSEEN in cols for _, cols, _ in aggs.values()) else "")
-    note = f"\nmIoU (%); {mean_note}{_seed_note(items, n_all)}.\n"
+    note = f"\nmIoU (%); {mean_note}{_seed_note(items, n_all, partial)}.\n"
     return "\n".join(parts) + note, to_csv(["source", "backbone", "target", "mIoU", "std", "n"], csv_rows)
 
 
