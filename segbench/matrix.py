@@ -28,6 +28,13 @@ DONE = "done"
 FINAL_WEIGHTS = "model_final.pt"
 
 
+def dataset_version(name: str):
+    """The `data_version` a dataset class declares (the embedded generator does), else None."""
+    from .data import DATASETS
+
+    return getattr(DATASETS.get(name), "data_version", None) if name in DATASETS else None
+
+
 @dataclass
 class Cell:
     backbone: str
@@ -41,8 +48,12 @@ class Cell:
 
     def training_identity(self) -> dict:
         """Everything that decides the trained weights (not which targets are scored, not speed knobs)."""
-        return {"backbone": self.backbone, "head": self.head, "source": self.source, "seed": self.seed,
-                "model": self.model, "train": identity_view("train", self.train)}
+        ident = {"backbone": self.backbone, "head": self.head, "source": self.source, "seed": self.seed,
+                 "model": self.model, "train": identity_view("train", self.train)}
+        version = dataset_version(self.source)
+        if version is not None:  # generated data: a new generator means new weights
+            ident["data_version"] = version
+        return ident
 
     @property
     def cell_id(self) -> str:

@@ -102,3 +102,23 @@ def test_shell_safe_spelling_plans_the_same_cells(tmp_path, capsys):
     colon = capsys.readouterr().out
     assert _main(tmp_path, "sim->photo", "--name", "x", "--dry-run") == 0
     assert capsys.readouterr().out.splitlines()[:-1] == colon.splitlines()[:-1]
+
+
+def test_cell_ids_change_with_config_and_generator_version(monkeypatch):
+    from segbench.config import load_config
+    from segbench.matrix import plan
+    from segbench.spec import parse_specs
+
+    cfg = load_config(None)
+    (cell,) = plan(cfg, parse_specs(["sim->photo"]), ["resnet18"], ["fcn"])
+    before = cell.cell_id
+    assert plan(cfg, parse_specs(["sim->photo"]), ["resnet18"], ["fcn"])[0].cell_id == before  # re-plan: same id
+    assert plan(cfg, parse_specs(["sim->sim"]), ["resnet18"], ["fcn"])[0].cell_id == before  # targets: same id
+    monkeypatch.setattr(synthetic.SimDomain, "data_version", synthetic.GENERATOR_VERSION + 1)
+    assert cell.cell_id != before
+    monkeypatch.undo()
+    cfg["train"]["iters"] += 1
+    assert plan(cfg, parse_specs(["sim->photo"]), ["resnet18"], ["fcn"])[0].cell_id != before
+    cfg["train"]["iters"] -= 1
+    cfg["train"]["workers"] += 3  # speed knob: same id
+    assert plan(cfg, parse_specs(["sim->photo"]), ["resnet18"], ["fcn"])[0].cell_id == before
