@@ -194,6 +194,14 @@ def test_load_model_errors_name_the_file(tmp_path):
         load_model(cell)
 
 
+def test_labels_add_only_what_tells_models_apart(tmp_path):
+    from segbench.analysis.loading import load_models
+
+    cells = [_fake_cell(tmp_path / "s", "resnet18", 0), _fake_cell(tmp_path / "s", "resnet18", 1),
+             _fake_cell(tmp_path / "s", "resnet18_ibn_a", 0)]
+    assert [m.label for m in load_models(cells)] == ["resnet18 s0", "resnet18 s1", "resnet18_ibn_a"]
+
+
 def _read_csv(path):
     with open(path, newline="") as f:
         return list(csv.DictReader(f))

@@ -79,9 +79,11 @@ def load_models(paths, device="cpu") -> list[LoadedModel]:
     """Several cells; labels get the head, seed or cell name appended only where needed to tell them apart."""
     loaded = [load_model(p, device) for p in paths]
     for extra in (lambda m: m.record["head"], lambda m: f"s{m.record.get('seed', '?')}", lambda m: m.path.parent.name):
-        labels = [m.label for m in loaded]
-        dup = {lab for lab in labels if labels.count(lab) > 1}
+        groups: dict[str, list[LoadedModel]] = {}
         for m in loaded:
-            if m.label in dup:
-                m.label = f"{m.label} {extra(m)}"
+            groups.setdefault(m.label, []).append(m)
+        for group in groups.values():
+            if len(group) > 1 and len({extra(m) for m in group}) > 1:  # only where it tells them apart
+                for m in group:
+                    m.label = f"{m.label} {extra(m)}"
     return loaded
