@@ -39,6 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "partition=gpu gpus_per_cell=4 timeout_min=1440 wait=false (slurm)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--dry-run", action="store_true", help="print the plan (cells, ids, done or not) and exit")
+    p.add_argument("--analyze", default="", metavar="KINDS",
+                   help="after the report, comma list of shift,divergence on the first seed's finished cells "
+                        "(tables and plots next to table.md)")
+    p.add_argument("--analyze-images", type=int, default=None, metavar="N", help="first N images per split for --analyze")
     p.add_argument("--only", nargs="+", metavar="CELL_ID", help="run only these cells of the plan (used by launchers)")
     return p
 
@@ -75,6 +79,16 @@ def resolve_config(args) -> dict:
     return cfg
 
 
+def parse_analyses(text: str) -> list[str]:
+    from .analysis import ANALYSES
+
+    kinds = [k.strip() for k in text.split(",") if k.strip()]
+    unknown = [k for k in kinds if k not in ANALYSES]
+    if unknown:
+        raise ConfigError(f"--analyze {text!r}: unknown {', '.join(unknown)}; choose from {', '.join(ANALYSES)}")
+    return kinds
+
+
 def check_datasets(transfers, cfg: dict, data_root) -> None:
     """Open every split the study needs before training anything, so a missing target fails in seconds."""
     from .data import build_dataset
@@ -106,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = resolve_config(args)
         transfers = parse_specs(cfg["specs"])
+        analyses = parse_analyses(args.analyze)
     except (ConfigError, SpecError) as e:
         print(f"segbench: {e}", file=sys.stderr)
         return 2
@@ -154,6 +169,15 @@ def main(argv: list[str] | None = None) -> int:
     md = build_report(results_dir)
     print()
     print(md)
+    if analyses:
+        from .analysis import run_analyses
+
+        first_seed = min(c.seed for c in cells)
+        cell_dirs = [results_dir / "cells" / c.dirname for c in cells if c.seed == first_seed]
+        finished = [d for d in cell_dirs if (d / "done").exists()]
+        for path in run_analyses(analyses, finished, results_dir, data_root=args.data_root, device=device or "cpu",
+                                 max_images=args.analyze_images):
+            print(f"analysis: {path}")
     print(f"tables: {results_dir / 'table.md'}, {results_dir / 'table.csv'}; records: {results_dir / 'cells'}")
     submitted = [o for o in outcomes if o.status == "submitted"]
     if submitted:

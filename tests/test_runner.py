@@ -122,3 +122,22 @@ def test_cell_ids_change_with_config_and_generator_version(monkeypatch):
     cfg["train"]["iters"] -= 1
     cfg["train"]["workers"] += 3  # speed knob: same id
     assert plan(cfg, parse_specs(["sim->photo"]), ["resnet18"], ["fcn"])[0].cell_id == before
+
+
+@pytest.mark.slow
+def test_analyses_can_be_asked_for_from_the_runner(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(synthetic, "SPLIT_SIZES", {"train": 4, "val": 4})
+    args = ["sim->photo", "--backbones", "resnet18_ibn_b", "--name", "an", "--analyze", "shift,divergence",
+            "--analyze-images", "4", *TINY]
+    assert _main(tmp_path, *args) == 0
+    out = capsys.readouterr().out
+    study = tmp_path / "results" / "an"
+    produced = sorted(p.name for p in study.iterdir() if p.name.startswith(("shift", "divergence")))
+    assert any(n.endswith(".csv") for n in produced) and any(n.endswith(".png") for n in produced), produced
+    assert out.count("analysis: ") >= 2
+
+
+def test_unknown_analysis_is_refused_before_any_work(tmp_path, capsys):
+    assert _main(tmp_path, "sim->photo", "--analyze", "shift,colour") == 2
+    assert "unknown colour; choose from shift, divergence" in capsys.readouterr().err
+    assert not (tmp_path / "results").exists()
