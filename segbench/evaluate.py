@@ -114,15 +114,16 @@ def main(argv: list[str] | None = None) -> int:
             settings = InferenceSettings(mode=args.mode, window=tuple(args.window) if args.window else None,
                                          stride=tuple(args.stride) if args.stride else None, flip=args.flip,
                                          scales=tuple(args.scales))
-            model, ident = load_trained_model(args.checkpoint)
+            model, record = load_trained_model(args.checkpoint)
             dataset = build_dataset(args.dataset, args.split, root=args.data_root,
                                     transform=build_eval_transform(args.size))
             device = init_from_env(None if args.device == "auto" else args.device)
             result = evaluate(model, dataset, device=device, eval_classes=getattr(dataset, "eval_classes", None),
                               workers=args.workers, settings=settings, save_dir=args.save_preds, overlay=args.overlay,
                               desc=f"evaluate on {args.dataset}")
-            result["source"] = {"checkpoint": str(args.checkpoint), **ident}
-    except (DatasetError, FileNotFoundError, ValueError, KeyError) as e:
+            result["source"] = {"checkpoint": str(args.checkpoint), "cell_id": record.get("cell_id"),
+                                **{k: record.get(k) for k in ("backbone", "head", "source", "seed")}}
+    except (DatasetError, FileNotFoundError, ValueError, KeyError) as e:  # CheckpointError is a ValueError
         print(f"segbench evaluate: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
         return 2
     result.update(dataset=args.dataset, split=args.split, images=len(dataset))

@@ -58,36 +58,68 @@ def check_same_config(saved: dict, current: dict, path: Path) -> None:
     )
 
 
-def load_trained_model(path: Path):
-    """Rebuild a trained model from a cell directory, its `model_final.pt` (config in `record.json` beside it) or a
-    training checkpoint `iter_*.pt` (config inside). Returns (model, description dict)."""
+class CheckpointError(ValueError):
+    """A checkpoint cannot be turned back into a model; the message names the file and what is wrong."""
+
+
+WEIGHTS_NAME = "model_final.pt"
+RECORD_NAME = "record.json"
+REQUIRED_KEYS = ("backbone", "head", "config")
+
+
+def resolve(path: Path) -> tuple[Path, Path]:
+    """Cell directory or weights file -> (weights, record.json of its cell), both checked to exist."""
+    path = Path(path)
+    weights = path / WEIGHTS_NAME if path.is_dir() else path
+    if not weights.is_file():
+        raise CheckpointError(f"{weights}: no such file; pass a finished cell directory (with {WEIGHTS_NAME}), "
+                              "its weights file, or a checkpoints/iter_*.pt file")
+    cell = weights.parent.parent if weights.parent.name == "checkpoints" else weights.parent
+    record = cell / RECORD_NAME
+    if not record.is_file():
+        raise CheckpointError(f"{record}: missing; the model is rebuilt from the cell record beside {weights.name} "
+                              f"(keys {', '.join(REQUIRED_KEYS)})")
+    return weights, record
+
+
+def read_record(record_path: Path) -> dict:
     import json
 
+    try:
+        record = json.loads(Path(record_path).read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{record_path}: not valid JSON ({e})") from None
+    missing = [k for k in REQUIRED_KEYS if k not in record]
+    if missing or not isinstance(record.get("config"), dict) or "model" not in record["config"]:
+        raise CheckpointError(f"{record_path}: missing keys {missing or ['config.model']}; "
+                              f"expected a segbench cell record with {', '.join(REQUIRED_KEYS)} and config.model")
+    return record
+
+
+def load_trained_model(path: Path, device: torch.device | str = "cpu") -> tuple[torch.nn.Module, dict]:
+    """The model of a finished (or checkpointed) cell in eval mode, weights loaded strictly; plus its record.
+
+    Accepts a cell directory, its model_final.pt, or a checkpoints/iter_*.pt training checkpoint. Nothing is
+    downloaded: the architecture is rebuilt with pretrained=None before the trained weights go in.
+    """
     from ..models import create_model
 
-    path = Path(path)
-    if path.is_dir():
-        path = path / "model_final.pt"
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}: pass a cell directory (results/STUDY/cells/CELL), its "
-                                "model_final.pt, or a checkpoints/iter_*.pt file")
-    state = load_checkpoint(path)
-    if isinstance(state, dict) and "identity" in state and "model" in state:
-        ident, weights = state["identity"], state["model"]
-    else:
-        record_path = path.parent / "record.json"
-        if not record_path.is_file():
-            raise FileNotFoundError(f"{path} holds bare weights and {record_path} is missing, so the architecture is "
-                                    "unknown; pass the cell directory that holds both")
-        record = json.loads(record_path.read_text())
-        try:
-            ident = {"backbone": record["backbone"], "head": record["head"], "model": record["config"]["model"],
-                     "source": record["source"], "seed": record["seed"]}
-        except KeyError as e:
-            raise ValueError(f"{record_path} lacks key {e}; it was not written by segbench's runner") from None
-        weights = state
-    mcfg = ident["model"]
-    model = create_model(ident["backbone"], head=ident["head"], output_stride=mcfg.get("output_stride"),
-                         pretrained=None, aux=bool(mcfg.get("aux")))
-    model.load_state_dict(weights)
-    return model.eval(), ident
+    weights, record_path = resolve(path)
+    record = read_record(record_path)
+    cfg = record["config"]["model"]
+    try:
+        model = create_model(record["backbone"], head=record["head"], output_stride=cfg.get("output_stride"),
+                             pretrained=None, aux=bool(cfg.get("aux", False)))
+    except (KeyError, ValueError) as e:
+        raise CheckpointError(f"{record_path}: cannot build backbone {record['backbone']!r} head "
+                              f"{record['head']!r}: {e}") from None
+    state = load_checkpoint(weights)
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        state = state["model"]  # a training checkpoint rather than the final state dict
+    result = model.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        more = lambda keys: f"{keys[:5]}{'...' if len(keys) > 5 else ''}"  # noqa: E731
+        raise CheckpointError(
+            f"{weights}: weights do not match {record['backbone']} + {record['head']} described by {record_path}: "
+            f"missing {more(result.missing_keys)}, unexpected {more(result.unexpected_keys)}")
+    return model.eval().to(device), record
