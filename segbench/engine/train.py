@@ -18,6 +18,9 @@ from .logging import ScalarLog
 from .checkpoint import check_same_config, latest_checkpoint, load_checkpoint, save_checkpoint
 
 
+LOG_EVERY = 10  # iterations between log rows (and host syncs)
+
+
 class NonFiniteLoss(RuntimeError):
     """The loss became NaN/inf; the last good checkpoint is left untouched."""
 
@@ -128,6 +131,19 @@ def train(model: torch.nn.Module, dataset, transform, settings: TrainSettings, *
                disable=not dist_utils.is_main())
     images, t0 = 0, time.perf_counter()
     iteration = start
+    # first iteration with a non-finite loss, kept on the device: checking it every step would sync the GPU each step
+    first_bad = torch.full((), -1, dtype=torch.long, device=device)
+
+    def check_finite() -> None:
+        flag = first_bad.clone()
+        if dist_utils.is_dist():
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        bad = int(flag.item())
+        if bad >= 0:
+            raise NonFiniteLoss(
+                f"{desc}: loss became NaN/inf at iteration {bad}; stopped without saving. The last good checkpoint in "
+                f"{ckpt_dir} is intact. Lower train.lr or check the labels (values outside 0..18 and 255?).")
+
     try:
         for image, target in loader:
             lr = poly_lr(settings.lr, iteration, settings.iters, settings.power)
@@ -140,11 +156,7 @@ def train(model: torch.nn.Module, dataset, transform, settings: TrainSettings, *
             with amp_ctx:
                 loss = segmentation_loss(step_model(image), target, settings.aux_weight)
             loss_value = loss.detach()
-            if not torch.isfinite(loss_value):
-                raise NonFiniteLoss(
-                    f"{desc}: loss is {loss_value.item()} at iteration {iteration}; stopped without saving. The last good "
-                    f"checkpoint in {ckpt_dir} is intact. Lower train.lr or check the labels (values outside 0..18/255?)."
-                )
+            first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss_value), iteration, first_bad)
             optimizer.zero_grad(set_to_none=True)
             if scaler is not None:
                 scaler.scale(loss).backward()
@@ -157,19 +169,22 @@ def train(model: torch.nn.Module, dataset, transform, settings: TrainSettings, *
             images += image.shape[0] * dist_utils.world_size()
             rate = images / max(time.perf_counter() - t0, 1e-9)
             bar.update(1)
-            if iteration % 10 == 0 or iteration == settings.iters:
+            if iteration % LOG_EVERY == 0 or iteration == settings.iters:
+                check_finite()
                 value = loss_value.item()
                 bar.set_postfix(loss=f"{value:.3f}", lr=f"{lr:.2e}", img_s=f"{rate:.1f}")
                 log.log(iteration, value, lr, rate)
             if settings.ckpt_every and iteration % settings.ckpt_every == 0 and iteration < settings.iters:
+                check_finite()
                 snapshot(iteration)
     finally:
         bar.close()
         log.close()
     if iteration != settings.iters:
         raise RuntimeError(f"{desc}: data stream ended at iteration {iteration} of {settings.iters}")
+    check_finite()
+    seconds = time.perf_counter() - t0  # training throughput: the one-off final save is not part of it
     if start < settings.iters:
         snapshot(settings.iters)
-    seconds = time.perf_counter() - t0
     return {"train_seconds": seconds, "images_per_s": images / seconds if seconds > 0 and images else math.nan,
             "resumed_from": start}
