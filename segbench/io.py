@@ -1,6 +1,8 @@
 """Atomic writes: results and checkpoints are written to a temp file in the same directory, then renamed."""
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import tempfile
@@ -44,3 +46,12 @@ def save_torch(path: Path, obj: Any) -> None:
     import torch
 
     _atomic(path, lambda f: torch.save(obj, f), "wb")
+
+
+def csv_text(header, rows) -> str:
+    """A CSV document (header + rows, '\n' line ends) as text, ready for `write_text`."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(header)
+    w.writerows(rows)
+    return buf.getvalue()

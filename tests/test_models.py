@@ -21,13 +21,7 @@ BOTTLENECK = {18: False, 34: False, 50: True, 101: True}
 
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny inputs gain nothing from intra-op threads, and several threads on a shared 2-core box thrash."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _depth(name: str) -> int:

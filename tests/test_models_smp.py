@@ -13,12 +13,7 @@ from segbench.models.smp_encoders import SegbenchEncoder  # noqa: E402
 SMP_HEADS = ["smp-unet", "smp-fpn", "smp-deeplabv3plus"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_every_backbone_is_an_smp_encoder():

@@ -26,8 +26,6 @@ Pairs measured in one streaming pass over domain A (and B):
 """
 from __future__ import annotations
 
-import csv
-import io
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -36,6 +34,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..data.transforms import build_eval_transform
+from ..io import csv_text
 from .appearance import ImageTransform
 from .stats import ChannelMoments, moments_divergence
 
@@ -198,13 +197,8 @@ CSV_FIELDS = ("model", "pair", "depth", "layer", "channels", "divergence", "imag
 
 
 def divergence_csv(rows: Sequence[DivergenceRow]) -> str:
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(CSV_FIELDS)
-    for r in rows:
-        w.writerow([r.model, r.pair, r.depth, r.layer, r.channels, f"{r.divergence:.6g}", r.images_a, r.images_b,
-                    r.detail])
-    return buf.getvalue()
+    return csv_text(CSV_FIELDS, ([r.model, r.pair, r.depth, r.layer, r.channels, f"{r.divergence:.6g}", r.images_a,
+                                  r.images_b, r.detail] for r in rows))
 
 
 def divergence_markdown(rows: Sequence[DivergenceRow]) -> str:

@@ -4,8 +4,6 @@ Only the image goes through the transform; the label reaches the confusion matri
 """
 from __future__ import annotations
 
-import csv
-import io
 import math
 from dataclasses import dataclass
 from typing import Sequence
@@ -14,6 +12,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..data.transforms import build_eval_transform
+from ..io import csv_text
 from .appearance import TRANSFORMS, ImageTransform, StyleStats
 
 CLEAN = "clean"
@@ -91,13 +90,8 @@ CSV_FIELDS = ("model", "dataset", "split", "transform", "level", "label", "miou"
 
 
 def shift_csv(rows: Sequence[ShiftRow]) -> str:
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(CSV_FIELDS)
-    for r in rows:
-        w.writerow([r.model, r.dataset, r.split, r.transform, "" if r.level is None else f"{r.level:g}", r.label,
-                    f"{r.miou:.2f}", f"{r.drop:.2f}", r.images])
-    return buf.getvalue()
+    return csv_text(CSV_FIELDS, ([r.model, r.dataset, r.split, r.transform, "" if r.level is None else f"{r.level:g}",
+                                  r.label, f"{r.miou:.2f}", f"{r.drop:.2f}", r.images] for r in rows))
 
 
 def shift_markdown(rows: Sequence[ShiftRow]) -> str:

@@ -6,12 +6,11 @@
 """
 from __future__ import annotations
 
-import csv
-import io
 import math
 import statistics
 from collections import defaultdict
 
+from ..io import csv_text
 from ..labels import CLASS_NAMES
 from .records import Score, ordered_pairs, ordered_rows
 from .stats import DASH, Agg
@@ -33,14 +32,6 @@ def markdown(header: list[str], rows: list[list[str]]) -> str:
              "|" + "|".join([":---"] + ["---:"] * (len(header) - 1)) + "|"]
     lines += ["| " + " | ".join(_esc(c) for c in r) + " |" for r in rows]
     return "\n".join(lines) + "\n"
-
-
-def to_csv(header: list[str], rows: list[list]) -> str:
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(header)
-    w.writerows(rows)
-    return buf.getvalue()
 
 
 def _by_cell(items: list[Score]) -> dict[tuple[str, str, str], dict[int, Score]]:
@@ -74,7 +65,7 @@ def paper(items: list[Score]) -> tuple[str, str]:
     md = markdown(["backbone"] + [col_title(c) for c in cols], md_rows)
     partial = any(a.n < n_max for a in aggs.values())
     md += f"\nmIoU (%) over the classes scored in each test set; {_seed_note(items, n_max, partial)}.\n"
-    return md, to_csv(csv_header, csv_rows)
+    return md, csv_text(csv_header, csv_rows)
 
 
 # --- domain-generalization layout ------------------------------------------------------------------------------------
@@ -123,7 +114,7 @@ def dg(items: list[Score]) -> tuple[str, str]:
     mean_note = (f"{MEAN_UNSEEN} = average over the targets other than the source, taken per seed; "
                  if any(MEAN_UNSEEN in cols for _, cols, _ in aggs.values()) else "")
     note = f"\nmIoU (%); {mean_note}{_seed_note(items, n_all, partial)}.\n"
-    return "\n".join(parts) + note, to_csv(["source", "backbone", "target", "mIoU", "std", "n"], csv_rows)
+    return "\n".join(parts) + note, csv_text(["source", "backbone", "target", "mIoU", "std", "n"], csv_rows)
 
 
 # --- per-class IoU ---------------------------------------------------------------------------------------------------
@@ -160,11 +151,11 @@ def per_class(items: list[Score]) -> tuple[str, str]:
         return "(no results yet)\n", ""
     note = (f"\nIoU (%) per class, mean over seeds (std in per_class.csv); {DASH} = class absent from both ground "
             "truth and prediction.\n")
-    return "\n".join(parts) + note, to_csv(["source", "target", "backbone", "class", "IoU", "std", "n"], csv_rows)
+    return "\n".join(parts) + note, csv_text(["source", "target", "backbone", "class", "IoU", "std", "n"], csv_rows)
 
 
 def per_seed(items: list[Score]) -> str:
     """Every measurement, unaggregated: what the tables are computed from."""
     rows = [[s.backbone, s.head, s.source, s.target, s.seed, f"{s.miou:.4f}", f"{s.pixel_acc:.4f}", s.cell_id]
             for s in items]
-    return to_csv(["backbone", "head", "source", "target", "seed", "miou", "pixel_acc", "cell_id"], rows)
+    return csv_text(["backbone", "head", "source", "target", "seed", "miou", "pixel_acc", "cell_id"], rows)
