@@ -77,7 +77,7 @@ def test_smp_heads_pad_and_crop(head):
 
 def test_smp_head_checkpoint_keys_share_the_backbone_prefix(tmp_path):
     source = M.create_model("resnet18_ibn_b", "smp-unet", num_classes=3)
-    assert {k.split(".")[0] for k in source.state_dict()} >= {"backbone", "decoder", "segmentation_head"}
+    assert {k.split(".")[0] for k in source.state_dict()} == {"backbone", "head"}  # same layout as native heads
     torch.save({"model": source.state_dict()}, tmp_path / "ckpt.pth")
     target = M.create_model("resnet18_ibn_b", "fcn", pretrained=tmp_path / "ckpt.pth")
     assert torch.equal(target.backbone.layer2[1].IN.weight, source.backbone.layer2[1].IN.weight)
@@ -85,7 +85,7 @@ def test_smp_head_checkpoint_keys_share_the_backbone_prefix(tmp_path):
 
 def test_smp_deeplabv3plus_uses_deeplab_rates():
     model = M.create_model("resnet18", "smp-deeplabv3plus", output_stride=16)
-    rates = sorted({m.dilation[0] for m in model.decoder.modules() if isinstance(m, nn.Conv2d)} - {1})
+    rates = sorted({m.dilation[0] for m in model.head.decoder.modules() if isinstance(m, nn.Conv2d)} - {1})
     assert rates == [6, 12, 18]
     with pytest.raises(ValueError, match="output_stride"):
         M.create_model("resnet18", "smp-unet", output_stride=8)

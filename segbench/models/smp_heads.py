@@ -16,36 +16,25 @@ from torch import nn
 
 from segbench.models.heads import FCNHead, aspp_rates
 from segbench.models.registries import HEADS
-from segbench.models.segmenter import HeadSpec, pad_to_multiple, upsample_to
+from segbench.models.segmenter import HeadSpec, Segmenter
 from segbench.models.smp_encoders import SegbenchEncoder
 
 SMP_SIZE_DIVISOR = 32  # Unet/FPN concatenate or add maps from strides 2..32; they must tile exactly
 
 
-class SmpSegmenter(nn.Module):
-    """smp decoder + segmentation head around a SegbenchEncoder, with padding and the dict contract.
+class SmpDecoderHead(nn.Module):
+    """smp decoder + segmentation head as one segbench head: encoder features in, low-resolution logits out.
 
-    Attribute `backbone` (the encoder) keeps checkpoint keys `backbone.*` as in the native Segmenter.
+    Wrapped in the native `Segmenter` (with `size_divisor=32`), so padding, cropping and the dict contract are shared.
     """
 
-    def __init__(self, backbone: SegbenchEncoder, decoder: nn.Module, segmentation_head: nn.Module,
-                 aux_head: nn.Module | None = None, size_divisor: int = SMP_SIZE_DIVISOR):
+    def __init__(self, decoder: nn.Module, segmentation_head: nn.Module):
         super().__init__()
-        self.backbone = backbone
         self.decoder = decoder
         self.segmentation_head = segmentation_head
-        self.aux_head = aux_head
-        self.size_divisor = size_divisor
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        h, w = x.shape[-2:]
-        padded = pad_to_multiple(x, self.size_divisor)
-        feats = self.backbone(padded)
-        logits = self.segmentation_head(self.decoder(feats))
-        out = {"out": upsample_to(logits, padded.shape[-2:])[..., :h, :w]}
-        if self.aux_head is not None and self.training:
-            out["aux"] = upsample_to(self.aux_head(feats), padded.shape[-2:])[..., :h, :w]
-        return out
+    def forward(self, feats):
+        return self.segmentation_head(self.decoder(feats))
 
 
 class _ChannelsOnly(nn.Module, EncoderMixin):
@@ -72,7 +61,7 @@ def _placeholder_encoder(out_channels: Sequence[int]) -> Iterator[str]:
 
 
 def _smp_head(smp_cls, **extra):
-    def build(backbone: nn.Module, num_classes: int, aux: bool) -> SmpSegmenter:
+    def build(backbone: nn.Module, num_classes: int, aux: bool) -> Segmenter:
         encoder = SegbenchEncoder(backbone)
         kwargs = dict(extra)
         if smp_cls is smp.DeepLabV3Plus:
@@ -81,7 +70,8 @@ def _smp_head(smp_cls, **extra):
         with _placeholder_encoder(encoder.out_channels) as name:
             model = smp_cls(encoder_name=name, encoder_weights=None, classes=num_classes, **kwargs)
         aux_head = FCNHead(backbone.out_channels[2], num_classes, in_index=4) if aux else None  # feats[4] = layer3
-        return SmpSegmenter(encoder, model.decoder, model.segmentation_head, aux_head)
+        return Segmenter(encoder, SmpDecoderHead(model.decoder, model.segmentation_head), aux_head,
+                         size_divisor=SMP_SIZE_DIVISOR)
 
     return build
 
