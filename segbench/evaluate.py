@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
             result = score_prediction_dir(dataset, args.preds, args.encoding)
             result["source"] = {"preds": str(args.preds), "encoding": args.encoding}
         else:
-            from .data.transforms import build_eval_transform
+            from .data.transforms import eval_transform_for
             from .engine.checkpoint import load_trained_model
             from .engine.distributed import init_from_env
             from .engine.evaluate import evaluate
@@ -115,8 +115,8 @@ def main(argv: list[str] | None = None) -> int:
                                          stride=tuple(args.stride) if args.stride else None, flip=args.flip,
                                          scales=tuple(args.scales))
             model, record = load_trained_model(args.checkpoint)
-            dataset = build_dataset(args.dataset, args.split, root=args.data_root,
-                                    transform=build_eval_transform(args.size))
+            dataset = build_dataset(args.dataset, args.split, root=args.data_root)
+            dataset.transform = eval_transform_for(dataset, args.size)
             device = init_from_env(None if args.device == "auto" else args.device)
             result = evaluate(model, dataset, device=device, eval_classes=getattr(dataset, "eval_classes", None),
                               workers=args.workers, settings=settings, save_dir=args.save_preds, overlay=args.overlay,

@@ -148,7 +148,7 @@ class CellOutcome:
 def run_cell(cell: Cell, cell_dir: Path, *, data_root=None, device: torch.device | None = None) -> dict:
     """Train (or resume) one cell, evaluate whatever target is missing, write the record. Returns the record."""
     from .data import build_dataset
-    from .data.transforms import build_eval_transform, build_train_transform
+    from .data.transforms import build_train_transform, eval_transform_for
     from .engine import distributed as dist_utils
     from .engine.checkpoint import load_checkpoint
     from .engine.evaluate import evaluate
@@ -187,10 +187,10 @@ def run_cell(cell: Cell, cell_dir: Path, *, data_root=None, device: torch.device
             save_torch(final, model.state_dict())
         record["training"] = stats
     ecfg = cell.eval
-    eval_tf = build_eval_transform(ecfg.get("size"))
     settings = InferenceSettings.from_config(ecfg)
     for target in missing_targets(cell, cell_dir):
-        ds = build_dataset(target, ecfg["split"], root=data_root, transform=eval_tf)
+        ds = build_dataset(target, ecfg["split"], root=data_root)
+        ds.transform = eval_transform_for(ds, ecfg.get("size"))
         t0 = time.perf_counter()
         metrics = evaluate(model, ds, device=device, eval_classes=getattr(ds, "eval_classes", None),
                            workers=ecfg.get("workers", 0), settings=settings, desc=f"  test on {target}",

@@ -140,3 +140,17 @@ def test_class_presence_is_scanned_once_and_cached(tmp_path, monkeypatch):
     assert len(list((tmp_path / "cache" / "class_presence").glob("*.json"))) == 1
     monkeypatch.setattr(type(ds), "read_raw_label", lambda *a: (_ for _ in ()).throw(AssertionError("rescanned")))
     assert class_presence(ds) == first
+
+
+def test_eval_height_keeps_aspect_ratio_and_explicit_size_wins():
+    from segbench.data.transforms import eval_transform_for
+
+    image, mask = _pair(100, 300)
+
+    class Mapillaryish:
+        eval_height = 50
+
+    out = eval_transform_for(Mapillaryish())(image=image, mask=mask)
+    assert out["image"].shape == (3, 50, 150) and out["mask"].shape == (100, 300)
+    assert eval_transform_for(Mapillaryish(), size=(20, 40))(image=image, mask=mask)["image"].shape == (3, 20, 40)
+    assert eval_transform_for(object())(image=image, mask=mask)["image"].shape == (3, 100, 300)

@@ -116,16 +116,26 @@ class TrainTransform:
 
 
 class EvalTransform:
-    """Resize the image only (optional) and normalise; the mask keeps its native resolution, where it is scored."""
+    """Resize the image only (to `size`, or to `height` keeping the aspect ratio, e.g. Mapillary at 1536) and
+    normalise; the mask keeps its native resolution, where predictions are scored."""
 
     def __init__(self, size: Sequence[int] | None = None, mean: Sequence[float] = IMAGENET_MEAN,
-                 std: Sequence[float] = IMAGENET_STD):
+                 std: Sequence[float] = IMAGENET_STD, height: int | None = None):
         self.size = None if size is None else (int(size[0]), int(size[1]))
+        self.height = None if height is None else int(height)
         self.normalize = A.Normalize(mean=mean, std=std)
 
+    def target_size(self, h: int, w: int) -> tuple[int, int]:
+        if self.size is not None:
+            return self.size
+        if self.height is not None:
+            return self.height, max(1, round(w * self.height / h))
+        return h, w
+
     def __call__(self, image: np.ndarray, mask: np.ndarray) -> dict[str, torch.Tensor]:
-        if self.size is not None and image.shape[:2] != self.size:
-            image = cv2.resize(image, (self.size[1], self.size[0]), interpolation=cv2.INTER_LINEAR)
+        size = self.target_size(*image.shape[:2])
+        if image.shape[:2] != size:
+            image = cv2.resize(image, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
         return _to_tensors(self.normalize(image=image)["image"], mask)
 
 
@@ -134,5 +144,10 @@ def build_train_transform(crop_size: Sequence[int], scale_range: Sequence[float]
     return TrainTransform(crop_size=crop_size, scale_range=scale_range, hflip=hflip, **kwargs)
 
 
-def build_eval_transform(size: Sequence[int] | None = None, **kwargs) -> EvalTransform:
-    return EvalTransform(size=size, **kwargs)
+def build_eval_transform(size: Sequence[int] | None = None, height: int | None = None, **kwargs) -> EvalTransform:
+    return EvalTransform(size=size, height=height, **kwargs)
+
+
+def eval_transform_for(dataset, size: Sequence[int] | None = None) -> EvalTransform:
+    """The eval preset for one dataset: an explicit `size` wins, else the dataset's protocol height (if any)."""
+    return EvalTransform(size=size, height=None if size else getattr(dataset, "eval_height", None))
