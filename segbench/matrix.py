@@ -21,6 +21,7 @@ import torch
 from . import __version__
 from .config import identity_view, train_settings
 from .io import write_json
+from .registry import Registry
 from .spec import Transfer
 
 RECORD = "record.json"

@@ -16,7 +16,7 @@ from segbench.analysis.cli import main, run_analyses
 from segbench.analysis.divergence import content_split, feature_points, measure
 from segbench.analysis.loading import CheckpointError, load_model
 from segbench.analysis.shift import ShiftedDataset
-from segbench.analysis.stats import ChannelMoments, gaussian_symmetric_kl, moments_divergence
+from segbench.analysis.stats import ChannelMoments, gaussian_symmetric_kl
 from segbench.data import build_dataset, synthetic
 from segbench.data.transforms import build_eval_transform
 from segbench.models import create_model

@@ -45,7 +45,7 @@ def test_cityscapes_prefers_train_id_files(tmp_path):
 
 
 def test_cityscapes_missing_label_is_skipped_with_one_warning(tmp_path):
-    truth = mt.make_cityscapes(tmp_path)
+    mt.make_cityscapes(tmp_path)
     gone = next(p for p in (tmp_path / "gtFine/train").rglob("*_labelIds.png"))
     gone.unlink()
     with pytest.warns(DatasetWarning) as record:
@@ -63,7 +63,7 @@ def test_gta5_reads_palette_index_not_colour(tmp_path):
 
 
 def test_gta5_skips_size_mismatch_and_missing_label_with_one_warning(tmp_path):
-    truth = mt.make_gta5(tmp_path, count=6)
+    mt.make_gta5(tmp_path, count=6)
     mt.write_palette(tmp_path / "labels/00002.png", np.zeros((mt.H - 2, mt.W), np.uint8))  # 64x30 label for a 64x32 image
     (tmp_path / "labels/00004.png").unlink()
     with pytest.warns(DatasetWarning) as record:
@@ -88,7 +88,7 @@ def test_gta5_robustnet_splits_are_shipped_and_disjoint():
 
 
 def test_gta5_split_selects_listed_frames_and_reports_listed_but_absent(tmp_path, monkeypatch):
-    truth = mt.make_gta5(tmp_path, count=4)
+    mt.make_gta5(tmp_path, count=4)
     (tmp_path / "lists").mkdir()
     (tmp_path / "lists/val.txt").write_text("00002.png\n3\n00009.png\n")
     monkeypatch.setattr(gta5, "SPLIT_DIR", tmp_path / "lists")

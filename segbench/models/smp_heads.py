@@ -9,7 +9,6 @@ from contextlib import contextmanager
 from typing import Iterator, Sequence
 
 import segmentation_models_pytorch as smp
-import torch
 from segmentation_models_pytorch.encoders import encoders as SMP_ENCODERS
 from segmentation_models_pytorch.encoders._base import EncoderMixin
 from torch import nn
