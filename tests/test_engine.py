@@ -154,3 +154,16 @@ def test_resuming_under_another_config_is_refused(tmp_path, monkeypatch):
     _tiny_train(tmp_path, PixelModel(), iters=2, identity={"lr": 0.01, "backbone": "x"})
     with pytest.raises(CheckpointMismatch, match=r"lr: checkpoint has 0.01, this run has 0.02"):
         _tiny_train(tmp_path, PixelModel(), iters=4, identity={"lr": 0.02, "backbone": "x"})
+
+
+def test_auxiliary_loss_is_added_with_its_weight():
+    from segbench.engine.train import segmentation_loss
+
+    torch.manual_seed(0)
+    target = torch.randint(0, 19, (2, 8, 8))
+    target[0, 0, 0] = 255
+    main, aux = torch.randn(2, 19, 8, 8), torch.randn(2, 19, 8, 8)
+    plain = segmentation_loss({"out": main}, target, aux_weight=0.4)
+    both = segmentation_loss({"out": main, "aux": aux}, target, aux_weight=0.4)
+    expected = torch.nn.functional.cross_entropy(aux, target, ignore_index=255)
+    torch.testing.assert_close(both - plain, 0.4 * expected)
