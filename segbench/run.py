@@ -101,6 +101,25 @@ def check_datasets(transfers, cfg: dict, data_root) -> None:
         build_dataset(name, split, root=data_root)
 
 
+def check_pretrained(cfg: dict, backbones: list[str]) -> None:
+    """Fetch (or find) every backbone's pretrained weights once, before training, so an offline machine fails in
+    seconds with the URL and cache path instead of once per cell."""
+    import os
+
+    from .models.pretrained import PretrainedWeightsError, fetch_imagenet
+
+    pretrained = cfg["model"].get("pretrained")
+    if pretrained is None or os.environ.get("LOCAL_RANK", "0") != "0":
+        return
+    if pretrained != "imagenet":
+        if not os.path.isfile(pretrained):
+            raise PretrainedWeightsError(f"model.pretrained={pretrained!r}: no such file; give 'imagenet', a path to "
+                                         "a state dict, or null to train from scratch")
+        return
+    for name in backbones:
+        fetch_imagenet(name)
+
+
 def print_plan(cells, results_dir: Path, argv: list[str]) -> None:
     from .matrix import is_done
 
@@ -151,9 +170,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         print_plan(cells, results_dir, argv)
         return 0
+    from .models.pretrained import PretrainedWeightsError
+
     try:
         check_datasets(transfers, cfg, args.data_root)
-    except (DatasetError, KeyError) as e:
+        check_pretrained(cfg, backbones)
+    except (DatasetError, KeyError, PretrainedWeightsError) as e:
         print(f"segbench: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
         return 2
     # subprocess launchers must not open a CUDA context on GPU 0 in the parent

@@ -141,3 +141,23 @@ def test_unknown_analysis_is_refused_before_any_work(tmp_path, capsys):
     assert _main(tmp_path, "sim->photo", "--analyze", "shift,colour") == 2
     assert "unknown colour; choose from shift, divergence" in capsys.readouterr().err
     assert not (tmp_path / "results").exists()
+
+
+def test_missing_pretrained_weights_fail_once_before_training(tmp_path, tiny_domains, monkeypatch, capsys):
+    import urllib.error
+
+    from segbench.models import pretrained as P
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+
+    def offline(url, dst, timeout=None):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(P, "download", offline)
+    code = _main(tmp_path, "sim->photo", "--backbones", "resnet18_ibn_a", "--set", "model.pretrained=imagenet")
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("could not download") == 1
+    assert "resnet18_ibn_a" in err and str(tmp_path / "torch") in err and "pretrained=null" in err
+    assert not (tmp_path / "results").exists()
+    assert _main(tmp_path, "sim->photo", "--set", "model.pretrained=/no/such.pth") == 2
+    assert "/no/such.pth" in capsys.readouterr().err
