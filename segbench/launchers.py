@@ -134,7 +134,7 @@ def launch_local(cells: list[Cell], results_dir: Path, *, data_root=None, device
     """
     outcomes = []
     for i, cell in enumerate(cells, 1):
-        cell_dir = Path(results_dir) / "cells" / cell.dirname
+        cell_dir = cell.directory(results_dir)
         if is_done(cell, cell_dir):
             outcomes.append(CellOutcome(cell, cell_dir, "skipped"))
             continue
@@ -190,14 +190,14 @@ def _launch_on_devices(cells, results_dir, argv, devices, per_cell, use_torchrun
     for g in groups:
         free.put(g)
     lock = threading.Lock()
-    pending = [c for c in cells if not is_done(c, Path(results_dir) / "cells" / c.dirname)]
+    pending = [c for c in cells if not is_done(c, c.directory(results_dir))]
 
     def say(msg: str) -> None:
         with lock:
             print(msg, file=sys.stderr, flush=True)
 
     def work(index: int, cell: Cell) -> CellOutcome:
-        cell_dir = Path(results_dir) / "cells" / cell.dirname
+        cell_dir = cell.directory(results_dir)
         group = free.get()
         try:
             cell_dir.mkdir(parents=True, exist_ok=True)
@@ -225,7 +225,7 @@ def _launch_on_devices(cells, results_dir, argv, devices, per_cell, use_torchrun
         for cell in cells:
             fut = futures.get(cell.cell_id)
             outcomes.append(fut.result() if fut else
-                            CellOutcome(cell, Path(results_dir) / "cells" / cell.dirname, "skipped"))
+                            CellOutcome(cell, cell.directory(results_dir), "skipped"))
     return outcomes
 
 
@@ -295,7 +295,7 @@ def slurm_jobs(cells: list[Cell], results_dir: Path, argv, gpus_per_cell: int = 
     """(cell, CellJob) for every cell not yet done: the job array built from the plan."""
     jobs = []
     for cell in cells:
-        cell_dir = Path(results_dir).resolve() / "cells" / cell.dirname
+        cell_dir = cell.directory(Path(results_dir).resolve())
         if is_done(cell, cell_dir):
             continue
         cmd = (torchrun_command(argv, cell.cell_id, gpus_per_cell) if gpus_per_cell > 1
@@ -323,11 +323,11 @@ def launch_slurm(cells: list[Cell], results_dir: Path, *, data_root=None, device
     results_dir = Path(results_dir)
     jobs = slurm_jobs(cells, results_dir, argv, int(gpus_per_cell), runner)
     todo = {cell.cell_id for cell, _ in jobs}
-    outcomes = {c.cell_id: CellOutcome(c, results_dir / "cells" / c.dirname, "skipped")
+    outcomes = {c.cell_id: CellOutcome(c, c.directory(results_dir), "skipped")
                 for c in cells if c.cell_id not in todo}
     if jobs:
         for cell, _ in jobs:
-            (results_dir / "cells" / cell.dirname).mkdir(parents=True, exist_ok=True)
+            cell.directory(results_dir).mkdir(parents=True, exist_ok=True)
         if executor is None:
             executor = submitit.AutoExecutor(folder=results_dir / "slurm" / "%j", cluster=cluster)
         executor.update_parameters(**slurm_parameters(
@@ -338,7 +338,7 @@ def launch_slurm(cells: list[Cell], results_dir: Path, *, data_root=None, device
         print(f"submitted {len(submitted)} cell(s) as job array {submitted[0].job_id.split('_')[0]}; "
               f"submitit files in {results_dir / 'slurm'}", file=sys.stderr, flush=True)
         for (cell, job), sub in zip(jobs, submitted):
-            cell_dir = results_dir / "cells" / cell.dirname
+            cell_dir = cell.directory(results_dir)
             if not wait:
                 outcomes[cell.cell_id] = CellOutcome(cell, cell_dir, "submitted", log=Path(job.log),
                                                      extra={"job_id": sub.job_id})

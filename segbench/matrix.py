@@ -24,9 +24,7 @@ from .io import write_json
 from .registry import Registry
 from .spec import Transfer
 
-RECORD = "record.json"
-DONE = "done"
-FINAL_WEIGHTS = "model_final.pt"
+from .cell_files import CELLS, CHECKPOINTS, DONE, FINAL_WEIGHTS, RECORD
 
 
 def dataset_version(name: str):
@@ -64,6 +62,9 @@ class Cell:
     @property
     def dirname(self) -> str:
         return f"{self.source}__{self.backbone}__{self.head}__s{self.seed}__{self.cell_id}"
+
+    def directory(self, results_dir: Path) -> Path:
+        return Path(results_dir) / CELLS / self.dirname
 
     @property
     def eval_targets(self) -> tuple[str, ...]:
@@ -181,7 +182,7 @@ def run_cell(cell: Cell, cell_dir: Path, *, data_root=None, device: torch.device
         source = build_dataset(cell.source, tcfg["split"], root=data_root)
         transform = build_train_transform(tcfg["crop"], tcfg["scale_range"], tcfg["hflip"])
         stats = train(model, source, transform, train_settings(tcfg), seed=cell.seed, device=device,
-                      ckpt_dir=cell_dir / "checkpoints", identity=cell.training_identity(),
+                      ckpt_dir=cell_dir / CHECKPOINTS, identity=cell.training_identity(),
                       log_path=cell_dir / "train_log.csv", tb_dir=cell_dir / "tb",
                       desc=f"{cell.backbone} on {cell.source} (seed {cell.seed})")
         if dist_utils.is_main():

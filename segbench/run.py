@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from .config import EMBEDDED_DEFAULT, ConfigError, apply_overrides, load_config
+from .cell_files import DONE
 from .spec import GRAMMAR, SpecError, parse_specs
 
 
@@ -121,15 +122,14 @@ def check_pretrained(cfg: dict, backbones: list[str]) -> None:
 
 
 def print_plan(cells, results_dir: Path, argv: list[str]) -> None:
+    from .launchers import python_command
     from .matrix import is_done
 
     print(f"{len(cells)} cells -> {results_dir}")
     for cell in cells:
-        done = is_done(cell, results_dir / "cells" / cell.dirname)
+        done = is_done(cell, cell.directory(results_dir))
         print(f"  {cell.cell_id}  {'done   ' if done else 'pending'}  {cell.dirname}  "
               f"targets={','.join(cell.eval_targets)}")
-    from .launchers import python_command
-
     print("each cell runs:", shlex.join(["python", *python_command(argv, "CELL_ID")[1:]]))
 
 
@@ -163,7 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.only:
         unknown = set(args.only) - {c.cell_id for c in cells}
         if unknown:
-            print(f"segbench: --only {' '.join(sorted(unknown))}: no such cell in this plan (see --dry-run)", file=sys.stderr)
+            print(f"segbench: --only {' '.join(sorted(unknown))}: no such cell in this plan (see --dry-run)",
+                  file=sys.stderr)
             return 2
         cells = [c for c in cells if c.cell_id in args.only]
     results_dir = args.results / cfg["name"]
@@ -195,8 +196,8 @@ def main(argv: list[str] | None = None) -> int:
         from .analysis import run_analyses
 
         first_seed = min(c.seed for c in cells)
-        cell_dirs = [results_dir / "cells" / c.dirname for c in cells if c.seed == first_seed]
-        finished = [d for d in cell_dirs if (d / "done").exists()]
+        cell_dirs = [c.directory(results_dir) for c in cells if c.seed == first_seed]
+        finished = [d for d in cell_dirs if (d / DONE).exists()]
         for path in run_analyses(analyses, finished, results_dir, data_root=args.data_root, device=device or "cpu",
                                  max_images=args.analyze_images):
             print(f"analysis: {path}")

@@ -14,6 +14,7 @@ from typing import Sequence
 
 import torch
 
+from ..cell_files import CELLS
 from ..io import write_text
 from ..labels import CLASS_NAMES
 from .appearance import TRANSFORMS, ImageTransform, parse_transform_spec, style_statistics
@@ -32,7 +33,7 @@ def default_out_dir(checkpoints: Sequence[str | Path]) -> Path:
     studies = set()
     for c in checkpoints:
         cell = Path(c) if Path(c).is_dir() else Path(c).parent
-        studies.add(cell.parent.parent if cell.parent.name == "cells" else None)
+        studies.add(cell.parent.parent if cell.parent.name == CELLS else None)
     return studies.pop() if len(studies) == 1 and None not in studies else Path("analysis")
 
 

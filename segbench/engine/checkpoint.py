@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 
+from ..cell_files import CHECKPOINTS, FINAL_WEIGHTS, RECORD
 from ..io import save_torch
 
 _NAME = re.compile(r"^iter_(\d+)\.pt$")
@@ -62,20 +63,18 @@ class CheckpointError(ValueError):
     """A checkpoint cannot be turned back into a model; the message names the file and what is wrong."""
 
 
-WEIGHTS_NAME = "model_final.pt"
-RECORD_NAME = "record.json"
 REQUIRED_KEYS = ("backbone", "head", "config")
 
 
 def resolve(path: Path) -> tuple[Path, Path]:
     """Cell directory or weights file -> (weights, record.json of its cell), both checked to exist."""
     path = Path(path)
-    weights = path / WEIGHTS_NAME if path.is_dir() else path
+    weights = path / FINAL_WEIGHTS if path.is_dir() else path
     if not weights.is_file():
-        raise CheckpointError(f"{weights}: no such file; pass a finished cell directory (with {WEIGHTS_NAME}), "
+        raise CheckpointError(f"{weights}: no such file; pass a finished cell directory (with {FINAL_WEIGHTS}), "
                               "its weights file, or a checkpoints/iter_*.pt file")
-    cell = weights.parent.parent if weights.parent.name == "checkpoints" else weights.parent
-    record = cell / RECORD_NAME
+    cell = weights.parent.parent if weights.parent.name == CHECKPOINTS else weights.parent
+    record = cell / RECORD
     if not record.is_file():
         raise CheckpointError(f"{record}: missing; the model is rebuilt from the cell record beside {weights.name} "
                               f"(keys {', '.join(REQUIRED_KEYS)})")

@@ -15,6 +15,7 @@ import argparse
 from collections import Counter
 from pathlib import Path
 
+from ..cell_files import CELLS
 from ..io import write_text
 from . import plots, tables
 from .qualitative import plot_qualitative
@@ -92,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("results_dir", type=Path)
     parser.add_argument("--no-plot", action="store_true", help="tables only (no matplotlib)")
     args = parser.parse_args(argv)
-    if not (args.results_dir / "cells").is_dir():
+    if not (args.results_dir / CELLS).is_dir():
         parser.error(f"{args.results_dir} holds no cells/ directory: pass the directory a study wrote (results/NAME)")
     print(build_report(args.results_dir, plot=not args.no_plot))
     print(f"all tables and figures: {args.results_dir / 'report.md'}")

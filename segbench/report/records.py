@@ -11,9 +11,9 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..cell_files import CELLS, DONE, RECORD
 from ..config import identity_view
 
-DONE = "done"
 
 
 @dataclass(frozen=True)
@@ -33,7 +33,7 @@ class Score:
 def load_records(results_dir: Path) -> list[dict]:
     """Every `cells/*/record.json`, sorted by directory name; a record's directory is kept under `_dir`."""
     records = []
-    for path in sorted(Path(results_dir).glob("cells/*/record.json")):
+    for path in sorted(Path(results_dir).glob(f"{CELLS}/*/{RECORD}")):
         try:
             rec = json.loads(path.read_text())
         except json.JSONDecodeError as e:
