@@ -172,10 +172,12 @@ def run_cell(cell: Cell, cell_dir: Path, *, data_root=None, device: torch.device
         write_json(cell_dir / "config.json", {**cell.training_identity(), "targets": list(cell.eval_targets),
                                               "train": cell.train, "eval": cell.eval})
     final = cell_dir / FINAL_WEIGHTS
+    trained = final.is_file()
     torch.manual_seed(cell.seed)
+    # ImageNet weights only matter before training; a trained cell's own weights replace them anyway
     model = create_model(cell.backbone, head=cell.head, output_stride=cell.model.get("output_stride"),
-                         pretrained=cell.model.get("pretrained"), aux=bool(cell.model.get("aux")))
-    if final.is_file():
+                         pretrained=None if trained else cell.model.get("pretrained"), aux=bool(cell.model.get("aux")))
+    if trained:
         model.load_state_dict(load_checkpoint(final))
     else:
         tcfg = cell.train
@@ -190,6 +192,7 @@ def run_cell(cell: Cell, cell_dir: Path, *, data_root=None, device: torch.device
         record["training"] = stats
     ecfg = cell.eval
     settings = InferenceSettings.from_config(ecfg)
+    record["provenance"] = provenance(device)
     for target in missing_targets(cell, cell_dir):
         ds = build_dataset(target, ecfg["split"], root=data_root)
         ds.transform = eval_transform_for(ds, ecfg.get("size"))
@@ -199,7 +202,6 @@ def run_cell(cell: Cell, cell_dir: Path, *, data_root=None, device: torch.device
                            dump_dir=cell_dir / "preds" / target, dump_count=int(ecfg.get("dump", 0) or 0))
         metrics.update(eval=cell.eval_identity(), images=len(ds), seconds=time.perf_counter() - t0)
         record["results"][target] = metrics
-        record["provenance"] = provenance(device)
         if dist_utils.is_main():
             write_json(cell_dir / RECORD, record)
             tb = tensorboard_writer(cell_dir / "tb")
