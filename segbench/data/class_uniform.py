@@ -10,8 +10,6 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Iterator
-
 import numpy as np
 from tqdm.auto import tqdm
 
@@ -60,14 +58,10 @@ class ClassUniformStreamSampler(SeededStreamSampler):
                 self.by_class.setdefault(c, []).append(index)
         self.classes = sorted(self.by_class)
 
-    def __iter__(self) -> Iterator[tuple[int, int, int]]:
-        p = self.start + self.rank
-        while self.total is None or p < self.total:
-            rng = np.random.default_rng(_mix(self.seed, p, 2))
-            if self.classes and rng.random() < self.fraction:
-                c = self.classes[int(rng.integers(len(self.classes)))]
-                images = self.by_class[c]
-                yield images[int(rng.integers(len(images)))], _mix(self.seed, p, 1), c
-            else:
-                yield self._index(p), _mix(self.seed, p, 1), -1
-            p += self.world_size
+    def _item(self, position: int) -> tuple[int, int, int]:
+        rng = np.random.default_rng(_mix(self.seed, position, 2))
+        if self.classes and rng.random() < self.fraction:
+            c = self.classes[int(rng.integers(len(self.classes)))]
+            images = self.by_class[c]
+            return images[int(rng.integers(len(images)))], _mix(self.seed, position, 1), c
+        return (*super()._item(position), -1)

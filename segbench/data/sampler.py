@@ -34,10 +34,14 @@ class SeededStreamSampler(torch.utils.data.Sampler):
             self._perm, self._perm_epoch = torch.randperm(self.n, generator=g).tolist(), epoch
         return self._perm[offset]
 
-    def __iter__(self) -> Iterator[tuple[int, int]]:
+    def _item(self, position: int) -> tuple[int, ...]:
+        """What the stream holds at a global position: (dataset index, augmentation seed)."""
+        return self._index(position), _mix(self.seed, position, 1)
+
+    def __iter__(self) -> Iterator[tuple[int, ...]]:
         p = self.start + self.rank
         while self.total is None or p < self.total:
-            yield self._index(p), _mix(self.seed, p, 1)
+            yield self._item(p)
             p += self.world_size
 
     def __len__(self) -> int:
