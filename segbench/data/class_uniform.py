@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
+
 import numpy as np
 from tqdm.auto import tqdm
 
