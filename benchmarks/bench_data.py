@@ -31,14 +31,11 @@ import torchvision.transforms as T  # noqa: E402
 import torchvision.transforms.functional as TF  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from segbench.data import real  # noqa: E402,F401
-from segbench.data.base import build_dataset  # noqa: E402
-from segbench.data.gta5 import GTA5  # noqa: E402
-from segbench.data.prepare import prepare_dataset  # noqa: E402
-from segbench.data.prepared import open_prepared  # noqa: E402
-from segbench.data.tables import CITYSCAPES_LUT  # noqa: E402
+from segbench.data.adapters.gta5 import GTA5  # noqa: E402
+from segbench.data.cache import open_prepared  # noqa: E402
+from segbench.data.factory import build_dataset, prepare_dataset  # noqa: E402
 from segbench.data.workers import worker_init_fn  # noqa: E402
-from segbench.labels import IGNORE_INDEX  # noqa: E402
+from segbench.labels import CITYSCAPES_LUT, IGNORE_INDEX  # noqa: E402
 
 W, H = 1914, 1052
 CROP = 768

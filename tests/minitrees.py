@@ -11,7 +11,8 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from segbench.data.tables import MAPILLARY_ID_TO_TRAINID, SYNTHIA_ID_TO_TRAINID
+from segbench.data.adapters.mapillary import MAPILLARY_ID_TO_TRAINID
+from segbench.data.adapters.synthia import SYNTHIA_ID_TO_TRAINID
 from segbench.labels import CITYSCAPES_ID_TO_TRAINID, PALETTE
 
 H, W = 32, 64

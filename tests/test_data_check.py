@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 import minitrees as mt
-from segbench.data import acdc, cityscapes, gta5  # noqa: F401  (registers the adapters)
-from segbench.data.base import build_dataset
+from segbench.data.adapters import acdc, cityscapes, gta5  # noqa: F401  (registers the adapters)
+from segbench.data.factory import build_dataset
 from segbench.data.check import check_dataset
 from segbench.data.cli import main
 

@@ -8,8 +8,10 @@ import pytest
 import torch
 
 import minitrees as mt
-from segbench.data import acdc, bdd100k, cityscapes, gta5, mapillary, synthia  # noqa: F401  (registers the adapters)
-from segbench.data.base import DATASETS, DatasetError, DatasetWarning, SizeMismatchError, build_dataset
+from segbench.data.adapters import acdc, bdd100k, cityscapes, gta5, mapillary, synthia  # noqa: F401  (registers the adapters)
+from segbench.data.base import DatasetError, DatasetWarning, SizeMismatchError
+from segbench.data.factory import build_dataset
+from segbench.data.registry import DATASETS
 
 
 def assert_decodes(ds, truth):

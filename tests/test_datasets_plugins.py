@@ -12,7 +12,9 @@ import torch
 
 import minitrees as mt
 from segbench.data import plugins
-from segbench.data.base import DATASETS, SegmentationDataset, build_dataset
+from segbench.data.base import SegmentationDataset
+from segbench.data.factory import build_dataset
+from segbench.data.registry import DATASETS, register_dataset
 from segbench.data.yaml_dataset import YamlSpecError, register_yaml
 
 MYCITY = """\
@@ -162,7 +164,7 @@ def fake_distribution(tmp_path, entry_points: str, modules: dict[str, str]):
 PLUGIN_MODULE = """\
 from pathlib import Path
 from segbench.data.base import SegmentationDataset
-from segbench.data.plugins import register_dataset
+from segbench.data.registry import register_dataset
 from segbench.data.tables import TRAINID_LUT, TRAINID_KNOWN
 
 
@@ -214,7 +216,7 @@ def test_entry_points_register_classes_and_modules(tmp_path, monkeypatch, unregi
 def test_decorator_is_the_registry_decorator(unregister):
     unregister.append("inline")
 
-    @plugins.register_dataset("inline")
+    @register_dataset("inline")
     class Inline(SegmentationDataset):
         pass
 

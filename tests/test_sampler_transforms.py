@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from segbench.data.sampler import SeededStreamSampler
-from segbench.data.transforms import build_eval_transform, build_train_transform
+from segbench.data.transforms import EvalTransform, build_train_transform
 
 
 def test_stream_is_a_function_of_seed_and_position():
@@ -66,7 +66,7 @@ def test_train_transform_is_reproducible_per_seed():
 
 def test_eval_transform_keeps_mask_resolution():
     image, mask = _pair(50, 80)
-    out = build_eval_transform((25, 40))(image=image, mask=mask)
+    out = EvalTransform(size=(25, 40))(image=image, mask=mask)
     assert out["image"].shape == (3, 25, 40) and out["mask"].shape == (50, 80)
     assert torch.equal(out["mask"], torch.from_numpy(mask).long())
 
@@ -129,7 +129,8 @@ def test_focus_crop_contains_the_class():
 
 
 def test_class_presence_is_scanned_once_and_cached(tmp_path, monkeypatch):
-    from segbench.data import build_dataset, synthetic
+    from segbench.data import build_dataset
+    from segbench.data.adapters import synthetic
     from segbench.data.class_uniform import class_presence
 
     monkeypatch.setattr(synthetic, "SPLIT_SIZES", {"train": 3, "val": 1})

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from segbench.data import DATASETS, DatasetError, build_dataset
-from segbench.data import synthetic
-from segbench.data.synthetic import ensure_generated, generate_sample
+from segbench.data.adapters import synthetic
+from segbench.data.adapters.synthetic import ensure_generated, generate_sample
 
 
 def test_generator_is_deterministic():

@@ -1,6 +1,7 @@
 """The adapter contract every domain follows: find (image, label) pairs on disk, read them, map labels to trainIds.
 
 Training, evaluation and `segbench data check` all go through `load_pair`, so what a check reports is what training sees.
+The adapters themselves live in `adapters/`; opening one by name is `factory.build_dataset`.
 """
 from __future__ import annotations
 
@@ -15,12 +16,7 @@ import numpy as np
 import torch.utils.data
 
 from ..labels import IGNORE_INDEX, NUM_CLASSES
-from ..registry import Registry
-
-DATASETS = Registry("dataset")
-
-DATA_ROOT_ENV = "SEGBENCH_DATA"
-DEFAULT_DATA_ROOT = "datasets"
+from .registry import DATA_ROOT_ENV, DEFAULT_DATA_ROOT
 
 
 class DatasetError(RuntimeError):
@@ -33,11 +29,6 @@ class SizeMismatchError(DatasetError):
 
 class DatasetWarning(UserWarning):
     """Pairs were left out at construction (one warning per dataset, naming them)."""
-
-
-def data_root(explicit: str | os.PathLike | None = None) -> Path:
-    """--data-root wins, then $SEGBENCH_DATA, then ./datasets."""
-    return Path(explicit or os.environ.get(DATA_ROOT_ENV) or DEFAULT_DATA_ROOT)
 
 
 @dataclass(frozen=True)
@@ -66,6 +57,13 @@ def apply_lut(raw: np.ndarray, lut: np.ndarray) -> np.ndarray:
         out[(raw < 0) | (raw >= len(lut))] = IGNORE_INDEX
         return out
     return lut[raw]
+
+
+def known_mask(values: Sequence[int]) -> np.ndarray:
+    """Boolean table over raw label values: True where a decoding table knows the value (maps or deliberately ignores it)."""
+    known = np.zeros(max(values) + 1, dtype=bool)
+    known[list(values)] = True
+    return known
 
 
 def read_rgb(path: Path) -> np.ndarray:
@@ -129,11 +127,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
 
     def known_values(self, path: Path) -> np.ndarray | None:
         """Boolean table over raw values: True where the mapping knows the value. Override when it depends on the file."""
-        if self.known_label_values is None:
-            return None
-        known = np.zeros(max(self.known_label_values) + 1, dtype=bool)
-        known[list(self.known_label_values)] = True
-        return known
+        return None if self.known_label_values is None else known_mask(self.known_label_values)
 
     def unknown_label_values(self, raw: np.ndarray, path: Path) -> dict[int, int]:
         """{raw value: pixel count} for values outside the mapping (training maps them to IGNORE_INDEX)."""
@@ -213,25 +207,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
         return f"{type(self).__name__}(root={str(self.root)!r}, split={self.split!r}, pairs={len(self)})"
 
 
-def build_dataset(name: str, split: str, root: str | os.PathLike | None = None, transform: Callable | None = None):
-    """Look the adapter up by name and open it under `<data root>/<its default_dir>`.
-
-    `NAME@WxH` opens the resized copy written by `segbench data prepare NAME --size WxH` instead.
-    """
-    from .plugins import load_plugins  # local: plug-ins import this module
-
-    load_plugins(root)
-    if "@" in name:
-        from .prepared import open_prepared  # local: the prepared cache builds on the adapters
-
-        return open_prepared(name, split, root, transform)
-    cls = DATASETS.get(name)
-    path = data_root(root) / cls.default_dir
-    cls.prepare(path)
-    return cls(path, split=split, transform=transform)
-
-
 __all__ = [
-    "DATASETS", "DatasetError", "SegmentationDataset", "build_dataset", "data_root", "read_rgb", "read_gray",
-    "IGNORE_INDEX", "NUM_CLASSES", "Problem", "SizeMismatchError", "DatasetWarning", "PROBLEM_KINDS", "apply_lut",
+    "DatasetError", "DatasetWarning", "PROBLEM_KINDS", "Problem", "SegmentationDataset", "SizeMismatchError", "apply_lut",
+    "known_mask", "read_gray", "read_rgb",
 ]

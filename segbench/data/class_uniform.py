@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from ..io import write_json
 from ..labels import NUM_CLASSES
-from .sampler import SeededStreamSampler, _mix
+from .sampler import SeededStreamSampler, mix_seed
 
 CACHE_ENV = "SEGBENCH_CACHE"
 
@@ -60,9 +60,9 @@ class ClassUniformStreamSampler(SeededStreamSampler):
         self.classes = sorted(self.by_class)
 
     def _item(self, position: int) -> tuple[int, int, int]:
-        rng = np.random.default_rng(_mix(self.seed, position, 2))
+        rng = np.random.default_rng(mix_seed(self.seed, position, 2))
         if self.classes and rng.random() < self.fraction:
             c = self.classes[int(rng.integers(len(self.classes)))]
             images = self.by_class[c]
-            return images[int(rng.integers(len(images)))], _mix(self.seed, position, 1), c
+            return images[int(rng.integers(len(images)))], mix_seed(self.seed, position, 1), c
         return (*super()._item(position), -1)

@@ -8,11 +8,13 @@ import argparse
 import json
 import sys
 import warnings
-from pathlib import Path
 
-from . import real  # noqa: F401  (registers the real-dataset adapters)
-from .base import DATASETS, DatasetError, DatasetWarning, data_root
+from .base import DatasetError, DatasetWarning
+from .cache import parse_size
+from .check import check_dataset
+from .factory import build_dataset, prepare_dataset
 from .plugins import load_plugins
+from .registry import DATASETS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,30 +35,15 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     prepare = sub.add_parser("prepare", help="write resized uint8 copies for faster training")
     common(prepare)
-    prepare.add_argument("--size", required=True, help="WIDTHxHEIGHT, e.g. 1280x720")
+    prepare.add_argument("--size", required=True, metavar="WxH", help="target size in pixels, WxH, e.g. 1280x720")
     prepare.add_argument("--out", help="cache directory (default: DATA_ROOT/prepared/NAME@WxH)")
     prepare.add_argument("--png-compression", type=int, default=1, choices=range(10), metavar="0-9",
                          help="zlib level of cached images: 0 decodes ~4x faster, ~1.7x the disk (default 1)")
     return parser
 
 
-def open_dataset(name: str, split: str | None, root: str | None, data_root_dir: str | None):
-    """The dataset as `build_dataset` would open it, or from an explicit --root."""
-    if "@" in name:
-        from .prepared import load_manifest, open_prepared, parse_size, prepared_path
-
-        source, _, size = name.partition("@")
-        path = Path(root) if root else prepared_path(source, parse_size(size), data_root_dir)
-        return open_prepared(name, split or next(iter(load_manifest(path)["splits"])), path=path)
-    if name not in DATASETS:
-        raise DatasetError(f"unknown dataset {name!r}; registered: {', '.join(DATASETS.names())} (segbench data list)")
-    cls = DATASETS.get(name)
-    path = Path(root) if root else data_root(data_root_dir) / cls.default_dir
-    cls.prepare(path)
-    return cls(path, split=split or cls.splits[0])
-
-
 def cmd_list() -> int:
+    load_plugins()
     for name in DATASETS.names():
         cls = DATASETS.get(name)
         print(f"{name:<14} {getattr(cls, 'default_dir', ''):<18} splits: {', '.join(getattr(cls, 'splits', ()))}")
@@ -64,24 +51,19 @@ def cmd_list() -> int:
 
 
 def cmd_check(args) -> int:
-    from .check import check_dataset
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DatasetWarning)  # the report lists what the warning would
-        dataset = open_dataset(args.name, args.split, args.root, args.data_root)
+        dataset = build_dataset(args.name, args.split, args.data_root, path=args.root)
     report = check_dataset(dataset, name=args.name, workers=args.workers, progress=not args.quiet)
     print(json.dumps(report.to_json(), indent=1) if args.json else report.to_text())
     return 0 if report.ok else 1
 
 
 def cmd_prepare(args) -> int:
-    from .prepare import prepare_dataset
-    from .prepared import parse_size
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DatasetWarning)
         out, left_out = prepare_dataset(
-            args.name, parse_size(args.size), root=args.root, data_root_dir=args.data_root, out=args.out,
+            args.name, parse_size(args.size), path=args.root, data_root_dir=args.data_root, out=args.out,
             workers=args.workers, progress=not args.quiet, png_compression=args.png_compression,
         )
     print(f"prepared {args.name}@{args.size} in {out}; use it as dataset name {args.name}@{args.size}")
@@ -92,15 +74,14 @@ def cmd_prepare(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    load_plugins(args.data_root if hasattr(args, "data_root") else None)
     try:
         if args.command == "list":
             return cmd_list()
         if args.command == "check":
             return cmd_check(args)
         return cmd_prepare(args)
-    except DatasetError as e:
-        print(f"segbench data {args.command}: {e}", file=sys.stderr)
+    except (DatasetError, KeyError) as e:  # KeyError: an unknown dataset name, with the registered ones
+        print(f"segbench data {args.command}: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
         return 2
 
 

@@ -1,7 +1,8 @@
 """Datasets from outside segbench: a decorator for code, an entry-point group for pip packages, YAML files for no code.
 
-`load_plugins()` is idempotent and cheap after the first call; `build_dataset` and the CLI call it before looking a
-name up, so a plug-in's datasets appear wherever segbench's own do.
+`load_plugins()` is idempotent and cheap after the first call; `factory.build_dataset` and `segbench data list` call it
+before looking a name up, so a plug-in's datasets appear wherever segbench's own do. The decorator itself is
+`registry.register_dataset`.
 """
 from __future__ import annotations
 
@@ -11,17 +12,14 @@ import types
 import warnings
 from pathlib import Path
 
-from .base import DATASETS, SegmentationDataset, data_root
+from .base import SegmentationDataset
+from .registry import DATASETS, data_root
 from .yaml_dataset import register_yaml
 
 ENTRY_POINT_GROUP = "segbench.datasets"
 #: os.pathsep-separated YAML files or directories of them
 YAML_PATH_ENV = "SEGBENCH_DATASETS"
 YAML_SUFFIXES = (".yaml", ".yml")
-
-#: decorator for code-defined datasets: `@register_dataset("mycity") class MyCity(SegmentationDataset): ...`
-register_dataset = DATASETS.register
-
 
 class PluginWarning(UserWarning):
     """A plug-in could not be loaded; segbench goes on without its datasets."""

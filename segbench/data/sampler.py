@@ -9,7 +9,8 @@ import torch
 import torch.utils.data
 
 
-def _mix(*parts: int) -> int:
+def mix_seed(*parts: int) -> int:
+    """A 31-bit seed from integers (run seed, stream position, purpose): stable across runs and platforms."""
     return int.from_bytes(hashlib.blake2b(repr(parts).encode(), digest_size=8).digest(), "little") & (2 ** 31 - 1)
 
 
@@ -30,13 +31,13 @@ class SeededStreamSampler(torch.utils.data.Sampler):
     def _index(self, position: int) -> int:
         epoch, offset = divmod(position, self.n)
         if epoch != self._perm_epoch:
-            g = torch.Generator().manual_seed(_mix(self.seed, epoch))
+            g = torch.Generator().manual_seed(mix_seed(self.seed, epoch))
             self._perm, self._perm_epoch = torch.randperm(self.n, generator=g).tolist(), epoch
         return self._perm[offset]
 
     def _item(self, position: int) -> tuple[int, ...]:
         """What the stream holds at a global position: (dataset index, augmentation seed)."""
-        return self._index(position), _mix(self.seed, position, 1)
+        return self._index(position), mix_seed(self.seed, position, 1)
 
     def __iter__(self) -> Iterator[tuple[int, ...]]:
         p = self.start + self.rank

@@ -144,10 +144,6 @@ def build_train_transform(crop_size: Sequence[int], scale_range: Sequence[float]
     return TrainTransform(crop_size=crop_size, scale_range=scale_range, hflip=hflip, **kwargs)
 
 
-def build_eval_transform(size: Sequence[int] | None = None, height: int | None = None, **kwargs) -> EvalTransform:
-    return EvalTransform(size=size, height=height, **kwargs)
-
-
 def eval_transform_for(dataset, size: Sequence[int] | None = None) -> EvalTransform:
     """The eval preset for one dataset: an explicit `size` wins, else the dataset's protocol height (if any)."""
     return EvalTransform(size=size, height=None if size else getattr(dataset, "eval_height", None))

@@ -21,11 +21,12 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from ..labels import IGNORE_INDEX, NUM_CLASSES, PALETTE, make_lut
-from .base import DATASETS, DatasetError, SegmentationDataset
+from ..labels import CITYSCAPES_LUT, IGNORE_INDEX, NUM_CLASSES, PALETTE, make_lut
+from .base import DatasetError, SegmentationDataset
 from .pairing import pair_by_suffix, require_dir
 from .readers import pack_rgb, read_color_label, read_index_label, read_label_channel
-from .tables import CITYSCAPES_KNOWN, CITYSCAPES_LUT, TRAINID_KNOWN, TRAINID_LUT
+from .registry import DATASETS
+from .tables import CITYSCAPES_KNOWN, TRAINID_KNOWN, TRAINID_LUT
 
 ENCODINGS = ("trainid", "cityscapes", "ids", "palette")
 FIELDS = ("name", "root", "splits", "images", "labels", "encoding", "ids", "colors", "channel", "eval_classes", "eval_height", "layout")

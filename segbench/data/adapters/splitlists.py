@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .base import DatasetError
+from ..base import DatasetError
 
-#: text split lists shipped with the package (package_data `data/splits/*.txt`)
+#: text split lists shipped with the package (package_data `data/adapters/splits/*.txt`)
 SPLIT_DIR = Path(__file__).parent / "splits"
 
 
@@ -21,7 +21,7 @@ def frame_name(entry: str, digits: int, suffix: str = ".png") -> str:
 def read_split_list(path: Path, digits: int) -> list[str]:
     if not path.is_file():
         raise DatasetError(
-            f"split list {path} not found. It ships with segbench (segbench/data/splits/); if your installation lacks it, "
+            f"split list {path} not found. It ships with segbench (segbench/data/adapters/splits/); if your installation lacks it, "
             f"copy the list (one file name per line) to exactly that path, or reinstall segbench with its package data"
         )
     return [frame_name(line, digits) for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]

@@ -3,9 +3,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .base import DATASETS, SegmentationDataset
-from .pairing import pair_by_suffix, require_dir
-from .tables import TRAINID_KNOWN, TRAINID_LUT
+from ..base import SegmentationDataset
+from ..pairing import pair_by_suffix, require_dir
+from ..registry import register_dataset
+from ..tables import TRAINID_KNOWN, TRAINID_LUT
 
 #: (image dir, image suffix, label dir, label suffix) per archive layout, newest first
 LAYOUTS = (
@@ -14,7 +15,7 @@ LAYOUTS = (
 )
 
 
-@DATASETS.register("bdd100k")
+@register_dataset("bdd100k")
 class BDD100K(SegmentationDataset):
     default_dir = "bdd100k"
     layout = (

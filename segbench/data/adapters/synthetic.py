@@ -25,8 +25,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ..labels import IGNORE_INDEX
-from .base import DATASETS, SegmentationDataset, read_gray
+from ...labels import IGNORE_INDEX
+from ..base import SegmentationDataset, read_gray
+from ..registry import register_dataset
 
 # Bump when the drawing or rendering code changes: existing trees are then regenerated.
 GENERATOR_VERSION = 5
@@ -325,7 +326,7 @@ class SyntheticDomain(SegmentationDataset):
         return raw  # already trainIds
 
 
-@DATASETS.register("sim")
+@register_dataset("sim")
 class SimDomain(SyntheticDomain):
     """Embedded 'rendered' domain (the GTA5 stand-in)."""
 
@@ -333,7 +334,7 @@ class SimDomain(SyntheticDomain):
     default_dir = "synthetic/sim"
 
 
-@DATASETS.register("photo")
+@register_dataset("photo")
 class PhotoDomain(SyntheticDomain):
     """Embedded 'photographic' domain (the Cityscapes stand-in)."""
 

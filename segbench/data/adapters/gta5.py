@@ -10,11 +10,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import DATASETS, Problem, SegmentationDataset
-from .pairing import pair_by_suffix, require_dir
-from .readers import image_size, read_palette_index
+from ...labels import CITYSCAPES_LUT
+from ..base import Problem, SegmentationDataset
+from ..pairing import pair_by_suffix, require_dir
+from ..readers import image_size, read_palette_index
+from ..registry import register_dataset
+from ..tables import CITYSCAPES_KNOWN
 from .splitlists import SPLIT_DIR, read_split_list, read_split_mat
-from .tables import CITYSCAPES_KNOWN, CITYSCAPES_LUT
 
 #: RobustNet's domain-generalization split (train 12388 / val 6382 / test 6181), shipped as text
 ROBUSTNET_SPLITS = {"train": "gta5_robustnet_train.txt", "val": "gta5_robustnet_val.txt", "test": "gta5_robustnet_test.txt"}
@@ -32,7 +34,7 @@ def pair_sizes(pair: tuple[Path, Path]):
         return e
 
 
-@DATASETS.register("gta5")
+@register_dataset("gta5")
 class GTA5(SegmentationDataset):
     """Splits: `all` (24966, the UDA protocol), `train`/`val`/`test` (RobustNet), `official-*` (split.mat)."""
 

@@ -1,26 +1,27 @@
-"""ACDC (adverse conditions): one registered name per condition, `acdc-fog` ... `acdc-snow`, and `acdc` for all four."""
+"""ACDC (adverse conditions): one registered name per condition, `acdc-fog` ... `acdc-snow`, and `acdc` for all four.
+
+Its labels follow the Cityscapes format, so they are decoded by `cityscapes.CityscapesFormatLabels`.
+"""
 from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
-from .base import DATASETS, SegmentationDataset, apply_lut
-from .cityscapes import known_table
-from .pairing import pair_by_suffix, require_dir
-from .tables import CITYSCAPES_KNOWN, CITYSCAPES_LUT, TRAINID_KNOWN, TRAINID_LUT
+from ..pairing import pair_by_suffix, require_dir
+from ..registry import DATASETS
+from .cityscapes import CityscapesFormatLabels
 
 CONDITIONS = ("fog", "night", "rain", "snow")
 TRAINIDS_SUFFIX = "_gt_labelTrainIds.png"
 IDS_SUFFIX = "_gt_labelIds.png"
 
 
-class ACDC(SegmentationDataset):
+class ACDC(CityscapesFormatLabels):
     default_dir = "acdc"
     layout = (
         "  rgb_anon/{fog,night,rain,snow}/{train,val}/SEQ/NAME_rgb_anon.png\n"
         "  gt/{fog,night,rain,snow}/{train,val}/SEQ/NAME_gt_labelTrainIds.png   (or NAME_gt_labelIds.png)"
     )
+    trainids_suffix = TRAINIDS_SUFFIX
     conditions: tuple[str, ...] = CONDITIONS
 
     def find_pairs(self, split: str) -> list[tuple[Path, Path]]:
@@ -30,12 +31,6 @@ class ACDC(SegmentationDataset):
             labels = require_dir(self, self.root / "gt" / condition / split, "label")
             pairs += pair_by_suffix(images, "_rgb_anon.png", labels, (TRAINIDS_SUFFIX, IDS_SUFFIX), self.skipped)
         return pairs
-
-    def decode_label(self, raw: np.ndarray, path: Path) -> np.ndarray:
-        return apply_lut(raw, TRAINID_LUT if path.name.endswith(TRAINIDS_SUFFIX) else CITYSCAPES_LUT)
-
-    def known_values(self, path: Path) -> np.ndarray:
-        return known_table(TRAINID_KNOWN if path.name.endswith(TRAINIDS_SUFFIX) else CITYSCAPES_KNOWN)
 
 
 DATASETS.add("acdc", ACDC)

@@ -9,12 +9,21 @@ from pathlib import Path
 
 import numpy as np
 
-from ..labels import NUM_CLASSES, SYNTHIA16_EXCLUDED
-from .base import DATASETS, SegmentationDataset
-from .pairing import pair_by_suffix, require_dir
-from .readers import read_label_channel
+from ...labels import NUM_CLASSES, SYNTHIA16_EXCLUDED, make_lut
+from ..base import SegmentationDataset
+from ..pairing import pair_by_suffix, require_dir
+from ..readers import read_label_channel
+from ..registry import register_dataset
 from .splitlists import SPLIT_DIR, read_first_split_list
-from .tables import SYNTHIA_KNOWN, SYNTHIA_LUT
+
+#: SYNTHIA-RAND-CITYSCAPES class ids (R channel of the 16-bit labels) -> trainIds; 0, 13, 14, 22 are ignored.
+#: The table of RobustNet (https://github.com/shachoi/RobustNet, datasets/synthia.py, `trainid_to_trainid`).
+SYNTHIA_ID_TO_TRAINID = {
+    3: 0, 4: 1, 2: 2, 21: 3, 5: 4, 7: 5, 15: 6, 9: 7, 6: 8, 16: 9, 1: 10, 10: 11, 17: 12, 8: 13, 18: 14, 19: 15,
+    20: 16, 12: 17, 11: 18,
+}
+SYNTHIA_LUT = make_lut(SYNTHIA_ID_TO_TRAINID, size=1 << 16)
+SYNTHIA_KNOWN = tuple(range(23))
 
 #: RobustNet's split of the 9400 frames (val 2820). Not shipped yet: segbench looks for it in its splits folder, then
 #: for RobustNet's own file names under the dataset root (copy RobustNet's `split_data/` folder there).
@@ -23,7 +32,7 @@ UPSTREAM_NAMES = {"train": "split_data/synthia_split_train.txt", "val": "split_d
 FRAME_DIGITS = 7
 
 
-@DATASETS.register("synthia")
+@register_dataset("synthia")
 class Synthia(SegmentationDataset):
     default_dir = "synthia"
     layout = (
@@ -49,7 +58,7 @@ class Synthia(SegmentationDataset):
         return read_label_channel(path, "r")
 
 
-@DATASETS.register("synthia16")
+@register_dataset("synthia16")
 class Synthia16(Synthia):
     """Same frames and labels; scored on 16 classes."""
 

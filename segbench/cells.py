@@ -1,0 +1,174 @@
+"""The cell: one training run of a study (backbone x head x source x seed), its id, its directory, its record.
+
+A study is a plain list of cells (DomainBed's sweep). A cell's id is a hash of everything that decides its weights, and
+its directory is named by it, so re-running a study finds what is already there. A cell hands on exactly one thing, its
+record (`record.json`: config, metrics, provenance), written atomically; `done` marks a cell whose record holds every
+target asked for. The report, the analysis tools and `segbench evaluate` read records through this module only.
+
+Nothing here imports torch: the report and `--dry-run` use it without loading the training code.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import identity_view
+from .io import write_json
+from .spec import Transfer
+
+# --- the files of a cell directory (`results/STUDY/cells/CELL/`) -------------------------------------------------
+CELLS = "cells"  # sub-directory of a study holding one directory per cell
+RECORD = "record.json"
+DONE = "done"
+CONFIG = "config.json"  # the effective configuration, written when the cell starts
+FINAL_WEIGHTS = "model_final.pt"
+CHECKPOINTS = "checkpoints"
+TRAIN_LOG = "train_log.csv"
+TENSORBOARD = "tb"
+PREDS = "preds"  # preds/TARGET/: the first predictions per target, for the report's qualitative panel
+LAUNCHER_LOG = "launcher.log"  # a worker's output, or an in-process failure's traceback
+
+# --- the record -----------------------------------------------------------------------------------------------------
+#: Every field of `record.json`, written down once. `new_record` creates them; readers may rely on the required ones.
+RECORD_FIELDS = {
+    "cell_id": "hash of the cell's training identity (Cell.cell_id)",
+    "backbone": "backbone name (models registry)",
+    "head": "head name (models registry)",
+    "source": "training dataset",
+    "seed": "training seed",
+    "targets": "datasets the cell is scored on, in the order the study named them (source first)",
+    "config": "the effective configuration: {model, train, eval}",
+    "results": "target -> metrics: miou, per_class_iou, pixel_acc, eval (the eval settings scored under), images, "
+               "seconds, samples (prediction dumps)",
+    "training": "train_seconds, images_per_s, resumed_from (absent when the cell was only evaluated)",
+    "provenance": "segbench version, git commit, python/torch/CUDA, device, host, argv of the run that wrote it",
+}
+REQUIRED_FIELDS = ("cell_id", "backbone", "head", "source", "seed", "config", "results")
+
+
+class RecordError(ValueError):
+    """A record.json that cannot be used; the message names the file and what is wrong."""
+
+
+@dataclass
+class Cell:
+    backbone: str
+    head: str
+    source: str
+    targets: tuple[str, ...]
+    seed: int
+    model: dict
+    train: dict
+    eval: dict
+    data_version: str | None = None  # generated data (the embedded domains): a new generator means new weights
+
+    def training_identity(self) -> dict:
+        """Everything that decides the trained weights (not which targets are scored, not speed knobs)."""
+        ident = {"backbone": self.backbone, "head": self.head, "source": self.source, "seed": self.seed,
+                 "model": self.model, "train": identity_view("train", self.train)}
+        if self.data_version is not None:
+            ident["data_version"] = self.data_version
+        return ident
+
+    @property
+    def cell_id(self) -> str:
+        blob = json.dumps(self.training_identity(), sort_keys=True, default=str)
+        return hashlib.sha1(blob.encode()).hexdigest()[:10]
+
+    @property
+    def dirname(self) -> str:
+        return f"{self.source}__{self.backbone}__{self.head}__s{self.seed}__{self.cell_id}"
+
+    def directory(self, results_dir: Path) -> Path:
+        return Path(results_dir) / CELLS / self.dirname
+
+    @property
+    def eval_targets(self) -> tuple[str, ...]:
+        return (self.source, *[t for t in self.targets if t != self.source])
+
+    def eval_identity(self) -> dict:
+        return identity_view("eval", self.eval)
+
+
+def _dataset_version(name: str) -> str | None:
+    """The `data_version` a dataset class declares (the embedded generator does), else None."""
+    from .data import DATASETS  # here, not at the top: reading records must not load the data stack (torch)
+
+    return getattr(DATASETS.get(name), "data_version", None) if name in DATASETS else None
+
+
+def plan(cfg: dict, transfers: list[Transfer], backbones: list[str], heads: list[str]) -> list[Cell]:
+    """The study as a list of cells, in the order they run: source, backbone, head, seed."""
+    versions = {t.source: _dataset_version(t.source) for t in transfers}
+    return [
+        Cell(backbone=b, head=h, source=t.source, targets=t.targets, seed=int(s), model=dict(cfg["model"]),
+             train=dict(cfg["train"]), eval=dict(cfg["eval"]), data_version=versions[t.source])
+        for t in transfers for b in backbones for h in heads for s in cfg["seeds"]
+    ]
+
+
+def new_record(cell: Cell) -> dict:
+    """The record of a cell that has not been scored on anything yet."""
+    return {"cell_id": cell.cell_id, "backbone": cell.backbone, "head": cell.head, "source": cell.source,
+            "seed": cell.seed, "targets": list(cell.eval_targets),
+            "config": {"model": cell.model, "train": cell.train, "eval": cell.eval}, "results": {}}
+
+
+def write_record(cell_dir: Path, record: dict) -> None:
+    unknown = set(record) - set(RECORD_FIELDS)
+    if unknown:
+        raise RecordError(f"record fields {sorted(unknown)} are not in cells.RECORD_FIELDS; declare them there")
+    write_json(Path(cell_dir) / RECORD, record)
+
+
+def read_record(path: Path) -> dict:
+    """The strict reader: a cell directory or its record.json -> the record; RecordError names what is wrong."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / RECORD
+    if not path.is_file():
+        raise RecordError(f"{path}: missing; a cell directory holds {RECORD} once the cell has started")
+    try:
+        record = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise RecordError(f"{path}: not valid JSON ({e}); delete it to have the cell evaluated again") from None
+    if not isinstance(record, dict):
+        raise RecordError(f"{path}: expected a JSON object (a segbench cell record), got {type(record).__name__}")
+    missing = [k for k in REQUIRED_FIELDS if k not in record]
+    if missing or not isinstance(record.get("config"), dict) or "model" not in record["config"]:
+        raise RecordError(f"{path}: missing {', '.join(missing) or 'config.model'}; expected a segbench cell record "
+                          f"with {', '.join(REQUIRED_FIELDS)} and config.model")
+    return record
+
+
+def read_record_or_none(cell_dir: Path) -> dict | None:
+    """The lenient reader, for deciding what to run: no record, or an unreadable one, means nothing is done yet."""
+    path = Path(cell_dir) / RECORD
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def missing_targets(cell: Cell, cell_dir: Path) -> list[str]:
+    """Targets not yet scored under the cell's current eval settings."""
+    results = (read_record_or_none(cell_dir) or {}).get("results", {})
+    want = cell.eval_identity()
+    return [t for t in cell.eval_targets if results.get(t, {}).get("eval") != want]
+
+
+def is_done(cell: Cell, cell_dir: Path) -> bool:
+    return (Path(cell_dir) / DONE).is_file() and not missing_targets(cell, cell_dir)
+
+
+def load_records(results_dir: Path) -> list[dict]:
+    """Every record of a study, sorted by cell directory; each keeps its directory under `_dir` (strict reader)."""
+    records = []
+    for path in sorted(Path(results_dir).glob(f"{CELLS}/*/{RECORD}")):
+        record = read_record(path)
+        record["_dir"] = path.parent
+        records.append(record)
+    return records

@@ -1,0 +1,63 @@
+"""Opening datasets by name: the one way training, evaluation, `segbench data check|prepare` and the analysis tools
+get a dataset.
+
+`build_dataset("gta5", "train")` loads the plug-ins, looks the adapter up in `DATASETS` and opens it under
+`<data root>/<its default_dir>` (or at an explicit `path`); `NAME@WxH` opens the resized cache instead.
+`prepare_dataset` opens every split of a name the same way and hands them to `cache.write_cache`.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Callable
+
+from .base import DatasetError, Problem, SegmentationDataset
+from .cache import DEFAULT_PNG_COMPRESSION, open_prepared, prepared_path, write_cache
+from .plugins import load_plugins
+from .registry import DATASETS, data_root
+
+
+def build_dataset(name: str, split: str | None = None, root: str | os.PathLike | None = None,
+                  transform: Callable | None = None, path: str | os.PathLike | None = None) -> SegmentationDataset:
+    """Dataset `name` (a registered name, or `NAME@WxH` for the copy `segbench data prepare` wrote), split `split`
+    (default: its first), under the data root `root` (--data-root, $SEGBENCH_DATA, ./datasets) or at `path`."""
+    load_plugins(root)
+    if "@" in name:
+        return open_prepared(name, split, root, transform, path)
+    cls = DATASETS.get(name)
+    directory = Path(path) if path else data_root(root) / cls.default_dir
+    cls.prepare(directory)
+    return cls(directory, split=split or cls.splits[0], transform=transform)
+
+
+def _open_every_split(name: str, root: str | os.PathLike | None = None,
+                      path: str | os.PathLike | None = None) -> dict[str, SegmentationDataset]:
+    """Every split of `name` that can be opened here (e.g. GTA5's official-* need split.mat); the others are named on
+    stderr. Fails only when no split opens."""
+    load_plugins(root)
+    opened, errors = {}, {}
+    for split in DATASETS.get(name).splits:
+        try:
+            opened[split] = build_dataset(name, split, root, path=path)
+        except DatasetError as e:
+            errors[split] = str(e).splitlines()[0]
+    if not opened:
+        where = path or data_root(root) / DATASETS.get(name).default_dir
+        raise DatasetError(f"no split of {name} could be opened under {where}:\n" + "\n".join(f"  {s}: {m}" for s, m in errors.items()))
+    for split, message in errors.items():
+        print(f"prepare: split {split!r} not available here, left out ({message[:120]})", file=sys.stderr)
+    return opened
+
+
+def prepare_dataset(name: str, size: tuple[int, int], path: str | os.PathLike | None = None,
+                    data_root_dir: str | os.PathLike | None = None, out: str | os.PathLike | None = None,
+                    workers: int = 0, progress: bool = True,
+                    png_compression: int = DEFAULT_PNG_COMPRESSION) -> tuple[Path, list[Problem]]:
+    """Write the resized cache of every split of `name` (default: `<data root>/prepared/NAME@WxH`); returns where,
+    and the pairs left out."""
+    if "@" in name:
+        raise DatasetError(f"{name!r} is already a prepared copy; prepare its source dataset {name.partition('@')[0]!r}")
+    splits = _open_every_split(name, data_root_dir, path)
+    out_dir = Path(out) if out else prepared_path(name, size, data_root_dir)
+    return out_dir, write_cache(name, size, splits, out_dir, workers, progress, png_compression)

@@ -1,0 +1,102 @@
+"""One cell, top to bottom: dataset -> transforms -> model -> train -> score every target -> record.
+
+Read it like torchvision's `references/segmentation/train.py` `main()`: each step is one call into the module that owns
+it (data/factory, data/transforms, models/factory, engine/train, engine/scoring, cells).
+"""
+from __future__ import annotations
+
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from . import __version__
+from .cells import CHECKPOINTS, CONFIG, DONE, FINAL_WEIGHTS, PREDS, TENSORBOARD, TRAIN_LOG, Cell, missing_targets, \
+    new_record, read_record_or_none, write_record
+from .config import InferenceSettings, train_settings
+from .data import build_dataset
+from .data.transforms import build_train_transform, eval_transform_for
+from .engine import distributed as dist_utils
+from .engine.checkpoint import load_checkpoint
+from .engine.logging import tensorboard_writer
+from .engine.scoring import evaluate
+from .engine.train import train
+from .io import save_torch, write_json
+from .models import create_model
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True,
+                             timeout=5)
+        return out.stdout.strip() or None if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def provenance(device: torch.device) -> dict:
+    return {
+        "segbench": __version__, "git_commit": git_commit(), "python": platform.python_version(),
+        "torch": torch.__version__, "cuda": torch.version.cuda, "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "host": platform.node(), "argv": sys.argv,
+    }
+
+
+def run_cell(cell: Cell, cell_dir: Path, *, data_root=None, device: torch.device | None = None) -> dict:
+    """Train (or resume) one cell, evaluate whatever target is missing, write the record. Returns the record."""
+    cell_dir = Path(cell_dir)
+    device = device or dist_utils.init_from_env()
+    main = dist_utils.is_main()
+    record = read_record_or_none(cell_dir) or new_record(cell)
+    record["config"]["eval"] = cell.eval
+    record["targets"] = list(cell.eval_targets)
+    if main:  # the effective configuration, there from the first second of the run
+        write_json(cell_dir / CONFIG, {**cell.training_identity(), "targets": list(cell.eval_targets),
+                                       "train": cell.train, "eval": cell.eval})
+
+    # 1. the model: a trained cell's own weights, else (pretrained) initial weights and training
+    final = cell_dir / FINAL_WEIGHTS
+    trained = final.is_file()
+    torch.manual_seed(cell.seed)
+    # ImageNet weights only matter before training; a trained cell's own weights replace them anyway
+    model = create_model(cell.backbone, head=cell.head, output_stride=cell.model.get("output_stride"),
+                         pretrained=None if trained else cell.model.get("pretrained"), aux=bool(cell.model.get("aux")))
+    if trained:
+        model.load_state_dict(load_checkpoint(final))
+    else:
+        settings = train_settings(cell.train)
+        source = build_dataset(cell.source, settings.split, root=data_root)
+        transform = build_train_transform(settings.crop, settings.scale_range, settings.hflip)
+        record["training"] = train(model, source, transform, settings, seed=cell.seed, device=device,
+                                   ckpt_dir=cell_dir / CHECKPOINTS, identity=cell.training_identity(),
+                                   log_path=cell_dir / TRAIN_LOG, tb_dir=cell_dir / TENSORBOARD,
+                                   desc=f"{cell.backbone} on {cell.source} (seed {cell.seed})")
+        if main:
+            save_torch(final, model.state_dict())
+
+    # 2. every target not yet scored under the current eval settings, the record rewritten after each
+    ecfg = cell.eval
+    inference = InferenceSettings.from_config(ecfg)
+    record["provenance"] = provenance(device)
+    for target in missing_targets(cell, cell_dir):
+        ds = build_dataset(target, ecfg["split"], root=data_root)
+        ds.transform = eval_transform_for(ds, ecfg.get("size"))
+        t0 = time.perf_counter()
+        metrics = evaluate(model, ds, device=device, eval_classes=getattr(ds, "eval_classes", None),
+                           workers=ecfg.get("workers", 0), settings=inference, desc=f"  test on {target}",
+                           dump_dir=cell_dir / PREDS / target, dump_count=int(ecfg.get("dump", 0) or 0))
+        metrics.update(eval=cell.eval_identity(), images=len(ds), seconds=time.perf_counter() - t0)
+        record["results"][target] = metrics
+        if main:
+            write_record(cell_dir, record)
+            tb = tensorboard_writer(cell_dir / TENSORBOARD)
+            if tb is not None:
+                tb.add_scalar(f"eval/miou/{target}", metrics["miou"], int(cell.train["iters"]))
+                tb.close()
+    if main:
+        (cell_dir / DONE).touch()
+    return record

@@ -1,0 +1,100 @@
+"""Records -> tables (CSV, markdown) and plots. Reads nothing but `cells/*/record.json` (and the prediction PNGs they
+list): no training, no model. `segbench report RESULTS_DIR` rebuilds everything, also while a study is still running.
+
+Files written under RESULTS_DIR:
+  table.md/.csv        paper layout: rows backbones, columns train/test pairs (mean ± std over seeds, n)
+  dg.md/.csv           domain-generalization layout: per source, rows backbones, columns targets and their mean
+  per_class.md/.csv    per-class IoU per train/test pair
+  per_seed.csv         every measurement, unaggregated
+  report.md            all of the above with the figures and a provenance summary, for GitHub
+  table.png, per_class_iou.png, gap.png, qualitative.png (the last only when records list prediction samples)
+"""
+from __future__ import annotations
+
+import argparse
+from collections import Counter
+from pathlib import Path
+
+from ..cell_files import CELLS
+from ..io import write_text
+from . import plots, tables
+from .qualitative import plot_qualitative
+from .records import count_done, load_records, scores
+
+__all__ = ["build_report", "load_records", "main"]
+
+FIGURES = {"table.png": "mIoU per train/test pair", "per_class_iou.png": "IoU per class",
+           "gap.png": "in-domain vs cross-domain mIoU", "qualitative.png": "qualitative results"}
+
+
+def provenance_summary(records: list[dict]) -> str:
+    """What produced the numbers: code versions, devices, wall time, throughput, counted over records."""
+    if not records:
+        return ""
+    prov = [r.get("provenance") or {} for r in records]
+    train = [r.get("training") or {} for r in records]
+
+    def tally(key: str) -> str:
+        counts = Counter(str(p.get(key)) for p in prov if p.get(key) is not None)
+        return ", ".join(f"{k} ({n})" if len(counts) > 1 else k for k, n in counts.most_common()) or "unknown"
+
+    commits = Counter((p.get("git_commit") or "unknown")[:10] for p in prov)
+    seconds = sum(t.get("train_seconds") or 0 for t in train)
+    rates = [t["images_per_s"] for t in train if t.get("images_per_s")]
+    lines = [f"- segbench {tally('segbench')}, git {', '.join(commits)}; torch {tally('torch')}, CUDA {tally('cuda')}",
+             f"- devices: {tally('device_name')}",
+             f"- training wall time {seconds / 3600:.2f} h over {sum(1 for t in train if t)} trained cells"
+             + (f", {min(rates):.1f}-{max(rates):.1f} images/s" if rates else "")]
+    return "\n".join(lines) + "\n"
+
+
+def build_report(results_dir: Path, plot: bool = True) -> str:
+    """Write every table (and figure) under `results_dir`; return the paper-layout markdown (table.md)."""
+    results_dir = Path(results_dir)
+    records = load_records(results_dir)
+    items = scores(records)
+    paper_md, paper_csv = tables.paper(items)
+    dg_md, dg_csv = tables.dg(items)
+    pc_md, pc_csv = tables.per_class(items)
+    write_text(results_dir / "table.md", paper_md)
+    write_text(results_dir / "table.csv", paper_csv)
+    write_text(results_dir / "dg.md", dg_md)
+    write_text(results_dir / "dg.csv", dg_csv)
+    write_text(results_dir / "per_class.md", pc_md)
+    write_text(results_dir / "per_class.csv", pc_csv)
+    write_text(results_dir / "per_seed.csv", tables.per_seed(items))
+    figures = {}
+    if plot:
+        figures = {"table.png": plots.plot_table(items, results_dir / "table.png"),
+                   "per_class_iou.png": plots.plot_per_class(items, results_dir / "per_class_iou.png"),
+                   "gap.png": plots.plot_gap(items, results_dir / "gap.png"),
+                   "qualitative.png": plot_qualitative(records, results_dir / "qualitative.png")}
+    write_text(results_dir / "report.md", report_markdown(results_dir.name, records, paper_md, dg_md, pc_md, figures))
+    return paper_md
+
+
+def report_markdown(name: str, records: list[dict], paper_md: str, dg_md: str, pc_md: str, figures: dict) -> str:
+    status = f"{len(records)} cell record(s), {count_done(records)} finished."
+    parts = [f"# {name}\n\n{status}\n", "## Cross-domain (paper layout)\n\n" + paper_md,
+             "## Domain generalization\n\n" + dg_md.replace("### ", "#### "),
+             "## Per-class IoU\n\n" + pc_md.replace("### ", "#### ")]
+    shown = [f"![{FIGURES[f]}]({f})" for f, p in figures.items() if p is not None]
+    if figures and figures.get("qualitative.png") is None:
+        shown.append("(no qualitative panel: no record lists prediction samples)")
+    if shown:
+        parts.append("## Figures\n\n" + "\n\n".join(shown) + "\n")
+    if records:
+        parts.append("## Provenance\n\n" + provenance_summary(records))
+    return "\n".join(parts)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="segbench report", description=__doc__.splitlines()[0])
+    parser.add_argument("results_dir", type=Path)
+    parser.add_argument("--no-plot", action="store_true", help="tables only (no matplotlib)")
+    args = parser.parse_args(argv)
+    if not (args.results_dir / CELLS).is_dir():
+        parser.error(f"{args.results_dir} holds no cells/ directory: pass the directory a study wrote (results/NAME)")
+    print(build_report(args.results_dir, plot=not args.no_plot))
+    print(f"all tables and figures: {args.results_dir / 'report.md'}")
+    return 0

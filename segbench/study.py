@@ -1,0 +1,105 @@
+"""Running a planned study: which cells are pending, the job that runs each one, and what became of each cell.
+
+This is the launchers' caller: it decides everything once (done cells are skipped, each pending cell gets its command
+line, its log and its in-process equivalent), hands the jobs to the launcher, then judges each cell by what it left
+on disk. A worker is the study's own command line narrowed to one cell (`--only CELL_ID --launcher local`), so it
+plans exactly what the parent planned.
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+from .cells import LAUNCHER_LOG, Cell, is_done
+from .launchers import Job, Launched
+from .pipeline import run_cell
+
+# Options of the study's command line that a worker must not inherit: value count (-1 = all following non-options).
+PARENT_ONLY_OPTIONS = {"--only": -1, "--launcher": 1, "--launcher-opt": 1, "--dry-run": 0}
+
+
+def cell_argv(argv: Sequence[str], cell_id: str) -> list[str]:
+    """The study's arguments narrowed to one cell: parent-only options stripped, `--launcher local --only ID` added."""
+    out: list[str] = []
+    args = list(argv)
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        name = arg.split("=", 1)[0]
+        if name in PARENT_ONLY_OPTIONS and arg.startswith("--"):
+            count = PARENT_ONLY_OPTIONS[name]
+            i += 1
+            if "=" in arg:
+                continue
+            if count < 0:
+                while i < len(args) and not args[i].startswith("-"):
+                    i += 1
+            else:
+                i += count
+            continue
+        out.append(arg)
+        i += 1
+    return [*out, "--launcher", "local", "--only", cell_id]
+
+
+def worker_args(argv: Sequence[str], cell_id: str) -> list[str]:
+    """What follows the interpreter in a worker's command: `-m segbench.run ... --only ID`."""
+    return ["-m", "segbench.run", *cell_argv(argv, cell_id)]
+
+
+@dataclass
+class CellOutcome:
+    cell: Cell
+    cell_dir: Path
+    status: str  # "done", "skipped", "failed", "submitted"
+    error: str | None = None
+    log: Path | None = None
+    seconds: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+
+def cell_job(cell: Cell, results_dir: Path, argv: Sequence[str], *, data_root=None, device=None) -> Job:
+    cell_dir = cell.directory(results_dir)
+    return Job(name=cell.dirname, args=worker_args(argv, cell.cell_id), log=cell_dir / LAUNCHER_LOG,
+               call=functools.partial(run_cell, cell, cell_dir, data_root=data_root, device=device))
+
+
+def _last_line(log: Path | None) -> str:
+    try:
+        lines = [ln.strip() for ln in Path(log).read_text(errors="replace").splitlines() if ln.strip()]
+    except (OSError, TypeError):
+        return ""
+    return lines[-1][:200] if lines else ""
+
+
+def judge(cell: Cell, cell_dir: Path, job: Job, launched: Launched) -> CellOutcome:
+    """A job succeeded only if it exited 0 AND left the cell done (a record with every target + the done marker)."""
+    log = launched.log or job.log
+    common = dict(log=log, seconds=launched.seconds, extra=launched.extra)
+    if launched.rc is None:
+        return CellOutcome(cell, cell_dir, "submitted", **common)
+    if launched.rc == 0 and is_done(cell, cell_dir):
+        return CellOutcome(cell, cell_dir, "done", **common)
+    if launched.error:
+        return CellOutcome(cell, cell_dir, "failed", error=launched.error, **common)
+    why = f"exit code {launched.rc}" if launched.rc != 0 else "exited 0 but the cell is not done (no record or done marker)"
+    tail = _last_line(log)
+    return CellOutcome(cell, cell_dir, "failed", error=f"{why}: {tail}" if tail else why, **common)
+
+
+def run_study(cells: list[Cell], results_dir: Path, launcher: Callable, options: dict | None = None, *,
+              argv: Sequence[str] = (), data_root=None, device=None) -> list[CellOutcome]:
+    """Launch every pending cell of `cells`; one outcome per cell, in plan order (finished cells: "skipped")."""
+    results_dir = Path(results_dir)
+    pending = [c for c in cells if not is_done(c, c.directory(results_dir))]
+    jobs = [cell_job(c, results_dir, argv, data_root=data_root, device=device) for c in pending]
+    for cell in pending:
+        cell.directory(results_dir).mkdir(parents=True, exist_ok=True)
+    launched = launcher(jobs, results_dir, **(options or {})) if jobs else []
+    if len(launched) != len(jobs):
+        raise RuntimeError(f"launcher {getattr(launcher, '__name__', launcher)} returned {len(launched)} results "
+                           f"for {len(jobs)} jobs")
+    judged = {c.cell_id: judge(c, c.directory(results_dir), j, r) for c, j, r in zip(pending, jobs, launched)}
+    return [judged.get(c.cell_id) or CellOutcome(c, c.directory(results_dir), "skipped") for c in cells]
