@@ -7,7 +7,7 @@ import sys
 # command -> module whose `main(argv) -> int` handles it
 COMMANDS = {
     "run": ("segbench.run", "train and evaluate a study (same as python -m segbench.run)"),
-    "report": ("segbench.report", "rebuild tables and plots from the records in a results directory"),
+    "report": ("segbench.report.cli", "rebuild tables and plots from the records in a results directory"),
     "evaluate": ("segbench.evaluate", "score a checkpoint or a directory of prediction PNGs (JSON, per-class IoU)"),
     "analyze": ("segbench.analysis.cli", "appearance-shift robustness and layer-wise feature divergence"),
     "data": ("segbench.data.cli", "inspect or prepare datasets: data check NAME, data prepare NAME"),

@@ -1,4 +1,5 @@
-"""Atomic writes: results and checkpoints are written to a temp file in the same directory, then renamed."""
+"""Writing results: every file (text, JSON, checkpoint, figure) goes to a temp file in the same directory, then is
+renamed, so a reader never sees half a file; plus the text formats those files carry (CSV, markdown tables)."""
 from __future__ import annotations
 
 import csv
@@ -48,6 +49,27 @@ def save_torch(path: Path, obj: Any) -> None:
     _atomic(path, lambda f: torch.save(obj, f), "wb")
 
 
+def pyplot():
+    """matplotlib's pyplot on the Agg backend: figures are only ever written to files, never shown."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig, path: Path, dpi: int = 120) -> Path:
+    """Write `fig` atomically (a report rebuilt during a study never shows a torn PNG), then close it: pyplot keeps
+    every open figure alive, and a study writes many."""
+    path = Path(path)
+    try:
+        _atomic(path, lambda f: fig.savefig(f, dpi=dpi, format=path.suffix.lstrip(".") or "png"), "wb")
+    finally:
+        pyplot().close(fig)
+    return path
+
+
 def csv_text(header, rows) -> str:
     """A CSV document (header + rows, '\n' line ends) as text, ready for `write_text`."""
     buf = io.StringIO()
@@ -55,3 +77,16 @@ def csv_text(header, rows) -> str:
     w.writerow(header)
     w.writerows(rows)
     return buf.getvalue()
+
+
+def _escape_cell(text) -> str:
+    return str(text).replace("|", "\\|")
+
+
+def markdown_table(header, rows, left: int = 1) -> str:
+    """A GitHub table: the first `left` columns (labels) left-aligned, the rest (numbers) right-aligned, pipes in cells
+    escaped."""
+    lines = ["| " + " | ".join(_escape_cell(h) for h in header) + " |",
+             "|" + "|".join([":---"] * left + ["---:"] * (len(header) - left)) + "|"]
+    lines += ["| " + " | ".join(_escape_cell(c) for c in r) + " |" for r in rows]
+    return "\n".join(lines) + "\n"

@@ -11,14 +11,18 @@ import numpy as np
 import pytest
 import torch
 
+import minitrees as mt
 from segbench.analysis.appearance import TRANSFORMS, ImageTransform, StyleStats, conditions, style_statistics, _lab
-from segbench.analysis.cli import main, run_analyses
+from segbench.analysis import run_analyses
+from segbench.analysis.cli import build_parser, main
 from segbench.analysis.divergence import content_split, feature_points, measure
-from segbench.analysis.loading import CheckpointError, load_model
+from segbench.analysis.loading import load_model
 from segbench.analysis.shift import ShiftedDataset
 from segbench.analysis.stats import ChannelMoments, gaussian_symmetric_kl
-from segbench.data import build_dataset, synthetic
-from segbench.data.transforms import build_eval_transform
+from segbench.data import build_dataset
+from segbench.data.adapters import synthetic
+from segbench.data.transforms import eval_transform_for
+from segbench.engine.checkpoint import CheckpointError
 from segbench.models import create_model
 
 STYLE = StyleStats(mean=(55.0, -5.0, 8.0), std=(18.0, 6.0, 9.0), source="test")
@@ -82,8 +86,8 @@ def test_style_needs_statistics():
 @pytest.mark.parametrize("name", list(TRANSFORMS))
 def test_shifted_dataset_leaves_labels_untouched(tiny_root, name):
     base = build_dataset("sim", "val", root=tiny_root)
-    ds = ShiftedDataset(base, ImageTransform(name, TRANSFORMS[name].levels[-1], style=STYLE), build_eval_transform())
-    clean = ShiftedDataset(base, None, build_eval_transform())
+    ds = ShiftedDataset(base, ImageTransform(name, TRANSFORMS[name].levels[-1], style=STYLE), eval_transform_for(base))
+    clean = ShiftedDataset(base, None, eval_transform_for(base))
     for i in range(len(base)):
         image, mask = ds[i]
         _, label = base.load_pair(i)
@@ -167,7 +171,7 @@ def _fake_cell(study, backbone, seed=0):
     cell.mkdir(parents=True)
     torch.manual_seed(seed)
     torch.save(create_model(backbone, "fcn", output_stride=32).state_dict(), cell / "model_final.pt")
-    record = {"backbone": backbone, "head": "fcn", "source": "sim", "seed": seed,
+    record = {"cell_id": f"{backbone}-s{seed}", "backbone": backbone, "head": "fcn", "source": "sim", "seed": seed,
               "config": {"model": {"output_stride": 32, "pretrained": None, "aux": False}, "train": {}, "eval": {}},
               "results": {"sim": {"miou": 1.0}, "photo": {"miou": 1.0}}}
     (cell / "record.json").write_text(json.dumps(record))
@@ -185,7 +189,7 @@ def test_load_model_errors_name_the_file(tmp_path):
     with pytest.raises(CheckpointError, match="model_final.pt.*do not match"):
         load_model(cell)
     (cell / "record.json").write_text(json.dumps({"backbone": "resnet18"}))
-    with pytest.raises(CheckpointError, match="missing keys"):
+    with pytest.raises(CheckpointError, match="record.json: missing cell_id"):
         load_model(cell)
 
 
@@ -237,3 +241,34 @@ def test_cli_reports_a_missing_record(tmp_path, capsys):
     (tmp_path / "model_final.pt").write_bytes(b"")
     assert main(["divergence", str(tmp_path), "--domains", "sim"]) == 2
     assert "record.json" in capsys.readouterr().err
+
+
+def test_size_is_width_by_height_like_every_segbench_command():
+    args = build_parser().parse_args(["shift", "cell", "--dataset", "sim", "--size", "1024x512"])
+    assert args.size == (512, 1024)  # the eval transform takes (H, W)
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["shift", "cell", "--dataset", "sim", "--size", "1024"])
+
+
+def test_shift_sizes_images_as_evaluate_does(tmp_path, monkeypatch, capsys):
+    """Mapillary is scored at its protocol height (1536): `analyze shift` must feed the model what `evaluate` does."""
+    import segbench.engine.scoring as engine_scoring
+    from segbench.evaluate import main as evaluate_main
+
+    data_root = tmp_path / "data"
+    mt.make_mapillary(data_root / "mapillary")
+    cell = _fake_cell(tmp_path / "results" / "toy", "resnet18")
+    sizes = {}
+
+    def fake_evaluate(model, dataset, **kwargs):  # the transform is all this test is about: no forward pass
+        caller = "analyze" if isinstance(dataset, ShiftedDataset) else "evaluate"
+        transform = dataset.eval_transform if caller == "analyze" else dataset.transform
+        sizes.setdefault(caller, set()).add(transform.target_size(mt.H, mt.W))
+        return {"miou": 0.0}
+
+    monkeypatch.setattr(engine_scoring, "evaluate", fake_evaluate)
+    common = ["--dataset", "mapillary", "--data-root", str(data_root)]
+    assert main(["shift", str(cell), *common, "--transforms", "brightness", "--max-images", "1",
+                 "--out", str(tmp_path / "out")]) == 0, capsys.readouterr().err
+    assert evaluate_main([str(cell), *common, "--device", "cpu"]) == 0, capsys.readouterr().err
+    assert sizes["analyze"] == sizes["evaluate"] == {(1536, round(mt.W * 1536 / mt.H))}

@@ -11,9 +11,11 @@ import pytest
 
 from segbench.io import write_json
 from segbench.labels import CLASS_NAMES, PALETTE
-from segbench.report import build_report, main
+from segbench.report import build_report
+from segbench.report.cli import main
 from segbench.report.qualitative import ground_truth
-from segbench.report.records import load_records, scores
+from segbench.cells import load_records
+from segbench.report.records import scores
 from segbench.report.tables import dg, paper, per_class
 
 

@@ -5,8 +5,8 @@
 * `divergence`: layer-wise feature divergence (symmetric KL of per-channel mean statistics) for appearance and content
   pairs, as in the paper's Section 3.
 
-`run_analyses` is the entry point for the matrix runner; `segbench analyze ...` (`cli.main`) for people.
+`run_analyses` (`runner`) is the entry point for the matrix runner; `segbench analyze ...` (`cli.main`) for people.
 """
-from .cli import ANALYSES, analyze_divergence, analyze_shift, run_analyses
+from .runner import ANALYSES, analyze_divergence, analyze_shift, run_analyses
 
 __all__ = ["ANALYSES", "analyze_shift", "analyze_divergence", "run_analyses"]

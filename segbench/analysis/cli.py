@@ -10,22 +10,10 @@ from pathlib import Path
 
 import torch
 
-from ..data import DatasetError
-from ..data.cache import parse_size
+from ..data.cache import size_argument
 from ..engine.checkpoint import CheckpointError
 from .appearance import TRANSFORMS, parse_transform_spec
 from .runner import DEFAULT_CONTENT_CLASS, DEFAULT_STYLE_IMAGES, analyze_divergence, analyze_shift
-
-
-def height_width(text: str | None) -> tuple[int, int] | None:
-    """--size WxH (the CLI's convention, as in `segbench data prepare`) -> the (H, W) the eval transform takes."""
-    if not text:
-        return None
-    try:
-        width, height = parse_size(text)
-    except DatasetError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-    return height, width
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--out", type=Path, default=None, help="output directory (default: the study's directory, "
                         "results/STUDY/, when all checkpoints share one; ./analysis/ otherwise)")
     common.add_argument("--max-images", type=int, default=None, help="first N images of each split only")
-    common.add_argument("--size", type=height_width, default=None, metavar="WxH",
+    common.add_argument("--size", type=size_argument, default=None, metavar="WxH",
                         help="resize images to WxH, e.g. 1024x512, before the model (default: the dataset's "
                              "evaluation size, as `segbench evaluate` uses)")
     common.add_argument("--seed", type=int, default=0, help="seeds the noise and the random halves")

@@ -33,8 +33,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..data.transforms import build_eval_transform
-from ..io import csv_text
+from ..data.transforms import eval_transform_for
+from ..io import csv_text, markdown_table
 from .appearance import ImageTransform
 from .stats import ChannelMoments, moments_divergence
 
@@ -128,8 +128,9 @@ class DivergenceRow:
     detail: str
 
 
-def _batches(base, indices, appearance, eval_t, batch_size):
-    """Yield (indices, clean batch, transformed batch or None) of normalised tensors."""
+def _batches(base, indices, appearance, size, batch_size):
+    """Yield (indices, clean batch, transformed batch or None), normalised and sized for evaluation."""
+    eval_t = eval_transform_for(base, size)
     for start in range(0, len(indices), batch_size):
         chunk = indices[start:start + batch_size]
         clean, shifted = [], []
@@ -144,10 +145,13 @@ def _batches(base, indices, appearance, eval_t, batch_size):
 def measure(model, base_a, *, base_b=None, appearance: ImageTransform | None = None, content_class: int | None = None,
             max_images: int | None = None, size=None, seed: int = 0, device="cpu", batch_size: int = 4,
             label: str = "model", names: tuple[str, str] = ("A", "B")) -> list[DivergenceRow]:
-    """All pair divergences for one model (eval mode), one streaming pass per domain."""
+    """All pair divergences for one model (eval mode), one streaming pass per domain.
+
+    `size` (H, W) resizes every image; None keeps each dataset's evaluation size (its protocol height, e.g. Mapillary's
+    1536, or its native size).
+    """
     device = torch.device(device)
     model.eval().to(device)
-    eval_t = build_eval_transform(size)
     idx_a = list(range(len(base_a) if max_images is None else min(max_images, len(base_a))))
     hooks = FeatureMeans(model.backbone)
     groups = {k: GroupMoments(hooks.names) for k in ("A", "A+T", "lo", "hi", "r0", "r1", "B")}
@@ -155,7 +159,7 @@ def measure(model, base_a, *, base_b=None, appearance: ImageTransform | None = N
     r0, r1 = random_split(idx_a, seed)
     member = {"lo": set(lo), "hi": set(hi), "r0": set(r0), "r1": set(r1)}
     try:
-        for chunk, clean, shifted in tqdm(_batches(base_a, idx_a, appearance, eval_t, batch_size),
+        for chunk, clean, shifted in tqdm(_batches(base_a, idx_a, appearance, size, batch_size),
                                           total=-(-len(idx_a) // batch_size), desc=f"divergence {label} {names[0]}",
                                           unit="batch", dynamic_ncols=True, leave=False):
             feats = hooks(clean.to(device))
@@ -168,7 +172,7 @@ def measure(model, base_a, *, base_b=None, appearance: ImageTransform | None = N
                 groups["A+T"].update(hooks(shifted.to(device)))
         if base_b is not None:
             idx_b = list(range(len(base_b) if max_images is None else min(max_images, len(base_b))))
-            for _, clean, _ in tqdm(_batches(base_b, idx_b, None, eval_t, batch_size), total=-(-len(idx_b) // batch_size),
+            for _, clean, _ in tqdm(_batches(base_b, idx_b, None, size, batch_size), total=-(-len(idx_b) // batch_size),
                                     desc=f"divergence {label} {names[1]}", unit="batch", dynamic_ncols=True, leave=False):
                 groups["B"].update(hooks(clean.to(device)))
     finally:
@@ -206,8 +210,6 @@ def divergence_markdown(rows: Sequence[DivergenceRow]) -> str:
     cols = list(dict.fromkeys((r.model, r.pair) for r in rows))
     layers = list(dict.fromkeys(r.layer for r in rows))
     val = {(r.model, r.pair, r.layer): r.divergence for r in rows}
-    lines = ["Feature divergence (symmetric KL of per-channel mean statistics, averaged over channels)", "",
-             "| layer | " + " | ".join(f"{m} {p}" for m, p in cols) + " |", "|---|" + "---:|" * len(cols)]
-    for layer in layers:
-        lines.append(f"| {layer} | " + " | ".join(f"{val.get((m, p, layer), float('nan')):.3g}" for m, p in cols) + " |")
-    return "\n".join(lines) + "\n"
+    body = [[layer] + [f"{val.get((m, p, layer), float('nan')):.3g}" for m, p in cols] for layer in layers]
+    return ("Feature divergence (symmetric KL of per-channel mean statistics, averaged over channels)\n\n"
+            + markdown_table(["layer"] + [f"{m} {p}" for m, p in cols], body))

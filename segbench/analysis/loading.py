@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from ..engine.checkpoint import CheckpointError, load_trained_model, read_record, resolve  # noqa: F401 (re-exported)
+from ..engine.checkpoint import load_trained_model, resolve
 
 
 @dataclass

@@ -1,32 +1,16 @@
-"""Figures for the analyses (matplotlib, Agg backend), saved atomically: temp file in the same directory, then rename."""
+"""Figures for the analyses (matplotlib Agg, PNG, written atomically by `io.save_figure`)."""
 from __future__ import annotations
 
 import math
 from pathlib import Path
 from typing import Sequence
 
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def save_figure(fig, path: Path, dpi: int = 120) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=dpi)
-    tmp.replace(path)
-    return path
+from ..io import pyplot, save_figure
 
 
 def plot_shift(rows: Sequence, path: Path) -> Path:
     """One panel per transform: mIoU drop (points) against level, clean at 0, one line per model."""
-    plt = _pyplot()
+    plt = pyplot()
     models = list(dict.fromkeys(r.model for r in rows))
     transforms = [t for t in dict.fromkeys(r.transform for r in rows) if t != "clean"]
     cols = min(4, max(1, len(transforms)))
@@ -49,14 +33,12 @@ def plot_shift(rows: Sequence, path: Path) -> Path:
     first = rows[0]
     fig.suptitle(f"Appearance shift on {first.dataset} {first.split}: drop from clean mIoU", fontsize=10)
     fig.tight_layout()
-    save_figure(fig, path)
-    plt.close(fig)
-    return Path(path)
+    return save_figure(fig, path)
 
 
 def plot_divergence(rows: Sequence, path: Path) -> Path:
     """Divergence vs depth: one panel per pair type (content with its random-halves floor dotted), one line per model."""
-    plt = _pyplot()
+    plt = pyplot()
     models = list(dict.fromkeys(r.model for r in rows))
     pairs = [p for p in ("appearance", "content", "domain") if any(r.pair == p for r in rows)]
     if not pairs:
@@ -85,6 +67,4 @@ def plot_divergence(rows: Sequence, path: Path) -> Path:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6)
     fig.tight_layout()
-    save_figure(fig, path)
-    plt.close(fig)
-    return Path(path)
+    return save_figure(fig, path)

@@ -1,24 +1,23 @@
-"""`segbench analyze shift|divergence CHECKPOINT... [options]` and `run_analyses` for the matrix runner.
+"""The analyses as functions: `analyze_shift` and `analyze_divergence` over finished cells, `run_analyses` for the
+matrix runner. Each writes a CSV, a markdown table and a PNG and returns their paths.
 
-A CHECKPOINT is a finished cell directory (`results/STUDY/cells/NAME/`) or its `model_final.pt`; the model is rebuilt
-from the `record.json` beside it. Tables and plots go to --out (default: next to the study's table, `results/STUDY/`,
-when every checkpoint belongs to the same study; `./analysis/` otherwise).
+A checkpoint is a finished cell directory (`results/STUDY/cells/NAME/`) or its `model_final.pt`; the model is rebuilt
+from the `record.json` beside it.
 """
 from __future__ import annotations
 
-import argparse
 import re
-import sys
 from pathlib import Path
 from typing import Sequence
 
 import torch
 
-from ..cell_files import CELLS
+from ..cells import CELLS, read_record
+from ..engine.checkpoint import resolve
 from ..io import write_text
 from ..labels import CLASS_NAMES
 from .appearance import TRANSFORMS, ImageTransform, parse_transform_spec, style_statistics
-from .loading import CheckpointError, load_models, resolve
+from .loading import load_models
 
 ANALYSES = ("shift", "divergence")
 DEFAULT_CONTENT_CLASS = "car"
@@ -30,6 +29,7 @@ def _safe(name: str) -> str:
 
 
 def default_out_dir(checkpoints: Sequence[str | Path]) -> Path:
+    """Next to the study's table (`results/STUDY/`) when every checkpoint belongs to the same study, else ./analysis/."""
     studies = set()
     for c in checkpoints:
         cell = Path(c) if Path(c).is_dir() else Path(c).parent
@@ -148,8 +148,6 @@ def run_analyses(kinds: Sequence[str], cell_dirs: Sequence[Path], out_dir: Path,
     Cells are grouped by their training source. shift runs on the source's val split; divergence compares the source
     with the first other dataset the cells were evaluated on (or the source alone when there is none).
     """
-    from .loading import read_record
-
     unknown = set(kinds) - set(ANALYSES)
     if unknown:
         raise ValueError(f"unknown analysis {sorted(unknown)}; valid: {', '.join(ANALYSES)}")
@@ -172,72 +170,3 @@ def run_analyses(kinds: Sequence[str], cell_dirs: Sequence[Path], out_dir: Path,
                                           max_images=max_images, **options.get("divergence", {}))
     return written
 
-
-def _size(text: str | None):
-    if not text:
-        return None
-    m = re.fullmatch(r"(\d+)x(\d+)", text)
-    if not m:
-        raise argparse.ArgumentTypeError(f"--size takes HxW (e.g. 512x1024), got {text!r}")
-    return int(m.group(1)), int(m.group(2))
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="segbench analyze", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="kind", required=True)
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("checkpoints", nargs="+", help="cell directories or their model_final.pt")
-    common.add_argument("--split", default="val")
-    common.add_argument("--data-root", default=None)
-    common.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 or auto")
-    common.add_argument("--out", type=Path, default=None, help="output directory")
-    common.add_argument("--max-images", type=int, default=None, help="first N images of each split only")
-    common.add_argument("--size", type=_size, default=None, help="resize images to HxW before the model")
-    common.add_argument("--seed", type=int, default=0, help="seeds the noise and the random halves")
-    common.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    common.add_argument("--style-images", type=int, default=DEFAULT_STYLE_IMAGES,
-                        help="images the style statistics are averaged over")
-    s = sub.add_parser("shift", parents=[common], help="mIoU under appearance transforms")
-    s.add_argument("--dataset", required=True)
-    s.add_argument("--transforms", default=",".join(TRANSFORMS), help=f"comma list of: {', '.join(TRANSFORMS)}")
-    s.add_argument("--style-from", default=None, help="dataset whose colour statistics 'style' transfers "
-                                                      "(default: the other embedded domain)")
-    s.add_argument("--batch-size", type=int, default=1)
-    d = sub.add_parser("divergence", parents=[common], help="layer-wise feature divergence (IBN-Net Sec. 3)")
-    d.add_argument("--domains", required=True, help="A or A,B")
-    d.add_argument("--appearance", default="style",
-                   help="transform[:level] for the appearance pair ('' to skip); style borrows B's (or the other "
-                        "embedded domain's) colour statistics")
-    d.add_argument("--content-class", default=DEFAULT_CONTENT_CLASS,
-                   help="class whose pixel fraction splits A into the content pair ('' to skip)")
-    d.add_argument("--batch-size", type=int, default=4)
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    common = dict(split=args.split, out_dir=args.out, data_root=args.data_root, device=args.device,
-                  max_images=args.max_images, size=args.size, seed=args.seed, batch_size=args.batch_size,
-                  style_images=args.style_images)
-    try:
-        if args.kind == "shift":
-            names = [t.strip() for t in args.transforms.split(",") if t.strip()]
-            for t in names:
-                parse_transform_spec(t)
-            paths = analyze_shift(args.checkpoints, dataset=args.dataset, transforms=names, style_from=args.style_from,
-                                  **common)
-        else:
-            paths = analyze_divergence(args.checkpoints, domains=[d for d in args.domains.split(",") if d],
-                                       appearance=args.appearance or None, content_class=args.content_class or None,
-                                       **common)
-    except (CheckpointError, ValueError) as e:
-        print(f"segbench analyze {args.kind}: {e}", file=sys.stderr)
-        return 2
-    if paths[1].suffix == ".md":
-        print(paths[1].read_text())
-    for p in paths:
-        print(f"wrote {p}")
-    return 0

@@ -11,8 +11,8 @@ from typing import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from ..data.transforms import build_eval_transform
-from ..io import csv_text
+from ..data.transforms import eval_transform_for
+from ..io import csv_text, markdown_table
 from .appearance import TRANSFORMS, ImageTransform, StyleStats
 
 CLEAN = "clean"
@@ -60,12 +60,16 @@ class ShiftRow:
 def run_shift(models, base, *, dataset: str, split: str, conditions: Sequence[tuple[str, float]],
               style: StyleStats | None = None, size=None, max_images: int | None = None, seed: int = 0,
               device="cpu", batch_size: int = 1) -> list[ShiftRow]:
-    """Evaluate each `LoadedModel` clean and under each (transform, level) on the first `max_images` of `base`."""
-    from ..engine.evaluate import evaluate
+    """Evaluate each `LoadedModel` clean and under each (transform, level) on the first `max_images` of `base`.
+
+    Images reach the model as `segbench evaluate` feeds them (`eval_transform_for`): at `size` (H, W) when given, else
+    at the dataset's protocol height (Mapillary: 1536) or native size, so clean mIoU here is the evaluated mIoU.
+    """
+    from ..engine.scoring import evaluate
 
     device = torch.device(device)
     indices = list(range(len(base) if max_images is None else min(max_images, len(base))))
-    eval_t = build_eval_transform(size)
+    eval_t = eval_transform_for(base, size)
     plan = [(CLEAN, None)] + list(conditions)
     rows: list[ShiftRow] = []
     bar = tqdm(total=len(models) * len(plan), desc="shift", unit="cond", dynamic_ncols=True)
@@ -102,16 +106,16 @@ def shift_markdown(rows: Sequence[ShiftRow]) -> str:
     first = rows[0] if rows else None
     title = f"mIoU (%) on {first.dataset} {first.split} ({first.images} images) under appearance shifts; " \
             f"in brackets the change from clean (points)" if first else "no rows"
-    lines = [title, "", "| transform | level | " + " | ".join(models) + " |", "|---|---|" + "---:|" * len(models)]
+    body = []
     for t, lev, lab in conds:
         vals = []
         for m in models:
             r = cell.get((m, t, lev))
             vals.append("" if r is None else (f"{r.miou:.1f}" if t == CLEAN else f"{r.miou:.1f} ({-r.drop:+.1f})"))
-        lines.append(f"| {t} | {lab if t != CLEAN else ''} | " + " | ".join(vals) + " |")
+        body.append([t, lab if t != CLEAN else "", *vals])
     means = []
     for m in models:
         drops = [r.drop for r in rows if r.model == m and r.transform != CLEAN]
         means.append(f"{-sum(drops) / len(drops):+.1f}" if drops else "")
-    lines.append("| **mean change** | all shifted | " + " | ".join(means) + " |")
-    return "\n".join(lines) + "\n"
+    body.append(["**mean change**", "all shifted", *means])
+    return f"{title}\n\n" + markdown_table(["transform", "level", *models], body, left=2)

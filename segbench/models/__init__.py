@@ -3,16 +3,16 @@
 Importing this package fills the BACKBONES and HEADS registries (and registers the IBN backbones as
 segmentation-models-pytorch encoders when smp is installed).
 """
-from segbench.models.registries import BACKBONES, HEADS
-from segbench.models import resnet as _resnet  # noqa: F401  (registers backbones)
-from segbench.models import heads as _heads  # noqa: F401  (registers native heads)
+from .registries import BACKBONES, HEADS
+from . import resnet as _resnet  # noqa: F401  (registers backbones)
+from . import heads as _heads  # noqa: F401  (registers native heads)
 try:  # segmentation-models-pytorch is a dependency, but the native models must not need it
-    from segbench.models import smp_encoders as _smp_encoders
-    from segbench.models import smp_heads as _smp_heads  # noqa: F401  (registers smp-* heads)
+    from . import smp_encoders as _smp_encoders
+    from . import smp_heads as _smp_heads  # noqa: F401  (registers smp-* heads)
 
     _smp_encoders.register_smp_encoders()
 except ImportError:  # pragma: no cover
     pass
-from segbench.models.factory import count_parameters, create_backbone, create_model, list_backbones, list_heads
+from .factory import count_parameters, create_backbone, create_model, list_backbones, list_heads
 
 __all__ = ["BACKBONES", "HEADS", "create_backbone", "create_model", "list_backbones", "list_heads", "count_parameters"]

@@ -5,8 +5,8 @@ import argparse
 
 import torch
 
-from segbench.models.factory import count_parameters, create_backbone, create_model, list_backbones, list_heads
-from segbench.models.registries import HEADS
+from .factory import count_parameters, create_backbone, create_model, list_backbones, list_heads
+from .registries import HEADS
 
 REFERENCE_BACKBONE = "resnet50"  # head sizes are reported on top of this backbone
 

@@ -5,14 +5,14 @@ from pathlib import Path
 
 from torch import nn
 
-from segbench.models.registries import BACKBONES, HEADS
+from .registries import BACKBONES, HEADS
 
 
 def create_backbone(name: str, pretrained: str | Path | None = None, output_stride: int = 32) -> nn.Module:
     """Backbone `name` at `output_stride` (32, 16 or 8); `pretrained` = None | 'imagenet' | path to a state dict."""
     backbone = BACKBONES.get(name)(output_stride=output_stride)
     if pretrained is not None:
-        from segbench.models.pretrained import load_pretrained  # lazy: keeps building free of hub/network code
+        from .pretrained import load_pretrained  # lazy: keeps building free of hub/network code
 
         load_pretrained(backbone, name, pretrained)
     return backbone

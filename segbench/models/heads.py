@@ -11,8 +11,8 @@ import torch
 from torch import nn
 from torchvision.models.segmentation.deeplabv3 import ASPP
 
-from segbench.models.registries import HEADS
-from segbench.models.segmenter import HeadSpec, Segmenter, upsample_to
+from .registries import HEADS
+from .segmenter import HeadSpec, Segmenter, upsample_to
 
 ASPP_RATES_AT_OS16 = (6, 12, 18)  # DeepLab's rates; they scale inversely with the output stride
 ASPP_CHANNELS = 256

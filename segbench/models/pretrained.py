@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 IBN_RELEASE = "https://github.com/XingangPan/IBN-Net/releases/download/v1.0/"
-IBN_FILES = {  # name -> sha256 prefix (FACTS.md §3)
+IBN_FILES = {  # name -> sha256 prefix: XingangPan/IBN-Net release v1.0 (`ibnnet/resnet_ibn.py` model_urls)
     "resnet18_ibn_a": "2f571257", "resnet34_ibn_a": "94bc1577", "resnet50_ibn_a": "d9d0bb7b",
     "resnet101_ibn_a": "59ea0ac6", "resnet18_ibn_b": "bc2f3c11", "resnet34_ibn_b": "04134c37",
     "resnet50_ibn_b": "9ca61e85", "resnet101_ibn_b": "c55f6dba", "resnext101_ibn_a": "6ace051d",

@@ -1,7 +1,7 @@
 """The two model registries; kept apart from the builders so any module can register without import cycles."""
 from __future__ import annotations
 
-from segbench.registry import Registry
+from ..registry import Registry
 
 #: name -> factory(output_stride: int = 32) -> backbone module (see segbench.models.resnet.ResNet)
 BACKBONES = Registry("backbone")

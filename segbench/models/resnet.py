@@ -13,8 +13,8 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from segbench.models.ibn import IBN
-from segbench.models.registries import BACKBONES
+from .ibn import IBN
+from .registries import BACKBONES
 
 # which of layer2..layer4 trade their stride for dilation, per output stride
 DILATE_FOR_OUTPUT_STRIDE = {32: (False, False, False), 16: (False, False, True), 8: (False, True, True)}

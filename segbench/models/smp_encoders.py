@@ -14,8 +14,8 @@ from segmentation_models_pytorch.encoders import encoders as SMP_ENCODERS
 from segmentation_models_pytorch.encoders._base import EncoderMixin
 from torch import nn
 
-from segbench.models.registries import BACKBONES
-from segbench.models.resnet import SPECS
+from .registries import BACKBONES
+from .resnet import SPECS
 
 _MODULES = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
 

@@ -13,10 +13,10 @@ from segmentation_models_pytorch.encoders import encoders as SMP_ENCODERS
 from segmentation_models_pytorch.encoders._base import EncoderMixin
 from torch import nn
 
-from segbench.models.heads import FCNHead, aspp_rates
-from segbench.models.registries import HEADS
-from segbench.models.segmenter import HeadSpec, Segmenter
-from segbench.models.smp_encoders import SegbenchEncoder
+from .heads import FCNHead, aspp_rates
+from .registries import HEADS
+from .segmenter import HeadSpec, Segmenter
+from .smp_encoders import SegbenchEncoder
 
 SMP_SIZE_DIVISOR = 32  # Unet/FPN concatenate or add maps from strides 2..32; they must tile exactly
 

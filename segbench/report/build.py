@@ -1,5 +1,4 @@
-"""Records -> tables (CSV, markdown) and plots. Reads nothing but `cells/*/record.json` (and the prediction PNGs they
-list): no training, no model. `segbench report RESULTS_DIR` rebuilds everything, also while a study is still running.
+"""`build_report`: every table and figure of a results directory, from its records alone (safe while a study runs).
 
 Files written under RESULTS_DIR:
   table.md/.csv        paper layout: rows backbones, columns train/test pairs (mean ± std over seeds, n)
@@ -11,17 +10,14 @@ Files written under RESULTS_DIR:
 """
 from __future__ import annotations
 
-import argparse
 from collections import Counter
 from pathlib import Path
 
-from ..cell_files import CELLS
+from ..cells import load_records
 from ..io import write_text
 from . import plots, tables
 from .qualitative import plot_qualitative
-from .records import count_done, load_records, scores
-
-__all__ = ["build_report", "load_records", "main"]
+from .records import count_done, scores
 
 FIGURES = {"table.png": "mIoU per train/test pair", "per_class_iou.png": "IoU per class",
            "gap.png": "in-domain vs cross-domain mIoU", "qualitative.png": "qualitative results"}
@@ -87,14 +83,3 @@ def report_markdown(name: str, records: list[dict], paper_md: str, dg_md: str, p
         parts.append("## Provenance\n\n" + provenance_summary(records))
     return "\n".join(parts)
 
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="segbench report", description=__doc__.splitlines()[0])
-    parser.add_argument("results_dir", type=Path)
-    parser.add_argument("--no-plot", action="store_true", help="tables only (no matplotlib)")
-    args = parser.parse_args(argv)
-    if not (args.results_dir / CELLS).is_dir():
-        parser.error(f"{args.results_dir} holds no cells/ directory: pass the directory a study wrote (results/NAME)")
-    print(build_report(args.results_dir, plot=not args.no_plot))
-    print(f"all tables and figures: {args.results_dir / 'report.md'}")
-    return 0

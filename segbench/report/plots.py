@@ -1,4 +1,4 @@
-"""Figures (matplotlib Agg, PNG, written atomically so a reader never sees half a file).
+"""Figures of the report (matplotlib Agg, PNG, written atomically by `io.save_figure`).
 
 table.png: mIoU per train/test pair; per_class_iou.png: IoU per class per backbone; gap.png: in-domain vs
 cross-domain mIoU per backbone. Error bars are the std over seeds.
@@ -6,41 +6,12 @@ cross-domain mIoU per backbone. Error bars are the std over seeds.
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from pathlib import Path
 
-from .records import Score, ordered_pairs, ordered_rows
+from ..io import pyplot, save_figure
+from .records import Score, ordered_pairs, ordered_rows, scores_by_cell
 from .stats import Agg
-from .tables import _by_cell, col_title, per_class_aggs
-
-
-def pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def save(fig, path: Path) -> Path:
-    """Write to a temp file beside `path`, then rename: a report rebuilt during a study never shows a torn PNG."""
-    plt = pyplot()
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a figure is as readable as any file the user writes
-    try:
-        fig.savefig(tmp, dpi=120)
-        os.replace(tmp, path)
-    finally:
-        plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+from .tables import col_title, per_class_aggs
 
 
 def _bars(ax, groups: list[str], series: dict[str, list[Agg]], ylabel: str, colors: dict | None = None) -> None:
@@ -59,7 +30,7 @@ def _bars(ax, groups: list[str], series: dict[str, list[Agg]], ylabel: str, colo
 
 
 def plot_table(items: list[Score], path: Path) -> Path | None:
-    rows, cols, cells = ordered_rows(items), ordered_pairs(items), _by_cell(items)
+    rows, cols, cells = ordered_rows(items), ordered_pairs(items), scores_by_cell(items)
     if not rows:
         return None
     plt = pyplot()
@@ -68,7 +39,7 @@ def plot_table(items: list[Score], path: Path) -> Path | None:
     _bars(ax, [col_title(c) for c in cols], series, "mIoU (%)")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    return save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_per_class(items: list[Score], path: Path) -> Path | None:
@@ -87,12 +58,12 @@ def plot_per_class(items: list[Score], path: Path) -> Path | None:
         ax.tick_params(axis="x", labelrotation=45, labelsize=8)
         ax.legend(fontsize=8, ncol=min(4, len(rows)))
     fig.tight_layout()
-    return save(fig, path)
+    return save_figure(fig, path)
 
 
 def gap_aggs(items: list[Score]) -> dict[str, dict[str, tuple[Agg, Agg]]]:
     """source -> row -> (in-domain mIoU, cross-domain mIoU averaged per seed over the other targets)."""
-    cells = _by_cell(items)
+    cells = scores_by_cell(items)
     out: dict = {}
     for source in sorted({s.source for s in items}):
         mine = [s for s in items if s.source == source]
@@ -128,4 +99,4 @@ def plot_gap(items: list[Score], path: Path) -> Path | None:
         ax.tick_params(axis="x", labelrotation=20, labelsize=8)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    return save(fig, path)
+    return save_figure(fig, path)

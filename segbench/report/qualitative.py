@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..io import pyplot, save_figure
 from ..labels import IGNORE_INDEX, NUM_CLASSES, colorize
-from .plots import pyplot, save
 from .records import row_labels
 
 MAX_IMAGES = 3
@@ -98,4 +98,4 @@ def plot_qualitative(records: list[dict], path: Path) -> Path | None:
             ax.imshow(img if img.ndim == 3 else colorize(img), interpolation="nearest")
     fig.suptitle(f"train {source} / test {target}", fontsize=9)
     fig.tight_layout()
-    return save(fig, path)
+    return save_figure(fig, path)

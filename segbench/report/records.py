@@ -1,4 +1,4 @@
-"""Reading a results directory: records -> flat scores, one per (cell, target). Nothing here trains or loads a model.
+"""Records (read by `cells.load_records`) -> flat scores, one per (cell, target). Nothing here trains or loads a model.
 
 Rows of every table are named by backbone (plus head when a study has several heads, plus the config keys that
 differ between records when a directory mixes runs of different settings), so no two configs are ever averaged
@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import json
 import math
+from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..cell_files import CELLS, DONE, RECORD
+from ..cells import DONE
 from ..config import identity_view
-
 
 
 @dataclass(frozen=True)
@@ -28,19 +28,7 @@ class Score:
     cell_id: str = ""
     head: str = ""
     backbone: str = ""
-
-
-def load_records(results_dir: Path) -> list[dict]:
-    """Every `cells/*/record.json`, sorted by directory name; a record's directory is kept under `_dir`."""
-    records = []
-    for path in sorted(Path(results_dir).glob(f"{CELLS}/*/{RECORD}")):
-        try:
-            rec = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: not valid JSON ({e}); delete the file to have the cell evaluated again") from None
-        rec["_dir"] = path.parent
-        records.append(rec)
-    return records
+    position: int = 0  # where the study named this target (records without a target list: after the named ones)
 
 
 def count_done(records: list[dict]) -> int:
@@ -88,11 +76,13 @@ def scores(records: list[dict]) -> list[Score]:
     """One Score per evaluated target of every record (NaN where the metric is missing)."""
     out = []
     for rec, row in zip(records, row_labels(records)):
+        named = list(rec.get("targets") or [])
         for target, m in rec.get("results", {}).items():
             per_class = {name: _number(v) for name, v in (m.get("per_class_iou") or {}).items()}
             out.append(Score(row=row, source=rec["source"], target=target, seed=int(rec["seed"]),
                              miou=_number(m.get("miou")), pixel_acc=_number(m.get("pixel_acc")), per_class=per_class,
-                             cell_id=rec.get("cell_id", ""), head=rec.get("head", ""), backbone=rec["backbone"]))
+                             cell_id=rec.get("cell_id", ""), head=rec.get("head", ""), backbone=rec["backbone"],
+                             position=named.index(target) if target in named else len(named)))
     return out
 
 
@@ -102,5 +92,17 @@ def ordered_rows(items: list[Score]) -> list[str]:
 
 
 def ordered_pairs(items: list[Score]) -> list[tuple[str, str]]:
-    """(source, target) columns: by source, the in-domain column first, then targets by name."""
-    return sorted({(s.source, s.target) for s in items}, key=lambda c: (c[0], c[1] != c[0], c[1]))
+    """(source, target) columns: by source, the in-domain column first, then targets in the order the study named
+    them (`sim->photo,fog,night`: photo, fog, night); targets no record names come last, by name."""
+    position: dict[tuple[str, str], int] = {}
+    for s in items:
+        position[(s.source, s.target)] = min(position.get((s.source, s.target), s.position), s.position)
+    return sorted(position, key=lambda c: (c[0], c[1] != c[0], position[c], c[1]))
+
+
+def scores_by_cell(items: list[Score]) -> dict[tuple[str, str, str], dict[int, Score]]:
+    """(row, source, target) -> seed -> Score: what every table and figure aggregates over."""
+    out: dict = defaultdict(dict)
+    for s in items:
+        out[(s.row, s.source, s.target)][s.seed] = s
+    return out

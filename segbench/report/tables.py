@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections import defaultdict
 
-from ..io import csv_text
+from ..io import csv_text, markdown_table
 from ..labels import CLASS_NAMES
-from .records import Score, ordered_pairs, ordered_rows
+from .records import Score, ordered_pairs, ordered_rows, scores_by_cell
 from .stats import DASH, Agg
 
 MEAN_UNSEEN = "mean (unseen)"
@@ -20,25 +19,6 @@ MEAN_UNSEEN = "mean (unseen)"
 
 def col_title(col: tuple[str, str]) -> str:
     return f"train {col[0]} / test {col[1]}"
-
-
-def _esc(text: str) -> str:
-    return str(text).replace("|", "\\|")
-
-
-def markdown(header: list[str], rows: list[list[str]]) -> str:
-    """A GitHub table: first column left-aligned, numbers right-aligned, pipes in labels escaped."""
-    lines = ["| " + " | ".join(_esc(h) for h in header) + " |",
-             "|" + "|".join([":---"] + ["---:"] * (len(header) - 1)) + "|"]
-    lines += ["| " + " | ".join(_esc(c) for c in r) + " |" for r in rows]
-    return "\n".join(lines) + "\n"
-
-
-def _by_cell(items: list[Score]) -> dict[tuple[str, str, str], dict[int, Score]]:
-    out: dict = defaultdict(dict)
-    for s in items:
-        out[(s.row, s.source, s.target)][s.seed] = s
-    return out
 
 
 def _seed_note(items: list[Score], n_max: int, partial: bool) -> str:
@@ -54,7 +34,7 @@ def _seed_note(items: list[Score], n_max: int, partial: bool) -> str:
 
 def paper(items: list[Score]) -> tuple[str, str]:
     """(markdown, csv) of the paper layout; the CSV keeps mean, std and n per column as numbers."""
-    rows, cols, cells = ordered_rows(items), ordered_pairs(items), _by_cell(items)
+    rows, cols, cells = ordered_rows(items), ordered_pairs(items), scores_by_cell(items)
     if not rows:
         return "(no results yet)\n", ""
     aggs = {(r, c): Agg.of(s.miou for s in cells.get((r, *c), {}).values()) for r in rows for c in cols}
@@ -62,7 +42,7 @@ def paper(items: list[Score]) -> tuple[str, str]:
     md_rows = [[r] + [aggs[(r, c)].md(n_expected=n_max) for c in cols] for r in rows]
     csv_header = ["backbone"] + [f"{col_title(c)} {k}" for c in cols for k in ("mIoU", "std", "n")]
     csv_rows = [[r] + [v for c in cols for v in aggs[(r, c)].csv()] for r in rows]
-    md = markdown(["backbone"] + [col_title(c) for c in cols], md_rows)
+    md = markdown_table(["backbone"] + [col_title(c) for c in cols], md_rows)
     partial = any(a.n < n_max for a in aggs.values())
     md += f"\nmIoU (%) over the classes scored in each test set; {_seed_note(items, n_max, partial)}.\n"
     return md, csv_text(csv_header, csv_rows)
@@ -76,7 +56,7 @@ def dg_aggs(items: list[Score]) -> dict[str, tuple[list[str], list[str], dict]]:
     The mean is taken per seed over all unseen targets, then aggregated over the seeds that scored every one of
     them, so its std is the spread of the average (not a mix of target spreads).
     """
-    cells = _by_cell(items)
+    cells = scores_by_cell(items)
     out = {}
     for source in sorted({s.source for s in items}):
         mine = [s for s in items if s.source == source]
@@ -105,9 +85,8 @@ def dg(items: list[Score]) -> tuple[str, str]:
         n_all = max(n_all, n_max)
         partial = partial or any(a.n < n_max for a in table.values())
         titles = [f"{c} (in-domain)" if c == source else c for c in columns]
-        parts.append(f"### trained on {source}\n\n"
-                     + markdown(["backbone"] + titles, [[r] + [table[(r, c)].md(n_expected=n_max) for c in columns]
-                                                        for r in rows]))
+        body = [[r] + [table[(r, c)].md(n_expected=n_max) for c in columns] for r in rows]
+        parts.append(f"### trained on {source}\n\n" + markdown_table(["backbone"] + titles, body))
         csv_rows += [[source, r, c, *table[(r, c)].csv()] for r in rows for c in columns]
     if not parts:
         return "(no results yet)\n", ""
@@ -126,7 +105,7 @@ def class_order(items: list[Score]) -> list[str]:
 
 def per_class_aggs(items: list[Score]) -> dict[tuple[str, str], tuple[list[str], list[str], dict]]:
     """(source, target) -> (rows, classes scored there, {(row, class): Agg}); unscored classes dropped."""
-    cells = _by_cell(items)
+    cells = scores_by_cell(items)
     out = {}
     for col in ordered_pairs(items):
         mine = [s for s in items if (s.source, s.target) == col]
@@ -145,7 +124,7 @@ def per_class(items: list[Score]) -> tuple[str, str]:
     for col, (rows, classes, table) in per_class_aggs(items).items():
         header = ["backbone"] + classes + ["mIoU"]
         body = [[r] + [table[(r, c)].md(with_std=False) for c in classes + ["mIoU"]] for r in rows]
-        parts.append(f"### {col_title(col)}\n\n" + markdown(header, body))
+        parts.append(f"### {col_title(col)}\n\n" + markdown_table(header, body))
         csv_rows += [[*col, r, c, *table[(r, c)].csv()] for r in rows for c in classes + ["mIoU"]]
     if not parts:
         return "(no results yet)\n", ""
