@@ -20,6 +20,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import segbench.models as M  # noqa: E402
+from segbench.data.cache import size_argument  # noqa: E402
+
 
 BACKBONES = ("resnet50", "resnet50_ibn_a", "resnet50_ibn_b")
 MAC_SIZE = (512, 1024)
@@ -80,7 +82,8 @@ def timing_table(head: str, size: tuple[int, int], repeats: int, train: bool, ba
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", type=int, nargs=2, default=(256, 512), help="timing input H W")
+    parser.add_argument("--size", type=size_argument, default=(256, 512), metavar="WxH",
+                        help="timing input, WxH like every segbench command (default 512x256)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--timing-heads", nargs="+", default=["fcn"])

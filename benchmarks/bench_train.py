@@ -16,7 +16,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from segbench.engine.train import TrainSettings, autocast_for, poly_lr, train
+from segbench.config import TrainSettings
+from segbench.data.cache import size_argument
+from segbench.engine.train import autocast_for, poly_lr, train
 from segbench.labels import IGNORE_INDEX
 from segbench.models import create_model
 
@@ -43,6 +45,7 @@ class Passthrough:
 
     def __call__(self, image, mask):
         return {"image": image, "mask": mask}
+
 
 
 def make_data(n, size, seed=0):
@@ -112,7 +115,8 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--backbone", default="resnet18")
     p.add_argument("--head", default="fcn")
-    p.add_argument("--size", type=int, nargs=2, default=(64, 128))
+    p.add_argument("--size", type=size_argument, default=(64, 128), metavar="WxH",
+                   help="crop size, WxH like every segbench command (default 128x64)")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--iters", type=int, default=20)
     p.add_argument("--repeats", type=int, default=3)

@@ -40,6 +40,21 @@ class Registry:
     def names(self, pattern: str = "*") -> list[str]:
         return sorted(n for n in self._entries if fnmatch.fnmatchcase(n, pattern))
 
+    def expand(self, patterns: list[str]) -> list[str]:
+        """Names and globs (`resnet50*`) -> registered names, in the order given, no duplicates; an unknown name or a
+        glob that matches nothing fails with the valid names."""
+        out: list[str] = []
+        for pattern in patterns:
+            if any(ch in pattern for ch in "*?["):
+                matches = self.names(pattern)
+                if not matches:
+                    raise KeyError(f"no {self.kind} matches {pattern!r}; valid names: {', '.join(self.names())}")
+            else:
+                self.get(pattern)  # raises with the valid names
+                matches = [pattern]
+            out += [m for m in matches if m not in out]
+        return out
+
     def __contains__(self, name: object) -> bool:
         return name in self._entries
 

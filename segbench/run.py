@@ -11,8 +11,8 @@ import shlex
 import sys
 from pathlib import Path
 
+from .cells import DONE, is_done
 from .config import EMBEDDED_DEFAULT, ConfigError, apply_overrides, load_config
-from .cell_files import DONE
 from .spec import GRAMMAR, SpecError, parse_specs
 
 
@@ -122,15 +122,14 @@ def check_pretrained(cfg: dict, backbones: list[str]) -> None:
 
 
 def print_plan(cells, results_dir: Path, argv: list[str]) -> None:
-    from .launchers import python_command
-    from .matrix import is_done
+    from .study import worker_args
 
     print(f"{len(cells)} cells -> {results_dir}")
     for cell in cells:
         done = is_done(cell, cell.directory(results_dir))
         print(f"  {cell.cell_id}  {'done   ' if done else 'pending'}  {cell.dirname}  "
               f"targets={','.join(cell.eval_targets)}")
-    print("each cell runs:", shlex.join(["python", *python_command(argv, "CELL_ID")[1:]]))
+    print("each cell runs:", shlex.join(["python", *worker_args(argv, "CELL_ID")]))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -146,14 +145,14 @@ def main(argv: list[str] | None = None) -> int:
 
     from .data import DatasetError
     from .engine import distributed as dist_utils
+    from .cells import plan
     from .launchers import LAUNCHERS, parse_options
-    from .matrix import expand_names, plan
     from .models import BACKBONES, HEADS
     from .report import build_report
 
     try:
-        backbones = expand_names(cfg["backbones"], BACKBONES)
-        heads = expand_names(cfg["heads"], HEADS)
+        backbones = BACKBONES.expand(cfg["backbones"])
+        heads = HEADS.expand(cfg["heads"])
         launcher = LAUNCHERS.get(args.launcher)
         launcher_opts = parse_options(args.launcher_opts, launcher)
     except (KeyError, ValueError) as e:
@@ -182,8 +181,11 @@ def main(argv: list[str] | None = None) -> int:
     # subprocess launchers must not open a CUDA context on GPU 0 in the parent
     device = dist_utils.init_from_env(None if args.device == "auto" else args.device) \
         if args.launcher == "local" else None
+    from .study import run_study
+
     try:
-        outcomes = launcher(cells, results_dir, data_root=args.data_root, device=device, argv=argv, **launcher_opts)
+        outcomes = run_study(cells, results_dir, launcher, launcher_opts, argv=argv, data_root=args.data_root,
+                             device=device)
     except (ValueError, ImportError) as e:  # no GPU visible, submitit missing
         print(f"segbench: {e}", file=sys.stderr)
         return 2

@@ -193,9 +193,9 @@ def test_experiment_file_unknown_key_names_the_file(tmp_path):
 
 
 def test_every_shipped_experiment_file_loads():
-    from segbench.config import REPO_EXPERIMENTS
+    from segbench.config import experiments_dir
 
-    files = sorted(REPO_EXPERIMENTS.glob("*.yaml"))
+    files = sorted(experiments_dir().glob("*.yaml"))
     assert files
     for f in files:
         assert load_config(f)["specs"], f

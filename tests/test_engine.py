@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from segbench import evaluate as evaluate_cli
-from segbench.data import build_dataset, synthetic
+from segbench.data import build_dataset
+from segbench.data.adapters import synthetic
 from segbench.data.transforms import build_train_transform
 from segbench.engine.checkpoint import CheckpointMismatch, list_checkpoints, load_checkpoint
 from segbench.engine.inference import InferenceSettings, predict, slide_logits

@@ -1,10 +1,8 @@
-"""The module graph has no cycle, and the commands that only read results stay off the training stack."""
+"""The module graph has no cycle, and configuration reading stays a leaf (see test_layout.py for the report)."""
 import ast
 import subprocess
 import sys
 from pathlib import Path
-
-import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -76,13 +74,4 @@ def test_config_is_a_leaf():
     out = _run("import sys, segbench.config\n"
                "mods = sorted(m for m in sys.modules if m.startswith('segbench.') and m != 'segbench.config')\n"
                "print(mods); assert not mods and 'torch' not in sys.modules")
-    assert out.returncode == 0, out.stdout + out.stderr
-
-
-def test_report_does_not_load_the_training_code(tmp_path):
-    (tmp_path / "cells").mkdir()
-    out = _run("import sys\nfrom segbench.report.cli import main\n"
-               f"assert main([{str(tmp_path)!r}, '--no-plot']) == 0\n"
-               "loaded = [m for m in ('segbench.engine.train', 'segbench.pipeline', 'segbench.models') if m in sys.modules]\n"
-               "assert not loaded, loaded")
     assert out.returncode == 0, out.stdout + out.stderr

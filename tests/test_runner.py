@@ -4,7 +4,7 @@ import json
 import pytest
 
 from segbench import run
-from segbench.data import synthetic
+from segbench.data.adapters import synthetic
 
 TINY = ["--set", "train.iters=2", "--set", "train.batch_size=2", "--set", "train.crop=[32,64]",
         "--set", "train.workers=0", "--set", "train.ckpt_every=1", "--set", "model.pretrained=null"]

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import torch
 
-from ..cell_files import CHECKPOINTS, FINAL_WEIGHTS, RECORD
+from ..cells import CHECKPOINTS, FINAL_WEIGHTS, RECORD, RecordError, read_record
 from ..io import save_torch
+from ..models import create_model
 
 _NAME = re.compile(r"^iter_(\d+)\.pt$")
 
@@ -63,9 +64,6 @@ class CheckpointError(ValueError):
     """A checkpoint cannot be turned back into a model; the message names the file and what is wrong."""
 
 
-REQUIRED_KEYS = ("backbone", "head", "config")
-
-
 def resolve(path: Path) -> tuple[Path, Path]:
     """Cell directory or weights file -> (weights, record.json of its cell), both checked to exist."""
     path = Path(path)
@@ -76,23 +74,8 @@ def resolve(path: Path) -> tuple[Path, Path]:
     cell = weights.parent.parent if weights.parent.name == CHECKPOINTS else weights.parent
     record = cell / RECORD
     if not record.is_file():
-        raise CheckpointError(f"{record}: missing; the model is rebuilt from the cell record beside {weights.name} "
-                              f"(keys {', '.join(REQUIRED_KEYS)})")
+        raise CheckpointError(f"{record}: missing; the model is rebuilt from the cell record beside {weights.name}")
     return weights, record
-
-
-def read_record(record_path: Path) -> dict:
-    import json
-
-    try:
-        record = json.loads(Path(record_path).read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{record_path}: not valid JSON ({e})") from None
-    missing = [k for k in REQUIRED_KEYS if k not in record]
-    if missing or not isinstance(record.get("config"), dict) or "model" not in record["config"]:
-        raise CheckpointError(f"{record_path}: missing keys {missing or ['config.model']}; "
-                              f"expected a segbench cell record with {', '.join(REQUIRED_KEYS)} and config.model")
-    return record
 
 
 def load_trained_model(path: Path, device: torch.device | str = "cpu") -> tuple[torch.nn.Module, dict]:
@@ -101,10 +84,11 @@ def load_trained_model(path: Path, device: torch.device | str = "cpu") -> tuple[
     Accepts a cell directory, its model_final.pt, or a checkpoints/iter_*.pt training checkpoint. Nothing is
     downloaded: the architecture is rebuilt with pretrained=None before the trained weights go in.
     """
-    from ..models import create_model
-
     weights, record_path = resolve(path)
-    record = read_record(record_path)
+    try:
+        record = read_record(record_path)
+    except RecordError as e:
+        raise CheckpointError(str(e)) from None
     cfg = record["config"]["model"]
     try:
         model = create_model(record["backbone"], head=record["head"], output_stride=cfg.get("output_stride"),

@@ -5,36 +5,12 @@ resolution of the label, as mmsegmentation's test-time augmentation does.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 
-
-@dataclass(frozen=True)
-class InferenceSettings:
-    mode: str = "whole"  # "whole" | "slide"
-    window: tuple[int, int] | None = None  # (H, W) for mode="slide"
-    stride: tuple[int, int] | None = None  # (H, W); default: 2/3 of the window
-    flip: bool = False
-    scales: tuple[float, ...] = (1.0,)
-
-    def __post_init__(self):
-        if self.mode not in ("whole", "slide"):
-            raise ValueError(f"eval.mode must be 'whole' or 'slide', got {self.mode!r}")
-        if self.mode == "slide" and not self.window:
-            raise ValueError("eval.mode='slide' needs eval.window=[H, W], e.g. --set eval.window=[512,1024]")
-        if not self.scales or any(s <= 0 for s in self.scales):
-            raise ValueError(f"eval.scales must be positive numbers, got {self.scales}")
-
-    @classmethod
-    def from_config(cls, ecfg: dict) -> "InferenceSettings":
-        window = ecfg.get("window")
-        stride = ecfg.get("stride")
-        return cls(mode=ecfg.get("mode", "whole"), window=tuple(window) if window else None,
-                   stride=tuple(stride) if stride else None, flip=bool(ecfg.get("flip", False)),
-                   scales=tuple(float(s) for s in (ecfg.get("scales") or (1.0,))))
+from ..config import InferenceSettings
 
 
 def _starts(size: int, window: int, stride: int) -> list[int]:

@@ -1,4 +1,5 @@
-"""Score a model on a split: predictions at each label's native resolution, one confusion matrix per split.
+"""Scoring: one confusion matrix per split at each label's native resolution (official Cityscapes semantics), for a
+model (`evaluate`) or for a directory of prediction PNGs written by any framework (`score_prediction_dir`).
 
 Under torch.distributed each rank scores a disjoint shard (no padding duplicates, unlike DistributedSampler) and
 the matrices are summed, so N processes give exactly the 1-process numbers.
@@ -13,10 +14,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..labels import colorize
+from ..config import InferenceSettings
+from ..data.base import read_gray
+from ..data.workers import worker_init_fn
+from ..labels import colorize, ids_to_train_ids
 from ..metrics import ConfusionMatrix
 from . import distributed as dist_utils
-from .inference import InferenceSettings, predict
+from .inference import predict
 
 
 class _Indexed(torch.utils.data.Dataset):
@@ -59,8 +63,6 @@ def evaluate(model: torch.nn.Module, dataset, *, device: torch.device, eval_clas
     The first `dump_count` predictions go to `dump_dir` (listed under "samples" for the report's qualitative panel);
     `save_dir` receives every prediction (and overlays with `overlay=True`).
     """
-    from ..data.workers import worker_init_fn
-
     rank, world = dist_utils.rank(), dist_utils.world_size()
     shard = list(range(rank, len(dataset), world))
     loader = torch.utils.data.DataLoader(_Indexed(dataset), batch_size=batch_size, sampler=shard, num_workers=workers,
@@ -96,3 +98,55 @@ def evaluate(model: torch.nn.Module, dataset, *, device: torch.device, eval_clas
     if samples:
         summary["samples"] = sorted(samples, key=lambda s: s["index"])
     return summary
+
+
+# Suffixes other frameworks append to the image stem when naming prediction files.
+PRED_SUFFIXES = ("_pred", "_prediction", "_trainIds", "_labelTrainIds", "_labelIds", "_gtFine_labelIds")
+IMAGE_SUFFIXES = ("_leftImg8bit", "_rgb_anon")
+
+
+def _normalise_stem(stem: str, suffixes) -> str:
+    for suffix in suffixes:
+        if stem.endswith(suffix):
+            return stem[: -len(suffix)]
+    return stem
+
+
+def index_predictions(pred_dir: Path) -> dict[str, Path]:
+    index: dict[str, Path] = {}
+    for path in sorted(pred_dir.rglob("*.png")):
+        if path.stem.endswith("_overlay"):
+            continue
+        index.setdefault(path.stem, path)
+        index.setdefault(_normalise_stem(path.stem, PRED_SUFFIXES), path)
+    return index
+
+
+def score_prediction_dir(dataset, pred_dir: Path, encoding: str) -> dict:
+    """Match each (image, label) pair of `dataset` to `pred_dir/**/STEM*.png` and score them all."""
+    if not pred_dir.is_dir():
+        raise FileNotFoundError(f"prediction directory {pred_dir} does not exist")
+    index = index_predictions(pred_dir)
+    matched, missing = [], []
+    for i, (image_path, _) in enumerate(dataset.pairs):
+        stem = Path(image_path).stem
+        pred = index.get(stem) or index.get(_normalise_stem(stem, IMAGE_SUFFIXES))
+        (matched if pred else missing).append((i, pred) if pred else stem)
+    if missing:
+        raise FileNotFoundError(
+            f"{len(missing)} of {len(dataset)} images have no prediction in {pred_dir} (e.g. {', '.join(missing[:3])}); "
+            "name each prediction after its image (STEM.png or STEM_pred.png, any sub-directory)")
+    cm = ConfusionMatrix()
+    for i, pred_path in tqdm(matched, desc="score", unit="img", dynamic_ncols=True):
+        _, label = dataset.load_pair(i)
+        pred = read_gray(pred_path)
+        if pred.ndim != 2:
+            raise ValueError(f"{pred_path}: expected a single-channel class-index PNG, got shape {pred.shape}; "
+                             "colour-coded predictions cannot be scored (colours collide), save class indices")
+        if encoding == "cityscapes":
+            pred = ids_to_train_ids(pred)
+        if pred.shape != label.shape:
+            raise ValueError(f"{pred_path}: prediction is {pred.shape[1]}x{pred.shape[0]} but its label is "
+                             f"{label.shape[1]}x{label.shape[0]}; predictions must be at label resolution")
+        cm.update(torch.from_numpy(label.astype(np.int64)), torch.from_numpy(pred.astype(np.int64)))
+    return cm.summary(getattr(dataset, "eval_classes", None))

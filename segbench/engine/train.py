@@ -4,15 +4,17 @@ from __future__ import annotations
 import math
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..labels import IGNORE_INDEX
+from ..config import TrainSettings
+from ..data.class_uniform import ClassUniformStreamSampler, class_presence
 from ..data.sampler import SeededStreamSampler, SeededTransformDataset
+from ..data.workers import worker_init_fn
+from ..labels import IGNORE_INDEX
 from . import distributed as dist_utils
 from .logging import ScalarLog
 from .checkpoint import check_same_config, latest_checkpoint, load_checkpoint, save_checkpoint
@@ -23,24 +25,6 @@ LOG_EVERY = 10  # iterations between log rows (and host syncs)
 
 class NonFiniteLoss(RuntimeError):
     """The loss became NaN/inf; the last good checkpoint is left untouched."""
-
-
-@dataclass
-class TrainSettings:
-    iters: int = 40000
-    batch_size: int = 8  # per process
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    power: float = 0.9
-    aux_weight: float = 0.4
-    workers: int = 4
-    ckpt_every: int = 2000
-    keep_ckpts: int = 2
-    amp: bool = True  # only takes effect on CUDA
-    channels_last: bool = True  # only takes effect on CUDA
-    compile: bool = False
-    class_uniform: float = 0.0  # fraction of samples drawn class-uniformly (RobustNet uses 0.5)
 
 
 def poly_lr(base_lr: float, iteration: int, total: int, power: float) -> float:
@@ -64,14 +48,10 @@ def segmentation_loss(outputs: dict, target: torch.Tensor, aux_weight: float) ->
 
 
 def make_loader(dataset, transform, settings: TrainSettings, seed: int, start_iter: int, device: torch.device):
-    from ..data.workers import worker_init_fn
-
     rank, world = dist_utils.rank(), dist_utils.world_size()
     stream = dict(start=start_iter * settings.batch_size * world, total=settings.iters * settings.batch_size * world,
                   rank=rank, world_size=world)
     if settings.class_uniform > 0:
-        from ..data.class_uniform import ClassUniformStreamSampler, class_presence
-
         sampler = ClassUniformStreamSampler(class_presence(dataset), settings.class_uniform, seed, **stream)
     else:
         sampler = SeededStreamSampler(len(dataset), seed, **stream)
