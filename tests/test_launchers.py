@@ -1,7 +1,9 @@
 """Launchers: one command line per cell, parallel GPU workers (fake devices on CPU), torchrun and Slurm job construction.
 
-Fake runners stand in for the worker process where only the launcher's bookkeeping is under test; one test runs real
-`python -m segbench.run` workers on a tiny YAML dataset to prove the narrowed command line really runs one cell.
+Real components where they fit a CPU test: the local launcher runs real cells in-process (one diverging on purpose),
+and real `python -m segbench.run` / `torchrun --nproc-per-node 1` workers finish a cell of a tiny YAML dataset.
+FakeWorker stands in for the worker only where a real one cannot show the behaviour on 2 CPU cores: cells running
+side by side (a barrier), several GPUs per cell, a worker that dies of CUDA OOM, Slurm array tasks.
 """
 from __future__ import annotations
 
@@ -85,6 +87,7 @@ def test_visible_gpus_explicit_env_and_count(monkeypatch):
 
 def test_gpus_launcher_runs_one_cell_per_device_in_parallel_and_survives_a_failure(cells, tmp_path, capsys):
     bad = cells[1].cell_id
+    # fake workers: the barrier proves two run at once, which real workers on 2 cores could not show in seconds
     worker = FakeWorker(cells, tmp_path, fail={bad}, barrier=threading.Barrier(2))
     outcomes = LAUNCHERS.get("gpus")(cells, tmp_path, argv=ARGV, gpus="0,1", runner=worker)
     assert [o.cell for o in outcomes] == cells
@@ -108,6 +111,7 @@ def test_gpus_launcher_skips_done_cells_and_flags_a_worker_that_left_no_record(c
 
 
 def test_gpus_per_cell_groups_run_under_torchrun(cells, tmp_path):
+    # fake workers: real ones would be 2-rank torchrun groups, two groups at once (4 processes on 2 cores)
     worker = FakeWorker(cells, tmp_path)
     outcomes = launchers.launch_gpus(cells, tmp_path, argv=ARGV, gpus="0,1,2,3,4", per_cell=2, runner=worker)
     assert all(o.status == "done" for o in outcomes)
@@ -117,6 +121,8 @@ def test_gpus_per_cell_groups_run_under_torchrun(cells, tmp_path):
 
 def test_torchrun_launcher_takes_all_visible_gpus_by_default(cells, tmp_path, monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2")
+    # fake worker: a real one would start 3 gloo ranks on 2 cores; only the rank count is under test here
+    # (a real 1-rank torchrun worker: test_torchrun_launcher_with_a_real_worker_on_cpu)
     worker = FakeWorker(cells[:1], tmp_path)
     (out,) = launchers.launch_torchrun(cells[:1], tmp_path, argv=ARGV, runner=worker)
     assert out.status == "done"
@@ -159,26 +165,66 @@ def _tiny_yaml_dataset(root: Path) -> None:
                                     "labels: {dir: 'labels/{split}', suffix: .png}\nencoding: trainid\n")
 
 
-@pytest.mark.slow
-def test_gpus_launcher_with_real_workers_on_cpu(tmp_path):
-    """A real `python -m segbench.run ... --only ID` worker on a fake device with --device cpu: the narrowed command
-    line parses, plans the same cell and finishes it (one cell only: each worker pays the torch import)."""
+def _tiny_study(tmp_path: Path, *extra: str):
+    """The study's command line on the tiny dataset (CPU, resnet18, from scratch), its planned cells, its results."""
     from segbench import run
 
     _tiny_yaml_dataset(tmp_path / "data")
     argv = ["tiny->tiny", "--backbones", "resnet18", "--name", "t", "--device", "cpu",
             "--data-root", str(tmp_path / "data"), "--results", str(tmp_path / "results"),
             "--set", "train.iters=1", "--set", "train.batch_size=2", "--set", "train.crop=[32,64]",
-            "--set", "train.workers=0", "--set", "model.pretrained=null", "--set", "eval.workers=0"]
+            "--set", "train.workers=0", "--set", "model.pretrained=null", "--set", "eval.workers=0", *extra]
     cfg = run.resolve_config(run.build_parser().parse_args(argv))
-    cells_ = plan(cfg, parse_specs(cfg["specs"]), ["resnet18"], cfg["heads"])
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    outcomes = launchers.launch_gpus(cells_, tmp_path / "results" / "t", argv=argv, gpus="fake0")
+    return argv, plan(cfg, parse_specs(cfg["specs"]), ["resnet18"], cfg["heads"]), tmp_path / "results" / "t"
+
+
+@pytest.mark.slow
+def test_local_launcher_logs_a_failing_cell_and_runs_the_next(tmp_path, one_thread, capsys):
+    """A cell whose training really diverges (lr 1e30: NaN loss, NonFiniteLoss) is reported failed with its
+    traceback in error.log, and the cell after it still trains and finishes."""
+    import torch
+
+    _, (bad, good), results = _tiny_study(tmp_path, "--seeds", "2", "--set", "train.iters=2")
+    bad.train["lr"] = 1e30  # the NaN shows at the second iteration's loss
+    outcomes = launchers.launch_local([bad, good], results, data_root=str(tmp_path / "data"),
+                                      device=torch.device("cpu"))
+    assert [o.cell for o in outcomes] == [bad, good]
+    assert [o.status for o in outcomes] == ["failed", "done"]
+    failed = outcomes[0]
+    assert failed.error.startswith("NonFiniteLoss: ") and failed.log == bad.directory(results) / "error.log"
+    trace = failed.log.read_text()
+    assert trace.startswith("Traceback (most recent call last)") and "NonFiniteLoss" in trace
+    assert not is_done(bad, bad.directory(results)) and not (bad.directory(results) / "model_final.pt").exists()
+    assert is_done(good, good.directory(results))
+    assert "FAILED: NonFiniteLoss" in capsys.readouterr().err  # announced as it happens
+
+
+@pytest.mark.slow
+def test_gpus_launcher_with_real_workers_on_cpu(tmp_path, monkeypatch):
+    """A real `python -m segbench.run ... --only ID` worker on a fake device with --device cpu: the narrowed command
+    line parses, plans the same cell and finishes it (one cell only: each worker pays the torch import)."""
+    argv, cells_, results = _tiny_study(tmp_path)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    outcomes = launchers.launch_gpus(cells_, results, argv=argv, gpus="fake0")
     assert len(outcomes) == 1
     for o in outcomes:
         assert o.status == "done", (o.error, o.log.read_text() if o.log else "")
         assert is_done(o.cell, o.cell_dir)
         assert o.log.read_text().startswith("=== ")  # the worker's output, after a header naming its command
+
+
+@pytest.mark.slow
+def test_torchrun_launcher_with_a_real_worker_on_cpu(tmp_path, monkeypatch):
+    """A real `torchrun --standalone --nproc-per-node 1 -m segbench.run ... --only ID`: nproc comes from the one
+    (fake) visible device, the worker joins a gloo process group (no CUDA: --device cpu) and finishes the cell."""
+    argv, cells_, results = _tiny_study(tmp_path)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "fake0")
+    (out,) = launchers.launch_torchrun(cells_, results, argv=argv)
+    log = out.log.read_text()
+    assert out.status == "done", (out.error, log)
+    assert is_done(out.cell, out.cell_dir)
+    assert "-m torch.distributed.run --standalone --nproc-per-node 1 -m segbench.run" in log.splitlines()[0]
 
 
 # --- Slurm (submitit), no cluster ----------------------------------------------------------------------------------
@@ -222,6 +268,7 @@ def test_slurm_array_is_built_from_the_pending_cells(cells, tmp_path, fake_slurm
 
 def test_slurm_tasks_run_and_failures_are_reported(cells, tmp_path):
     submitit = pytest.importorskip("submitit")
+    # fake workers: four real cells would cost a torch import and a training each; the array bookkeeping is under test
     worker = FakeWorker(cells, tmp_path, fail={cells[2].cell_id})
     executor = submitit.AutoExecutor(folder=tmp_path / "slurm", cluster="debug")
     outcomes = launchers.launch_slurm(cells, tmp_path, argv=ARGV, partition="gpu", executor=executor, runner=worker)

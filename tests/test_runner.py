@@ -65,6 +65,22 @@ def test_new_target_is_evaluated_without_retraining(tmp_path, tiny_domains, caps
     assert set(json.loads(record.read_text())["results"]) == {"sim", "photo"}
 
 
+@pytest.mark.slow
+def test_a_cell_that_fails_in_training_makes_the_study_exit_1(tmp_path, tiny_domains, one_thread, capsys):
+    """lr 1e30 really diverges (NonFiniteLoss at the second iteration); the study still reports, names the failed
+    cell with its error log and exits 1, so a script or CI job sees the failure. (Written 1.0e+30: YAML reads the
+    spelling 1e30 as a string.)"""
+    code = _main(tmp_path, "sim->sim", "--backbones", "resnet18", "--name", "nan", "--device", "cpu", *TINY,
+                 "--set", "train.lr=1.0e+30")
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "1 cell(s) FAILED" in err and "NonFiniteLoss" in err
+    (log,) = (tmp_path / "results" / "nan").glob("cells/*/error.log")
+    assert str(log) in err and "NonFiniteLoss" in log.read_text()
+    assert not (log.parent / "done").exists()
+    assert (tmp_path / "results" / "nan" / "table.md").is_file()  # the report is still written
+
+
 def test_unquoted_arrow_gets_a_quoting_hint(tmp_path, capsys):
     assert _main(tmp_path, "gta5-") == 2
     err = capsys.readouterr().err
