@@ -78,6 +78,15 @@ def run_logged(cmd: Sequence[str], log: Path, env: dict | None = None, cwd: str 
         return subprocess.run(list(cmd), stdout=f, stderr=subprocess.STDOUT, env=env, cwd=cwd).returncode
 
 
+def last_line(log: Path | None) -> str:
+    """The last non-empty line of a log (usually the error), for one-line summaries."""
+    try:
+        lines = [ln.strip() for ln in Path(log).read_text(errors="replace").splitlines() if ln.strip()]
+    except (OSError, TypeError):
+        return ""
+    return lines[-1][:200] if lines else ""
+
+
 def option_names(launcher: Callable) -> list[str]:
     """The `--launcher-opt` keys a launcher accepts: its keyword parameters (less the test seams `runner` and
     `executor`), plus the fields of its `options` dataclass when it declares one (slurm)."""
@@ -182,7 +191,7 @@ def _launch_on_devices(jobs: list[Job], devices: list[str], per_job: int, use_to
                 rc = 127
             seconds = time.perf_counter() - t0
             _say(f"[{index}/{len(jobs)}] {job.name}: exit code {rc} after {seconds:.0f}s"
-                 + (f" (log: {job.log})" if rc else ""), lock)
+                 + (f" ({last_line(job.log)}; log: {job.log})" if rc else ""), lock)
             return Launched(rc, seconds)
         finally:
             free.put(group)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from .cells import LAUNCHER_LOG, Cell, is_done
-from .launchers import Job, Launched
+from .launchers import Job, Launched, last_line
 from .pipeline import run_cell
 
 # Options of the study's command line that a worker must not inherit: value count (-1 = all following non-options).
@@ -66,14 +66,6 @@ def cell_job(cell: Cell, results_dir: Path, argv: Sequence[str], *, data_root=No
                call=functools.partial(run_cell, cell, cell_dir, data_root=data_root, device=device))
 
 
-def _last_line(log: Path | None) -> str:
-    try:
-        lines = [ln.strip() for ln in Path(log).read_text(errors="replace").splitlines() if ln.strip()]
-    except (OSError, TypeError):
-        return ""
-    return lines[-1][:200] if lines else ""
-
-
 def judge(cell: Cell, cell_dir: Path, job: Job, launched: Launched) -> CellOutcome:
     """A job succeeded only if it exited 0 AND left the cell done (a record with every target + the done marker)."""
     log = launched.log or job.log
@@ -85,7 +77,7 @@ def judge(cell: Cell, cell_dir: Path, job: Job, launched: Launched) -> CellOutco
     if launched.error:
         return CellOutcome(cell, cell_dir, "failed", error=launched.error, **common)
     why = f"exit code {launched.rc}" if launched.rc != 0 else "exited 0 but the cell is not done (no record or done marker)"
-    tail = _last_line(log)
+    tail = last_line(log)
     return CellOutcome(cell, cell_dir, "failed", error=f"{why}: {tail}" if tail else why, **common)
 
 

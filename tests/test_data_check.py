@@ -7,6 +7,7 @@ import warnings
 import numpy as np
 import pytest
 
+import label_tables as lt
 import minitrees as mt
 from segbench.data.adapters import acdc, cityscapes, gta5  # noqa: F401  (registers the adapters)
 from segbench.data.factory import build_dataset
@@ -79,19 +80,28 @@ def test_check_bad_root_exits_2_naming_the_layout(tmp_path, capsys):
 
 
 def test_prepare_writes_resized_cache_that_build_dataset_opens(broken_gta5, capsys):
-    root, truth = broken_gta5
+    root, _ = broken_gta5
+    # frame 1: road (id 7), bicycle (33) and unlabeled (0) drawn per pixel, so trainIds 0, 18 and 255 touch everywhere:
+    # any interpolation but nearest-neighbour invents values between them (9, 127, 136, ...)
+    raw = np.random.default_rng(0).choice(np.array([7, 33, 0]), (mt.H, mt.W))
+    mt.write_palette(root / "labels/00001.png", raw)
+    source = mt.decode(raw, lt.CITYSCAPES_ID_TO_TRAINID)
+    assert set(np.unique(source).tolist()) == {0, 18, 255}
     data_root = root.parent
-    code, out, err = run_cli(capsys, "prepare", "gta5", "--size", "32x16", "--data-root", str(data_root), "--quiet")
-    assert code == 1 and "gta5@32x16" in out  # pairs were left out: said, and non-zero
-    ds = build_dataset("gta5@32x16", "all", root=data_root)
+    w, h = 40, 20  # 64x32 -> 40x20: a factor of 1.6, so nearest skips some source rows and columns, unevenly
+    code, out, err = run_cli(capsys, "prepare", "gta5", "--size", f"{w}x{h}", "--data-root", str(data_root), "--quiet")
+    assert code == 1 and f"gta5@{w}x{h}" in out  # pairs were left out: said, and non-zero
+    ds = build_dataset(f"gta5@{w}x{h}", "all", root=data_root)
     assert [p[0].name for p in ds.pairs] == ["images__00001.png", "images__00003.png", "images__00006.png"]
     image, label = ds[0]
-    assert image.shape == (16, 32, 3) and label.shape == (16, 32)
-    np.testing.assert_array_equal(label, truth[root / "images/00001.png"][::2, ::2])  # NEAREST on trainIds
-    assert label[0, 0] == truth[root / "images/00001.png"][0, 0]
-    manifest = json.loads((data_root / "prepared/gta5@32x16/manifest.json").read_text())
+    assert image.shape == (h, w, 3) and label.shape == (h, w)
+    assert set(np.unique(label).tolist()) <= {0, 18, 255}, "label interpolation invented class ids"
+    # nearest neighbour as OpenCV's INTER_NEAREST defines it: output pixel i takes source pixel floor(i * src / dst)
+    rows, cols = np.arange(h) * mt.H // h, np.arange(w) * mt.W // w
+    np.testing.assert_array_equal(label, source[rows][:, cols])
+    manifest = json.loads((data_root / f"prepared/gta5@{w}x{h}/manifest.json").read_text())
     left_out = sorted(p["path"].rsplit("/", 1)[-1] for p in manifest["left_out"] if p["kind"] != "missing image")
-    assert left_out == ["00002.png", "00004.png", "00005.png"] and manifest["size"] == [32, 16]
+    assert left_out == ["00002.png", "00004.png", "00005.png"] and manifest["size"] == [w, h]
     # the RobustNet lists name frames this miniature copy lacks: recorded as such, not silently dropped
     assert {p["kind"] for p in manifest["left_out"]} == {"missing image", "missing label", "size mismatch", "unreadable"}
 

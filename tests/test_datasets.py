@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+import label_tables as lt
 import minitrees as mt
 from segbench.data.adapters import acdc, bdd100k, cityscapes, gta5, mapillary, synthia  # noqa: F401  (registers the adapters)
 from segbench.data.base import DatasetError, DatasetWarning, SizeMismatchError
@@ -28,6 +29,38 @@ def open_quietly(name, root, split):
     with warnings.catch_warnings():
         warnings.simplefilter("error", DatasetWarning)  # a clean tree must not warn
         return DATASETS.get(name)(root, split=split)
+
+
+# ------------------------------------------------------------------------------------------------ id tables
+TABLE_CASES = {
+    # name: (adapter, split, tree, raw ids the files hold, table typed in from the primary source)
+    "cityscapes": ("cityscapes", "val", mt.make_cityscapes, lt.CITYSCAPES_RAW_IDS, lt.CITYSCAPES_ID_TO_TRAINID),
+    "gta5": ("gta5", "all", mt.make_gta5, lt.CITYSCAPES_RAW_IDS, lt.CITYSCAPES_ID_TO_TRAINID),
+    "synthia": ("synthia", "all", mt.make_synthia, lt.SYNTHIA_RAW_IDS, lt.SYNTHIA_ID_TO_TRAINID),
+    "bdd100k": ("bdd100k", "val", mt.make_bdd100k, lt.TRAINID_RAW_IDS, lt.TRAINID_TO_TRAINID),
+    "mapillary": ("mapillary", "val", mt.make_mapillary, lt.MAPILLARY_RAW_IDS, lt.MAPILLARY_ID_TO_TRAINID),
+    "acdc-trainids": ("acdc", "val", mt.make_acdc, lt.TRAINID_RAW_IDS, lt.TRAINID_TO_TRAINID),
+    "acdc-labelids": ("acdc", "val", lambda root: mt.make_acdc(root, label_files=("_gt_labelIds.png",)),
+                      lt.CITYSCAPES_RAW_IDS, lt.CITYSCAPES_ID_TO_TRAINID),
+}
+
+
+@pytest.mark.parametrize("case", list(TABLE_CASES))
+def test_every_raw_id_decodes_as_the_primary_table_says(tmp_path, case):
+    """Each raw id the download can hold (several per class for Mapillary, ignored ones included) -> the trainId of the
+    table typed in from cityscapesScripts / RobustNet; the tree covers every id and every trainId 0..18."""
+    name, split, make, raw_ids, table = TABLE_CASES[case]
+    make(tmp_path)
+    ds = open_quietly(name, tmp_path, split)
+    decoded = {}
+    for i in range(len(ds)):
+        _, raw, label = ds.load_pair_raw(i)
+        for r in np.unique(raw):
+            decoded.setdefault(int(r), set()).update(np.unique(label[raw == r]).tolist())
+    assert sorted(decoded) == sorted(raw_ids), "the miniature tree must hold every raw id"
+    wrong = {r: sorted(got) for r, got in decoded.items() if got != {table.get(r, lt.IGNORE)}}
+    assert not wrong, f"raw id -> decoded trainIds, expected {{{', '.join(f'{r}: {table.get(r, 255)}' for r in wrong)}}}: {wrong}"
+    assert set().union(*decoded.values()) == set(range(19)) | {lt.IGNORE}
 
 
 # ------------------------------------------------------------------------------------------------ Cityscapes
@@ -192,6 +225,28 @@ def test_acdc_per_condition_and_all(tmp_path):
         ds = open_quietly(f"acdc-{condition}", tmp_path, "val")
         assert len(ds) == 1 and f"/{condition}/" in str(ds.pairs[0][0])
         assert_decodes(ds, {k: v for k, v in truth.items() if f"/{condition}/val/" in str(k)})
+
+
+def test_acdc_label_ids_files_decode_through_the_cityscapes_table(tmp_path):
+    """A copy holding only `_gt_labelIds.png` (Cityscapes ids) decodes to the same trainIds as the trainId files would."""
+    truth = mt.make_acdc(tmp_path, conditions=("rain",), label_files=("_gt_labelIds.png",))
+    ds = open_quietly("acdc-rain", tmp_path, "val")
+    assert [p[1].name.endswith("_gt_labelIds.png") for p in ds.pairs] == [True]
+    assert_decodes(ds, {k: v for k, v in truth.items() if "/val/" in str(k)})
+    _, raw, _ = ds.load_pair_raw(0)
+    assert ds.unknown_label_values(raw, ds.pairs[0][1]) == {}  # ids 19..33 are known Cityscapes ids, not unknown values
+
+
+def test_acdc_prefers_train_ids_when_both_files_exist(tmp_path):
+    truth = mt.make_acdc(tmp_path, conditions=("snow",), label_files=("_gt_labelTrainIds.png", "_gt_labelIds.png"))
+    ds = open_quietly("acdc-snow", tmp_path, "train")
+    assert [p[1].name.endswith("_gt_labelTrainIds.png") for p in ds.pairs] == [True]
+    assert_decodes(ds, {k: v for k, v in truth.items() if "/train/" in str(k)})
+    # the same value means different things in the two files: 25 is rider in labelIds, out of range in labelTrainIds
+    raw = np.full((2, 2), 25, np.uint8)
+    ids_file = ds.pairs[0][1].with_name(ds.pairs[0][1].name.replace("_gt_labelTrainIds", "_gt_labelIds"))
+    assert ds.unknown_label_values(raw, ds.pairs[0][1]) == {25: 4} and ds.unknown_label_values(raw, ids_file) == {}
+    assert (ds.decode_label(raw, ids_file) == 12).all() and (ds.decode_label(raw, ds.pairs[0][1]) == 255).all()
 
 
 # ------------------------------------------------------------------------------------------------ errors and plumbing

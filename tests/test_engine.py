@@ -9,10 +9,12 @@ import torch
 from segbench import evaluate as evaluate_cli
 from segbench.data import build_dataset
 from segbench.data.adapters import synthetic
+from segbench.config import InferenceSettings, TrainSettings
 from segbench.data.transforms import build_train_transform
+from segbench.engine import scoring
 from segbench.engine.checkpoint import CheckpointMismatch, list_checkpoints, load_checkpoint
-from segbench.engine.inference import InferenceSettings, predict, slide_logits
-from segbench.engine.train import NonFiniteLoss, TrainSettings, train
+from segbench.engine.inference import predict, slide_logits
+from segbench.engine.train import NonFiniteLoss, train
 from segbench.labels import CITYSCAPES_ID_TO_TRAINID
 from segbench.models import create_model
 
@@ -56,6 +58,30 @@ def test_tta_averages_probabilities_at_label_size():
     torch.testing.assert_close(probs.sum(1), torch.full((1, 40, 60), 6.0))  # 3 scales x 2 flips
 
 
+class RampModel(PixelModel):
+    """A 1x1 conv plus a fixed per-class ramp along the width: its answer depends on x, so a mirrored view gives
+    mirrored scores only if they are flipped back."""
+
+    def forward(self, x):
+        ramp = torch.linspace(-2.0, 2.0, x.shape[-1]).view(1, 1, 1, -1)
+        slopes = torch.linspace(-1.0, 1.0, self.conv.out_channels).view(1, -1, 1, 1)
+        return {"out": self.conv(x) + slopes * ramp}
+
+
+def test_flip_tta_flips_the_mirrored_view_back():
+    """flip=True: softmax(f(x)) + flip(softmax(f(flip(x)))), written out here in plain torch."""
+    torch.manual_seed(0)
+    model, image = RampModel().eval(), torch.randn(1, 3, 12, 20)
+    with torch.no_grad():
+        plain = model(image)["out"].softmax(1)
+        mirrored = model(image.flip(-1))["out"].softmax(1)
+        got = predict(model, image, (12, 20), InferenceSettings(flip=True))
+    expected = plain + mirrored.flip(-1)
+    torch.testing.assert_close(got, expected)
+    # the model really is position dependent: forgetting the flip-back would give a different answer
+    assert (expected - (plain + mirrored)).abs().max() > 0.1
+
+
 def test_bad_inference_settings_say_what_to_set():
     with pytest.raises(ValueError, match="eval.window"):
         InferenceSettings(mode="slide")
@@ -92,13 +118,13 @@ def test_cityscapes_id_predictions_are_mapped(tiny_photo, tmp_path):
     for label_id, train_id in CITYSCAPES_ID_TO_TRAINID.items():
         train_to_id[train_id] = label_id
     _write_preds(tiny_photo, tmp_path / "preds", encode=lambda lab: train_to_id[lab])
-    result = evaluate_cli.score_prediction_dir(tiny_photo, tmp_path / "preds", "cityscapes")
+    result = scoring.score_prediction_dir(tiny_photo, tmp_path / "preds", "cityscapes")
     assert result["miou"] == pytest.approx(100.0)
 
 
 def test_wrong_predictions_lower_the_score(tiny_photo, tmp_path):
     _write_preds(tiny_photo, tmp_path / "preds", encode=lambda lab: np.where(lab == 0, 1, lab).astype(np.uint8))
-    result = evaluate_cli.score_prediction_dir(tiny_photo, tmp_path / "preds", "trainid")
+    result = scoring.score_prediction_dir(tiny_photo, tmp_path / "preds", "trainid")
     assert result["per_class_iou"]["road"] == 0.0 and result["miou"] < 100
 
 
@@ -108,7 +134,7 @@ def test_missing_and_misshapen_predictions_are_named(tiny_photo, tmp_path, capsy
     first = sorted(preds.glob("*.png"))[0]
     cv2.imwrite(str(first), np.zeros((5, 5), np.uint8))
     with pytest.raises(ValueError, match=rf"{first.name}.*label resolution"):
-        evaluate_cli.score_prediction_dir(tiny_photo, preds, "trainid")
+        scoring.score_prediction_dir(tiny_photo, preds, "trainid")
     first.unlink()
     code = evaluate_cli.main(["--preds", str(preds), "--dataset", "photo", "--data-root", str(tmp_path / "data")])
     assert code == 2 and "1 of 3 images have no prediction" in capsys.readouterr().err
@@ -168,3 +194,93 @@ def test_auxiliary_loss_is_added_with_its_weight():
     both = segmentation_loss({"out": main, "aux": aux}, target, aux_weight=0.4)
     expected = torch.nn.functional.cross_entropy(aux, target, ignore_index=255)
     torch.testing.assert_close(both - plain, 0.4 * expected)
+
+
+# -- scoring a model end to end against a known answer ---------------------------------------------------------------
+KNOWN_YAML = """\
+name: engine-known-answer
+root: known
+splits: [val]
+images: {dir: "img/{split}", suffix: ".png"}
+labels: {dir: "gt/{split}", suffix: "_gt.png"}
+encoding: trainid
+eval_classes: [0, 2, 8, 10, 11, 13, 18]
+"""
+BLOCK_CLASSES = (0, 1, 2, 8, 10, 13)  # what the images show
+NOISE_CLASS = 11  # single label pixels the images do not show: no model can get them right
+
+
+def _red_of(train_id):
+    """The image encodes a block's class in its red channel."""
+    return 20 + 10 * train_id
+
+
+class RedChannelModel(torch.nn.Module):
+    """Predicts, at each pixel, the class whose red level is nearest to the pixel's (undoing ImageNet normalisation,
+    mean 0.485 / std 0.229 on red); one-hot logits."""
+
+    def forward(self, x):
+        red = (x[:, 0] * 0.229 + 0.485) * 255
+        cls = ((red - 20) / 10).round().clamp(0, 18).long()
+        return {"out": torch.nn.functional.one_hot(cls, 19).permute(0, 3, 1, 2).float()}
+
+
+def _known_frame(seed, h=32, w=64, block=8):
+    """(block map the image shows, label): 8x8 class blocks; the label adds NOISE_CLASS on a sparse grid of odd pixels
+    and an ignored odd row, detail that only exists at the label's native resolution."""
+    rng = np.random.default_rng(seed)
+    shown = rng.choice(BLOCK_CLASSES, (h // block, w // block)).repeat(block, 0).repeat(block, 1).astype(np.uint8)
+    label = shown.copy()
+    label[1::4, 1::4] = NOISE_CLASS
+    label[5, :] = 255
+    return shown, label
+
+
+def test_evaluation_of_a_known_model_through_a_dataset_adapter(tmp_path, one_thread):
+    """YAML dataset on disk -> eval transform at half resolution -> logits upsampled to the label -> one confusion
+    matrix over the split; the expected IoUs are counted here with numpy."""
+    import minitrees as mt
+    from segbench.data.registry import DATASETS
+    from segbench.data.transforms import eval_transform_for
+    from segbench.data.yaml_dataset import register_yaml
+    from segbench.engine.scoring import evaluate
+
+    frames = [_known_frame(seed) for seed in range(2)]
+    root = tmp_path / "data" / "known"
+    for i, (shown, label) in enumerate(frames):
+        rgb = np.stack([_red_of(shown), np.full_like(shown, 128), np.zeros_like(shown)], -1).astype(np.uint8)
+        mt.write_rgb(root / "img/val" / f"f{i}.png", rgb)
+        mt.write_gray(root / "gt/val" / f"f{i}_gt.png", label)
+    spec = tmp_path / "known.yaml"
+    spec.write_text(KNOWN_YAML)
+    name = register_yaml(spec)
+    try:
+        ds = build_dataset(name, "val", root=tmp_path / "data")
+        ds.transform = eval_transform_for(ds, (16, 32))  # the model sees a quarter of the pixels
+        result = evaluate(RedChannelModel(), ds, device=torch.device("cpu"), eval_classes=ds.eval_classes, workers=0,
+                          dump_dir=tmp_path / "preds", dump_count=2)
+    finally:
+        DATASETS._entries.pop(name, None)
+
+    # the upsampled prediction is the block map at the label's resolution
+    for i, (shown, _) in enumerate(frames):
+        np.testing.assert_array_equal(cv2.imread(str(tmp_path / "preds" / f"f{i}.png"), cv2.IMREAD_GRAYSCALE), shown)
+
+    pred = np.concatenate([s.ravel() for s, _ in frames]).astype(np.int64)
+    gt = np.concatenate([lab.ravel() for _, lab in frames]).astype(np.int64)
+    keep = gt != 255
+    pred, gt = pred[keep], gt[keep]
+    # trainId -> name as in cityscapesScripts `helpers/labels.py`
+    names = {0: "road", 2: "building", 8: "vegetation", 10: "sky", 11: "person", 13: "car", 18: "bicycle"}
+    expected = {}
+    for c in names:
+        tp = np.sum((gt == c) & (pred == c))
+        union = np.sum((gt == c) | (pred == c))
+        expected[names[c]] = None if union == 0 else 100.0 * tp / union
+    assert expected["person"] == 0.0 and expected["bicycle"] is None  # noise never predicted; bicycle nowhere
+    assert result["per_class_iou"].keys() == expected.keys()
+    for cls, iou in expected.items():
+        assert result["per_class_iou"][cls] == (None if iou is None else pytest.approx(iou, abs=1e-9)), cls
+    present = [v for v in expected.values() if v is not None]
+    assert result["miou"] == pytest.approx(sum(present) / len(present), abs=1e-9)
+    assert result["num_classes_scored"] == len(present)

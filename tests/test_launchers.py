@@ -1,7 +1,9 @@
 """Launchers: one command line per cell, parallel GPU workers (fake devices on CPU), torchrun and Slurm job construction.
 
-Fake runners stand in for the worker process where only the launcher's bookkeeping is under test; one test runs real
-`python -m segbench.run` workers on a tiny YAML dataset to prove the narrowed command line really runs one cell.
+Real components where they fit a CPU test: the local launcher runs real cells in-process (one diverging on purpose),
+and real `python -m segbench.run` / `torchrun --nproc-per-node 1` workers finish a cell of a tiny YAML dataset.
+FakeWorker stands in for the worker only where a real one cannot show the behaviour on 2 CPU cores: cells running
+side by side (a barrier), several GPUs per cell, a worker that dies of CUDA OOM, Slurm array tasks.
 """
 from __future__ import annotations
 
@@ -18,9 +20,10 @@ import pytest
 from segbench import launchers
 from segbench.config import EMBEDDED_DEFAULT, load_config
 from segbench.io import write_json
-from segbench.launchers import LAUNCHERS, cell_argv, parse_options, visible_gpus
-from segbench.matrix import DONE, RECORD, is_done, plan
+from segbench.cells import DONE, RECORD, is_done, plan
+from segbench.launchers import LAUNCHERS, Job, parse_options, visible_gpus
 from segbench.spec import parse_specs
+from segbench.study import cell_argv, run_study, worker_args
 
 ARGV = ["sim->photo", "--backbones", "resnet18", "resnet18_ibn_b", "--seeds", "2", "--results", "R"]
 
@@ -30,6 +33,11 @@ def cells():
     cfg = load_config(EMBEDDED_DEFAULT)
     cfg["seeds"] = [0, 1]
     return plan(cfg, parse_specs(["sim->photo"]), ["resnet18", "resnet18_ibn_b"], ["fcn"])
+
+
+def launch(name, cells, results_dir, *, argv=ARGV, data_root=None, device=None, **options):
+    """The way run.py launches: the study decides the pending cells and judges each one; the launcher only runs jobs."""
+    return run_study(cells, results_dir, LAUNCHERS.get(name), options, argv=argv, data_root=data_root, device=device)
 
 
 def finish(cell, cell_dir: Path) -> None:
@@ -68,11 +76,31 @@ def test_cell_argv_strips_parent_only_options_and_runs_one_cell_locally():
                                          "--launcher", "local", "--only", "c0ffee"]
 
 
-def test_torchrun_command_uses_this_interpreter_and_standalone_rendezvous():
-    cmd = launchers.torchrun_command(["sim->photo"], "abc", 4)
+def test_torchrun_command_uses_this_interpreter_and_standalone_rendezvous(tmp_path):
+    job = Job("cell", worker_args(["sim->photo"], "abc"), tmp_path / "launcher.log")
+    assert launchers.python_command(job) == [sys.executable, "-m", "segbench.run", "sim->photo", "--launcher", "local",
+                                             "--only", "abc"]
+    cmd = launchers.torchrun_command(job, 4)
     assert cmd[:3] == [sys.executable, "-m", "torch.distributed.run"]
     assert cmd[3:6] == ["--standalone", "--nproc-per-node", "4"]
     assert cmd[6:9] == ["-m", "segbench.run", "sim->photo"] and cmd[-2:] == ["--only", "abc"]
+
+
+def test_a_launcher_is_a_function_of_jobs_and_only_launches(tmp_path, capsys):
+    """The local launcher runs each job's in-process call, in order, keeps going after a failure (traceback in the
+    job's log) and reports exit codes; it decides nothing about cells (no done check, no record reading)."""
+    ran = []
+
+    def fail():
+        raise RuntimeError("boom")
+
+    jobs = [Job("a", [], tmp_path / "a.log", call=lambda: ran.append("a")), Job("b", [], tmp_path / "b.log", call=fail),
+            Job("c", [], tmp_path / "c.log", call=lambda: ran.append("c"))]
+    out = LAUNCHERS.get("local")(jobs, tmp_path)
+    assert ran == ["a", "c"] and [o.rc for o in out] == [0, 1, 0]
+    assert out[1].error == "RuntimeError: boom" and "RuntimeError: boom" in (tmp_path / "b.log").read_text()
+    assert not (tmp_path / "a.log").exists()
+    assert "FAILED: RuntimeError: boom" in capsys.readouterr().err
 
 
 def test_visible_gpus_explicit_env_and_count(monkeypatch):
@@ -85,8 +113,9 @@ def test_visible_gpus_explicit_env_and_count(monkeypatch):
 
 def test_gpus_launcher_runs_one_cell_per_device_in_parallel_and_survives_a_failure(cells, tmp_path, capsys):
     bad = cells[1].cell_id
+    # fake workers: the barrier proves two run at once, which real workers on 2 cores could not show in seconds
     worker = FakeWorker(cells, tmp_path, fail={bad}, barrier=threading.Barrier(2))
-    outcomes = LAUNCHERS.get("gpus")(cells, tmp_path, argv=ARGV, gpus="0,1", runner=worker)
+    outcomes = launch("gpus", cells, tmp_path, gpus="0,1", runner=worker)
     assert [o.cell for o in outcomes] == cells
     assert sorted(c[0] for c in worker.calls) == sorted(c.cell_id for c in cells)  # each cell exactly once
     assert {c[1] for c in worker.calls} == {"0", "1"}  # one device each, both used
@@ -102,14 +131,15 @@ def test_gpus_launcher_runs_one_cell_per_device_in_parallel_and_survives_a_failu
 def test_gpus_launcher_skips_done_cells_and_flags_a_worker_that_left_no_record(cells, tmp_path):
     finish(cells[0], tmp_path / "cells" / cells[0].dirname)
     silent = lambda cmd, log, env, cwd: 0  # noqa: E731 - exits 0 without finishing its cell
-    outcomes = launchers.launch_gpus(cells[:2], tmp_path, argv=ARGV, gpus=["7"], runner=silent)
+    outcomes = launch("gpus", cells[:2], tmp_path, argv=ARGV, gpus=["7"], runner=silent)
     assert [o.status for o in outcomes] == ["skipped", "failed"]
     assert "not done" in outcomes[1].error
 
 
 def test_gpus_per_cell_groups_run_under_torchrun(cells, tmp_path):
+    # fake workers: real ones would be 2-rank torchrun groups, two groups at once (4 processes on 2 cores)
     worker = FakeWorker(cells, tmp_path)
-    outcomes = launchers.launch_gpus(cells, tmp_path, argv=ARGV, gpus="0,1,2,3,4", per_cell=2, runner=worker)
+    outcomes = launch("gpus", cells, tmp_path, argv=ARGV, gpus="0,1,2,3,4", per_cell=2, runner=worker)
     assert all(o.status == "done" for o in outcomes)
     assert {c[1] for c in worker.calls} <= {"0,1", "2,3"}  # the odd fifth GPU idles; groups never overlap
     assert all(c[2][2] == "torch.distributed.run" and "2" in c[2] for c in worker.calls)
@@ -117,8 +147,10 @@ def test_gpus_per_cell_groups_run_under_torchrun(cells, tmp_path):
 
 def test_torchrun_launcher_takes_all_visible_gpus_by_default(cells, tmp_path, monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2")
+    # fake worker: a real one would start 3 gloo ranks on 2 cores; only the rank count is under test here
+    # (a real 1-rank torchrun worker: test_torchrun_launcher_with_a_real_worker_on_cpu)
     worker = FakeWorker(cells[:1], tmp_path)
-    (out,) = launchers.launch_torchrun(cells[:1], tmp_path, argv=ARGV, runner=worker)
+    (out,) = launch("torchrun", cells[:1], tmp_path, argv=ARGV, runner=worker)
     assert out.status == "done"
     (_, devices, cmd), = worker.calls
     assert devices == "0,1,2" and cmd[cmd.index("--nproc-per-node") + 1] == "3"
@@ -126,9 +158,9 @@ def test_torchrun_launcher_takes_all_visible_gpus_by_default(cells, tmp_path, mo
 
 def test_launchers_fail_clearly_without_gpus(cells, tmp_path):
     with pytest.raises(ValueError, match="no GPU"):
-        launchers.launch_gpus(cells, tmp_path, argv=ARGV, gpus="")
+        launchers.launch_gpus([], gpus="")
     with pytest.raises(ValueError, match="needs 4 GPU"):
-        launchers.launch_torchrun(cells, tmp_path, argv=ARGV, gpus="0,1", nproc=4)
+        launchers.launch_torchrun([], gpus="0,1", nproc=4)
 
 
 def test_parse_options_reads_yaml_values_and_rejects_unknown_keys():
@@ -159,26 +191,66 @@ def _tiny_yaml_dataset(root: Path) -> None:
                                     "labels: {dir: 'labels/{split}', suffix: .png}\nencoding: trainid\n")
 
 
-@pytest.mark.slow
-def test_gpus_launcher_with_real_workers_on_cpu(tmp_path):
-    """A real `python -m segbench.run ... --only ID` worker on a fake device with --device cpu: the narrowed command
-    line parses, plans the same cell and finishes it (one cell only: each worker pays the torch import)."""
+def _tiny_study(tmp_path: Path, *extra: str):
+    """The study's command line on the tiny dataset (CPU, resnet18, from scratch), its planned cells, its results."""
     from segbench import run
 
     _tiny_yaml_dataset(tmp_path / "data")
     argv = ["tiny->tiny", "--backbones", "resnet18", "--name", "t", "--device", "cpu",
             "--data-root", str(tmp_path / "data"), "--results", str(tmp_path / "results"),
             "--set", "train.iters=1", "--set", "train.batch_size=2", "--set", "train.crop=[32,64]",
-            "--set", "train.workers=0", "--set", "model.pretrained=null", "--set", "eval.workers=0"]
+            "--set", "train.workers=0", "--set", "model.pretrained=null", "--set", "eval.workers=0", *extra]
     cfg = run.resolve_config(run.build_parser().parse_args(argv))
-    cells_ = plan(cfg, parse_specs(cfg["specs"]), ["resnet18"], cfg["heads"])
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    outcomes = launchers.launch_gpus(cells_, tmp_path / "results" / "t", argv=argv, gpus="fake0")
+    return argv, plan(cfg, parse_specs(cfg["specs"]), ["resnet18"], cfg["heads"]), tmp_path / "results" / "t"
+
+
+@pytest.mark.slow
+def test_local_launcher_logs_a_failing_cell_and_runs_the_next(tmp_path, one_thread, capsys):
+    """A cell whose training really diverges (lr 1e30: NaN loss, NonFiniteLoss) is reported failed with its
+    traceback in its launcher.log, and the cell after it still trains and finishes."""
+    import torch
+
+    _, (bad, good), results = _tiny_study(tmp_path, "--seeds", "2", "--set", "train.iters=2")
+    bad.train["lr"] = 1e30  # the NaN shows at the second iteration's loss
+    outcomes = launch("local", [bad, good], results, data_root=str(tmp_path / "data"),
+                                      device=torch.device("cpu"))
+    assert [o.cell for o in outcomes] == [bad, good]
+    assert [o.status for o in outcomes] == ["failed", "done"]
+    failed = outcomes[0]
+    assert failed.error.startswith("NonFiniteLoss: ") and failed.log == bad.directory(results) / "launcher.log"
+    trace = failed.log.read_text()
+    assert trace.startswith("Traceback (most recent call last)") and "NonFiniteLoss" in trace
+    assert not is_done(bad, bad.directory(results)) and not (bad.directory(results) / "model_final.pt").exists()
+    assert is_done(good, good.directory(results))
+    assert "FAILED: NonFiniteLoss" in capsys.readouterr().err  # announced as it happens
+
+
+@pytest.mark.slow
+def test_gpus_launcher_with_real_workers_on_cpu(tmp_path, monkeypatch):
+    """A real `python -m segbench.run ... --only ID` worker on a fake device with --device cpu: the narrowed command
+    line parses, plans the same cell and finishes it (one cell only: each worker pays the torch import)."""
+    argv, cells_, results = _tiny_study(tmp_path)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    outcomes = launch("gpus", cells_, results, argv=argv, gpus="fake0")
     assert len(outcomes) == 1
     for o in outcomes:
         assert o.status == "done", (o.error, o.log.read_text() if o.log else "")
         assert is_done(o.cell, o.cell_dir)
         assert o.log.read_text().startswith("=== ")  # the worker's output, after a header naming its command
+
+
+@pytest.mark.slow
+def test_torchrun_launcher_with_a_real_worker_on_cpu(tmp_path, monkeypatch):
+    """A real `torchrun --standalone --nproc-per-node 1 -m segbench.run ... --only ID`: nproc comes from the one
+    (fake) visible device, the worker joins a gloo process group (no CUDA: --device cpu) and finishes the cell."""
+    argv, cells_, results = _tiny_study(tmp_path)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "fake0")
+    (out,) = launch("torchrun", cells_, results, argv=argv)
+    log = out.log.read_text()
+    assert out.status == "done", (out.error, log)
+    assert is_done(out.cell, out.cell_dir)
+    assert "-m torch.distributed.run --standalone --nproc-per-node 1 -m segbench.run" in log.splitlines()[0]
 
 
 # --- Slurm (submitit), no cluster ----------------------------------------------------------------------------------
@@ -200,7 +272,7 @@ def fake_slurm(tmp_path, monkeypatch):
 def test_slurm_array_is_built_from_the_pending_cells(cells, tmp_path, fake_slurm):
     results = tmp_path / "results"
     finish(cells[0], results / "cells" / cells[0].dirname)
-    outcomes = launchers.launch_slurm(cells, results, argv=ARGV, partition="gpu", gpus_per_cell=2, timeout_min=90,
+    outcomes = launch("slurm", cells, results, argv=ARGV, partition="gpu", gpus_per_cell=2, timeout_min=90,
                                       account="proj", wait=False)
     assert [o.status for o in outcomes] == ["skipped", "submitted", "submitted", "submitted"]
     assert [o.extra["job_id"] for o in outcomes[1:]] == ["4242_0", "4242_1", "4242_2"]
@@ -222,9 +294,10 @@ def test_slurm_array_is_built_from_the_pending_cells(cells, tmp_path, fake_slurm
 
 def test_slurm_tasks_run_and_failures_are_reported(cells, tmp_path):
     submitit = pytest.importorskip("submitit")
+    # fake workers: four real cells would cost a torch import and a training each; the array bookkeeping is under test
     worker = FakeWorker(cells, tmp_path, fail={cells[2].cell_id})
     executor = submitit.AutoExecutor(folder=tmp_path / "slurm", cluster="debug")
-    outcomes = launchers.launch_slurm(cells, tmp_path, argv=ARGV, partition="gpu", executor=executor, runner=worker)
+    outcomes = launch("slurm", cells, tmp_path, argv=ARGV, partition="gpu", executor=executor, runner=worker)
     assert [o.status for o in outcomes] == ["done", "done", "failed", "done"]
     assert "out of memory" in outcomes[2].error and outcomes[2].log.name == "launcher.log"
     assert all(cmd[:3] == [sys.executable, "-m", "segbench.run"] for _, _, cmd in worker.calls)

@@ -1,4 +1,5 @@
-"""Backbones and heads: shapes, gradients, output strides, IBN placement and weight compatibility (FACTS.md §3)."""
+"""Backbones and heads: shapes, gradients, output strides, IBN placement and weight compatibility
+(IBN rules: XingangPan/IBN-Net `ibnnet/resnet_ibn.py`, `ibnnet/modules.py`)."""
 from __future__ import annotations
 
 import functools
@@ -187,7 +188,8 @@ def test_init_follows_official_rule():
 
 
 def _expected_official_keys(name: str) -> dict[str, torch.Size]:
-    """FACTS §3 applied to a torchvision state dict: the key->shape map the official release must have (minus fc)."""
+    """The official rules (ibnnet/resnet_ibn.py) applied to a torchvision state dict: the release's key->shape map
+    (minus fc)."""
     ref = {k: v.shape for k, v in _torchvision_reference(name).state_dict().items() if not k.startswith("fc.")}
     blocks = BLOCKS[_depth(name)]
     bn_keys = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
@@ -221,7 +223,7 @@ def _expected_official_keys(name: str) -> dict[str, torch.Size]:
 
 @pytest.mark.parametrize("name", M.list_backbones())
 def test_backbone_layout_matches_official(name):
-    """IBN placement per FACTS §3, the exact key->shape map of the release, no dilation at OS 32.
+    """IBN placement per the official ibnnet/resnet_ibn.py, the release's exact key->shape map, no dilation at OS 32.
 
     Structure only, so on the meta device (free); the smp-unet/smp-fpn matrix cells run every backbone at OS 32."""
     with torch.device("meta"):
@@ -278,11 +280,58 @@ def test_plain_backbone_loads_torchvision_weights_and_matches(depth):
     assert torch.allclose(o, t, atol=1e-5, rtol=1e-4)
 
 
-def test_count_parameters():
-    m = M.create_backbone("resnet18")
-    assert M.count_parameters(m) == sum(p.numel() for p in m.parameters())
-    m.layer4.requires_grad_(False)
-    assert M.count_parameters(m, trainable_only=True) == M.count_parameters(m) - M.count_parameters(m.layer4)
+# torchvision's published sizes (`ResNet50_Weights.IMAGENET1K_V1.meta["num_params"]` etc., torchvision model docs),
+# each with its 1000-class fc: (depth, groups, width_per_group) -> parameters
+TORCHVISION_NUM_PARAMS = {
+    (18, 1, 64): 11_689_512, (34, 1, 64): 21_797_672, (50, 1, 64): 25_557_032, (101, 1, 64): 44_549_160,
+    (50, 32, 4): 25_028_904, (101, 32, 8): 88_791_336, (50, 1, 128): 68_883_240, (101, 64, 4): 83_455_272,
+}
+
+
+def _resnet_params(depth: int, groups: int = 1, width_per_group: int = 64, se_reduction: int | None = None,
+                   ibn: str | None = None, classes: int = 0) -> int:
+    """Parameters of a torchvision-layout ResNet counted by hand: bias-free convs, 2 per norm channel, bias-free SE fcs.
+
+    IBN-a's IN(half, affine) + BN(rest) holds 2 per channel like the BN it replaces, and IBN-b's stem IN(64, affine)
+    like the stem BN: only IBN-b's post-add IN (last block of layer1 and of layer2) adds parameters."""
+    n = 3 * 64 * 7 * 7 + 2 * 64  # stem conv1 + bn1
+    inplanes, expansion = 64, 4 if BOTTLENECK[depth] else 1
+    for stage, (planes, blocks) in enumerate(zip((64, 128, 256, 512), BLOCKS[depth])):
+        out = planes * expansion
+        for i in range(blocks):
+            if BOTTLENECK[depth]:
+                w = planes * width_per_group // 64 * groups
+                n += inplanes * w + 9 * w * w // groups + w * out + 2 * (w + w + out)
+            else:
+                n += 9 * inplanes * planes + 9 * planes * planes + 2 * (planes + planes)
+            if se_reduction:
+                n += 2 * out * (out // se_reduction)
+            if i == 0 and (stage > 0 or inplanes != out):  # downsample: 1x1 conv + BN
+                n += inplanes * out + 2 * out
+            if ibn == "b" and stage < 2 and i == blocks - 1:
+                n += 2 * out
+            inplanes = out
+    return n + classes * (inplanes + 1)
+
+
+def test_parameter_rule_reproduces_torchvision_published_sizes():
+    """The hand count must be right before it judges segbench: plain, wide and grouped ResNets as published."""
+    for (depth, groups, width), published in TORCHVISION_NUM_PARAMS.items():
+        assert _resnet_params(depth, groups, width, classes=1000) == published, (depth, groups, width)
+
+
+@pytest.mark.parametrize("name", M.list_backbones())
+def test_count_parameters_matches_hand_count(name):
+    """Every backbone's size from the rules above (no classifier); on the meta device, so free."""
+    kwargs = dict(groups=32, width_per_group=4) if name.startswith("resnext") else {}
+    expected = _resnet_params(_depth(name), se_reduction=16 if name.startswith("se_") else None,
+                              ibn=name[-1] if "_ibn_" in name else None, **kwargs)
+    with torch.device("meta"):
+        bb = M.create_backbone(name)
+    assert M.count_parameters(bb) == expected
+    bb.layer4.requires_grad_(False)
+    layer4 = sum(p.numel() for p in bb.layer4.parameters())
+    assert layer4 > 0 and M.count_parameters(bb, trainable_only=True) == expected - layer4
 
 
 def test_cli_lists_backbones_with_counts(capsys):
@@ -292,6 +341,7 @@ def test_cli_lists_backbones_with_counts(capsys):
     text = capsys.readouterr().out
     for name in ("resnet18", "resnet18_ibn_a", "resnet18_ibn_b", "fcn"):
         assert name in text
-    assert f"{M.count_parameters(M.create_backbone('resnet18')) / 1e6:.2f}" in text
+    rows = {line.split()[0]: line.split()[1] for line in text.splitlines()[2:] if line.strip()}
+    assert rows["resnet18"] == rows["resnet18_ibn_a"] == f"{_resnet_params(18) / 1e6:.2f}"
     assert "resnet50" not in text.split("head")[0]
     assert main(["nothing*"]) == 1

@@ -24,13 +24,94 @@ def torch_home(tmp_path, monkeypatch):
     return tmp_path / "torch" / "hub" / "checkpoints"
 
 
+# name -> (bottleneck?, blocks per stage, ibn_cfg), as the official constructors call ResNet_IBN
+# (XingangPan/IBN-Net `ibnnet/resnet_ibn.py`: resnet18_ibn_a ... resnet101_ibn_b)
+OFFICIAL_ARCH = {
+    "resnet18": (False, (2, 2, 2, 2), (None,) * 4), "resnet50": (True, (3, 4, 6, 3), (None,) * 4),
+    "resnet18_ibn_a": (False, (2, 2, 2, 2), ("a", "a", "a", None)),
+    "resnet18_ibn_b": (False, (2, 2, 2, 2), ("b", "b", None, None)),
+    "resnet50_ibn_a": (True, (3, 4, 6, 3), ("a", "a", "a", None)),
+    "resnet50_ibn_b": (True, (3, 4, 6, 3), ("b", "b", None, None)),
+}
+
+
+def _official_shapes(name: str) -> dict[str, tuple[int, ...]]:
+    """Key -> shape of the release's state dict, fc included, written from the official module tree.
+
+    XingangPan/IBN-Net `ibnnet/resnet_ibn.py` (ResNet_IBN, BasicBlock_IBN, Bottleneck_IBN), `ibnnet/modules.py` (IBN):
+    stem bn1 is InstanceNorm2d(64, affine) when ibn_cfg[0] == 'b'; IBN-a: bn1 = IBN(planes) = IN(int(planes * 0.5),
+    affine) + BN(rest); IBN-b: `IN` = InstanceNorm2d(planes * expansion, affine) only in a stage's last block; affine
+    InstanceNorm keeps no running stats."""
+    bottleneck, layers, ibn_cfg = OFFICIAL_ARCH[name]
+    shapes: dict[str, tuple[int, ...]] = {}
+
+    def conv(key, cout, cin, k):
+        shapes[f"{key}.weight"] = (cout, cin, k, k)
+
+    def bn(key, c):
+        shapes.update({f"{key}.{p}": (c,) for p in ("weight", "bias", "running_mean", "running_var")})
+        shapes[f"{key}.num_batches_tracked"] = ()
+
+    def inorm(key, c):
+        shapes.update({f"{key}.weight": (c,), f"{key}.bias": (c,)})
+
+    conv("conv1", 64, 3, 7)
+    (inorm if ibn_cfg[0] == "b" else bn)("bn1", 64)
+    inplanes, expansion = 64, 4 if bottleneck else 1
+    for stage, (planes, blocks, ibn) in enumerate(zip((64, 128, 256, 512), layers, ibn_cfg)):
+        for i in range(blocks):
+            key = f"layer{stage + 1}.{i}"
+            block_ibn = None if ibn == "b" and i < blocks - 1 else ibn
+            conv(f"{key}.conv1", planes, inplanes, 1 if bottleneck else 3)
+            if block_ibn == "a":
+                half = int(planes * 0.5)
+                inorm(f"{key}.bn1.IN", half)
+                bn(f"{key}.bn1.BN", planes - half)
+            else:
+                bn(f"{key}.bn1", planes)
+            conv(f"{key}.conv2", planes, planes, 3)
+            bn(f"{key}.bn2", planes)
+            if bottleneck:
+                conv(f"{key}.conv3", planes * 4, planes, 1)
+                bn(f"{key}.bn3", planes * 4)
+            if block_ibn == "b":
+                inorm(f"{key}.IN", planes * expansion)
+            if i == 0 and (stage > 0 or inplanes != planes * expansion):  # stride 2, or channels change
+                conv(f"{key}.downsample.0", planes * expansion, inplanes, 1)
+                bn(f"{key}.downsample.1", planes * expansion)
+            inplanes = planes * expansion
+    shapes.update({"fc.weight": (1000, inplanes), "fc.bias": (1000,)})
+    return shapes
+
+
 def _official_like(name: str) -> dict[str, torch.Tensor]:
-    """A state dict in the release's layout: backbone tensors (random) plus the ImageNet classifier."""
-    torch.manual_seed(1)
-    state = M.create_backbone(name).state_dict()
-    state = {k: torch.randn_like(v) if v.is_floating_point() else v for k, v in state.items()}
-    ch = M.create_backbone(name).out_channels[3]
-    return {**state, "fc.weight": torch.randn(1000, ch), "fc.bias": torch.randn(1000)}
+    """A state dict in the release's layout with distinct random tensors (positive variances, counters > 0)."""
+    g = torch.Generator().manual_seed(1)
+    state = {}
+    for key, shape in _official_shapes(name).items():
+        if key.endswith("num_batches_tracked"):
+            state[key] = torch.randint(1, 10**6, shape, generator=g)
+        elif key.endswith("running_var"):
+            state[key] = torch.rand(shape, generator=g) + 0.5
+        else:
+            state[key] = torch.randn(shape, generator=g)
+    return state
+
+
+def _assert_loaded(backbone: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Every tensor of the file but the classifier arrived unchanged, and the backbone holds nothing else."""
+    ours = backbone.state_dict()
+    assert set(ours) == {k for k in state if not k.startswith("fc.")}
+    for k, v in ours.items():
+        assert v.dtype == state[k].dtype and torch.equal(v, state[k]), k
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet50"])
+def test_official_shape_rules_reproduce_torchvision_without_ibn(name):
+    """The generator's skeleton (stem, blocks, downsample, fc) is torchvision's ResNet, which the release extends."""
+    with torch.device("meta"):
+        tv = getattr(torchvision.models, name)(weights=None)
+    assert _official_shapes(name) == {k: tuple(v.shape) for k, v in tv.state_dict().items()}
 
 
 def _save_hashed(state, directory, name):
@@ -56,8 +137,7 @@ def test_imagenet_from_cache_loads_strictly(torch_home, monkeypatch):
     prefix = _save_hashed(state, torch_home, "resnet18_ibn_a")
     monkeypatch.setitem(P.IBN_FILES, "resnet18_ibn_a", prefix)  # the test's own file stands in for the release
     bb = M.create_backbone("resnet18_ibn_a", pretrained="imagenet", output_stride=8)
-    assert torch.equal(bb.layer1[0].bn1.IN.weight, state["layer1.0.bn1.IN.weight"])
-    assert torch.equal(bb.layer4[1].conv2.weight, state["layer4.1.conv2.weight"])
+    _assert_loaded(bb, state)
     assert bb.output_stride == 8  # dilation does not change the weights' names
 
 
@@ -86,11 +166,12 @@ def test_real_downloader_fails_fast_when_offline(tmp_path, monkeypatch):
     assert not list(tmp_path.rglob("*.partial"))
 
 
-def test_local_official_file_with_fc(tmp_path):
-    state = _official_like("resnet50_ibn_b")
+@pytest.mark.parametrize("name", ["resnet18_ibn_b", "resnet50_ibn_a", "resnet50_ibn_b"])
+def test_local_official_file_with_fc(tmp_path, name):
+    """A file in the release's exact layout (fc included) loads strictly, every tensor unchanged."""
+    state = _official_like(name)
     torch.save(state, tmp_path / "w.pth")
-    bb = M.create_backbone("resnet50_ibn_b", pretrained=tmp_path / "w.pth")
-    assert torch.equal(bb.bn1.weight, state["bn1.weight"])  # IBN-b stem InstanceNorm weights
+    _assert_loaded(M.create_backbone(name, pretrained=tmp_path / "w.pth"), state)
 
 
 def test_local_torchvision_file_for_plain_resnet(tmp_path):

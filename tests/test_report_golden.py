@@ -6,10 +6,13 @@ import json
 import os
 import shutil
 import statistics
+from collections import Counter
 from pathlib import Path
 
 import pytest
 
+from report_oracle import (MEAN_UNSEEN, assert_stats_equal, expected_dg, expected_per_class, expected_per_seed,
+                           raw_records, read_stats)
 from segbench.report import build_report
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -51,3 +54,34 @@ def test_golden_table_agrees_with_the_raw_records(study):
         assert float(row[f"{col} std"]) == pytest.approx(std, abs=0.006)
         assert int(row[f"{col} n"]) == len(values)
     assert "(n=1)" in (study / "table.md").read_text()  # the half-finished cell is flagged, not hidden
+
+
+def test_golden_dg_agrees_with_the_raw_records(study):
+    """dg.csv, recomputed from the JSON: one row per source, backbone and target (one unseen target: no mean)."""
+    recs = raw_records(GOLDEN / "study")
+    produced = read_stats(study / "dg.csv", ["source", "backbone", "target"], "mIoU")
+    assert_stats_equal(produced, expected_dg(recs))
+    assert not any(k[2] == MEAN_UNSEEN for k in produced)
+
+
+def test_golden_per_class_agrees_with_the_raw_records(study):
+    """per_class.csv, recomputed from the JSON; an undefined IoU (null) lowers n, it never counts as 0."""
+    recs = raw_records(GOLDEN / "study")
+    expected = expected_per_class(recs)
+    produced = read_stats(study / "per_class.csv", ["source", "target", "backbone", "class"], "IoU")
+    assert_stats_equal(produced, expected)
+    runs = Counter((r["source"], t, r["backbone"]) for r in recs for t in r["results"])
+    assert any(n < runs[k[:3]] for k, (_, _, n) in expected.items())  # the golden records hold such a null
+
+
+def test_golden_per_seed_lists_every_measurement(study):
+    """per_seed.csv: one line per record and target, values as measured (4 decimals)."""
+    expected = expected_per_seed(raw_records(GOLDEN / "study"))
+    rows = list(csv.DictReader((study / "per_seed.csv").open()))
+    assert len(rows) == len(expected)
+    for row in rows:
+        want = expected[(row["cell_id"], row["target"])]
+        assert (row["backbone"], row["head"], row["source"], int(row["seed"])) == \
+            (want["backbone"], want["head"], want["source"], want["seed"])
+        assert float(row["miou"]) == pytest.approx(want["miou"], abs=6e-5)
+        assert float(row["pixel_acc"]) == pytest.approx(want["pixel_acc"], abs=6e-5)

@@ -42,7 +42,7 @@ def test_embedded_study_end_to_end_then_skips_finished_cells(tmp_path, tiny_doma
     from segbench import evaluate as evaluate_cli
 
     assert evaluate_cli.main([str(records[0].parent), "--dataset", "photo", "--data-root", str(tmp_path / "data"),
-                              "--workers", "0", "--device", "cpu", "--output", str(tmp_path / "ev.json")]) == 0
+                              "--set", "eval.workers=0", "--device", "cpu", "--output", str(tmp_path / "ev.json")]) == 0
     assert json.loads((tmp_path / "ev.json").read_text())["miou"] == pytest.approx(rec["results"]["photo"]["miou"])
     samples = rec["results"]["photo"]["samples"]
     assert samples and (records[0].parent / samples[0]["pred"]).is_file()
@@ -63,6 +63,22 @@ def test_new_target_is_evaluated_without_retraining(tmp_path, tiny_domains, caps
     assert _main(tmp_path, "sim->photo", *base) == 0
     assert weights.stat().st_mtime_ns == before  # not retrained
     assert set(json.loads(record.read_text())["results"]) == {"sim", "photo"}
+
+
+@pytest.mark.slow
+def test_a_cell_that_fails_in_training_makes_the_study_exit_1(tmp_path, tiny_domains, one_thread, capsys):
+    """lr 1e30 really diverges (NonFiniteLoss at the second iteration); the study still reports, names the failed
+    cell with its error log and exits 1, so a script or CI job sees the failure. (Written 1.0e+30: YAML reads the
+    spelling 1e30 as a string.)"""
+    code = _main(tmp_path, "sim->sim", "--backbones", "resnet18", "--name", "nan", "--device", "cpu", *TINY,
+                 "--set", "train.lr=1.0e+30")
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "1 cell(s) FAILED" in err and "NonFiniteLoss" in err
+    (log,) = (tmp_path / "results" / "nan").glob("cells/*/error.log")
+    assert str(log) in err and "NonFiniteLoss" in log.read_text()
+    assert not (log.parent / "done").exists()
+    assert (tmp_path / "results" / "nan" / "table.md").is_file()  # the report is still written
 
 
 def test_unquoted_arrow_gets_a_quoting_hint(tmp_path, capsys):
@@ -106,7 +122,7 @@ def test_shell_safe_spelling_plans_the_same_cells(tmp_path, capsys):
 
 def test_cell_ids_change_with_config_and_generator_version(monkeypatch):
     from segbench.config import load_config
-    from segbench.matrix import plan
+    from segbench.cells import plan
     from segbench.spec import parse_specs
 
     cfg = load_config(None)

@@ -143,15 +143,19 @@ def test_class_presence_is_scanned_once_and_cached(tmp_path, monkeypatch):
     assert class_presence(ds) == first
 
 
-def test_eval_height_keeps_aspect_ratio_and_explicit_size_wins():
+def test_eval_height_keeps_aspect_ratio_and_explicit_size_wins(tmp_path):
+    """The real Mapillary adapter on a miniature tree: its image is scored resized to height 1536 (RobustNet
+    `datasets/__init__.py`, `create_extra_val_loader`: eval_size = 1536), width by the aspect ratio, label untouched."""
+    import minitrees as mt
+    from segbench.data.adapters.mapillary import Mapillary
     from segbench.data.transforms import eval_transform_for
 
-    image, mask = _pair(100, 300)
-
-    class Mapillaryish:
-        eval_height = 50
-
-    out = eval_transform_for(Mapillaryish())(image=image, mask=mask)
-    assert out["image"].shape == (3, 50, 150) and out["mask"].shape == (100, 300)
-    assert eval_transform_for(Mapillaryish(), size=(20, 40))(image=image, mask=mask)["image"].shape == (3, 20, 40)
-    assert eval_transform_for(object())(image=image, mask=mask)["image"].shape == (3, 100, 300)
+    mt.make_mapillary(tmp_path, n={"validation": 1})
+    ds = Mapillary(tmp_path, "val")
+    image, mask = ds[0]
+    assert image.shape[:2] == (mt.H, mt.W)
+    out = eval_transform_for(ds)(image=image, mask=mask)
+    assert out["image"].shape == (3, 1536, 1536 * mt.W // mt.H)
+    assert torch.equal(out["mask"], torch.from_numpy(mask).long())  # scored at the label's native resolution
+    assert eval_transform_for(ds, size=(20, 40))(image=image, mask=mask)["image"].shape == (3, 20, 40)
+    assert eval_transform_for(object())(image=image, mask=mask)["image"].shape == (3, mt.H, mt.W)
