@@ -4,7 +4,7 @@ Under RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT it is one rank of a gloo group (jo
 `segbench.engine.distributed.init_from_env`). With --freeze-after K it writes a marker file right after the checkpoint
 of iteration K is on disk and then blocks, so the parent can SIGKILL it at a known point. Everything the parent checks
 goes to --out: initial and final weights (rank 0); per rank a JSON with train()'s statistics and the number of
-training forward passes this process ran; with --eval the raw confusion matrix of `segbench.engine.evaluate.evaluate`.
+training forward passes this process ran; with --eval the raw confusion matrix of `segbench.engine.scoring.evaluate`.
 """
 from __future__ import annotations
 
@@ -17,8 +17,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-import segbench.engine.evaluate as evaluate_mod
+import segbench.engine.scoring as evaluate_mod
 import segbench.engine.train as train_mod
+from segbench.config import TrainSettings
 from segbench.data import build_dataset
 from segbench.data.transforms import EvalTransform, build_train_transform
 from segbench.engine import distributed as dist_utils
@@ -101,7 +102,7 @@ def main() -> None:
         (matrix,) = matrices
         torch.save(matrix, out / f"cm_rank{rank}.pt")
 
-    settings = train_mod.TrainSettings(
+    settings = TrainSettings(
         iters=args.iters, batch_size=args.batch, lr=0.01, workers=args.workers, ckpt_every=args.ckpt_every,
         keep_ckpts=2, amp=False, channels_last=False, class_uniform=args.class_uniform)
     dataset = build_dataset("sim", "train", args.data_root)

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 
-from segbench.data.synthetic import SIZES_ENV, SimDomain, ensure_generated
+from segbench.data.adapters.synthetic import SIZES_ENV, SimDomain, ensure_generated
 from segbench.labels import IGNORE_INDEX, NUM_CLASSES
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -75,7 +75,7 @@ def test_a_cell_that_fails_in_training_makes_the_study_exit_1(tmp_path, tiny_dom
     err = capsys.readouterr().err
     assert code == 1
     assert "1 cell(s) FAILED" in err and "NonFiniteLoss" in err
-    (log,) = (tmp_path / "results" / "nan").glob("cells/*/error.log")
+    (log,) = (tmp_path / "results" / "nan").glob("cells/*/launcher.log")
     assert str(log) in err and "NonFiniteLoss" in log.read_text()
     assert not (log.parent / "done").exists()
     assert (tmp_path / "results" / "nan" / "table.md").is_file()  # the report is still written
@@ -131,7 +131,7 @@ def test_cell_ids_change_with_config_and_generator_version(monkeypatch):
     assert plan(cfg, parse_specs(["sim->photo"]), ["resnet18"], ["fcn"])[0].cell_id == before  # re-plan: same id
     assert plan(cfg, parse_specs(["sim->sim"]), ["resnet18"], ["fcn"])[0].cell_id == before  # targets: same id
     monkeypatch.setattr(synthetic.SimDomain, "data_version", synthetic.GENERATOR_VERSION + 1)
-    assert cell.cell_id != before
+    assert plan(cfg, parse_specs(["sim->photo"]), ["resnet18"], ["fcn"])[0].cell_id != before
     monkeypatch.undo()
     cfg["train"]["iters"] += 1
     assert plan(cfg, parse_specs(["sim->photo"]), ["resnet18"], ["fcn"])[0].cell_id != before

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from segbench.data.sampler import SeededStreamSampler
-from segbench.data.transforms import build_eval_transform, build_train_transform
+from segbench.data.transforms import EvalTransform, build_train_transform
 
 MEAN = (0.485, 0.456, 0.406)  # R, G, B
 STD = (0.229, 0.224, 0.225)
@@ -23,7 +23,7 @@ def _solid(rgb, h=6, w=10):
 def _presets(h=6, w=10):
     """Both presets, configured so that nothing but normalisation (and, for train, a possible flip) happens."""
     return {"train": build_train_transform((h, w), scale_range=(1.0, 1.0), hflip=0.0),
-            "eval": build_eval_transform()}
+            "eval": EvalTransform()}
 
 
 @pytest.mark.parametrize("preset", ["train", "eval"])
@@ -90,7 +90,7 @@ def test_train_never_flips_at_rate_zero_and_always_at_one():
 
 def test_eval_transform_never_flips():
     image, mask = _x_coded()
-    t = build_eval_transform()
+    t = EvalTransform()
     for _ in range(50):
         out = t(image=image, mask=mask)
         np.testing.assert_array_equal(out["mask"].numpy(), mask)
