@@ -17,17 +17,7 @@ from segbench.engine.inference import predict, slide_logits
 from segbench.engine.train import NonFiniteLoss, train
 from segbench.labels import CITYSCAPES_ID_TO_TRAINID
 from segbench.models import create_model
-
-
-class PixelModel(torch.nn.Module):
-    """A 1x1 conv: every output pixel sees only its input pixel, so windows cannot change the answer."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv = torch.nn.Conv2d(3, 19, 1)
-
-    def forward(self, x):
-        return {"out": self.conv(x)}
+from tiny_models import PixelModel
 
 
 def test_sliding_window_equals_whole_image_for_a_local_model():

@@ -14,6 +14,7 @@ import torch.optim.optimizer as optim_hooks
 from segbench.config import apply_overrides, load_config, train_settings
 from segbench.data.transforms import build_train_transform
 from segbench.engine.train import poly_lr, train
+from tiny_models import PixelModel
 
 
 @pytest.mark.parametrize("base, total, power, iteration, expected", [
@@ -28,15 +29,6 @@ from segbench.engine.train import poly_lr, train
 ])
 def test_poly_lr_at_several_iterations(base, total, power, iteration, expected):
     assert poly_lr(base, iteration, total, power) == pytest.approx(expected, rel=1e-12)
-
-
-class PixelModel(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.conv = torch.nn.Conv2d(3, 19, 1)
-
-    def forward(self, x):
-        return {"out": self.conv(x)}
 
 
 class TinySource:
