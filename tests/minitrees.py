@@ -194,3 +194,28 @@ def make_acdc(root: Path, conditions=("fog", "night", "rain", "snow"), n: dict[s
                 truth[img] = tids
                 seed += 1
     return truth
+
+
+# --------------------------------------------------------------------------------------------------- damage
+def poke_label(path: Path, value, count: int = 5) -> None:
+    """Write raw `value` into the first `count` pixels of row 0 of a label file, in the file's own format: palette
+    index, grey value (8 or 16 bit), SYNTHIA's R channel, or an (r, g, b) colour for colour-coded labels."""
+    with Image.open(path) as im:
+        palette = im.mode == "P"
+    if palette:
+        with Image.open(path) as im:
+            index = np.asarray(im).copy()
+            colours = im.getpalette()
+        index[0, :count] = value
+        out = Image.fromarray(index, mode="P")
+        out.putpalette(colours)
+        out.save(path)
+        return
+    label = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if isinstance(value, tuple):  # colour label: cv2 stores BGR
+        label[0, :count] = value[::-1]
+    elif label.ndim == 3:  # SYNTHIA: the class id is in R, the last of cv2's BGR channels
+        label[0, :count, 2] = value
+    else:
+        label[0, :count] = value
+    assert cv2.imwrite(str(path), label)

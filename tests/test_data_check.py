@@ -26,7 +26,7 @@ def broken_gta5(tmp_path):
     raw = mt.to_raw(truth[root / "images/00006.png"], mt.CS_ID, 0)
     raw[0, :3] = 40
     mt.write_palette(root / "labels/00006.png", raw)
-    truth[root / "images/00006.png"][0, :3] = 255  # id 40 is trained as ignored
+    truth[root / "images/00006.png"][0, :3] = 255  # id 40 decodes as ignored (training refuses it by default)
     return root, truth
 
 
@@ -46,7 +46,7 @@ def test_check_reports_every_problem_and_exact_pixel_counts(broken_gta5, capsys)
         ("label values outside the mapping", "00006.png"), ("missing label", "00004.png"),
         ("size mismatch", "00002.png"), ("unreadable", "00005.png"),
     ]
-    assert report["pairs"] == 3  # 00001, 00003, 00006 are usable
+    assert report["pairs"] == 2  # 00001 and 00003 are usable; 00006 stops training unless train.unknown_labels=ignore
     assert report["label_values_outside_mapping"] == {"40": 3}
     pixels = report["pixels_per_class"]
     assert list(pixels)[:2] == ["road", "sidewalk"] and list(pixels)[-1] == "ignored" and len(pixels) == 20
@@ -92,7 +92,7 @@ def test_prepare_writes_resized_cache_that_build_dataset_opens(broken_gta5, caps
     code, out, err = run_cli(capsys, "prepare", "gta5", "--size", f"{w}x{h}", "--data-root", str(data_root), "--quiet")
     assert code == 1 and f"gta5@{w}x{h}" in out  # pairs were left out: said, and non-zero
     ds = build_dataset(f"gta5@{w}x{h}", "all", root=data_root)
-    assert [p[0].name for p in ds.pairs] == ["images__00001.png", "images__00003.png", "images__00006.png"]
+    assert [p[0].name for p in ds.pairs] == ["images__00001.png", "images__00003.png"]  # 00006: id 40, left out
     image, label = ds[0]
     assert image.shape == (h, w, 3) and label.shape == (h, w)
     assert set(np.unique(label).tolist()) <= {0, 18, 255}, "label interpolation invented class ids"
@@ -101,9 +101,10 @@ def test_prepare_writes_resized_cache_that_build_dataset_opens(broken_gta5, caps
     np.testing.assert_array_equal(label, source[rows][:, cols])
     manifest = json.loads((data_root / f"prepared/gta5@{w}x{h}/manifest.json").read_text())
     left_out = sorted(p["path"].rsplit("/", 1)[-1] for p in manifest["left_out"] if p["kind"] != "missing image")
-    assert left_out == ["00002.png", "00004.png", "00005.png"] and manifest["size"] == [w, h]
+    assert left_out == ["00002.png", "00004.png", "00005.png", "00006.png"] and manifest["size"] == [w, h]
     # the RobustNet lists name frames this miniature copy lacks: recorded as such, not silently dropped
-    assert {p["kind"] for p in manifest["left_out"]} == {"missing image", "missing label", "size mismatch", "unreadable"}
+    assert {p["kind"] for p in manifest["left_out"]} == {"missing image", "missing label", "size mismatch", "unreadable",
+                                                         "label values outside the mapping"}
 
 
 def test_prepare_keeps_eval_classes_and_resumes(tmp_path, capsys):

@@ -18,20 +18,13 @@ from segbench.data.registry import DATASETS, register_dataset
 from segbench.data.yaml_dataset import YamlSpecError, register_yaml
 
 MYCITY = """\
+segbench_dataset: 1
 name: {name}
 root: mycity
 splits: [train, val]
 images: {{dir: "photos/{{split}}", suffix: ".jpg"}}
 labels: {{dir: "gt/{{split}}", suffix: "_gt.png"}}
 """
-
-
-@pytest.fixture
-def unregister():
-    names = []
-    yield names
-    for name in names:
-        DATASETS._entries.pop(name, None)
 
 
 def write_yaml(path, text):
@@ -52,9 +45,8 @@ def make_mycity(root, label_writer, n=2):
 
 
 @pytest.mark.parametrize("encoding", ["trainid", "cityscapes", "ids", "palette", "palette-cityscapes", "ids-channel"])
-def test_yaml_dataset_each_label_encoding(tmp_path, unregister, encoding):
+def test_yaml_dataset_each_label_encoding(tmp_path, encoding):
     name = f"mycity-{encoding}"
-    unregister.append(name)
     extra = {
         "trainid": ("encoding: trainid\n", lambda p, t: mt.write_gray(p, t)),
         "cityscapes": ("encoding: cityscapes\n", lambda p, t: mt.write_gray(p, mt.to_raw(t, mt.CS_ID, 0).astype(np.uint8))),
@@ -66,7 +58,7 @@ def test_yaml_dataset_each_label_encoding(tmp_path, unregister, encoding):
                     lambda p, t: mt.write_rgb(p, np.where((t == 255)[..., None], 0, mt.PALETTE[np.minimum(t, 18)]).astype(np.uint8))),
         "palette-cityscapes": ("encoding: palette\ncolors: cityscapes\n",
                                lambda p, t: mt.write_rgb(p, np.where((t == 255)[..., None], 0, mt.PALETTE[np.minimum(t, 18)]).astype(np.uint8))),
-        "ids-channel": ("encoding: ids\nchannel: g\nids: {" + ", ".join(f"{t + 1}: {t}" for t in range(19)) + "}\n",
+        "ids-channel": ("encoding: ids\nchannel: g\nids: {" + ", ".join(f"{t + 1}: {t}" for t in range(19)) + ", 0: 255}\n",
                         lambda p, t: mt.write_gray(p, np.stack([np.zeros_like(t), np.where(t == 255, 0, t + 1), np.full_like(t, 9)], -1).astype(np.uint8))),
     }[encoding]
     spec = write_yaml(tmp_path / "mycity.yaml", MYCITY.format(name=name) + extra[0])
@@ -76,15 +68,14 @@ def test_yaml_dataset_each_label_encoding(tmp_path, unregister, encoding):
     assert len(ds) == 2
     for i, (image_path, _) in enumerate(ds.pairs):
         np.testing.assert_array_equal(ds[i][1], truth[image_path])
-    if encoding.startswith("palette"):  # black is ignored: known only when listed
+    if encoding.startswith("palette"):  # black is known: listed, or one of the Cityscapes void colours
         _, raw, _ = ds.load_pair_raw(0)
-        assert ds.unknown_label_values(raw, ds.pairs[0][1]) == ({} if encoding == "palette" else {0: 4 * mt.W})
+        assert ds.unknown_label_values(raw, ds.pairs[0][1]) == {}
 
 
-def test_yaml_dataset_unknown_id_is_reported_by_check(tmp_path, unregister, capsys):
+def test_yaml_dataset_unknown_id_is_reported_by_check(tmp_path, capsys):
     from segbench.data.cli import main
 
-    unregister.append("mycity")
     spec = write_yaml(tmp_path / "mycity.yaml", MYCITY.format(name="mycity") + "encoding: ids\nids: {1: 0, 2: 1}\n")
     root = tmp_path / "data/mycity"
     make_mycity(root, lambda p, t: mt.write_gray(p, np.where(t == 255, 7, 1).astype(np.uint8)))
@@ -94,8 +85,7 @@ def test_yaml_dataset_unknown_id_is_reported_by_check(tmp_path, unregister, caps
     assert code == 1 and "label values outside the mapping" in out and "7 (" in out
 
 
-def test_yaml_dataset_pickles_into_dataloader_workers(tmp_path, unregister):
-    unregister.append("mycity")
+def test_yaml_dataset_pickles_into_dataloader_workers(tmp_path):
     register_yaml(write_yaml(tmp_path / "m.yaml", MYCITY.format(name="mycity") + "encoding: trainid\n"))
     make_mycity(tmp_path / "data/mycity", mt.write_gray)
     ds = build_dataset("mycity", "train", root=tmp_path / "data")
@@ -130,15 +120,14 @@ def test_yaml_structural_errors(tmp_path):
     with pytest.raises(YamlSpecError, match="not valid YAML"):
         register_yaml(write_yaml(tmp_path / "a.yaml", "name: [unclosed\n"))
     with pytest.raises(YamlSpecError, match="field 'labels' is missing"):
-        register_yaml(write_yaml(tmp_path / "b.yaml", "name: x\nsplits: [train]\nimages: {dir: a, suffix: .png}\nencoding: trainid\n"))
+        register_yaml(write_yaml(tmp_path / "b.yaml", "segbench_dataset: 1\nname: x\nsplits: [train]\nimages: {dir: a, suffix: .png}\nencoding: trainid\n"))
     with pytest.raises(YamlSpecError, match=r"field 'images.dir' has a bad placeholder"):
         register_yaml(write_yaml(tmp_path / "c.yaml", MYCITY.format(name="c").replace("{split}", "{spilt}", 1) + "encoding: trainid\n"))
-    with pytest.raises(YamlSpecError, match="'gta5' is already registered"):
+    with pytest.raises(YamlSpecError, match="'gta5' is a built-in dataset"):
         register_yaml(write_yaml(tmp_path / "d.yaml", MYCITY.format(name="gta5") + "encoding: trainid\n"))
 
 
-def test_yaml_files_found_through_env_and_data_root(tmp_path, monkeypatch, unregister):
-    unregister += ["from-env", "from-root"]
+def test_yaml_files_found_through_env_and_data_root(tmp_path, monkeypatch):
     (tmp_path / "env").mkdir()
     write_yaml(tmp_path / "env/a.yaml", MYCITY.format(name="from-env") + "encoding: trainid\n")
     (tmp_path / "data").mkdir()
@@ -185,8 +174,7 @@ class FlatToo(Flat):
 """
 
 
-def test_entry_points_register_classes_and_modules(tmp_path, monkeypatch, unregister):
-    unregister += ["flat-by-class", "flat-registered-on-import"]
+def test_entry_points_register_classes_and_modules(tmp_path, monkeypatch):
     site = fake_distribution(
         tmp_path,
         """\
@@ -213,8 +201,7 @@ def test_entry_points_register_classes_and_modules(tmp_path, monkeypatch, unregi
     sys.modules.pop("fakeplugin_sets", None)
 
 
-def test_decorator_is_the_registry_decorator(unregister):
-    unregister.append("inline")
+def test_decorator_is_the_registry_decorator():
 
     @register_dataset("inline")
     class Inline(SegmentationDataset):

@@ -1,11 +1,15 @@
 """The adapter contract every domain follows: find (image, label) pairs on disk, read them, map labels to trainIds.
 
-Training, evaluation and `segbench data check` all go through `load_pair`, so what a check reports is what training sees.
+Training, evaluation and `segbench data check` all read through `load_pair_raw`, so what a check reports is what
+training sees. A raw label value outside the dataset's table is never trained or scored as "ignore" without a word:
+`load_pair` refuses it (`UnknownLabelError`, naming the file and the values) unless the dataset's `unknown_labels` policy
+is "ignore", which training sets from `train.unknown_labels` after counting them (`label_scan`).
 The adapters themselves live in `adapters/`; opening one by name is `factory.build_dataset`.
 """
 from __future__ import annotations
 
 import os
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,15 +20,36 @@ import numpy as np
 import torch.utils.data
 
 from ..labels import IGNORE_INDEX, NUM_CLASSES
-from .registry import DATA_ROOT_ENV, DEFAULT_DATA_ROOT
+from .registry import DATA_ROOT_ENV, DATASETS, DEFAULT_DATA_ROOT
 
 
 class DatasetError(RuntimeError):
     """Bad or missing data on disk; the message says which path, what was expected and how to fix it."""
 
+    def __init__(self, *args):
+        if len(args) == 1 and isinstance(args[0], str):
+            args = (_from_loader_worker(args[0], type(self).__name__),)
+        super().__init__(*args)
+
+
+_WORKER_WRAPPED = re.compile(r"\ACaught \w+ in DataLoader worker process \d+\.\nOriginal Traceback")
+
+
+def _from_loader_worker(message: str, name: str) -> str:
+    """The message itself, when a DataLoader re-raises a worker's error: torch rebuilds the exception from "Caught X in
+    DataLoader worker process N. Original Traceback ...", which would bury the file name under a worker's stack."""
+    if not _WORKER_WRAPPED.match(message):
+        return message
+    lines = list(re.finditer(rf"^(?:[\w.]+\.)?{re.escape(name)}: ", message, re.MULTILINE))
+    return message[lines[-1].end():].rstrip("\n") if lines else message
+
 
 class SizeMismatchError(DatasetError):
     """Image and label differ in size: the pair cannot be aligned, so it must not be trained on."""
+
+
+class UnknownLabelError(DatasetError):
+    """A label file holds raw values its dataset's table does not know: a damaged file or a wrong table."""
 
 
 class DatasetWarning(UserWarning):
@@ -46,6 +71,9 @@ class Problem:
 PROBLEM_KINDS = ("missing label", "missing image", "unreadable", "size mismatch", "label values outside the mapping")
 #: how many offending files a construction-time warning names before it abbreviates
 WARN_NAMES = 20
+#: what reading a label with values outside the table does: "error" refuses it (UnknownLabelError), "ignore" maps the
+#: values to IGNORE_INDEX (training only, after counting them for the record: `label_scan.apply_unknown_label_policy`)
+UNKNOWN_LABEL_POLICIES = ("error", "ignore")
 
 
 def apply_lut(raw: np.ndarray, lut: np.ndarray) -> np.ndarray:
@@ -97,6 +125,8 @@ class SegmentationDataset(torch.utils.data.Dataset):
     known_label_values: ClassVar[Sequence[int] | None] = None
     #: evaluation resizes frames to this height when set (Mapillary's frames are huge and of varying size)
     eval_height: ClassVar[int | None] = None
+    #: one of UNKNOWN_LABEL_POLICIES; training may set "ignore" on its own instance, everything else reads strictly
+    unknown_labels: str = "error"
 
     def __init__(self, root: str | os.PathLike, split: str = "train", transform: Callable | None = None):
         self.root = Path(root)
@@ -147,6 +177,19 @@ class SegmentationDataset(torch.utils.data.Dataset):
     def read_raw_label(self, path: Path) -> np.ndarray:
         return read_gray(path)
 
+    def describe_label_value(self, value: int) -> str:
+        """A raw value as messages show it (colour-coded labels override: their values are packed colours)."""
+        return str(value)
+
+    def label_table_key(self) -> str:
+        """What decides which raw values are unknown, for caches of label scans (the known values of each file name)."""
+        return repr(self.known_label_values)
+
+    @property
+    def dataset_name(self) -> str:
+        """The name the dataset is registered under (what `segbench data check` takes), else its class name."""
+        return next((n for n in DATASETS.names() if DATASETS.get(n) is type(self)), type(self).__name__)
+
     # -- shared behaviour --------------------------------------------------------------------------
     @classmethod
     def missing_message(cls, what: str) -> str:
@@ -177,8 +220,24 @@ class SegmentationDataset(torch.utils.data.Dataset):
         """Hook for datasets that can create themselves (the embedded synthetic domains); real downloads do nothing."""
 
     def load_pair(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        image, _, label = self.load_pair_raw(index)
+        """(RGB image, trainIds) for training and evaluation: refuses raw values outside the table unless the policy
+        is "ignore"."""
+        image, raw, label = self.load_pair_raw(index)
+        if self.unknown_labels != "ignore":
+            label_path = self.pairs[index][1]
+            unknown = self.unknown_label_values(raw, label_path)
+            if unknown:
+                raise UnknownLabelError(self.unknown_label_message(label_path, unknown))
         return image, label
+
+    def unknown_label_message(self, label_path: Path, unknown: dict[int, int]) -> str:
+        values = ", ".join(f"{self.describe_label_value(v)} ({c} px)" for v, c in sorted(unknown.items()))
+        return (
+            f"label {label_path} holds raw values outside the {self.dataset_name} label table: {values}. Fix or remove the "
+            f"file (`segbench data check {self.dataset_name} --split all` lists every such file), add the values to the "
+            "dataset's table, or train with --set train.unknown_labels=ignore to train them as ignored (counted in the "
+            "record; evaluation never ignores them)"
+        )
 
     def load_pair_raw(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(RGB image, label as stored, trainIds): the one reader behind training, evaluation and `data check`."""
@@ -208,6 +267,6 @@ class SegmentationDataset(torch.utils.data.Dataset):
 
 
 __all__ = [
-    "DatasetError", "DatasetWarning", "PROBLEM_KINDS", "Problem", "SegmentationDataset", "SizeMismatchError", "apply_lut",
-    "known_mask", "read_gray", "read_rgb",
+    "DatasetError", "DatasetWarning", "PROBLEM_KINDS", "Problem", "SegmentationDataset", "SizeMismatchError",
+    "UNKNOWN_LABEL_POLICIES", "UnknownLabelError", "apply_lut", "known_mask", "read_gray", "read_rgb",
 ]

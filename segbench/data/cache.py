@@ -4,7 +4,8 @@ Layout: `<data root>/prepared/NAME@WxH/{images,labels}/KEY.png` (labels hold tra
 the keys of every split. Writer and reader share this layout, so both live here.
 
 Writing: images are resized with INTER_AREA (INTER_LINEAR when enlarging), labels with NEAREST on the decoded
-trainIds, so the cache needs no id table. Pairs the adapter skips or cannot read are left out and counted. Each file is
+trainIds, so the cache needs no id table. Pairs the adapter skips or cannot read, and labels holding values outside
+the table (the cache would turn them into "ignore" for good), are left out and listed in the manifest. Each file is
 written under a temporary name and renamed, and finished files are kept, so an interrupted prepare resumes where it
 stopped; the manifest is written last, so a half-finished prepare is never mistaken for a cache.
 """
@@ -22,7 +23,7 @@ from typing import Callable, Mapping
 import cv2
 from tqdm import tqdm
 
-from .base import DatasetError, Problem, SegmentationDataset
+from .base import DatasetError, Problem, SegmentationDataset, UnknownLabelError
 from .registry import DATASETS, data_root
 from .tables import TRAINID_KNOWN, TRAINID_LUT
 from .workers import worker_init_fn
@@ -81,6 +82,10 @@ class PreparedDataset(SegmentationDataset):
         self.eval_classes = tuple(manifest["eval_classes"])
         self.eval_height = eval_height
         super().__init__(root, split, transform)
+
+    @property
+    def dataset_name(self) -> str:
+        return self.name
 
     def find_pairs(self, split: str) -> list[tuple[Path, Path]]:
         return [(self.root / "images" / f"{k}.png", self.root / "labels" / f"{k}.png") for k in self.manifest["splits"][split]]
@@ -142,9 +147,11 @@ def _prepare_one(job: tuple[int, str, str, tuple[int, int], int]):
     index, image_out, label_out, size, compression = job
     dataset = _WORKER_DATASET
     try:
-        image, label = dataset.load_pair(index)
+        image, label = dataset.load_pair(index)  # refuses unknown label values: the cache must not hide them as ignore
+    except UnknownLabelError as e:
+        return index, Problem("label values outside the mapping", str(dataset.pairs[index][1]), str(e))
     except DatasetError as e:
-        return index, str(e)
+        return index, Problem("unreadable", str(dataset.pairs[index][0]), str(e))
     image, label = resize_pair(image, label, size)
     write_png(Path(image_out), cv2.cvtColor(image, cv2.COLOR_RGB2BGR), compression)
     write_png(Path(label_out), label, LABEL_PNG_COMPRESSION)
@@ -183,19 +190,19 @@ def write_cache(name: str, size: tuple[int, int], splits: Mapping[str, Segmentat
     if workers > 0:
         with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(reader,)) as pool:
             results = pool.map(_prepare_one, jobs, chunksize=16)
-            for index, error in results:
+            for index, problem in results:
                 bar.update()
-                if error:
+                if problem:
                     failed.add(index)
-                    problems[str(reader.pairs[index][0])] = Problem("unreadable", str(reader.pairs[index][0]), error)
+                    problems[str(reader.pairs[index][0])] = problem
     else:
         _init_worker(reader)
         for job in jobs:
-            index, error = _prepare_one(job)
+            index, problem = _prepare_one(job)
             bar.update()
-            if error:
+            if problem:
                 failed.add(index)
-                problems[str(reader.pairs[index][0])] = Problem("unreadable", str(reader.pairs[index][0]), error)
+                problems[str(reader.pairs[index][0])] = problem
     bar.close()
 
     bad_keys = {pair_key(reader, reader.pairs[i][0]) for i in failed}

@@ -2,7 +2,8 @@
 
 Problems found while pairing (missing labels, size mismatches seen in headers) come from the adapter's construction;
 problems only decoding reveals (truncated files, labels of another size, ids outside the table) come from reading
-each pair exactly as training does (`load_pair_raw`).
+each pair exactly as training does (`load_pair_raw`). A raw value outside the table is a problem: training and
+evaluation refuse it (`base.UnknownLabelError`) unless `train.unknown_labels: ignore`.
 """
 from __future__ import annotations
 
@@ -26,10 +27,10 @@ class CheckReport:
     dataset: str
     split: str
     root: str
-    pairs: int  # pairs the adapter offers to training
+    pairs: int  # pairs training can read (readable, every label value in the table)
     problems: list[Problem] = field(default_factory=list)
     pixels: np.ndarray = field(default_factory=lambda: np.zeros(NUM_CLASSES + 1, dtype=np.int64))  # 19 classes + ignored
-    unknown_values: dict[int, int] = field(default_factory=dict)  # raw value -> pixels, over the whole split
+    unknown_values: dict[str, int] = field(default_factory=dict)  # raw value as shown -> pixels, over the whole split
 
     @property
     def ok(self) -> bool:
@@ -51,7 +52,7 @@ class CheckReport:
             "problem_counts": self.problem_counts(),
             "problems": [{"kind": p.kind, "path": p.path, "detail": p.detail} for p in self.problems],
             "pixels_per_class": {**{n: int(c) for n, c in zip(CLASS_NAMES, self.pixels[:NUM_CLASSES])}, "ignored": int(self.pixels[-1])},
-            "label_values_outside_mapping": {str(v): c for v, c in sorted(self.unknown_values.items())},
+            "label_values_outside_mapping": dict(self.unknown_values),
         }
 
     def to_text(self) -> str:
@@ -70,8 +71,9 @@ class CheckReport:
             if hidden:
                 lines.append(f"  ... and {hidden} more (--json lists all)")
         if self.unknown_values:
-            values = ", ".join(f"{v} ({c} px)" for v, c in sorted(self.unknown_values.items()))
-            lines.append(f"label values outside the mapping (trained as ignored): {values}")
+            values = ", ".join(f"{v} ({c} px)" for v, c in self.unknown_values.items())
+            lines.append(f"label values outside the mapping (training and evaluation stop on them; "
+                         f"train.unknown_labels=ignore trains them as ignored): {values}")
         total = max(int(self.pixels.sum()), 1)
         lines.append("pixels per trainId:")
         for i, (name, count) in enumerate(zip((*CLASS_NAMES, "ignored"), self.pixels)):
@@ -108,23 +110,26 @@ def _as_is(batch):
 
 
 def check_dataset(dataset: SegmentationDataset, name: str = "", workers: int = 0, progress: bool = True) -> CheckReport:
-    report = CheckReport(name or type(dataset).__name__, dataset.split, str(dataset.root), len(dataset), list(dataset.skipped))
+    report = CheckReport(name or dataset.dataset_name, dataset.split, str(dataset.root), len(dataset), list(dataset.skipped))
     loader = torch.utils.data.DataLoader(
         _PairStats(dataset), batch_size=None, shuffle=False, num_workers=workers, collate_fn=_as_is,
         worker_init_fn=worker_init_fn if workers else None,
     )
-    unreadable = 0
+    unusable = 0
+    unknown_values: dict[int, int] = {}
     for index, hist, unknown, error in tqdm(loader, total=len(dataset), unit="pair", file=sys.stderr, disable=not progress):
         image_path, label_path = dataset.pairs[index]
         if error is not None:
             report.problems.append(Problem(error[0], str(image_path), error[1]))
-            unreadable += 1
+            unusable += 1
             continue
         report.pixels += hist
         if unknown:
             for value, count in unknown.items():
-                report.unknown_values[value] = report.unknown_values.get(value, 0) + count
-            detail = ", ".join(f"value {v}: {c} px" for v, c in sorted(unknown.items()))
+                unknown_values[value] = unknown_values.get(value, 0) + count
+            detail = ", ".join(f"value {dataset.describe_label_value(v)}: {c} px" for v, c in sorted(unknown.items()))
             report.problems.append(Problem("label values outside the mapping", str(label_path), detail))
-    report.pairs = len(dataset) - unreadable
+            unusable += 1  # by default training stops on it
+    report.unknown_values = {dataset.describe_label_value(v): c for v, c in sorted(unknown_values.items())}
+    report.pairs = len(dataset) - unusable
     return report

@@ -1,4 +1,4 @@
-"""`segbench data list | check NAME | prepare NAME --size WxH`.
+"""`segbench data list | check NAME | prepare NAME --size WxH`, each with --data-root.
 
 Exit codes: 0 fine, 1 problems found (check) or pairs left out (prepare), 2 the dataset cannot be opened at all.
 """
@@ -12,28 +12,36 @@ import warnings
 from .base import DatasetError, DatasetWarning
 from .cache import parse_size
 from .check import check_dataset
-from .factory import build_dataset, prepare_dataset
+from .factory import build_dataset, dataset_splits, open_every_split, prepare_dataset
 from .plugins import load_plugins
 from .registry import DATASETS
+
+#: `data check --split all`: every split of the dataset
+EVERY_SPLIT = "all"
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="segbench data", description="inspect or prepare datasets")
     sub = parser.add_subparsers(dest="command", required=True)
+    # every command finds datasets (and the YAML dataset files) the same way
+    where = argparse.ArgumentParser(add_help=False)
+    where.add_argument("--data-root", help="directory holding all datasets and their YAML files "
+                                           "(default: $SEGBENCH_DATA or ./datasets)")
 
     def common(p):
         p.add_argument("name", help="registered dataset name (segbench data list); NAME@WxH for a prepared copy")
         p.add_argument("--root", help="the dataset's own directory (default: DATA_ROOT/<its directory>)")
-        p.add_argument("--data-root", help="directory holding all datasets (default: $SEGBENCH_DATA or ./datasets)")
         p.add_argument("--workers", type=int, default=0, help="reader processes (0: read in this process)")
         p.add_argument("--quiet", action="store_true", help="no progress bar")
 
-    sub.add_parser("list", help="registered datasets, their directories and splits")
-    check = sub.add_parser("check", help="read every pair as training does and report problems")
+    sub.add_parser("list", parents=[where], help="registered datasets, their directories and splits")
+    check = sub.add_parser("check", parents=[where], help="read every pair as training does and report problems")
     common(check)
-    check.add_argument("--split", help="split to scan (default: the dataset's first split)")
+    check.add_argument("--split", help=f"split to scan (default: the dataset's first split); `{EVERY_SPLIT}`: every "
+                                       f"split (a dataset with its own `{EVERY_SPLIT}` split, the union of the others "
+                                       "as in GTA5 and SYNTHIA: that one)")
     check.add_argument("--json", action="store_true", help="print one JSON object instead of text")
-    prepare = sub.add_parser("prepare", help="write resized uint8 copies for faster training")
+    prepare = sub.add_parser("prepare", parents=[where], help="write resized uint8 copies for faster training")
     common(prepare)
     prepare.add_argument("--size", required=True, metavar="WxH", help="target size in pixels, WxH, e.g. 1280x720")
     prepare.add_argument("--out", help="cache directory (default: DATA_ROOT/prepared/NAME@WxH)")
@@ -42,8 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def cmd_list() -> int:
-    load_plugins()
+def cmd_list(args) -> int:
+    load_plugins(args.data_root)
     for name in DATASETS.names():
         cls = DATASETS.get(name)
         print(f"{name:<14} {getattr(cls, 'default_dir', ''):<18} splits: {', '.join(getattr(cls, 'splits', ()))}")
@@ -51,12 +59,25 @@ def cmd_list() -> int:
 
 
 def cmd_check(args) -> int:
+    every = args.split == EVERY_SPLIT and EVERY_SPLIT not in dataset_splits(args.name, args.data_root, args.root)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DatasetWarning)  # the report lists what the warning would
-        dataset = build_dataset(args.name, args.split, args.data_root, path=args.root)
-    report = check_dataset(dataset, name=args.name, workers=args.workers, progress=not args.quiet)
-    print(json.dumps(report.to_json(), indent=1) if args.json else report.to_text())
-    return 0 if report.ok else 1
+        if every:
+            datasets, unavailable = open_every_split(args.name, args.data_root, path=args.root)
+        else:
+            datasets, unavailable = {args.split: build_dataset(args.name, args.split, args.data_root, path=args.root)}, {}
+    reports = [check_dataset(ds, name=args.name, workers=args.workers, progress=not args.quiet) for ds in datasets.values()]
+    ok = all(r.ok for r in reports) and not unavailable
+    if not every:
+        print(json.dumps(reports[0].to_json(), indent=1) if args.json else reports[0].to_text())
+    elif args.json:
+        print(json.dumps({"dataset": args.name, "ok": ok, "splits": [r.to_json() for r in reports],
+                          "unavailable": unavailable}, indent=1))
+    else:
+        print("\n\n".join(r.to_text() for r in reports))
+        for split, message in unavailable.items():
+            print(f"\nPROBLEM: split {split!r} cannot be opened: {message}")
+    return 0 if ok else 1
 
 
 def cmd_prepare(args) -> int:
@@ -76,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "list":
-            return cmd_list()
+            return cmd_list(args)
         if args.command == "check":
             return cmd_check(args)
         return cmd_prepare(args)

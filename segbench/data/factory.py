@@ -3,7 +3,8 @@ get a dataset.
 
 `build_dataset("gta5", "train")` loads the plug-ins, looks the adapter up in `DATASETS` and opens it under
 `<data root>/<its default_dir>` (or at an explicit `path`); `NAME@WxH` opens the resized cache instead.
-`prepare_dataset` opens every split of a name the same way and hands them to `cache.write_cache`.
+`open_every_split` opens every split of a name the same way (`segbench data check --split all`), and
+`prepare_dataset` hands them to `cache.write_cache`.
 """
 from __future__ import annotations
 
@@ -31,23 +32,29 @@ def build_dataset(name: str, split: str | None = None, root: str | os.PathLike |
     return cls(directory, split=split or cls.splits[0], transform=transform)
 
 
-def _open_every_split(name: str, root: str | os.PathLike | None = None,
-                      path: str | os.PathLike | None = None) -> dict[str, SegmentationDataset]:
-    """Every split of `name` that can be opened here (e.g. GTA5's official-* need split.mat); the others are named on
-    stderr. Fails only when no split opens."""
+def dataset_splits(name: str, root: str | os.PathLike | None = None,
+                   path: str | os.PathLike | None = None) -> tuple[str, ...]:
+    """The splits `name` declares (a prepared copy: those its manifest lists)."""
+    if "@" in name:
+        return tuple(open_prepared(name, None, root, None, path).splits)
     load_plugins(root)
+    return tuple(DATASETS.get(name).splits)
+
+
+def open_every_split(name: str, root: str | os.PathLike | None = None, path: str | os.PathLike | None = None,
+                     ) -> tuple[dict[str, SegmentationDataset], dict[str, str]]:
+    """(every split of `name` that can be opened here, {split: why not} for the others: e.g. GTA5's official-* need
+    split.mat). Fails only when no split opens."""
     opened, errors = {}, {}
-    for split in DATASETS.get(name).splits:
+    for split in dataset_splits(name, root, path):
         try:
             opened[split] = build_dataset(name, split, root, path=path)
         except DatasetError as e:
             errors[split] = str(e).splitlines()[0]
     if not opened:
-        where = path or data_root(root) / DATASETS.get(name).default_dir
+        where = path or (data_root(root) / DATASETS.get(name).default_dir if name in DATASETS else name)
         raise DatasetError(f"no split of {name} could be opened under {where}:\n" + "\n".join(f"  {s}: {m}" for s, m in errors.items()))
-    for split, message in errors.items():
-        print(f"prepare: split {split!r} not available here, left out ({message[:120]})", file=sys.stderr)
-    return opened
+    return opened, errors
 
 
 def prepare_dataset(name: str, size: tuple[int, int], path: str | os.PathLike | None = None,
@@ -58,6 +65,8 @@ def prepare_dataset(name: str, size: tuple[int, int], path: str | os.PathLike | 
     and the pairs left out."""
     if "@" in name:
         raise DatasetError(f"{name!r} is already a prepared copy; prepare its source dataset {name.partition('@')[0]!r}")
-    splits = _open_every_split(name, data_root_dir, path)
+    splits, unavailable = open_every_split(name, data_root_dir, path)
+    for split, message in unavailable.items():
+        print(f"prepare: split {split!r} not available here, left out ({message[:120]})", file=sys.stderr)
     out_dir = Path(out) if out else prepared_path(name, size, data_root_dir)
     return out_dir, write_cache(name, size, splits, out_dir, workers, progress, png_compression)

@@ -3,23 +3,33 @@
 `load_plugins()` is idempotent and cheap after the first call; `factory.build_dataset` and `segbench data list` call it
 before looking a name up, so a plug-in's datasets appear wherever segbench's own do. The decorator itself is
 `registry.register_dataset`.
+
+Which YAML files are datasets: in a directory (the data root, or a directory listed in $SEGBENCH_DATASETS) only the
+`*.yaml` / `*.yml` files that declare themselves with a top-level line `segbench_dataset: 1` (in their first 64 KiB;
+best as the first line). Any other YAML file there (a conda `environment.yml`, notes, configs) is none of segbench's
+business and is skipped without a word. A file listed in $SEGBENCH_DATASETS by name must declare itself too, or
+loading it fails saying so. A declared file with an error fails, naming the file and the field.
 """
 from __future__ import annotations
 
 import importlib.metadata
 import os
+import re
 import types
 import warnings
 from pathlib import Path
 
 from .base import SegmentationDataset
 from .registry import DATASETS, data_root
-from .yaml_dataset import register_yaml
+from .yaml_dataset import DECLARATION, register_yaml
 
 ENTRY_POINT_GROUP = "segbench.datasets"
 #: os.pathsep-separated YAML files or directories of them
 YAML_PATH_ENV = "SEGBENCH_DATASETS"
 YAML_SUFFIXES = (".yaml", ".yml")
+#: how much of a YAML file in a scanned directory is read to find its declaration line
+DECLARATION_WINDOW = 64 * 1024
+_DECLARATION_LINE = re.compile(rb"^" + re.escape(DECLARATION.encode()) + rb"[ \t]*:", re.MULTILINE)
 
 class PluginWarning(UserWarning):
     """A plug-in could not be loaded; segbench goes on without its datasets."""
@@ -55,14 +65,27 @@ def load_entry_points() -> list[str]:
     return loaded
 
 
+def declares_dataset(path: Path) -> bool:
+    """Whether a YAML file found in a scanned directory says it is a segbench dataset (`segbench_dataset:` at the top
+    level). Read as bytes, not parsed: a declared file with a syntax error must still be reported, not skipped."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(DECLARATION_WINDOW)
+    except OSError:
+        return False  # unreadable: not ours to judge, like any other stranger in the directory
+    return _DECLARATION_LINE.search(head.removeprefix(b"\xef\xbb\xbf")) is not None
+
+
 def yaml_files(data_root_dir: str | os.PathLike | None = None) -> list[Path]:
-    """$SEGBENCH_DATASETS entries (files, or directories scanned for *.yaml), then *.yaml in the data root."""
+    """$SEGBENCH_DATASETS entries (files, or directories scanned for declared *.yaml), then the declared *.yaml in the
+    data root."""
     places = [Path(p) for p in os.environ.get(YAML_PATH_ENV, "").split(os.pathsep) if p]
     places.append(data_root(data_root_dir))
     files = []
     for place in places:
         if place.is_dir():
-            files += sorted(p for p in place.iterdir() if p.suffix in YAML_SUFFIXES and p.is_file())
+            files += sorted(p for p in place.iterdir()
+                            if p.suffix in YAML_SUFFIXES and p.is_file() and declares_dataset(p))
         elif place.suffix in YAML_SUFFIXES:
             files.append(place)  # named explicitly: a missing file is an error, reported by register_yaml
     return files

@@ -1,21 +1,29 @@
 """A dataset described by a YAML file, so a new domain needs no code. Example (all keys shown):
 
-    name: mycity                     # registered dataset name
-    root: mycity                     # its directory; relative paths are under the data root (default: the name)
+    segbench_dataset: 1              # required: declares the file a segbench dataset (format version 1)
+    name: mycity                     # registered dataset name (not one of the built-in names)
+    root: mycity                     # its directory: relative to the data root (default: the name), or absolute
     splits: [train, val]
-    images: {dir: "images/{split}", suffix: ".jpg"}        # searched recursively
+    images: {dir: "images/{split}", suffix: ".jpg"}        # relative to root (or absolute); searched recursively
     labels: {dir: "labels/{split}", suffix: "_label.png"}  # same relative path and stem as the image
     encoding: ids                    # trainid | cityscapes | ids | palette
-    ids: {7: 0, 8: 1, 11: 2}         # ids: raw id -> trainId (255 = ignore); unlisted ids are ignored and reported
+    ids: {7: 0, 8: 1, 11: 2, 0: 255} # ids: raw id -> trainId (255 = ignore); an unlisted id is an unknown value
     colors: {0: [128, 64, 128]}      # palette: trainId -> [r, g, b] (or a list of them), or the word `cityscapes`
     channel: r                       # optional: read the id from this channel of a multi-channel label
     eval_classes: [0, 1, 2]          # optional: trainIds scored (default all 19)
     eval_height: 1024                # optional: evaluate at this height
 
-Every bad field fails with the file, the field and the fix.
+Paths stay inside what they are relative to: a relative `root` that climbs out of the data root with `..`, or an
+`images.dir` / `labels.dir` (with any split filled in) that climbs out of `root`, is refused; write an absolute path to
+point elsewhere on purpose. Raw values outside the table (an unlisted id or colour) are reported by `segbench data
+check` and stop training unless `train.unknown_labels: ignore` (see `base.SegmentationDataset.load_pair`).
+
+Every bad field fails with the file, the field and the fix (`YamlSpecError`, a `DatasetError`).
 """
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -26,10 +34,15 @@ from .base import DatasetError, SegmentationDataset
 from .pairing import pair_by_suffix, require_dir
 from .readers import pack_rgb, read_color_label, read_index_label, read_label_channel
 from .registry import DATASETS
-from .tables import CITYSCAPES_KNOWN, TRAINID_KNOWN, TRAINID_LUT
+from .tables import CITYSCAPES_KNOWN, CITYSCAPES_VOID_COLORS, TRAINID_KNOWN, TRAINID_LUT
 
+#: the top-level key that makes a YAML file a segbench dataset (plug-in discovery skips files without it), and the
+#: format version it must hold
+DECLARATION = "segbench_dataset"
+FORMAT_VERSION = 1
 ENCODINGS = ("trainid", "cityscapes", "ids", "palette")
-FIELDS = ("name", "root", "splits", "images", "labels", "encoding", "ids", "colors", "channel", "eval_classes", "eval_height", "layout")
+FIELDS = (DECLARATION, "name", "root", "splits", "images", "labels", "encoding", "ids", "colors", "channel", "eval_classes",
+          "eval_height", "layout")
 REQUIRED = ("name", "splits", "images", "labels", "encoding")
 
 
@@ -47,9 +60,14 @@ class YamlDataset(SegmentationDataset):
 
     def find_pairs(self, split: str) -> list[tuple[Path, Path]]:
         images, labels = self.spec["images"], self.spec["labels"]
-        image_dir = require_dir(self, self.root / images["dir"].format(split=split), "image")
-        label_dir = require_dir(self, self.root / labels["dir"].format(split=split), "label")
+        image_dir = require_dir(self, self.directory(images["dir"], split), "image")
+        label_dir = require_dir(self, self.directory(labels["dir"], split), "label")
         return pair_by_suffix(image_dir, images["suffix"], label_dir, (labels["suffix"],), self.skipped)
+
+    def directory(self, template: str, split: str) -> Path:
+        """`images.dir` or `labels.dir` for `split` under root, `..` resolved by name: as `load_spec` checked it (the
+        system would resolve `link/..` through a symlink's target, which could lead elsewhere)."""
+        return self.root / os.path.normpath(template.format(split=split))
 
     def read_raw_label(self, path: Path) -> np.ndarray:
         if self.spec["encoding"] == "palette":
@@ -67,9 +85,20 @@ class YamlDataset(SegmentationDataset):
     def unknown_label_values(self, raw: np.ndarray, path: Path) -> dict[int, int]:
         if self.color_keys is None:
             return super().unknown_label_values(raw, path)
-        values, counts = np.unique(raw, return_counts=True)
-        bad = ~np.isin(values, self.color_keys)
-        return {int(v): int(c) for v, c in zip(values[bad], counts[bad])}  # keys: packed 0xRRGGBB
+        idx = np.clip(np.searchsorted(self.color_keys, raw), 0, len(self.color_keys) - 1)
+        unmatched = raw[self.color_keys[idx] != raw]
+        if unmatched.size == 0:
+            return {}
+        values, counts = np.unique(unmatched, return_counts=True)
+        return {int(v): int(c) for v, c in zip(values, counts)}  # keys: packed 0xRRGGBB
+
+    def describe_label_value(self, value: int) -> str:
+        if self.color_keys is None:
+            return super().describe_label_value(value)
+        return f"rgb({value >> 16 & 255}, {value >> 8 & 255}, {value & 255})"
+
+    def label_table_key(self) -> str:
+        return json.dumps(self.spec, sort_keys=True, default=str)
 
     def __reduce__(self):
         # the class is generated per file: rebuild it from the file in the receiving process (DataLoader workers)
@@ -107,10 +136,42 @@ def _dir_suffix(path: Path, spec: dict, field: str) -> None:
         _fail(path, f"{field}.dir", f"has a bad placeholder in {value['dir']!r}", "the only placeholder allowed is {split}")
 
 
+def _climbs_out(relative: str) -> bool:
+    """Whether a relative path leaves the directory it is relative to (`a/../..`, `../x`)."""
+    parts = os.path.normpath(relative).split(os.sep)
+    return parts[0] == ".."
+
+
+def _check_paths(path: Path, spec: dict) -> None:
+    """Relative paths stay under their base (root under the data root, the directories under root); absolute paths
+    are taken as written. Nothing a plug-in names makes segbench walk a directory the file did not declare."""
+    if "root" in spec:
+        root = spec["root"]
+        if not isinstance(root, str) or not root.strip():
+            _fail(path, "root", f"is {root!r}", "write the dataset's directory, relative to the data root or absolute")
+        if not os.path.isabs(root) and _climbs_out(root):
+            _fail(path, "root", f"{root!r} leads outside the data root", "write it relative to the data root without "
+                  "climbing out with '..', or as an absolute path")
+    for split in spec["splits"]:
+        if split in (".", "..") or "/" in split or "\\" in split:
+            _fail(path, "splits", f"has {split!r}, which would lead outside the dataset's directories",
+                  "split names are plain names (no '/', no '..'); they fill the {split} of images.dir and labels.dir")
+    for field in ("images", "labels"):
+        directory = spec[field]["dir"]
+        if os.path.isabs(directory):
+            continue
+        for split in spec["splits"]:
+            if _climbs_out(directory.format(split=split)):
+                _fail(path, f"{field}.dir", f"{directory!r} leads outside the dataset root",
+                      "write it relative to `root` without climbing out with '..', or as an absolute path")
+
+
 def _colors(path: Path, value) -> dict[int, int]:
     """colors -> {packed rgb: trainId}."""
     if value == "cityscapes":
-        return {pack_rgb(rgb): tid for tid, rgb in enumerate(PALETTE)}
+        table = {pack_rgb(rgb): IGNORE_INDEX for rgb in CITYSCAPES_VOID_COLORS}
+        table.update({pack_rgb(rgb): tid for tid, rgb in enumerate(PALETTE)})
+        return table
     if not isinstance(value, dict) or not value:
         _fail(path, "colors", f"is {value!r}", "map trainIds to colours, e.g. {0: [128, 64, 128]}, or write `cityscapes`")
     table: dict[int, int] = {}
@@ -145,8 +206,14 @@ def load_spec(path: Path) -> dict:
         spec = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
         raise YamlSpecError(f"{path}: not valid YAML: {e}") from None
-    if not isinstance(spec, dict):
-        raise YamlSpecError(f"{path}: expected a mapping of fields ({', '.join(REQUIRED)}, ...) at the top level")
+    if not isinstance(spec, dict) or DECLARATION not in spec:
+        raise YamlSpecError(
+            f"{path} is not a segbench dataset file: it lacks the top-level line `{DECLARATION}: {FORMAT_VERSION}` "
+            "that declares one (see the example in segbench/data/yaml_dataset.py or the README, 'Adding a dataset')"
+        )
+    if spec[DECLARATION] != FORMAT_VERSION:
+        _fail(path, DECLARATION, f"is {spec[DECLARATION]!r}", f"this segbench reads format {FORMAT_VERSION}: write "
+              f"`{DECLARATION}: {FORMAT_VERSION}`")
     unknown = sorted(set(spec) - set(FIELDS))
     if unknown:
         _fail(path, unknown[0], "is not a known field", f"valid fields: {', '.join(FIELDS)}")
@@ -161,6 +228,7 @@ def load_spec(path: Path) -> dict:
         _fail(path, "splits", f"is {splits!r}", "list the split names, e.g. [train, val]")
     _dir_suffix(path, spec, "images")
     _dir_suffix(path, spec, "labels")
+    _check_paths(path, spec)
     encoding = spec["encoding"]
     if encoding not in ENCODINGS:
         _fail(path, "encoding", f"is {encoding!r}", f"use one of {', '.join(ENCODINGS)}")
@@ -186,7 +254,7 @@ def class_attributes(path: Path, spec: dict) -> dict:
     attrs = {
         "spec": spec,
         "spec_path": str(path),
-        "default_dir": str(spec.get("root", spec["name"])),
+        "default_dir": os.path.normpath(str(spec.get("root", spec["name"]))),
         "splits": tuple(spec["splits"]),
         "layout": spec.get("layout") or (
             f"  {spec['images']['dir']}/**/NAME{spec['images']['suffix']}\n"
@@ -217,8 +285,15 @@ def register_yaml(path: str | Path) -> str:
     spec = load_spec(path)
     name = spec["name"]
     if name in DATASETS and getattr(DATASETS.get(name), "spec_path", None) != str(path):
-        owner = getattr(DATASETS.get(name), "spec_path", None) or DATASETS.get(name).__module__
-        _fail(path, "name", f"{name!r} is already registered (by {owner})", "choose another name")
+        taken = DATASETS.get(name)
+        owner = getattr(taken, "spec_path", None)
+        if owner:
+            _fail(path, "name", f"{name!r} is already registered by {owner}", "give one of the two files another name")
+        elif taken.__module__.startswith(f"{__package__}."):
+            _fail(path, "name", f"{name!r} is a built-in dataset ({taken.__module__}.{taken.__qualname__})",
+                  "choose another name")
+        else:
+            _fail(path, "name", f"{name!r} is already registered (by {taken.__module__})", "choose another name")
     cls = type(f"Yaml_{name}", (YamlDataset,), class_attributes(path, spec))
     DATASETS.add(name, cls, override=True)
     return name

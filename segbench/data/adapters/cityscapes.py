@@ -39,6 +39,9 @@ class CityscapesFormatLabels(SegmentationDataset):
     def known_values(self, path: Path) -> np.ndarray:
         return known_mask(self.label_table(path)[1])
 
+    def label_table_key(self) -> str:
+        return repr((self.trainids_suffix, TRAINID_KNOWN, CITYSCAPES_KNOWN))
+
 
 @register_dataset("cityscapes")
 class Cityscapes(CityscapesFormatLabels):

@@ -28,6 +28,7 @@ import numpy as np
 from ...labels import IGNORE_INDEX
 from ..base import SegmentationDataset, read_gray
 from ..registry import register_dataset
+from ..tables import TRAINID_KNOWN, TRAINID_LUT
 
 # Bump when the drawing or rendering code changes: existing trees are then regenerated.
 GENERATOR_VERSION = 5
@@ -319,11 +320,12 @@ class SyntheticDomain(SegmentationDataset):
         images = sorted((self.root / "images" / split).glob("*.png"))
         return [(p, self.root / "labels" / split / p.name) for p in images]
 
+    #: the labels are trainIds: any other value (a damaged or hand-edited file) is refused like in every other dataset
+    label_lut = TRAINID_LUT
+    known_label_values = TRAINID_KNOWN
+
     def read_raw_label(self, path: Path) -> np.ndarray:
         return read_gray(path, cv2.IMREAD_GRAYSCALE)
-
-    def decode_label(self, raw: np.ndarray, path: Path) -> np.ndarray:
-        return raw  # already trainIds
 
 
 @register_dataset("sim")
