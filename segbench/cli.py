@@ -1,8 +1,11 @@
-"""`segbench COMMAND ...`: a thin dispatcher; each command lives next to the code it drives."""
+"""`segbench COMMAND ...`: a thin dispatcher; each command lives next to the code it drives, and every one ends
+through errors.run_command (a user's mistake: one message, exit code 2; --debug: the traceback too)."""
 from __future__ import annotations
 
 import importlib
 import sys
+
+from .errors import DEBUG_ENV, DEBUG_FLAG, run_command
 
 # command -> module whose `main(argv) -> int` handles it
 COMMANDS = {
@@ -18,20 +21,25 @@ COMMANDS = {
 def usage() -> str:
     lines = ["usage: segbench COMMAND [ARGS...]", "", "commands:"]
     lines += [f"  {name:<9} {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines += ["", f"exit codes: 0 done; 1 finished with failures; 2 a bad input, named in one message "
+                  f"({DEBUG_FLAG} anywhere, or {DEBUG_ENV}=1, adds the traceback)"]
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help"):
+    words = [a for a in argv if a != DEBUG_FLAG]  # `segbench --debug run ...` as well as `segbench run ... --debug`
+    if not words or words[0] in ("-h", "--help"):
         print(usage())
         return 0
-    command, rest = argv[0], argv[1:]
+    command = words[0]
     if command not in COMMANDS:
         print(f"segbench: unknown command {command!r}\n\n{usage()}", file=sys.stderr)
         return 2
+    rest = argv[:]
+    rest.remove(command)
     module = importlib.import_module(COMMANDS[command][0])
-    return int(module.main(rest) or 0)
+    return run_command(module.main, rest, prog=f"segbench {command}")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,8 @@ import json
 import sys
 from pathlib import Path
 
-from .config import DEFAULTS, ConfigError, InferenceSettings, apply_overrides
+from .config import DEFAULTS, ConfigError, InferenceSettings, apply_overrides, validate
+from .errors import command
 from .io import write_json
 
 
@@ -24,9 +25,13 @@ def build_parser() -> argparse.ArgumentParser:
                "--set 'eval.window=[512,1024]' --set eval.flip=true\n"
                "  segbench evaluate --preds my_predictions/ --dataset cityscapes --encoding cityscapes")
     p.add_argument("checkpoint", nargs="?", type=Path, help="cell directory, model_final.pt or checkpoints/iter_*.pt")
-    p.add_argument("--preds", type=Path, help="score this directory of prediction PNGs instead of a checkpoint")
+    p.add_argument("--preds", type=Path,
+                   help="score this directory of prediction PNGs instead of a checkpoint: exactly one per image, "
+                        "named after it (STEM.png or STEM_pred.png, any sub-directory); grey PNGs whose value, or "
+                        "palette PNGs whose index, is the class")
     p.add_argument("--encoding", choices=["trainid", "cityscapes"], default="trainid",
-                   help="how --preds PNGs encode classes: 0..18 trainIds, or Cityscapes label ids")
+                   help="how --preds PNGs encode classes: trainIds 0..18, or Cityscapes label ids 0..33; 255 = "
+                        "ignore; any other value is refused")
     p.add_argument("--dataset", required=True, help="registered dataset name, e.g. cityscapes")
     p.add_argument("--data-root")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="eval.KEY=VALUE",
@@ -47,44 +52,41 @@ def eval_settings(overrides: list[str], recorded: dict | None = None) -> dict:
                           f"({', '.join(DEFAULTS['eval'])})")
     ecfg = copy.deepcopy(DEFAULTS["eval"])
     ecfg.update({k: v for k, v in (recorded or {}).items() if k in ecfg})
-    return apply_overrides({"eval": ecfg}, overrides)["eval"]
+    return validate(apply_overrides({"eval": ecfg}, overrides), sections=("eval",))["eval"]
 
 
+@command("segbench evaluate")
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from .data import DatasetError, build_dataset
+    from .data import build_dataset
 
     if (args.checkpoint is None) == (args.preds is None):
         print("segbench evaluate: give either a CHECKPOINT or --preds DIR", file=sys.stderr)
         return 2
-    try:
-        if args.preds is not None:
-            from .engine.scoring import score_prediction_dir
+    if args.preds is not None:
+        from .engine.scoring import score_prediction_dir
 
-            ecfg = eval_settings(args.overrides)
-            dataset = build_dataset(args.dataset, ecfg["split"], root=args.data_root)
-            result = score_prediction_dir(dataset, args.preds, args.encoding)
-            result["source"] = {"preds": str(args.preds), "encoding": args.encoding}
-        else:
-            from .data.transforms import eval_transform_for
-            from .engine.checkpoint import load_trained_model
-            from .engine.distributed import init_from_env
-            from .engine.scoring import evaluate
+        ecfg = eval_settings(args.overrides)
+        dataset = build_dataset(args.dataset, ecfg["split"], root=args.data_root)
+        result = score_prediction_dir(dataset, args.preds, args.encoding)
+        result["source"] = {"preds": str(args.preds), "encoding": args.encoding}
+    else:
+        from .data.transforms import eval_transform_for
+        from .engine.checkpoint import load_trained_model
+        from .engine.distributed import init_from_env
+        from .engine.scoring import evaluate
 
-            model, record = load_trained_model(args.checkpoint)
-            ecfg = eval_settings(args.overrides, record["config"].get("eval"))
-            settings = InferenceSettings.from_config(ecfg)
-            dataset = build_dataset(args.dataset, ecfg["split"], root=args.data_root)
-            dataset.transform = eval_transform_for(dataset, ecfg["size"])
-            device = init_from_env(None if args.device == "auto" else args.device)
-            result = evaluate(model, dataset, device=device, eval_classes=getattr(dataset, "eval_classes", None),
-                              workers=ecfg["workers"], settings=settings, save_dir=args.save_preds,
-                              overlay=args.overlay, desc=f"evaluate on {args.dataset}")
-            result["source"] = {"checkpoint": str(args.checkpoint), "cell_id": record.get("cell_id"),
-                                **{k: record.get(k) for k in ("backbone", "head", "source", "seed")}}
-    except (DatasetError, FileNotFoundError, ValueError, KeyError) as e:  # ConfigError, CheckpointError: ValueErrors
-        print(f"segbench evaluate: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
-        return 2
+        model, record = load_trained_model(args.checkpoint)
+        ecfg = eval_settings(args.overrides, record["config"].get("eval"))
+        settings = InferenceSettings.from_config(ecfg)
+        dataset = build_dataset(args.dataset, ecfg["split"], root=args.data_root)
+        dataset.transform = eval_transform_for(dataset, ecfg["size"])
+        device = init_from_env(None if args.device == "auto" else args.device)
+        result = evaluate(model, dataset, device=device, eval_classes=getattr(dataset, "eval_classes", None),
+                          workers=ecfg["workers"], settings=settings, save_dir=args.save_preds,
+                          overlay=args.overlay, desc=f"evaluate on {args.dataset}")
+        result["source"] = {"checkpoint": str(args.checkpoint), "cell_id": record.get("cell_id"),
+                            **{k: record.get(k) for k in ("backbone", "head", "source", "seed")}}
     result.update(dataset=args.dataset, split=ecfg["split"], images=len(dataset), eval=ecfg)
     if args.output:
         write_json(args.output, result)

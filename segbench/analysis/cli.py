@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from ..data.cache import size_argument
-from ..engine.checkpoint import CheckpointError
+from ..errors import command
 from .appearance import TRANSFORMS, parse_transform_spec
 from .runner import DEFAULT_CONTENT_CLASS, DEFAULT_STYLE_IMAGES, analyze_divergence, analyze_shift
 
@@ -51,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# the analyses refuse bad arguments (a transform, class or domain name, too few images) with ValueError
+@command("segbench analyze", also=(ValueError,))
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
@@ -59,20 +61,16 @@ def main(argv: list[str] | None = None) -> int:
     common = dict(split=args.split, out_dir=args.out, data_root=args.data_root, device=args.device,
                   max_images=args.max_images, size=args.size, seed=args.seed, batch_size=args.batch_size,
                   style_images=args.style_images)
-    try:
-        if args.kind == "shift":
-            names = [t.strip() for t in args.transforms.split(",") if t.strip()]
-            for t in names:
-                parse_transform_spec(t)
-            paths = analyze_shift(args.checkpoints, dataset=args.dataset, transforms=names, style_from=args.style_from,
-                                  **common)
-        else:
-            paths = analyze_divergence(args.checkpoints, domains=[d for d in args.domains.split(",") if d],
-                                       appearance=args.appearance or None, content_class=args.content_class or None,
-                                       **common)
-    except (CheckpointError, ValueError) as e:
-        print(f"segbench analyze {args.kind}: {e}", file=sys.stderr)
-        return 2
+    if args.kind == "shift":
+        names = [t.strip() for t in args.transforms.split(",") if t.strip()]
+        for t in names:
+            parse_transform_spec(t)
+        paths = analyze_shift(args.checkpoints, dataset=args.dataset, transforms=names, style_from=args.style_from,
+                              **common)
+    else:
+        paths = analyze_divergence(args.checkpoints, domains=[d for d in args.domains.split(",") if d],
+                                   appearance=args.appearance or None, content_class=args.content_class or None,
+                                   **common)
     if paths[1].suffix == ".md":
         print(paths[1].read_text())
     for p in paths:

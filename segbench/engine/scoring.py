@@ -12,12 +12,14 @@ from typing import Sequence
 import cv2
 import numpy as np
 import torch
+from PIL import Image
 from tqdm.auto import tqdm
 
 from ..config import InferenceSettings
-from ..data.base import read_gray
+from ..data.base import DatasetError
+from ..data.readers import PNG_PALETTE, png_header
 from ..data.workers import worker_init_fn
-from ..labels import colorize, ids_to_train_ids
+from ..labels import IGNORE_INDEX, NUM_CLASSES, colorize, ids_to_train_ids
 from ..metrics import ConfusionMatrix
 from . import distributed as dist_utils
 from .inference import predict
@@ -100,9 +102,21 @@ def evaluate(model: torch.nn.Module, dataset, *, device: torch.device, eval_clas
     return summary
 
 
+class PredictionError(ValueError):
+    """A prediction directory that cannot be scored as it is; the message names the file and the fix."""
+
+
 # Suffixes other frameworks append to the image stem when naming prediction files.
 PRED_SUFFIXES = ("_pred", "_prediction", "_trainIds", "_labelTrainIds", "_labelIds", "_gtFine_labelIds")
 IMAGE_SUFFIXES = ("_leftImg8bit", "_rgb_anon")
+#: Cityscapes label ids: 0..33, plus -1 (license plate), which an 8-bit PNG stores as 255 (cityscapesScripts,
+#: cityscapesscripts/helpers/labels.py)
+CITYSCAPES_IDS = range(34)
+#: --encoding -> (the class values a prediction may hold besides IGNORE_INDEX, what they are)
+ENCODINGS = {
+    "trainid": (range(NUM_CLASSES), f"trainIds 0..{NUM_CLASSES - 1} and {IGNORE_INDEX}"),
+    "cityscapes": (CITYSCAPES_IDS, f"Cityscapes label ids 0..{len(CITYSCAPES_IDS) - 1} and {IGNORE_INDEX} (-1)"),
+}
 
 
 def _normalise_stem(stem: str, suffixes) -> str:
@@ -112,41 +126,94 @@ def _normalise_stem(stem: str, suffixes) -> str:
     return stem
 
 
-def index_predictions(pred_dir: Path) -> dict[str, Path]:
-    index: dict[str, Path] = {}
+def index_predictions(pred_dir: Path) -> dict[str, list[Path]]:
+    """Stem (as written, and without a framework's suffix) -> every PNG under `pred_dir` that carries it."""
+    index: dict[str, list[Path]] = {}
     for path in sorted(pred_dir.rglob("*.png")):
         if path.stem.endswith("_overlay"):
             continue
-        index.setdefault(path.stem, path)
-        index.setdefault(_normalise_stem(path.stem, PRED_SUFFIXES), path)
+        for key in dict.fromkeys((path.stem, _normalise_stem(path.stem, PRED_SUFFIXES))):
+            index.setdefault(key, []).append(path)
     return index
 
 
+def match_prediction(index: dict[str, list[Path]], image_path: Path) -> Path | None:
+    """The one prediction named after `image_path`; two candidates are an error, never a silent pick."""
+    stem = Path(image_path).stem
+    keys = dict.fromkeys((stem, _normalise_stem(stem, IMAGE_SUFFIXES)))
+    found = list(dict.fromkeys(p for key in keys for p in index.get(key, ())))
+    if len(found) > 1:
+        raise PredictionError(
+            f"{len(found)} predictions match image {image_path}: {', '.join(map(str, found))}; keep one per image "
+            "(e.g. point --preds at the sub-directory of the run you mean)")
+    return found[0] if found else None
+
+
+def read_prediction(path: Path) -> np.ndarray:
+    """A class-index PNG as stored: a palette (mode P) PNG gives its index, which is the class (OpenCV would expand
+    it to colours); a grey PNG its value, 8 or 16 bit."""
+    try:
+        if png_header(path)[3] == PNG_PALETTE:
+            with Image.open(path) as im:
+                return np.asarray(im)
+    except (DatasetError, OSError, SyntaxError, ValueError) as e:
+        raise PredictionError(f"{path}: cannot read it as a PNG ({e}); write the prediction again") from None
+    pred = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if pred is None:
+        raise PredictionError(f"{path}: cannot read it as a PNG (truncated or another format); write it again")
+    if pred.ndim != 2:
+        raise PredictionError(f"{path}: expected a single-channel class-index PNG, got shape {pred.shape}; "
+                              "colour-coded predictions cannot be scored (colours collide), save class indices")
+    return pred
+
+
+def check_values(path: Path, pred: np.ndarray, encoding: str) -> None:
+    """Refuse any value the encoding does not define, rather than score it as a wrong class."""
+    classes, meaning = ENCODINGS[encoding]
+    if pred.dtype not in (np.uint8, np.uint16):
+        raise PredictionError(f"{path}: {pred.dtype} pixels; save class indices as an 8-bit PNG")
+    valid = np.zeros(np.iinfo(pred.dtype).max + 1, bool)
+    valid[list(classes)] = True
+    valid[IGNORE_INDEX] = True
+    bad = ~valid[pred]
+    if not bad.any():
+        return
+    values = np.unique(pred[bad])
+    hint = "save the class index of each pixel"
+    if pred.dtype == np.uint16 and not (np.unique(pred) % 256).any():
+        hint = "the values look like class x 256 (a 16-bit PNG scaled for viewing): save the class index itself, 8 bit"
+    elif encoding == "trainid" and values.max() < len(CITYSCAPES_IDS):
+        hint = "if these are Cityscapes label ids, pass --encoding cityscapes"
+    more = f" (and {len(values) - 1} other value(s))" if len(values) > 1 else ""
+    raise PredictionError(f"{path}: value {values[0]}{more} is not one of --encoding {encoding}'s {meaning}; {hint}")
+
+
 def score_prediction_dir(dataset, pred_dir: Path, encoding: str) -> dict:
-    """Match each (image, label) pair of `dataset` to `pred_dir/**/STEM*.png` and score them all."""
+    """Match each (image, label) pair of `dataset` to the one `pred_dir/**/STEM*.png` and score them all."""
     if not pred_dir.is_dir():
-        raise FileNotFoundError(f"prediction directory {pred_dir} does not exist")
+        raise PredictionError(f"prediction directory {pred_dir} does not exist; pass the directory holding the PNGs")
     index = index_predictions(pred_dir)
     matched, missing = [], []
     for i, (image_path, _) in enumerate(dataset.pairs):
-        stem = Path(image_path).stem
-        pred = index.get(stem) or index.get(_normalise_stem(stem, IMAGE_SUFFIXES))
-        (matched if pred else missing).append((i, pred) if pred else stem)
+        pred = match_prediction(index, image_path)
+        if pred is None:
+            missing.append(Path(image_path).stem)
+        else:
+            matched.append((i, pred))
     if missing:
-        raise FileNotFoundError(
-            f"{len(missing)} of {len(dataset)} images have no prediction in {pred_dir} (e.g. {', '.join(missing[:3])}); "
+        raise PredictionError(
+            f"{len(missing)} of {len(dataset)} images have no prediction in {pred_dir} "
+            f"(e.g. {', '.join(missing[:3])}); "
             "name each prediction after its image (STEM.png or STEM_pred.png, any sub-directory)")
     cm = ConfusionMatrix()
     for i, pred_path in tqdm(matched, desc="score", unit="img", dynamic_ncols=True):
         _, label = dataset.load_pair(i)
-        pred = read_gray(pred_path)
-        if pred.ndim != 2:
-            raise ValueError(f"{pred_path}: expected a single-channel class-index PNG, got shape {pred.shape}; "
-                             "colour-coded predictions cannot be scored (colours collide), save class indices")
+        pred = read_prediction(pred_path)
+        check_values(pred_path, pred, encoding)
         if encoding == "cityscapes":
             pred = ids_to_train_ids(pred)
         if pred.shape != label.shape:
-            raise ValueError(f"{pred_path}: prediction is {pred.shape[1]}x{pred.shape[0]} but its label is "
-                             f"{label.shape[1]}x{label.shape[0]}; predictions must be at label resolution")
+            raise PredictionError(f"{pred_path}: prediction is {pred.shape[1]}x{pred.shape[0]} but its label is "
+                                  f"{label.shape[1]}x{label.shape[0]}; predictions must be at label resolution")
         cm.update(torch.from_numpy(label.astype(np.int64)), torch.from_numpy(pred.astype(np.int64)))
     return cm.summary(getattr(dataset, "eval_classes", None))

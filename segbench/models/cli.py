@@ -5,15 +5,16 @@ import argparse
 
 import torch
 
-from .factory import count_parameters, create_backbone, create_model, list_backbones, list_heads
-from .registries import HEADS
+from ..errors import command
+from .factory import count_parameters, create_backbone, create_model
+from .registries import BACKBONES, HEADS
 
 REFERENCE_BACKBONE = "resnet50"  # head sizes are reported on top of this backbone
 
 
 def backbone_rows(pattern: str) -> list[tuple[str, str, str]]:
     rows = []
-    for name in list_backbones(pattern):
+    for name in BACKBONES.expand([pattern]):  # a pattern that matches nothing fails with the valid names
         with torch.device("meta"):  # shapes only: listing stays instant even for ResNet-101s
             bb = create_backbone(name)
         rows.append((name, f"{count_parameters(bb) / 1e6:.2f}", "/".join(map(str, bb.out_channels))))
@@ -24,7 +25,7 @@ def head_rows(pattern: str) -> list[tuple[str, str, str, str]]:
     with torch.device("meta"):
         base = count_parameters(create_backbone(REFERENCE_BACKBONE))
     rows = []
-    for name in list_heads(pattern):
+    for name in HEADS.expand([pattern]):
         spec = HEADS.get(name)
         with torch.device("meta"):
             extra = count_parameters(create_model(REFERENCE_BACKBONE, name)) - base
@@ -39,19 +40,16 @@ def format_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
     return "\n".join([line(header), line(tuple("-" * w for w in widths)), *map(line, rows)])
 
 
-def main(argv: list[str]) -> int:
+@command("segbench models")
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="segbench models", description=__doc__)
     parser.add_argument("pattern", nargs="?", default="*", help="glob on backbone names (default: all)")
     parser.add_argument("--heads", default="*", help="glob on head names (default: all)")
     args = parser.parse_args(argv)
     backbones = backbone_rows(args.pattern)
-    if not backbones:
-        print(f"no backbone matches {args.pattern!r}; valid: {', '.join(list_backbones())}")
-        return 1
-    print(format_table(("backbone", "params (M)", "stage channels"), backbones))
     heads = head_rows(args.heads)
-    if heads:
-        print()
-        print(format_table(("head", f"params on {REFERENCE_BACKBONE} (M)", "output stride: default (allowed)",
-                            "description"), heads))
+    print(format_table(("backbone", "params (M)", "stage channels"), backbones))
+    print()
+    print(format_table(("head", f"params on {REFERENCE_BACKBONE} (M)", "output stride: default (allowed)",
+                        "description"), heads))
     return 0

@@ -5,9 +5,11 @@ import argparse
 from pathlib import Path
 
 from ..cells import CELLS
+from ..errors import command
 from .build import build_report
 
 
+@command("segbench report")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="segbench report", description=__doc__.splitlines()[0])
     parser.add_argument("results_dir", type=Path)

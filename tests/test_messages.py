@@ -1,0 +1,279 @@
+"""Every command ends a user's mistake with one message naming the file or value, exit code 2, and no traceback
+unless --debug (or SEGBENCH_DEBUG=1) asks for one. Also: what `segbench evaluate --preds` accepts and refuses."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from segbench import cli, errors
+from segbench.cells import write_record
+from segbench.data import build_dataset
+from segbench.data.adapters import synthetic
+from segbench.engine import scoring
+from segbench.engine.checkpoint import CheckpointError, load_checkpoint
+from segbench.labels import PALETTE
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def no_debug_env(monkeypatch):
+    monkeypatch.delenv(errors.DEBUG_ENV, raising=False)
+
+
+def _segbench(capsys, *argv):
+    code = cli.main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _one_clean_line(err, *names):
+    """stderr is one message (a first line naming every one of `names`), with no traceback."""
+    assert "Traceback" not in err, err
+    first = err.strip().splitlines()[0]
+    for name in names:
+        assert str(name) in first, (name, err)
+    return first
+
+
+# -- the handler itself ------------------------------------------------------------------------------------------------
+def test_a_registry_key_error_is_the_users_but_any_other_key_error_is_a_bug():
+    from segbench.models import BACKBONES
+
+    with pytest.raises(KeyError) as unknown:
+        BACKBONES.get("resnet7")
+    assert errors.is_user_error(unknown.value)
+    with pytest.raises(KeyError) as bug:
+        {}["backbone"]
+    assert not errors.is_user_error(bug.value)
+
+
+def test_a_bug_keeps_its_traceback():
+    def main(argv):
+        return {}["oops"]
+
+    with pytest.raises(KeyError):
+        errors.run_command(main, [])
+
+
+def test_debug_flag_is_taken_out_of_argv_and_restores_the_environment(capsys):
+    seen = []
+
+    def main(argv):
+        seen.append((argv, os.environ.get(errors.DEBUG_ENV)))
+        raise errors_config_error("bad value")
+
+    assert errors.run_command(main, ["a", "--debug", "b"], prog="segbench x") == 2
+    assert seen == [(["a", "b"], "1")] and errors.DEBUG_ENV not in os.environ
+    err = capsys.readouterr().err
+    assert "Traceback" in err and err.strip().splitlines()[-1] == "segbench x: bad value"
+
+
+def errors_config_error(message):
+    from segbench.config import ConfigError
+
+    return ConfigError(message)
+
+
+# -- report ------------------------------------------------------------------------------------------------------------
+@pytest.fixture
+def corrupt_study(tmp_path):
+    record = tmp_path / "study" / "cells" / "sim__resnet18__fcn__s0__abc" / "record.json"
+    record.parent.mkdir(parents=True)
+    record.write_text('{"cell_id": "abc", ')
+    return tmp_path / "study", record
+
+
+def test_report_names_a_corrupt_record(corrupt_study, capsys):
+    study, record = corrupt_study
+    code, _, err = _segbench(capsys, "report", study, "--no-plot")
+    first = _one_clean_line(err, record)
+    assert code == 2 and first.startswith("segbench report: ") and "delete it" in first
+
+
+def test_debug_shows_the_traceback(corrupt_study, capsys, monkeypatch):
+    study, record = corrupt_study
+    code, _, err = _segbench(capsys, "report", study, "--no-plot", "--debug")
+    assert code == 2 and "Traceback" in err and "RecordError" in err and str(record) in err.splitlines()[-1]
+    monkeypatch.setenv(errors.DEBUG_ENV, "1")
+    code, _, err = _segbench(capsys, "--debug", "report", study, "--no-plot")
+    assert code == 2 and "Traceback" in err
+
+
+# -- evaluate and analyze: a checkpoint torch.load(weights_only=True) refuses ------------------------------------------
+class Payload:
+    def __reduce__(self):
+        return (print, ("this file ran code",))
+
+
+@pytest.fixture
+def unsafe_cell(tmp_path):
+    cell = tmp_path / "cell"
+    write_record(cell, {"cell_id": "abc", "backbone": "resnet18", "head": "fcn", "source": "sim", "seed": 0,
+                        "config": {"model": {}, "eval": {}}, "results": {}})
+    torch.save({"model": Payload()}, cell / "model_final.pt")
+    return cell
+
+
+def test_load_checkpoint_refuses_a_pickle_naming_the_file(unsafe_cell, capsys):
+    with pytest.raises(CheckpointError, match=r"model_final\.pt.*not a segbench checkpoint"):
+        load_checkpoint(unsafe_cell / "model_final.pt")
+    assert "ran code" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", [["evaluate", "CELL", "--dataset", "sim"],
+                                     ["analyze", "shift", "CELL", "--dataset", "sim"]])
+def test_evaluate_and_analyze_refuse_an_unsafe_checkpoint(unsafe_cell, capsys, command):
+    code, out, err = _segbench(capsys, *[unsafe_cell if word == "CELL" else word for word in command])
+    first = _one_clean_line(err, unsafe_cell / "model_final.pt")
+    assert code == 2 and "not a segbench checkpoint" in first and "ran code" not in out
+
+
+# -- data ------------------------------------------------------------------------------------------------------------
+BUILTIN_AGAIN = """segbench_dataset: 1
+name: sim
+splits: [train]
+images: {dir: img, suffix: .png}
+labels: {dir: lab, suffix: .png}
+encoding: trainid
+"""
+
+
+@pytest.mark.parametrize("command", [["list"], ["check", "photo"], ["prepare", "photo", "--size", "32x16"]])
+def test_data_commands_name_a_bad_yaml_plugin(tmp_path, monkeypatch, capsys, command):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: [unclosed\n")
+    monkeypatch.setenv("SEGBENCH_DATASETS", str(bad))
+    code, _, err = _segbench(capsys, "data", *command)
+    assert code == 2 and "Traceback" not in err and str(bad) in err.splitlines()[0]
+
+
+def test_data_check_names_a_yaml_that_reregisters_a_builtin(tmp_path, monkeypatch, capsys):
+    again = tmp_path / "again.yaml"
+    again.write_text(BUILTIN_AGAIN)
+    monkeypatch.setenv("SEGBENCH_DATASETS", str(again))
+    code, _, err = _segbench(capsys, "data", "check", "sim")
+    assert code == 2 and "Traceback" not in err and str(again) in err.splitlines()[0] and "'sim'" in err
+
+
+def test_data_prepare_into_a_file_names_it(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(synthetic, "SPLIT_SIZES", {"train": 2, "val": 1})
+    blocker = tmp_path / "not_a_dir"
+    blocker.write_text("")
+    code, _, err = _segbench(capsys, "data", "prepare", "photo", "--data-root", tmp_path / "data", "--size", "32x16",
+                             "--out", blocker / "cache", "--quiet")
+    assert code == 2
+    _one_clean_line(err, blocker)
+
+
+# -- run, models -------------------------------------------------------------------------------------------------------
+def test_run_names_a_yaml_that_reregisters_a_builtin(tmp_path, monkeypatch, capsys):
+    again = tmp_path / "again.yaml"
+    again.write_text(BUILTIN_AGAIN)
+    monkeypatch.setenv("SEGBENCH_DATASETS", str(again))
+    code, _, err = _segbench(capsys, "run", "sim->photo", "--results", tmp_path / "results", "--data-root",
+                             tmp_path / "data", "--set", "model.pretrained=null")
+    assert code == 2
+    _one_clean_line(err, again)
+
+
+def test_models_names_a_pattern_that_matches_nothing(capsys):
+    code, _, err = _segbench(capsys, "models", "nothing*")
+    assert code == 2 and "resnet18_ibn_a" in _one_clean_line(err, "'nothing*'")
+    code, _, err = _segbench(capsys, "models", "resnet18", "--heads", "nohead*")
+    assert code == 2 and "fcn" in _one_clean_line(err, "'nohead*'")
+
+
+def test_python_m_segbench_run_goes_through_the_same_handler(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != errors.DEBUG_ENV}
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    config = tmp_path / "bad.yaml"
+    config.write_text("train: [not, a, mapping\n")
+    argv = [sys.executable, "-m", "segbench.run", "--config", str(config), "--results", str(tmp_path / "r")]
+    plain = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+    assert plain.returncode == 2 and "Traceback" not in plain.stderr and str(config) in plain.stderr
+    debug = subprocess.run([*argv, "--debug"], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+    assert debug.returncode == 2 and "Traceback" in debug.stderr
+
+
+# -- evaluate --preds: what is scored, what is refused -----------------------------------------------------------------
+@pytest.fixture
+def photo(tmp_path, monkeypatch):
+    monkeypatch.setattr(synthetic, "SPLIT_SIZES", {"train": 2, "val": 3})
+    return build_dataset("photo", "val", root=tmp_path / "data")
+
+
+def _labels(ds):
+    return [(Path(image).stem, ds.load_pair(i)[1]) for i, (image, _) in enumerate(ds.pairs)]
+
+
+def _write(directory, labels, write=lambda path, lab: cv2.imwrite(str(path), lab), suffix=""):
+    directory.mkdir(parents=True, exist_ok=True)
+    for stem, label in labels:
+        write(directory / f"{stem}{suffix}.png", label)
+
+
+def test_two_predictions_for_one_image_are_an_error_naming_both(photo, tmp_path, capsys):
+    labels = _labels(photo)
+    preds = tmp_path / "preds"
+    _write(preds / "b_good", labels)
+    _write(preds / "a_stale", [(stem, np.zeros_like(lab)) for stem, lab in labels])  # sorts first
+    with pytest.raises(scoring.PredictionError) as e:
+        scoring.score_prediction_dir(photo, preds, "trainid")
+    stem = labels[0][0]
+    stale, good = preds / "a_stale" / f"{stem}.png", preds / "b_good" / f"{stem}.png"
+    assert str(stale) in str(e.value) and str(good) in str(e.value)
+    code, out, err = _segbench(capsys, "evaluate", "--preds", preds, "--dataset", "photo",
+                               "--data-root", tmp_path / "data")
+    assert code == 2 and out == ""
+    _one_clean_line(err, stale, good)
+
+
+def test_a_prediction_and_its_suffixed_twin_are_ambiguous(photo, tmp_path):
+    labels = _labels(photo)
+    _write(tmp_path / "preds", labels)
+    _write(tmp_path / "preds", labels[:1], suffix="_pred")
+    with pytest.raises(scoring.PredictionError, match=rf"{labels[0][0]}\.png.*{labels[0][0]}_pred\.png"):
+        scoring.score_prediction_dir(photo, tmp_path / "preds", "trainid")
+
+
+def _write_palette(path, label):
+    image = Image.fromarray(label, mode="P")
+    palette = np.zeros((256, 3), np.uint8)
+    palette[: len(PALETTE)] = PALETTE
+    image.putpalette(palette.ravel().tolist())
+    image.save(path)
+
+
+def test_palette_predictions_are_scored_by_their_index(photo, tmp_path):
+    _write(tmp_path / "preds", _labels(photo), write=_write_palette)
+    assert Image.open(next((tmp_path / "preds").glob("*.png"))).mode == "P"
+    assert scoring.score_prediction_dir(photo, tmp_path / "preds", "trainid")["miou"] == pytest.approx(100.0)
+
+
+def test_16bit_predictions_scaled_by_256_are_refused_naming_file_and_value(photo, tmp_path):
+    labels = _labels(photo)
+    _write(tmp_path / "preds", [(s, lab.astype(np.uint16) * 256) for s, lab in labels])
+    with pytest.raises(scoring.PredictionError, match=r"\.png.*value (256|512|[0-9]+) .*trainId") as e:
+        scoring.score_prediction_dir(photo, tmp_path / "preds", "trainid")
+    assert "x 256" in str(e.value)
+
+
+@pytest.mark.parametrize("encoding, value, refused", [("trainid", 19, True), ("trainid", 255, False),
+                                                      ("cityscapes", 34, True), ("cityscapes", 33, False)])
+def test_values_outside_the_encoding_are_refused(photo, tmp_path, encoding, value, refused):
+    labels = _labels(photo)
+    first = labels[0][1].copy()
+    first[0, 0] = value
+    _write(tmp_path / "preds", [(labels[0][0], first)] + [(s, lab) for s, lab in labels[1:]])
+    if refused:
+        with pytest.raises(scoring.PredictionError, match=rf"{labels[0][0]}\.png.*value {value}\b"):
+            scoring.score_prediction_dir(photo, tmp_path / "preds", encoding)
+    else:
+        scoring.score_prediction_dir(photo, tmp_path / "preds", encoding)
