@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import copy
 import importlib.resources
+import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
@@ -42,6 +43,12 @@ class TrainSettings:
     crop: tuple = (768, 768)  # (H, W)
     scale_range: tuple = (0.5, 2.0)
     hflip: float = 0.5
+    #: a raw label value outside the source dataset's table (`segbench data check` lists them): "error" stops training
+    #: at the first such file, naming it, the values and the fix; "ignore" trains those pixels as ignored after counting
+    #: them over the whole split (record["training"]["unknown_label_pixels"], "unknown_label_files",
+    #: "unknown_label_values"). Evaluation always refuses them. Not part of the cell id: a run that succeeds under
+    #: "error" computes exactly what it would under "ignore".
+    unknown_labels: str = "error"
 
 
 @dataclass(frozen=True)
@@ -92,7 +99,7 @@ DEFAULTS: dict[str, Any] = {
 }
 
 # Settings that change how fast a cell runs but not what it computes: left out of the cell id.
-NON_IDENTITY_KEYS = {"train": {"workers", "ckpt_every", "keep_ckpts", "channels_last", "compile"},
+NON_IDENTITY_KEYS = {"train": {"workers", "ckpt_every", "keep_ckpts", "channels_last", "compile", "unknown_labels"},
                      "eval": {"batch_size", "workers", "dump"}}
 
 
@@ -186,3 +193,256 @@ def train_settings(train_cfg: dict) -> TrainSettings:
 
 def identity_view(section: str, values: dict) -> dict:
     return {k: v for k, v in values.items() if k not in NON_IDENTITY_KEYS.get(section, set())}
+
+
+# -- validation ---------------------------------------------------------------------------------------------------
+# Every value is checked before any work: a wrong type or range otherwise fails deep inside torch, or worse, runs
+# (`train.iters=0` trained nothing and scored the untrained model). Values that are already valid come back untouched,
+# types included (cell ids hash the train section). The one conversion: YAML 1.1 (pyyaml) reads an exponent without a
+# dot (`1e30`, `5e-4`) as a string, which number keys take as the float it spells.
+
+class _Invalid(Exception):
+    """A value a rule refuses; an optional argument is a hint appended to the rule's expectation."""
+
+
+@dataclass(frozen=True)
+class Rule:
+    """What one setting accepts: `expected` for the message, `convert` value -> value (raises _Invalid)."""
+
+    expected: str
+    convert: Callable[[Any], Any]
+
+
+def _number(value: Any) -> int | float:
+    """An int or float as given; a numeric string as a float; booleans, NaN and infinities refused."""
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            raise _Invalid from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _Invalid
+    if isinstance(value, float) and not math.isfinite(value):
+        raise _Invalid
+    return value
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _require(ok: bool, hint: str = "") -> None:
+    if not ok:
+        raise _Invalid(hint)
+
+
+def integer(minimum: int) -> Rule:
+    def convert(value):
+        _require(_is_int(value) and value >= minimum)
+        return value
+    return Rule(f"an integer >= {minimum}", convert)
+
+
+def number(low: float, high: float | None = None, *, above: bool = False, below: bool = False) -> Rule:
+    """A number >= low (> low with `above`), and <= high (< high with `below`) when high is given."""
+    def convert(value):
+        value = _number(value)
+        _require(value > low if above else value >= low)
+        _require(high is None or (value < high if below else value <= high))
+        return value
+    if high is None:
+        return Rule(f"a number {'>' if above else '>='} {low}", convert)
+    return Rule(f"a number in {'(' if above else '['}{low}, {high}{')' if below else ']'}", convert)
+
+
+def _flag(value):
+    _require(isinstance(value, bool))
+    return value
+
+
+def _name(value):
+    _require(isinstance(value, str) and value.strip() != "")
+    return value
+
+
+def one_of(*choices) -> Rule:
+    def convert(value):
+        _require(any(value == c and type(value) is type(c) for c in choices))  # 8.0 and True are not 8 and 1
+        return value
+    shown = ", ".join("null" if c is None else repr(c) for c in choices)
+    return Rule(f"one of {shown}", convert)
+
+
+def optional(rule: Rule) -> Rule:
+    return Rule(f"null or {rule.expected}", lambda value: None if value is None else rule.convert(value))
+
+
+def _size(value):
+    """[H, W] of positive ints, as given (a list stays a list, a tuple a tuple)."""
+    _require(isinstance(value, (list, tuple)) and len(value) == 2 and all(_is_int(v) and v >= 1 for v in value))
+    return value
+
+
+def _scale_range(value):
+    _require(isinstance(value, (list, tuple)) and len(value) == 2)
+    low, high = (_number(v) for v in value)
+    _require(0 < low <= high)
+    return type(value)((low, high))
+
+
+def _positive_numbers(value):
+    _require(isinstance(value, (list, tuple)) and len(value) > 0)
+    numbers = type(value)(_number(v) for v in value)
+    _require(all(v > 0 for v in numbers))
+    return numbers
+
+
+def names(what: str, *, empty: bool = False) -> Rule:
+    """A list of names (non-empty unless `empty`); one name alone is a list of one (`backbones: resnet50`)."""
+    def convert(value):
+        value = [value] if isinstance(value, str) else value
+        _require(isinstance(value, list) and (empty or len(value) > 0)
+                 and all(isinstance(v, str) and v.strip() for v in value))
+        return value
+    return Rule(f"a {what} or a {'' if empty else 'non-empty '}list of {what}s", convert)
+
+
+def _seeds(value):
+    _require(not _is_int(value), " (--seeds N runs seeds 0..N-1)")
+    _require(isinstance(value, list) and len(value) > 0 and all(_is_int(v) and v >= 0 for v in value)
+             and len(set(value)) == len(value))
+    return value
+
+
+def _study_name(value):
+    """The results sub-directory: inside the results root, so no absolute path and no '..'."""
+    if value is None:
+        return value
+    _require(isinstance(value, str) and value.strip() != "" and not Path(value).is_absolute()
+             and ".." not in Path(value).parts)
+    return value
+
+
+def _pretrained(value):
+    _require(value is None or (isinstance(value, str) and value.strip() != ""))
+    return value
+
+
+FLAG = Rule("true or false", _flag)
+NAME = Rule("a non-empty name", _name)
+SIZE = Rule("[H, W], two integers >= 1", _size)
+
+#: what every setting accepts; a key missing here is checked against its default's type (`_rule_from_default`)
+RULES: dict[str, Any] = {
+    "name": Rule("a relative directory name without '..'", _study_name),
+    "specs": names("spec", empty=True),  # none here: given on the command line
+    "backbones": names("name"),
+    "heads": names("name"),
+    "seeds": Rule("a non-empty list of distinct integers >= 0", _seeds),
+    "model": {"output_stride": one_of(None, 8, 16, 32),
+              "pretrained": Rule("null, 'imagenet' or the path of a state dict", _pretrained),
+              "aux": FLAG},
+    "train": {"iters": integer(1), "batch_size": integer(1), "lr": number(0, above=True),
+              "momentum": number(0, 1, below=True), "weight_decay": number(0), "power": number(0),
+              "aux_weight": number(0), "workers": integer(0),
+              "ckpt_every": integer(0),  # 0: no periodic checkpoints
+              "keep_ckpts": integer(0),  # 0: keep every checkpoint
+              "amp": FLAG, "channels_last": FLAG, "compile": FLAG, "class_uniform": number(0, 1), "split": NAME,
+              # larger than a frame is fine: the train transform pads the label with ignore, as torchvision's
+              # references/segmentation/transforms.py RandomCrop does (pad_if_smaller(target, size, fill=255))
+              "crop": SIZE,
+              "scale_range": Rule("[LOW, HIGH] with 0 < LOW <= HIGH", _scale_range), "hflip": number(0, 1),
+              "unknown_labels": one_of("error", "ignore")},
+    "eval": {"split": NAME, "size": optional(SIZE), "batch_size": integer(1), "workers": integer(0),
+             "mode": one_of("whole", "slide"), "window": optional(SIZE), "stride": optional(SIZE), "flip": FLAG,
+             "scales": Rule("a non-empty list of numbers > 0", _positive_numbers), "dump": integer(0)},
+}
+
+
+def of_type(kind: type | tuple[type, ...], expected: str) -> Rule:
+    def convert(value):
+        _require(isinstance(value, kind) and not (kind is int and isinstance(value, bool)))
+        return value
+    return Rule(expected, convert)
+
+
+def _rule_from_default(default: Any) -> Rule:
+    """A setting without an entry in RULES: at least the type of its default."""
+    if isinstance(default, bool):
+        return FLAG
+    if isinstance(default, float):
+        return Rule("a number", _number)
+    for kind, expected in ((int, "an integer"), (str, "a string"), ((list, tuple), "a list")):
+        if isinstance(default, kind):
+            return of_type(kind, expected)
+    return Rule("a value, not a mapping", _not_mapping)
+
+
+def _not_mapping(value):
+    _require(not isinstance(value, dict))
+    return value
+
+
+def _check(key: str, rule: Rule, value: Any, problems: list[str]) -> Any:
+    try:
+        return rule.convert(value)
+    except _Invalid as e:
+        problems.append(f"{key}={value!r}: expected {rule.expected}{e.args[0] if e.args else ''}")
+        return value
+
+
+def _check_window(ecfg: dict, problems: list[str]) -> None:
+    """Sliding windows need a window, and a stride no larger than it (a larger one leaves pixels never scored)."""
+    if ecfg.get("mode") != "slide":
+        return
+    window, stride = ecfg.get("window"), ecfg.get("stride")
+    if window is None:
+        problems.append("eval.window=None: eval.mode='slide' needs a window, e.g. --set eval.window=[512,1024]")
+    elif _passes(SIZE, window) and _passes(SIZE, stride) and (stride[0] > window[0] or stride[1] > window[1]):
+        problems.append(f"eval.stride={stride!r}: larger than eval.window={window!r} leaves pixels unscored; "
+                        "expected each <= the window")
+
+
+def _passes(rule: Rule, value: Any) -> bool:
+    try:
+        rule.convert(value)
+    except _Invalid:
+        return False
+    return True
+
+
+def config_problems(cfg: dict, sections: tuple[str, ...] | None = None) -> tuple[dict, list[str]]:
+    """(cfg with numeric strings as numbers, one line per bad setting); `sections` limits which top-level keys."""
+    cfg, problems = copy.deepcopy(cfg), []
+    for key in cfg if sections is None else [s for s in sections if s in cfg]:
+        if key not in RULES:
+            problems.append(f"{key}: unknown key; valid keys here: {', '.join(RULES)}")
+        elif isinstance(RULES[key], Rule):
+            cfg[key] = _check(key, RULES[key], cfg[key], problems)
+        elif not isinstance(cfg[key], dict):
+            problems.append(f"{key}={cfg[key]!r}: expected a mapping of settings ({', '.join(DEFAULTS[key])})")
+        else:
+            section = cfg[key]
+            for sub, value in section.items():
+                if sub not in DEFAULTS[key]:
+                    problems.append(f"{key}.{sub}: unknown key; valid keys here: {', '.join(DEFAULTS[key])}")
+                    continue
+                rule = RULES[key].get(sub) or _rule_from_default(DEFAULTS[key][sub])
+                section[sub] = _check(f"{key}.{sub}", rule, value, problems)
+    if isinstance(cfg.get("eval"), dict):
+        _check_window(cfg["eval"], problems)
+    return cfg, problems
+
+
+def problems_message(problems: list[str]) -> str:
+    if len(problems) == 1:
+        return problems[0]
+    return f"{len(problems)} bad settings:\n  " + "\n  ".join(problems)
+
+
+def validate(cfg: dict, sections: tuple[str, ...] | None = None) -> dict:
+    """The config with numeric strings as numbers, or ConfigError listing every bad setting in one message."""
+    cfg, problems = config_problems(cfg, sections)
+    if problems:
+        raise ConfigError(problems_message(problems))
+    return cfg

@@ -12,7 +12,8 @@ import sys
 from pathlib import Path
 
 from .cells import DONE, is_done
-from .config import EMBEDDED_DEFAULT, ConfigError, apply_overrides, load_config
+from .config import EMBEDDED_DEFAULT, ConfigError, apply_overrides, config_problems, load_config, problems_message
+from .errors import command
 from .spec import GRAMMAR, SpecError, parse_specs
 
 
@@ -75,9 +76,83 @@ def resolve_config(args) -> dict:
         cfg["name"] = args.name
     if not cfg["specs"]:
         raise ConfigError("no spec given and the experiment file has none; e.g. python -m segbench.run 'gta5->cityscapes'")
+    cfg = validate_study(cfg, args.data_root)
     if not cfg["name"] or (args.specs and args.config is None and not args.name):
         cfg["name"] = study_name(cfg["specs"])
     return cfg
+
+
+def validate_study(cfg: dict, data_root) -> dict:
+    """Every setting checked before any work (--dry-run too): config.py's rules, then what needs the registries
+    (datasets and their splits, backbones, heads and their output strides); every problem in one ConfigError."""
+    cfg, problems = config_problems(cfg)
+    problems += dataset_problems(cfg, data_root) + model_problems(cfg)
+    if problems:
+        raise ConfigError(problems_message(problems))
+    return cfg
+
+
+def _names(values) -> list[str]:
+    """The names of a list setting that passed its check; none when it did not (its problem is already listed)."""
+    return values if isinstance(values, list) and all(isinstance(v, str) for v in values) else []
+
+
+def dataset_problems(cfg: dict, data_root) -> list[str]:
+    """Datasets the specs name that are not registered (plug-ins of the data root included), and splits they lack.
+    Nothing is opened: that is check_datasets' job, after the plan."""
+    from .data import DATASETS, DatasetError, load_plugins
+    from .data.cache import parse_size
+
+    try:
+        transfers = parse_specs(_names(cfg["specs"]))
+    except SpecError as e:
+        return [f"specs: {e}"]
+    try:
+        load_plugins(data_root)
+    except DatasetError as e:  # a broken YAML dataset: named with the rest, its datasets not checked further
+        return [str(e)]
+    uses: dict[str, dict[str, object]] = {}  # dataset -> {setting: split}
+    for t in transfers:
+        uses.setdefault(t.source, {})["train.split"] = cfg["train"]["split"]
+        for name in (t.source, *t.targets):
+            uses.setdefault(name, {})["eval.split"] = cfg["eval"]["split"]
+    problems = []
+    for name, splits in uses.items():
+        if "@" in name:  # a prepared copy: its splits are in its manifest, read when check_datasets opens it
+            try:
+                parse_size(name.partition("@")[2])
+            except DatasetError as e:
+                problems.append(f"specs: {name!r}: {e}")
+            continue
+        if name not in DATASETS:
+            problems.append(f"specs: unknown dataset {name!r}; valid names: {', '.join(DATASETS.names())}")
+            continue
+        valid = DATASETS.get(name).splits
+        for key, split in splits.items():
+            if isinstance(split, str) and split not in valid:
+                problems.append(f"{key}={split!r}: {name} has no split {split!r}; its splits: {', '.join(valid)}")
+    return problems
+
+
+def model_problems(cfg: dict) -> list[str]:
+    """Unknown backbones or heads (names or globs), and an output stride a head cannot be built at."""
+    from .models import BACKBONES, HEADS
+
+    problems, found = [], {"backbones": [], "heads": []}
+    for key, registry in (("backbones", BACKBONES), ("heads", HEADS)):
+        for pattern in _names(cfg[key]):
+            try:
+                found[key] += registry.expand([pattern])
+            except KeyError as e:
+                problems.append(f"{key}: {e.args[0]}")
+    stride = cfg["model"]["output_stride"]
+    if type(stride) is int:  # a stride of the wrong type is already listed by config_problems
+        for head in dict.fromkeys(found["heads"]):
+            supported = HEADS.get(head).output_strides
+            if stride not in supported:
+                problems.append(f"model.output_stride={stride}: head {head!r} supports "
+                                f"{', '.join(map(str, supported))}")
+    return problems
 
 
 def parse_analyses(text: str) -> list[str]:
@@ -132,52 +207,39 @@ def print_plan(cells, results_dir: Path, argv: list[str]) -> None:
     print("each cell runs:", shlex.join(["python", *worker_args(argv, "CELL_ID")]))
 
 
+@command("segbench run")
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
-    try:
-        cfg = resolve_config(args)
-        transfers = parse_specs(cfg["specs"])
-        analyses = parse_analyses(args.analyze)
-    except (ConfigError, SpecError) as e:
-        print(f"segbench: {e}", file=sys.stderr)
-        return 2
+    cfg = resolve_config(args)
+    transfers = parse_specs(cfg["specs"])
+    analyses = parse_analyses(args.analyze)
 
-    from .data import DatasetError
     from .engine import distributed as dist_utils
     from .cells import plan
     from .launchers import LAUNCHERS, parse_options
     from .models import BACKBONES, HEADS
     from .report import build_report
 
+    backbones = BACKBONES.expand(cfg["backbones"])
+    heads = HEADS.expand(cfg["heads"])
+    launcher = LAUNCHERS.get(args.launcher)
     try:
-        backbones = BACKBONES.expand(cfg["backbones"])
-        heads = HEADS.expand(cfg["heads"])
-        launcher = LAUNCHERS.get(args.launcher)
         launcher_opts = parse_options(args.launcher_opts, launcher)
-    except (KeyError, ValueError) as e:
-        print(f"segbench: {e.args[0]}", file=sys.stderr)
-        return 2
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     cells = plan(cfg, transfers, backbones, heads)
     if args.only:
         unknown = set(args.only) - {c.cell_id for c in cells}
         if unknown:
-            print(f"segbench: --only {' '.join(sorted(unknown))}: no such cell in this plan (see --dry-run)",
-                  file=sys.stderr)
-            return 2
+            raise ConfigError(f"--only {' '.join(sorted(unknown))}: no such cell in this plan (see --dry-run)")
         cells = [c for c in cells if c.cell_id in args.only]
     results_dir = args.results / cfg["name"]
     if args.dry_run:
         print_plan(cells, results_dir, argv)
         return 0
-    from .models.pretrained import PretrainedWeightsError
-
-    try:
-        check_datasets(transfers, cfg, args.data_root)
-        check_pretrained(cfg, backbones)
-    except (DatasetError, KeyError, PretrainedWeightsError) as e:
-        print(f"segbench: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
-        return 2
+    check_datasets(transfers, cfg, args.data_root)
+    check_pretrained(cfg, backbones)
     # subprocess launchers must not open a CUDA context on GPU 0 in the parent
     device = dist_utils.init_from_env(None if args.device == "auto" else args.device) \
         if args.launcher == "local" else None
@@ -187,8 +249,7 @@ def main(argv: list[str] | None = None) -> int:
         outcomes = run_study(cells, results_dir, launcher, launcher_opts, argv=argv, data_root=args.data_root,
                              device=device)
     except (ValueError, ImportError) as e:  # no GPU visible, submitit missing
-        print(f"segbench: {e}", file=sys.stderr)
-        return 2
+        raise ConfigError(f"--launcher {args.launcher}: {e}") from None
     if not dist_utils.is_main():
         return 0
     md = build_report(results_dir)
@@ -211,6 +272,11 @@ def main(argv: list[str] | None = None) -> int:
     skipped = sum(o.status == "skipped" for o in outcomes)
     if skipped:
         print(f"{skipped} finished cell(s) skipped (delete their directory to rerun them)")
+    busy = [o for o in outcomes if o.status == "busy"]
+    if busy:
+        print(f"{len(busy)} cell(s) busy elsewhere, not run here (rerun this command once they finish):")
+        for o in busy:
+            print(f"  {o.cell.dirname}: {o.reason}")
     if failed:
         print(f"\n{len(failed)} cell(s) FAILED:", file=sys.stderr)
         for o in failed:
