@@ -9,10 +9,21 @@ Nothing here imports torch: the report and `--dry-run` use it without loading th
 """
 from __future__ import annotations
 
+import datetime
+import errno
 import hashlib
 import json
+import os
+import platform
+import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: cells run unlocked
+    fcntl = None
 
 from .config import identity_view
 from .io import write_json
@@ -29,6 +40,8 @@ TRAIN_LOG = "train_log.csv"
 TENSORBOARD = "tb"
 PREDS = "preds"  # preds/TARGET/: the first predictions per target, for the report's qualitative panel
 LAUNCHER_LOG = "launcher.log"  # a worker's output, or an in-process failure's traceback
+LOCK = ".lock"  # flock-ed by the process running the cell; its text names that process
+SLURM_JOB = "slurm_job"  # id of the Slurm job last submitted for the cell, so a rerun can see it is still queued
 
 # --- the record -----------------------------------------------------------------------------------------------------
 #: Every field of `record.json`, written down once. `new_record` creates them; readers may rely on the required ones.
@@ -42,7 +55,8 @@ RECORD_FIELDS = {
     "config": "the effective configuration: {model, train, eval}",
     "results": "target -> metrics: miou, per_class_iou, pixel_acc, eval (the eval settings scored under), images, "
                "seconds, samples (prediction dumps)",
-    "training": "train_seconds, images_per_s, resumed_from (absent when the cell was only evaluated)",
+    "training": "train_seconds, images_per_s (the whole run, across resumes), resumed_from (the iteration this "
+                "process resumed at; absent when the cell was only evaluated)",
     "provenance": "segbench version, git commit, python/torch/CUDA, device, host, argv of the run that wrote it",
 }
 REQUIRED_FIELDS = ("cell_id", "backbone", "head", "source", "seed", "config", "results")
@@ -172,3 +186,64 @@ def load_records(results_dir: Path) -> list[dict]:
         record["_dir"] = path.parent
         records.append(record)
     return records
+
+
+# --- the lock: one process runs a cell at a time -----------------------------------------------------------------
+class CellBusy(RuntimeError):
+    """Another process holds the cell's lock: it is running the cell now."""
+
+
+# a filesystem without flock support (Lustre mounted without -o flock, some FUSE): run unlocked, with a warning
+_NO_LOCKS = {errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL}
+
+
+@contextmanager
+def cell_lock(cell_dir: Path):
+    """Hold CELLDIR/.lock while the block runs, or raise CellBusy naming the process that holds it.
+
+    An advisory flock: the kernel drops it when its process exits, however it ends (kill -9 included), so a crashed
+    run never leaves a stale lock. It covers processes on one machine, and across machines on NFS (Linux maps flock
+    to NFS byte-range locks). The file itself stays; its text names the holder for the other runner's message.
+    """
+    path = Path(cell_dir) / LOCK
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as f:
+        try:
+            if fcntl is not None:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "a process that has not said who it is yet"
+            raise CellBusy(f"{cell_dir}: another process is running this cell ({holder}); skipped here. "
+                           "Run the study again after it ends to pick up its result") from None
+        except OSError as e:
+            if e.errno not in _NO_LOCKS:
+                raise
+            warnings.warn(f"{path}: this filesystem does not support file locks ({e.strerror}); the cell runs "
+                          "unlocked, so do not start two runners on this results directory", stacklevel=3)
+        f.seek(0)
+        f.truncate()
+        stamp = datetime.datetime.now().isoformat(timespec="seconds")
+        f.write(f"pid {os.getpid()} on {platform.node()} since {stamp}\n")
+        f.flush()
+        yield
+
+
+def lock_holder(cell_dir: Path) -> str | None:
+    """Who holds the cell's lock right now (its text), or None when nobody does."""
+    path = Path(cell_dir) / LOCK
+    if fcntl is None:
+        return None
+    try:
+        f = open(path)
+    except FileNotFoundError:
+        return None
+    with f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return f.read().strip() or "another process"
+        except OSError:
+            return None
+        fcntl.flock(f, fcntl.LOCK_UN)
+        return None

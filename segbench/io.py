@@ -1,14 +1,45 @@
 """Writing results: every file (text, JSON, checkpoint, figure) goes to a temp file in the same directory, then is
-renamed, so a reader never sees half a file; plus the text formats those files carry (CSV, markdown tables)."""
+renamed, so a reader never sees half a file; plus the text formats those files carry (CSV, markdown tables).
+
+A write that fails for want of space or permission says so, naming the file and the device or directory, instead of
+torch's or the OS's raw error; a temp file a killed process left behind is recognised by its name and removed when
+its cell next starts (`remove_stale_temp_files`).
+"""
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
 import os
+import re
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
+
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+NOT_WRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
+# a write that fails with less than this free is blamed on space: torch reports a short write as
+# "RuntimeError: [enforce fail at inline_container.cc:...] unexpected pos", without the OS error behind it
+LOW_SPACE_BYTES = 64 * 2**20
+# the names _atomic's temp files get: "." + target name + "." + mkstemp's 8 random characters + ".tmp"
+TEMP_NAME = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")
+
+
+class DiskFullError(OSError):
+    """No space left on the device while writing a result; the file being replaced, if any, is intact."""
+
+
+class NotWritableError(PermissionError):
+    """A results directory that cannot be written to (permissions or a read-only mount)."""
+
+
+def _os_error(kind: type[OSError], code: int, message: str) -> OSError:
+    """`kind(message)` with its errno set: str() is then the message alone, without an "[Errno N]" prefix."""
+    error = kind(message)
+    error.errno = code
+    return error
 
 
 def _umask() -> int:
@@ -17,11 +48,76 @@ def _umask() -> int:
     return mask
 
 
+def is_writable(directory: Path) -> bool:
+    """Whether this process may create files in `directory` (False on a read-only mount, also for root)."""
+    return os.access(directory, os.W_OK | os.X_OK)
+
+
+def check_writable(directory: Path) -> None:
+    """Raise NotWritableError unless `directory`, or the nearest ancestor that exists when it does not yet, can take
+    new files: a study checks its results directory this way before it trains anything."""
+    directory = Path(directory).absolute()
+    existing = next(p for p in (directory, *directory.parents) if p.exists())
+    if not existing.is_dir():
+        raise _os_error(NotWritableError, errno.ENOTDIR, f"cannot write results under {directory}: {existing} is a "
+                                                          "file, not a directory; choose another results directory")
+    if not is_writable(existing):
+        raise _os_error(NotWritableError, errno.EACCES,
+                        f"cannot write results under {directory}: {existing} is not writable (read-only mount or "
+                        "permissions); choose another results directory (--results) or make it writable")
+
+
+def _mount_of(path: Path) -> str:
+    """'DEVICE (mounted at MOUNT)' for the filesystem holding `path`, or the mount point alone."""
+    mount = Path(path).absolute()
+    while not os.path.ismount(mount) and mount != mount.parent:
+        mount = mount.parent
+    try:
+        with open("/proc/mounts") as f:
+            devices = [line.split()[0] for line in f if line.split()[1:2] == [str(mount)]]
+    except OSError:
+        devices = []
+    return f"{devices[-1]} (mounted at {mount})" if devices else str(mount)
+
+
+def _free_bytes(directory: Path) -> int | None:
+    try:
+        return shutil.disk_usage(directory).free
+    except OSError:
+        return None
+
+
+def _os_errno(error: BaseException) -> int | None:
+    """The errno of the OSError that caused `error`, looking through torch's wrapping exceptions."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno is not None:
+            return error.errno
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def _out_of_space(error: BaseException, free: int | None) -> bool:
+    if _os_errno(error) in NO_SPACE:
+        return True
+    return isinstance(error, (OSError, RuntimeError)) and free is not None and free < LOW_SPACE_BYTES
+
+
 def _atomic(path: Path, write: Callable[[Any], None], mode: str) -> None:
     """mkstemp creates 0600 files: give the result the permissions a plain open() would."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        if e.errno in NOT_WRITABLE:
+            where = next((p for p in path.parents if p.exists()), path.parent)
+            raise _os_error(NotWritableError, e.errno, f"cannot write {path}: {where} is not writable (read-only mount "
+                                                       "or permissions); make it writable or write elsewhere") from e
+        if e.errno in NO_SPACE:
+            raise _disk_full(path, _free_bytes(path.parent)) from e
+        raise
     try:
         with os.fdopen(fd, mode) as f:
             write(f)
@@ -29,10 +125,33 @@ def _atomic(path: Path, write: Callable[[Any], None], mode: str) -> None:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
+        free = _free_bytes(path.parent)  # before the partial file is removed, or a full disk looks roomy
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, Exception) and _out_of_space(e, free):
+            raise _disk_full(path, free) from e
         raise
+
+
+def _disk_full(path: Path, free: int | None) -> OSError:
+    return _os_error(DiskFullError, errno.ENOSPC,
+                     f"no space left on {_mount_of(path.parent)} while writing {path}"
+                     + (f" ({free / 2**20:.0f} MiB free)" if free is not None else "")
+                     + "; free some space and run again (a cell resumes from its last checkpoint, which is intact)")
+
+
+def remove_stale_temp_files(directory: Path) -> list[Path]:
+    """Delete the temp files of writes that never finished (a process killed mid-save) anywhere under `directory`;
+    returns them. Only for directories segbench owns, and only while no other process writes there (a cell holds
+    its lock)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    stale = [p for p in directory.rglob(".*.tmp") if TEMP_NAME.match(p.name) and p.is_file()]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
 
 
 def write_text(path: Path, text: str) -> None:

@@ -27,6 +27,7 @@ from typing import Callable, Sequence
 
 import yaml
 
+from .io import write_text
 from .registry import Registry
 
 LAUNCHERS = Registry("launcher")
@@ -43,6 +44,7 @@ class Job:
     args: list[str]  # after the interpreter: ["-m", "segbench.run", ..., "--only", CELL_ID]
     log: Path
     call: Callable[[], object] | None = None  # the in-process equivalent (the local launcher runs it)
+    queue_id_file: Path | None = None  # a launcher that submits to a queue records the job's id here
 
 
 @dataclass
@@ -306,6 +308,9 @@ def launch_slurm(jobs: list[Job], workdir: Path | None = None, *, wait: bool = T
         executor = submitit.AutoExecutor(folder=workdir / "slurm" / "%j", cluster=cluster)
     executor.update_parameters(**opts.executor_parameters(f"segbench-{workdir.resolve().name}"))
     submitted = executor.submit_array(tasks)
+    for job, sub in zip(jobs, submitted):  # at once, not after waiting: a rerun meanwhile must see them queued
+        if job.queue_id_file is not None:
+            write_text(job.queue_id_file, f"{sub.job_id}\n")
     _say(f"submitted {len(submitted)} cell(s) as job array {submitted[0].job_id.split('_')[0]}; submitit files in "
          f"{workdir / 'slurm'}")
     out = []
@@ -325,4 +330,25 @@ def launch_slurm(jobs: list[Job], workdir: Path | None = None, *, wait: bool = T
     return out
 
 
+def slurm_active_jobs(job_ids: Sequence[str]) -> set[str]:
+    """Which of `job_ids` (array tasks "4242_1" or plain jobs) Slurm still holds, pending or running (squeue).
+
+    When squeue cannot answer (not on the cluster, controller down) none are taken as queued, with a warning: a cell
+    submitted twice then finds its lock held and is skipped by the second task."""
+    if not job_ids:
+        return set()
+    cmd = ["squeue", "-h", "-r", "-j", ",".join(job_ids), "-o", "%i"]
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError) as e:
+        _say(f"warning: could not ask Slurm which earlier jobs are still queued ({e}); submitting their cells again")
+        return set()
+    if out.returncode != 0:
+        if "invalid job id" not in out.stderr.lower():  # squeue's answer when none of the ids is known any more
+            _say(f"warning: {shlex.join(cmd)} failed ({out.stderr.strip()[:200]}); submitting their cells again")
+        return set()
+    return {line.strip() for line in out.stdout.splitlines()} & set(job_ids)
+
+
 launch_slurm.options = SlurmOptions
+launch_slurm.active_jobs = slurm_active_jobs

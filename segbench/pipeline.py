@@ -9,22 +9,24 @@ import platform
 import subprocess
 import sys
 import time
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import torch
 
 from . import __version__
-from .cells import CHECKPOINTS, CONFIG, DONE, FINAL_WEIGHTS, PREDS, TENSORBOARD, TRAIN_LOG, Cell, missing_targets, \
-    new_record, read_record_or_none, write_record
+from .cells import CHECKPOINTS, CONFIG, DONE, FINAL_WEIGHTS, PREDS, TENSORBOARD, TRAIN_LOG, Cell, CellBusy, cell_lock, \
+    missing_targets, new_record, read_record_or_none, write_record
 from .config import InferenceSettings, train_settings
 from .data import build_dataset
+from .data.label_scan import apply_unknown_label_policy
 from .data.transforms import build_train_transform, eval_transform_for
 from .engine import distributed as dist_utils
-from .engine.checkpoint import load_checkpoint
+from .engine.checkpoint import load_final_weights
 from .engine.logging import tensorboard_writer
 from .engine.scoring import evaluate
 from .engine.train import train
-from .io import save_torch, write_json
+from .io import remove_stale_temp_files, save_torch, write_json
 from .models import create_model
 
 
@@ -46,10 +48,42 @@ def provenance(device: torch.device) -> dict:
     }
 
 
+@contextmanager
+def claim_cell(cell_dir: Path, device: torch.device):
+    """Hold the cell's lock (cells.cell_lock) for every rank of this job, or raise CellBusy on every rank: the first
+    rank takes it and tells the others. Once it is held no other process writes here, so the temp files of a save
+    that a killed run left behind are removed."""
+    with ExitStack() as held:
+        busy = None
+        if dist_utils.is_main():
+            try:
+                held.enter_context(cell_lock(cell_dir))
+            except CellBusy as e:
+                busy = e
+            else:
+                remove_stale_temp_files(cell_dir)
+        if dist_utils.is_dist():
+            flag = torch.tensor(int(busy is not None), device=device)
+            torch.distributed.broadcast(flag, 0)
+            if flag.item() and busy is None:
+                busy = CellBusy(f"{cell_dir}: another process is running this cell; skipped here")
+        if busy is not None:
+            raise busy
+        yield
+
+
 def run_cell(cell: Cell, cell_dir: Path, *, data_root=None, device: torch.device | None = None) -> dict:
-    """Train (or resume) one cell, evaluate whatever target is missing, write the record. Returns the record."""
+    """Train (or resume) one cell, evaluate whatever target is missing, write the record. Returns the record.
+
+    The cell's lock is held throughout: CellBusy, before any work, when another process runs the cell."""
     cell_dir = Path(cell_dir)
     device = device or dist_utils.init_from_env()
+    with claim_cell(cell_dir, device):
+        return train_and_score(cell, cell_dir, data_root=data_root, device=device)
+
+
+def train_and_score(cell: Cell, cell_dir: Path, *, data_root, device: torch.device) -> dict:
+    """run_cell's work, once the cell is claimed."""
     main = dist_utils.is_main()
     record = read_record_or_none(cell_dir) or new_record(cell)
     record["config"]["eval"] = cell.eval
@@ -60,21 +94,24 @@ def run_cell(cell: Cell, cell_dir: Path, *, data_root=None, device: torch.device
 
     # 1. the model: a trained cell's own weights, else (pretrained) initial weights and training
     final = cell_dir / FINAL_WEIGHTS
-    trained = final.is_file()
+    final_state = load_final_weights(final, set_damaged_aside=main)
+    trained = final_state is not None
     torch.manual_seed(cell.seed)
     # ImageNet weights only matter before training; a trained cell's own weights replace them anyway
     model = create_model(cell.backbone, head=cell.head, output_stride=cell.model.get("output_stride"),
                          pretrained=None if trained else cell.model.get("pretrained"), aux=bool(cell.model.get("aux")))
     if trained:
-        model.load_state_dict(load_checkpoint(final))
+        model.load_state_dict(final_state)
     else:
         settings = train_settings(cell.train)
         source = build_dataset(cell.source, settings.split, root=data_root)
+        unknown_labels = apply_unknown_label_policy(source, settings.unknown_labels, settings.workers)
         transform = build_train_transform(settings.crop, settings.scale_range, settings.hflip)
         record["training"] = train(model, source, transform, settings, seed=cell.seed, device=device,
                                    ckpt_dir=cell_dir / CHECKPOINTS, identity=cell.training_identity(),
                                    log_path=cell_dir / TRAIN_LOG, tb_dir=cell_dir / TENSORBOARD,
                                    desc=f"{cell.backbone} on {cell.source} (seed {cell.seed})")
+        record["training"].update(unknown_labels)
         if main:
             save_torch(final, model.state_dict())
 

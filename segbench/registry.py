@@ -5,6 +5,7 @@ Names are the single source of truth: listings, CLI choices and error messages a
 from __future__ import annotations
 
 import fnmatch
+from contextlib import contextmanager
 from typing import Callable, Iterator, TypeVar
 
 T = TypeVar("T")
@@ -54,6 +55,16 @@ class Registry:
                 matches = [pattern]
             out += [m for m in matches if m not in out]
         return out
+
+    @contextmanager
+    def scoped(self) -> Iterator["Registry"]:
+        """Registrations made inside the block are undone when it ends (tests; plug-ins tried once)."""
+        saved = dict(self._entries)
+        try:
+            yield self
+        finally:
+            self._entries.clear()
+            self._entries.update(saved)
 
     def __contains__(self, name: object) -> bool:
         return name in self._entries

@@ -4,15 +4,21 @@ This is the launchers' caller: it decides everything once (done cells are skippe
 line, its log and its in-process equivalent), hands the jobs to the launcher, then judges each cell by what it left
 on disk. A worker is the study's own command line narrowed to one cell (`--only CELL_ID --launcher local`), so it
 plans exactly what the parent planned.
+
+Two runners on one results directory do not both train a cell: the process running a cell holds its lock (see
+cells.cell_lock), and a cell whose earlier job a queue still holds (Slurm) is not submitted again; either way the cell
+is reported "busy". A results directory that cannot be written to stops the study before anything runs.
 """
 from __future__ import annotations
 
 import functools
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-from .cells import LAUNCHER_LOG, Cell, is_done
+from .cells import LAUNCHER_LOG, SLURM_JOB, Cell, CellBusy, is_done, lock_holder
+from .io import check_writable
 from .launchers import Job, Launched, last_line
 from .pipeline import run_cell
 
@@ -53,17 +59,27 @@ def worker_args(argv: Sequence[str], cell_id: str) -> list[str]:
 class CellOutcome:
     cell: Cell
     cell_dir: Path
-    status: str  # "done", "skipped", "failed", "submitted"
+    status: str  # "done", "skipped", "failed", "submitted", "busy" (another process, or a queued job, has it)
     error: str | None = None
+    reason: str | None = None  # why a cell is busy
     log: Path | None = None
     seconds: float = 0.0
     extra: dict = field(default_factory=dict)
 
 
+def run_job(cell: Cell, cell_dir: Path, *, data_root=None, device=None) -> None:
+    """A job's in-process work: run the cell, or say that another process is running it (judged "busy" after)."""
+    try:
+        run_cell(cell, cell_dir, data_root=data_root, device=device)
+    except CellBusy as e:
+        print(f"  busy: {e}", file=sys.stderr, flush=True)
+
+
 def cell_job(cell: Cell, results_dir: Path, argv: Sequence[str], *, data_root=None, device=None) -> Job:
     cell_dir = cell.directory(results_dir)
     return Job(name=cell.dirname, args=worker_args(argv, cell.cell_id), log=cell_dir / LAUNCHER_LOG,
-               call=functools.partial(run_cell, cell, cell_dir, data_root=data_root, device=device))
+               call=functools.partial(run_job, cell, cell_dir, data_root=data_root, device=device),
+               queue_id_file=cell_dir / SLURM_JOB)
 
 
 def judge(cell: Cell, cell_dir: Path, job: Job, launched: Launched) -> CellOutcome:
@@ -74,6 +90,9 @@ def judge(cell: Cell, cell_dir: Path, job: Job, launched: Launched) -> CellOutco
         return CellOutcome(cell, cell_dir, "submitted", **common)
     if launched.rc == 0 and is_done(cell, cell_dir):
         return CellOutcome(cell, cell_dir, "done", **common)
+    holder = lock_holder(cell_dir)
+    if holder is not None and not is_done(cell, cell_dir):
+        return CellOutcome(cell, cell_dir, "busy", reason=f"another process is running it ({holder})", **common)
     if launched.error:
         return CellOutcome(cell, cell_dir, "failed", error=launched.error, **common)
     why = f"exit code {launched.rc}" if launched.rc != 0 else "exited 0 but the cell is not done (no record or done marker)"
@@ -81,11 +100,41 @@ def judge(cell: Cell, cell_dir: Path, job: Job, launched: Launched) -> CellOutco
     return CellOutcome(cell, cell_dir, "failed", error=f"{why}: {tail}" if tail else why, **common)
 
 
+def still_queued(cells: list[Cell], results_dir: Path, launcher: Callable) -> dict[str, str]:
+    """cell_id -> job id, for the cells whose last submitted job the launcher's queue still holds (pending or running).
+
+    Only a launcher that submits to a queue can tell (its `active_jobs(ids)`, e.g. slurm asking squeue)."""
+    active_jobs = getattr(launcher, "active_jobs", None)
+    if active_jobs is None:
+        return {}
+    submitted = {}
+    for cell in cells:
+        try:
+            job_id = (cell.directory(results_dir) / SLURM_JOB).read_text().strip()
+        except OSError:
+            continue
+        if job_id:
+            submitted[cell.cell_id] = job_id
+    alive = active_jobs(list(dict.fromkeys(submitted.values()))) if submitted else set()
+    return {cell_id: job_id for cell_id, job_id in submitted.items() if job_id in alive}
+
+
 def run_study(cells: list[Cell], results_dir: Path, launcher: Callable, options: dict | None = None, *,
               argv: Sequence[str] = (), data_root=None, device=None) -> list[CellOutcome]:
-    """Launch every pending cell of `cells`; one outcome per cell, in plan order (finished cells: "skipped")."""
+    """Launch every pending cell of `cells`; one outcome per cell, in plan order (finished cells: "skipped").
+
+    NotWritableError before anything runs when the results directory (or a cell's) cannot be written to."""
     results_dir = Path(results_dir)
+    check_writable(results_dir)
     pending = [c for c in cells if not is_done(c, c.directory(results_dir))]
+    for cell in pending:
+        if cell.directory(results_dir).exists():
+            check_writable(cell.directory(results_dir))
+    queued = still_queued(pending, results_dir, launcher)
+    busy = {c.cell_id: CellOutcome(c, c.directory(results_dir), "busy", reason=f"job {queued[c.cell_id]}, submitted "
+                                   "earlier, is still queued or running; not submitted again")
+            for c in pending if c.cell_id in queued}
+    pending = [c for c in pending if c.cell_id not in queued]
     jobs = [cell_job(c, results_dir, argv, data_root=data_root, device=device) for c in pending]
     for cell in pending:
         cell.directory(results_dir).mkdir(parents=True, exist_ok=True)
@@ -94,4 +143,5 @@ def run_study(cells: list[Cell], results_dir: Path, launcher: Callable, options:
         raise RuntimeError(f"launcher {getattr(launcher, '__name__', launcher)} returned {len(launched)} results "
                            f"for {len(jobs)} jobs")
     judged = {c.cell_id: judge(c, c.directory(results_dir), j, r) for c, j, r in zip(pending, jobs, launched)}
+    judged.update(busy)
     return [judged.get(c.cell_id) or CellOutcome(c, c.directory(results_dir), "skipped") for c in cells]

@@ -188,6 +188,7 @@ def test_auxiliary_loss_is_added_with_its_weight():
 
 # -- scoring a model end to end against a known answer ---------------------------------------------------------------
 KNOWN_YAML = """\
+segbench_dataset: 1
 name: engine-known-answer
 root: known
 splits: [val]
@@ -230,7 +231,6 @@ def test_evaluation_of_a_known_model_through_a_dataset_adapter(tmp_path, one_thr
     """YAML dataset on disk -> eval transform at half resolution -> logits upsampled to the label -> one confusion
     matrix over the split; the expected IoUs are counted here with numpy."""
     import minitrees as mt
-    from segbench.data.registry import DATASETS
     from segbench.data.transforms import eval_transform_for
     from segbench.data.yaml_dataset import register_yaml
     from segbench.engine.scoring import evaluate
@@ -243,14 +243,11 @@ def test_evaluation_of_a_known_model_through_a_dataset_adapter(tmp_path, one_thr
         mt.write_gray(root / "gt/val" / f"f{i}_gt.png", label)
     spec = tmp_path / "known.yaml"
     spec.write_text(KNOWN_YAML)
-    name = register_yaml(spec)
-    try:
-        ds = build_dataset(name, "val", root=tmp_path / "data")
-        ds.transform = eval_transform_for(ds, (16, 32))  # the model sees a quarter of the pixels
-        result = evaluate(RedChannelModel(), ds, device=torch.device("cpu"), eval_classes=ds.eval_classes, workers=0,
-                          dump_dir=tmp_path / "preds", dump_count=2)
-    finally:
-        DATASETS._entries.pop(name, None)
+    name = register_yaml(spec)  # unregistered after the test (conftest's scoped_datasets)
+    ds = build_dataset(name, "val", root=tmp_path / "data")
+    ds.transform = eval_transform_for(ds, (16, 32))  # the model sees a quarter of the pixels
+    result = evaluate(RedChannelModel(), ds, device=torch.device("cpu"), eval_classes=ds.eval_classes, workers=0,
+                      dump_dir=tmp_path / "preds", dump_count=2)
 
     # the upsampled prediction is the block map at the label's resolution
     for i, (shown, _) in enumerate(frames):

@@ -187,7 +187,8 @@ def _tiny_yaml_dataset(root: Path) -> None:
             label = np.repeat(label, 64, 1)
             cv2.imwrite(str(root / "tiny/images" / split / f"{i}.png"), rng.integers(0, 255, (32, 64, 3), np.uint8))
             cv2.imwrite(str(root / "tiny/labels" / split / f"{i}.png"), label)
-    (root / "tiny.yaml").write_text("name: tiny\nsplits: [train, val]\nimages: {dir: 'images/{split}', suffix: .png}\n"
+    (root / "tiny.yaml").write_text("segbench_dataset: 1\nname: tiny\nsplits: [train, val]\n"
+                                    "images: {dir: 'images/{split}', suffix: .png}\n"
                                     "labels: {dir: 'labels/{split}', suffix: .png}\nencoding: trainid\n")
 
 

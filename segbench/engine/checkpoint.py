@@ -1,7 +1,10 @@
-"""Crash-safe checkpoints: atomic writes, keep the newest K, resume only into the same configuration."""
+"""Crash-safe checkpoints: atomic writes, keep the newest K, resume only into the same configuration, from the newest
+checkpoint that loads (a damaged one is renamed NAME.damaged and kept, never deleted)."""
 from __future__ import annotations
 
+import pickle
 import re
+import warnings
 from pathlib import Path
 
 import torch
@@ -11,6 +14,8 @@ from ..io import save_torch
 from ..models import create_model
 
 _NAME = re.compile(r"^iter_(\d+)\.pt$")
+DAMAGED_SUFFIX = ".damaged"
+TRAINING_STATE = ("iteration", "identity", "model", "optimizer", "rng_cpu")  # what train() resumes from
 
 
 class CheckpointMismatch(RuntimeError):
@@ -37,13 +42,84 @@ def save_checkpoint(directory: Path, iteration: int, state: dict, keep: int = 2)
     return path
 
 
+def _unpickler_reason(e: pickle.UnpicklingError) -> str:
+    """The one informative sentence of torch's long refusal (e.g. "Unsupported global: GLOBAL os.system ...")."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    for line in lines:
+        if "WeightsUnpickler error:" in line:
+            return line.split("WeightsUnpickler error:", 1)[1].strip().split(". ")[0]
+    return lines[0] if lines else type(e).__name__
+
+
 def load_checkpoint(path: Path, map_location="cpu") -> dict:
-    return torch.load(path, map_location=map_location, weights_only=True)
+    """Tensors and plain containers only (weights_only=True): a file that needs more never runs its code here."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        reason = _unpickler_reason(e)
+        raise CheckpointError(
+            f"{path}: not a segbench checkpoint, or it holds objects that may be unsafe to load (torch.load with "
+            f"weights_only=True refused it: {reason}); pass a model_final.pt or iter_*.pt that segbench wrote") from None
+    except EOFError:
+        raise DamagedCheckpoint(f"{path}: empty or truncated (a write cut short, a copy that did not finish)") from None
+    except RuntimeError as e:  # torch's zip reader: "PytorchStreamReader failed reading zip archive: ..."
+        if "PytorchStreamReader" not in str(e):
+            raise
+        raise DamagedCheckpoint(f"{path}: damaged or truncated ({str(e).split('. ')[0]})") from None
 
 
-def latest_checkpoint(directory: Path) -> Path | None:
-    found = list_checkpoints(directory)
-    return found[-1][1] if found else None
+def set_aside(path: Path) -> Path:
+    """Rename a damaged file to NAME.damaged (NAME.damaged.2, ... when taken): out of the way, kept for a look."""
+    path = Path(path)
+    target, n = path.with_name(path.name + DAMAGED_SUFFIX), 1
+    while target.exists():
+        n += 1
+        target = path.with_name(f"{path.name}{DAMAGED_SUFFIX}.{n}")
+    path.rename(target)
+    return target
+
+
+def load_latest_checkpoint(directory: Path, set_damaged_aside: bool = True) -> tuple[Path, dict] | None:
+    """The newest training checkpoint that loads, with its path; None when there is none.
+
+    A damaged one (truncated by a full disk or a copy cut short) must not block the cell forever: it is set aside as
+    NAME.damaged with a warning naming it, and the one before it is tried. Ranks other than the first pass
+    set_damaged_aside=False and skip it (or find it already moved).
+    """
+    for _, path in reversed(list_checkpoints(directory)):
+        try:
+            state = load_checkpoint(path)
+            missing = [k for k in TRAINING_STATE if not isinstance(state, dict) or k not in state]
+            if missing:
+                raise DamagedCheckpoint(f"{path}: not a training checkpoint (no {', '.join(missing)})")
+            return path, state
+        except FileNotFoundError:  # set aside by the first rank meanwhile
+            continue
+        except DamagedCheckpoint as e:
+            if set_damaged_aside:
+                kept = set_aside(path)
+                warnings.warn(f"{e}; kept aside as {kept.name}, resuming from the checkpoint before it (if any)",
+                              DamagedCheckpointWarning, stacklevel=2)
+    return None
+
+
+def load_final_weights(path: Path, set_damaged_aside: bool = True) -> dict | None:
+    """A finished cell's state dict; None when it has none yet, or when the file is damaged: then it is set aside
+    with a warning and the cell trains again from its newest checkpoint (the final iteration's, when training had
+    ended), rather than failing until someone deletes the file."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        return load_checkpoint(path)
+    except FileNotFoundError:  # set aside by the first rank meanwhile
+        return None
+    except DamagedCheckpoint as e:
+        if set_damaged_aside:
+            kept = set_aside(path)
+            warnings.warn(f"{e}; kept aside as {kept.name}, the cell resumes from its newest checkpoint",
+                          DamagedCheckpointWarning, stacklevel=2)
+        return None
 
 
 def check_same_config(saved: dict, current: dict, path: Path) -> None:
@@ -62,6 +138,14 @@ def check_same_config(saved: dict, current: dict, path: Path) -> None:
 
 class CheckpointError(ValueError):
     """A checkpoint cannot be turned back into a model; the message names the file and what is wrong."""
+
+
+class DamagedCheckpoint(CheckpointError):
+    """A checkpoint file that is truncated or corrupt (not one that is merely of another kind)."""
+
+
+class DamagedCheckpointWarning(UserWarning):
+    """A damaged training checkpoint was set aside and an earlier one used."""
 
 
 def resolve(path: Path) -> tuple[Path, Path]:

@@ -17,7 +17,7 @@ from ..data.workers import worker_init_fn
 from ..labels import IGNORE_INDEX
 from . import distributed as dist_utils
 from .logging import ScalarLog
-from .checkpoint import check_same_config, latest_checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import check_same_config, load_latest_checkpoint, save_checkpoint
 
 
 LOG_EVERY = 10  # iterations between log rows (and host syncs)
@@ -70,7 +70,8 @@ def train(model: torch.nn.Module, dataset, transform, settings: TrainSettings, *
           desc: str = "train") -> dict:
     """Train `model` in place for `settings.iters` iterations, resuming from `ckpt_dir` when it holds a checkpoint.
 
-    `identity` is the configuration a checkpoint must match to be resumed from. Returns timing statistics.
+    `identity` is the configuration a checkpoint must match to be resumed from. Returns timing statistics of the
+    whole run: a checkpoint carries the seconds and images trained up to it, and a resumed run adds its own.
     """
     model.to(device)
     if device.type == "cuda" and settings.channels_last:
@@ -78,10 +79,10 @@ def train(model: torch.nn.Module, dataset, transform, settings: TrainSettings, *
     optimizer = torch.optim.SGD(model.parameters(), lr=settings.lr, momentum=settings.momentum,
                                 weight_decay=settings.weight_decay)
     amp_ctx, scaler = autocast_for(device, settings.amp)
-    start = 0
-    resume = latest_checkpoint(ckpt_dir)
-    if resume is not None:
-        state = load_checkpoint(resume)
+    start, before_seconds, before_images = 0, 0.0, 0
+    found = load_latest_checkpoint(ckpt_dir, set_damaged_aside=dist_utils.is_main())
+    if found is not None:
+        resume, state = found
         check_same_config(state["identity"], identity, resume)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -91,6 +92,8 @@ def train(model: torch.nn.Module, dataset, transform, settings: TrainSettings, *
         if device.type == "cuda" and state.get("rng_cuda") is not None:
             torch.cuda.set_rng_state(state["rng_cuda"], device)
         start = int(state["iteration"])
+        # checkpoints written before these were recorded: the statistics then cover this process only
+        before_seconds, before_images = float(state.get("train_seconds", 0.0)), int(state.get("train_images", 0))
     ddp_model = dist_utils.wrap_ddp(model, device)
     step_model = torch.compile(ddp_model) if settings.compile else ddp_model
 
@@ -101,11 +104,12 @@ def train(model: torch.nn.Module, dataset, transform, settings: TrainSettings, *
                 "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict() if scaler else None,
                 "rng_cpu": torch.get_rng_state(),
                 "rng_cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+                "train_seconds": before_seconds + time.perf_counter() - t0, "train_images": before_images + images,
             }, keep=settings.keep_ckpts)
 
     loader = make_loader(dataset, transform, settings, seed, start, device)
     main = dist_utils.is_main()
-    log = ScalarLog(log_path if main else None, tb_dir if main else None, append=start > 0)
+    log = ScalarLog(log_path if main else None, tb_dir if main else None, resume_from=start)
     model.train()
     bar = tqdm(total=settings.iters, initial=start, desc=desc, unit="it", dynamic_ncols=True,
                disable=not dist_utils.is_main())
@@ -163,8 +167,10 @@ def train(model: torch.nn.Module, dataset, transform, settings: TrainSettings, *
     if iteration != settings.iters:
         raise RuntimeError(f"{desc}: data stream ended at iteration {iteration} of {settings.iters}")
     check_finite()
-    seconds = time.perf_counter() - t0  # training throughput: the one-off final save is not part of it
+    # training throughput: the one-off final save is not part of it
+    seconds, total_images = before_seconds + time.perf_counter() - t0, before_images + images
     if start < settings.iters:
         snapshot(settings.iters)
-    return {"train_seconds": seconds, "images_per_s": images / seconds if seconds > 0 and images else math.nan,
+    return {"train_seconds": seconds,
+            "images_per_s": total_images / seconds if seconds > 0 and total_images else math.nan,
             "resumed_from": start}
