@@ -81,7 +81,7 @@ class Cell:
     def training_identity(self) -> dict:
         """Everything that decides the trained weights (not which targets are scored, not speed knobs)."""
         ident = {"backbone": self.backbone, "head": self.head, "source": self.source, "seed": self.seed,
-                 "model": self.model, "train": identity_view("train", self.train)}
+                 "model": identity_view("model", self.model), "train": identity_view("train", self.train)}
         if self.data_version is not None:
             ident["data_version"] = self.data_version
         return ident

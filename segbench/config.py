@@ -191,8 +191,17 @@ def train_settings(train_cfg: dict) -> TrainSettings:
     return TrainSettings(**{k: v for k, v in train_cfg.items() if k in names})
 
 
+#: Settings added after studies were already run, with the value that reproduces the old behaviour. While a setting
+#: holds that value it is left out of the cell id, so adding a setting never invalidates finished cells.
+ADDED_SETTINGS: dict[str, dict[str, Any]] = {"model": {}, "train": {}}
+
+
 def identity_view(section: str, values: dict) -> dict:
-    return {k: v for k, v in values.items() if k not in NON_IDENTITY_KEYS.get(section, set())}
+    """The part of a config section that decides a cell's weights (its id): no speed knobs, no settings at the value
+    they had before they existed."""
+    added = ADDED_SETTINGS.get(section, {})
+    return {k: v for k, v in values.items()
+            if k not in NON_IDENTITY_KEYS.get(section, set()) and not (k in added and v == added[k])}
 
 
 # -- validation ---------------------------------------------------------------------------------------------------

@@ -47,7 +47,7 @@ def training_config(rec: dict) -> dict:
     """The record's settings that decide its weights, flattened (`train.iters` -> "3")."""
     cfg = rec.get("config", {})
     out: dict = {}
-    _flat("model", cfg.get("model", {}), out)
+    _flat("model", identity_view("model", cfg.get("model", {})), out)
     _flat("train", identity_view("train", cfg.get("train", {})), out)
     return out
 
