@@ -1,6 +1,6 @@
 """Data-path throughput per DataLoader worker on full-size GTA5-like frames (a benchmark, not a test).
 
-    PYTHONPATH=. python benchmarks/bench_data.py [--frames 8] [--passes 3]
+    python benchmarks/bench_data.py [--frames 8] [--passes 3]
 
 Generates 1914x1052 RGB PNGs and palette labels in a temporary GTA5 tree, then times, in one process set up like a
 DataLoader worker (one torch thread, OpenCV threads off):
@@ -9,7 +9,7 @@ DataLoader worker (one torch thread, OpenCV threads off):
                  segbench.data.transforms.build_train_transform  vs  PIL + torchvision.transforms doing the same
   prepared       segbench reader + train transform on `segbench data prepare gta5 --size 1280x720` copies
                  (default zlib level 1, and --png-compression 0)
-and prints images/s with the ratios.
+and prints images/s with the ratios. `make_tree` and `loader_rate` are what benchmarks/gpu_check.py calls.
 """
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ import warnings
 from pathlib import Path
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
@@ -31,10 +32,12 @@ import torchvision.transforms as T  # noqa: E402
 import torchvision.transforms.functional as TF  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from segbench.config import TrainSettings  # noqa: E402
 from segbench.data.adapters.gta5 import GTA5  # noqa: E402
 from segbench.data.cache import open_prepared  # noqa: E402
 from segbench.data.factory import build_dataset, prepare_dataset  # noqa: E402
 from segbench.data.workers import worker_init_fn  # noqa: E402
+from segbench.engine.train import make_loader  # noqa: E402
 from segbench.labels import CITYSCAPES_LUT, IGNORE_INDEX  # noqa: E402
 
 W, H = 1914, 1052
@@ -43,14 +46,15 @@ SCALE = (0.5, 2.0)
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
-def synth_frame(seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """A frame that compresses like a rendered street scene: smooth regions, edges, mild noise."""
+def synth_frame(seed: int, size: tuple[int, int] = (W, H)) -> tuple[np.ndarray, np.ndarray]:
+    """A frame that compresses like a rendered street scene: smooth regions, edges, mild noise. `size` is (W, H)."""
+    width, height = size
     rng = np.random.default_rng(seed)
-    ids = np.zeros((H, W), np.uint8)
-    image = np.zeros((H, W, 3), np.float32)
-    yy, xx = np.mgrid[0:H, 0:W].astype(np.float32)
+    ids = np.zeros((height, width), np.uint8)
+    image = np.zeros((height, width, 3), np.float32)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
     for _ in range(40):
-        x0, y0 = rng.integers(0, W), rng.integers(0, H)
+        x0, y0 = rng.integers(0, width), rng.integers(0, height)
         w, h = rng.integers(60, 700), rng.integers(40, 400)
         ids[y0:y0 + h, x0:x0 + w] = rng.choice([7, 8, 11, 17, 21, 23, 24, 26, 0])
     base = rng.uniform(0, 255, (256, 3)).astype(np.float32)
@@ -60,16 +64,64 @@ def synth_frame(seed: int) -> tuple[np.ndarray, np.ndarray]:
     return np.clip(image, 0, 255).astype(np.uint8), ids
 
 
-def make_tree(root: Path, frames: int) -> None:
-    palette = (np.arange(256)[:, None] * np.array([37, 91, 13]) % 256).astype(np.uint8).ravel().tolist()
-    for k in range(1, frames + 1):
-        image, ids = synth_frame(k)
-        (root / "images").mkdir(parents=True, exist_ok=True)
-        (root / "labels").mkdir(parents=True, exist_ok=True)
-        cv2.imwrite(str(root / "images" / f"{k:05d}.png"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
-        label = Image.fromarray(ids, mode="P")
-        label.putpalette(palette)
-        label.save(root / "labels" / f"{k:05d}.png")
+PALETTE = (np.arange(256)[:, None] * np.array([37, 91, 13]) % 256).astype(np.uint8).ravel().tolist()
+
+
+def write_frame(root: Path, k: int, size: tuple[int, int] = (W, H)) -> None:
+    """Frame k as GTA5 stores it: an RGB PNG and a palette PNG whose indices are Cityscapes label ids."""
+    image, ids = synth_frame(k, size)
+    cv2.imwrite(str(root / "images" / f"{k:05d}.png"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    label = Image.fromarray(ids, mode="P")
+    label.putpalette(PALETTE)
+    label.save(root / "labels" / f"{k:05d}.png")
+
+
+def make_tree(root: Path, frames: int, size: tuple[int, int] = (W, H), workers: int = 0) -> None:
+    """A GTA5 tree of `frames` frames of `size` (W, H), written by `workers` processes (0: this one)."""
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    (root / "labels").mkdir(parents=True, exist_ok=True)
+    jobs = [(root, k, size) for k in range(1, frames + 1)]
+    if workers > 1:
+        import multiprocessing
+
+        with multiprocessing.get_context("fork").Pool(workers) as pool:
+            pool.starmap(write_frame, jobs)
+    else:
+        for job in jobs:
+            write_frame(*job)
+
+
+def loader_rate(dataset, transform, *, batch: int, workers: int, rounds: int, device: torch.device) -> dict:
+    """Images/s of segbench's training DataLoader (segbench.engine.train.make_loader: seeded stream, `workers`
+    processes, pinned memory on CUDA) with each batch copied to `device`, and nothing else running.
+
+    The clock starts once the first round of batches (one per worker) has arrived, so worker start-up is reported
+    apart (`startup_s`) and the rate is the steady one over the remaining `rounds - 1` rounds.
+    """
+    if rounds < 2:
+        raise ValueError(f"rounds={rounds}: the first round is start-up, at least one more is timed")
+    per_round = max(workers, 1)
+    total = per_round * rounds
+    settings = TrainSettings(iters=total, batch_size=batch, workers=workers, ckpt_every=0)
+    start = time.perf_counter()
+    loader = make_loader(dataset, transform, settings, seed=0, start_iter=0, device=device)
+    clock, images = None, 0
+    for i, (image, mask) in enumerate(loader):
+        image, mask = image.to(device, non_blocking=True), mask.to(device, non_blocking=True)
+        if clock is not None:
+            images += image.shape[0]
+        if i == per_round - 1:
+            _sync(device)
+            clock = time.perf_counter()
+    _sync(device)
+    seconds = time.perf_counter() - clock
+    return {"images_per_s": images / seconds, "startup_s": clock - start, "timed_images": images,
+            "timed_s": seconds, "workers": workers, "batch": batch}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 # ------------------------------------------------------------------------------------------------ PIL baseline

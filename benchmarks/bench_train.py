@@ -4,11 +4,14 @@ card's peak bf16 throughput for DeepLabV3+ / ResNet-50-IBN-a at crop 768, batch 
 
     python benchmarks/bench_train.py                      # CPU: resnet18 + fcn at 64x128, batch 8
     python benchmarks/bench_train.py --device cuda --gpu-preset   # DeepLabV3+ R50-IBN-a, crop 768, batch 8, bf16
+
+`measure` and `throughput` are what benchmarks/gpu_check.py calls.
 """
 from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -16,14 +19,23 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from segbench.config import TrainSettings
-from segbench.data.cache import size_argument
-from segbench.engine.train import autocast_for, poly_lr, train
-from segbench.labels import IGNORE_INDEX
-from segbench.models import create_model
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from segbench.config import TrainSettings  # noqa: E402
+from segbench.data.cache import size_argument  # noqa: E402
+from segbench.engine.train import autocast_for, poly_lr, train  # noqa: E402
+from segbench.labels import IGNORE_INDEX  # noqa: E402
+from segbench.models import create_model  # noqa: E402
 
-# Peak dense bf16 tensor throughput (TFLOP/s) by device name fragment, from the vendors' data sheets.
-PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0, "RTX 4090": 165.0}
+GPU_PRESET = {"backbone": "resnet50_ibn_a", "head": "deeplabv3plus", "size": (768, 768), "batch": 8}
+
+# Peak dense (no sparsity) bf16 tensor throughput in TFLOP/s, from the vendors' data sheets (NVIDIA H100/H200, A100,
+# L40S, A10, RTX 4090 specifications). The first fragment found in the device name wins: specific names come first.
+PEAK_BF16_TFLOPS = (("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.0), ("H200", 989.0), ("A100", 312.0),
+                    ("L40S", 362.0), ("A10", 125.0), ("RTX 4090", 165.0))
+
+
+def peak_bf16_tflops(device_name: str) -> float | None:
+    return next((peak for fragment, peak in PEAK_BF16_TFLOPS if fragment in device_name), None)
 
 
 class InMemory(torch.utils.data.Dataset):
@@ -45,7 +57,6 @@ class Passthrough:
 
     def __call__(self, image, mask):
         return {"image": image, "mask": mask}
-
 
 
 def make_data(n, size, seed=0):
@@ -100,18 +111,63 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
-def model_flops(model, size, batch, device) -> float:
-    """Forward+backward FLOPs of one training step (backward ~ 2x forward, counted exactly by FlopCounterMode)."""
+def precision(device: torch.device, settings: TrainSettings) -> str:
+    """The arithmetic the loops run in: what autocast_for picks on this device."""
+    amp_ctx, scaler = autocast_for(device, settings.amp)
+    dtype = getattr(amp_ctx, "fast_dtype", None)
+    return "fp32" if dtype is None else {torch.bfloat16: "bf16", torch.float16: "fp16 + GradScaler"}[dtype]
+
+
+def measure(backbone: str, head: str, size: tuple[int, int], batch: int, iters: int, repeats: int,
+            device: torch.device) -> dict:
+    """Images/s of both loops, median of `repeats` interleaved rounds after one warm-up round (allocator, cudnn
+    autotune), and their ratio."""
+    settings = TrainSettings(iters=iters, batch_size=batch, workers=0, ckpt_every=0)
+    images, masks = make_data(batch * 4, tuple(size))
+    rates = {"bare": [], "segbench": []}
+    for r in range(repeats + 1):
+        for name, loop in (("bare", bare_loop), ("segbench", segbench_loop)):
+            torch.manual_seed(0)
+            model = create_model(backbone, head)
+            rate = loop(model, images, masks, settings, device)
+            if r:
+                rates[name].append(rate)
+            del model
+    bare, seg = statistics.median(rates["bare"]), statistics.median(rates["segbench"])
+    return {"backbone": backbone, "head": head, "crop_hw": list(size), "batch": batch, "iters": iters,
+            "repeats": repeats, "precision": precision(device, settings),
+            "channels_last": device.type == "cuda" and settings.channels_last,
+            "bare_images_per_s": bare, "segbench_images_per_s": seg, "segbench_over_bare": seg / bare,
+            "bare_runs": rates["bare"], "segbench_runs": rates["segbench"]}
+
+
+def training_flops_per_image(backbone: str, head: str, size: tuple[int, int]) -> float:
+    """Forward+backward FLOPs of one training image, counted by FlopCounterMode on the meta device (shapes only: no
+    memory, no compute). Convolutions and matrix products; normalisation layers are not counted."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    x = torch.randn(batch, 3, *size, device=device)
-    with FlopCounterMode(display=False) as counter:
-        model(x)["out"].float().mean().backward()
-    model.zero_grad(set_to_none=True)
-    return counter.get_total_flops()
+    with torch.device("meta"):
+        model = create_model(backbone, head)
+        x = torch.randn(1, 3, *size)
+        with FlopCounterMode(display=False) as counter:
+            model(x)["out"].float().mean().backward()
+    return float(counter.get_total_flops())
 
 
-def main():
+def throughput(backbone: str, head: str, size: tuple[int, int], images_per_s: float, device_name: str) -> dict:
+    """Model FLOPs achieved at `images_per_s`, and the fraction of the card's peak bf16 when the card is known."""
+    flops = training_flops_per_image(backbone, head, size)
+    achieved = flops * images_per_s / 1e12
+    peak = peak_bf16_tflops(device_name)
+    return {"training_gflop_per_image": flops / 1e9, "achieved_tflops": achieved, "peak_bf16_tflops": peak,
+            "fraction_of_peak_bf16": achieved / peak if peak else None}
+
+
+def device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+
+def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--backbone", default="resnet18")
     p.add_argument("--head", default="fcn")
@@ -122,33 +178,25 @@ def main():
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--gpu-preset", action="store_true", help="DeepLabV3+ / resnet50_ibn_a, crop 768, batch 8")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     if args.gpu_preset:
-        args.backbone, args.head, args.size, args.batch = "resnet50_ibn_a", "deeplabv3plus", (768, 768), 8
+        args.backbone, args.head, args.size, args.batch = (GPU_PRESET[k] for k in ("backbone", "head", "size", "batch"))
     device = torch.device(args.device)
-    settings = TrainSettings(iters=args.iters, batch_size=args.batch, workers=0, ckpt_every=0)
-    images, masks = make_data(args.batch * 4, tuple(args.size))
-    rates = {"bare": [], "segbench": []}
-    for r in range(args.repeats + 1):  # first round warms up (allocator, cudnn autotune) and is discarded
-        for name, loop in (("bare", bare_loop), ("segbench", segbench_loop)):
-            torch.manual_seed(0)
-            model = create_model(args.backbone, args.head)
-            rate = loop(model, images, masks, settings, device)
-            if r:
-                rates[name].append(rate)
-    bare, seg = statistics.median(rates["bare"]), statistics.median(rates["segbench"])
-    print(f"device: {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}; {args.backbone} + "
-          f"{args.head}, {args.size[0]}x{args.size[1]}, batch {args.batch}, {args.iters} iters x {args.repeats}")
-    print(f"bare loop:     {bare:8.2f} images/s  (runs: {', '.join(f'{x:.2f}' for x in rates['bare'])})")
-    print(f"segbench loop: {seg:8.2f} images/s  (runs: {', '.join(f'{x:.2f}' for x in rates['segbench'])})")
-    print(f"segbench / bare = {seg / bare:.3f}  (overhead {100 * (1 - seg / bare):+.1f}%)")
+    m = measure(args.backbone, args.head, tuple(args.size), args.batch, args.iters, args.repeats, device)
+    print(f"device: {device_name(device)}; {args.backbone} + {args.head}, {args.size[0]}x{args.size[1]}, "
+          f"batch {args.batch}, {args.iters} iters x {args.repeats}, {m['precision']}")
+    print(f"bare loop:     {m['bare_images_per_s']:8.2f} images/s  "
+          f"(runs: {', '.join(f'{x:.2f}' for x in m['bare_runs'])})")
+    print(f"segbench loop: {m['segbench_images_per_s']:8.2f} images/s  "
+          f"(runs: {', '.join(f'{x:.2f}' for x in m['segbench_runs'])})")
+    ratio = m["segbench_over_bare"]
+    print(f"segbench / bare = {ratio:.3f}  (overhead {100 * (1 - ratio):+.1f}%)")
     if device.type == "cuda":
-        model = create_model(args.backbone, args.head).to(device)
-        flops = model_flops(model, tuple(args.size), args.batch, device)
-        peak = next((v for k, v in PEAK_BF16_TFLOPS.items() if k in torch.cuda.get_device_name(device)), None)
-        achieved = flops / args.batch * seg / 1e12
-        print(f"training FLOPs/image: {flops / args.batch / 1e9:.1f} GFLOP; achieved {achieved:.1f} TFLOP/s"
-              + (f" = {100 * achieved / peak:.1f}% of peak bf16 ({peak:.0f} TFLOP/s)" if peak else ""))
+        t = throughput(args.backbone, args.head, tuple(args.size), m["segbench_images_per_s"], device_name(device))
+        peak = t["peak_bf16_tflops"]
+        of_peak = f" = {100 * t['fraction_of_peak_bf16']:.1f}% of peak bf16 ({peak:.0f} TFLOP/s)" if peak else ""
+        print(f"training FLOPs/image: {t['training_gflop_per_image']:.1f} GFLOP; achieved {t['achieved_tflops']:.1f} "
+              f"TFLOP/s{of_peak}")
 
 
 if __name__ == "__main__":

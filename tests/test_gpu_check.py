@@ -1,0 +1,122 @@
+"""benchmarks/gpu_check.py: its smoke run on CPU exercises every section's code (so a GPU session does not find a
+broken script), and its guard keeps going past a failing section and stops at the time budget."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "benchmarks" / "gpu_check.py"
+
+
+@pytest.fixture(scope="module")
+def gpu_check():
+    """The script as a module (it puts the repository and benchmarks/ on sys.path and sets environment defaults:
+    undone afterwards)."""
+    saved_path, saved_env = list(sys.path), set(os.environ)
+    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["gpu_check"] = module  # dataclasses look their module up there
+    try:
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        sys.modules.pop("gpu_check", None)
+        sys.path[:] = saved_path
+        for key in set(os.environ) - saved_env:
+            del os.environ[key]
+
+
+@pytest.mark.slow
+def test_smoke_run_on_cpu_fills_every_section(tmp_path):
+    out = tmp_path / "gpu_check.json"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--device", "cpu", "--smoke", "--out", str(out)],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    s = report["sections"]
+    assert list(s) == ["tests", "train", "models", "data", "embedded"]
+    assert report["smoke"] is True and report["environment"]["device_type"] == "cpu"
+    assert s["tests"]["status"] == "skipped" and "no CUDA" in s["tests"]["reason"]
+    assert all(s[name]["status"] == "ok" for name in ("train", "models", "data", "embedded")), s
+
+    train = s["train"]
+    assert train["segbench_images_per_s"] > 0 and train["bare_images_per_s"] > 0
+    assert train["training_gflop_per_image"] > 0 and train["fraction_of_peak_bf16"] is None  # no peak for a CPU
+    assert set(s["models"]["train_step"]["ratio_to_plain"]) == {"resnet18", "resnet18_ibn_a", "resnet18_ibn_b"}
+    assert s["models"]["train_step"]["ratio_to_plain"]["resnet18"] == 1.0
+    data = s["data"]
+    assert data["step_images_per_s"] == train["segbench_images_per_s"]
+    for source in ("full_frames", "prepared"):
+        assert data[source]["images_per_s"] > 0 and isinstance(data[source]["keeps_up"], bool)
+    embedded = s["embedded"]
+    assert embedded["returncode"] == 0 and "| resnet18 |" in embedded["table"] and embedded["run_wall_s"] > 0
+    assert report["summary"][0].startswith("gpu_check on") and "embedded" in proc.stdout
+    assert all(section.get("wall_s", 0) >= 0 for section in s.values())
+
+
+def fake_context(gpu_check, tmp_path, budget_s):
+    return gpu_check.Context(device=torch.device("cpu"), profile=gpu_check.SMOKE, budget_s=budget_s, scratch=tmp_path)
+
+
+def test_a_failing_section_is_recorded_and_the_next_one_runs(gpu_check, tmp_path):
+    ctx = fake_context(gpu_check, tmp_path, budget_s=60)
+    report, out = {"sections": {}}, tmp_path / "report.json"
+
+    def broken(ctx):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    sections = {"first": broken, "second": lambda ctx: {"figure": 1.5}}
+    gpu_check.run_sections(["first", "second"], ctx, report, out, sections)
+    written = json.loads(out.read_text())["sections"]
+    assert written["first"]["status"] == "failed" and "illegal memory access" in written["first"]["error"]
+    assert "RuntimeError" in written["first"]["traceback"]
+    assert written["second"] == {"status": "ok", "wall_s": written["second"]["wall_s"], "figure": 1.5}
+
+
+def test_sections_past_the_budget_are_skipped(gpu_check, tmp_path):
+    ctx = fake_context(gpu_check, tmp_path, budget_s=60)
+    report, out = {"sections": {}}, tmp_path / "report.json"
+    ran = []
+
+    def slow(ctx):
+        ran.append("slow")
+        ctx.started -= 61  # as if it had taken a minute
+        return {}
+
+    gpu_check.run_sections(["slow", "never"], ctx, report, out, {"slow": slow, "never": lambda ctx: ran.append(1)})
+    written = json.loads(out.read_text())["sections"]
+    assert ran == ["slow"] and written["slow"]["status"] == "ok"
+    assert written["never"]["status"] == "skipped" and "budget" in written["never"]["reason"]
+
+
+def test_printed_table_and_junit_counts(gpu_check, tmp_path):
+    stdout = ("[1/1] cell\n| backbone | a | b |\n|:---|---:|---:|\n| resnet18 | 3.4 | 2.4 |\n\n"
+              "mIoU (%) over the classes scored in each test set; one seed (0).\n\ntables: x.md\n")
+    assert gpu_check.printed_table(stdout).splitlines() == [
+        "| backbone | a | b |", "|:---|---:|---:|", "| resnet18 | 3.4 | 2.4 |",
+        "mIoU (%) over the classes scored in each test set; one seed (0)."]
+    xml = tmp_path / "r.xml"
+    xml.write_text('<testsuites><testsuite><testcase classname="t" name="ok"/>'
+                   '<testcase classname="t" name="bad"><failure message="assert 1 == 2">trace</failure></testcase>'
+                   '<testcase classname="t" name="skip"><skipped message="no bf16"/></testcase>'
+                   '</testsuite></testsuites>')
+    counts = gpu_check.junit_counts(xml)
+    assert (counts["passed"], counts["failed"], counts["errors"], counts["skipped"]) == (1, 1, 0, 1)
+    assert counts["failures"] == [{"test": "t::bad", "message": "assert 1 == 2", "details": "trace"}]
+
+
+def test_full_profile_trains_bench_train_gpu_preset(gpu_check):
+    import bench_train
+
+    full, preset = gpu_check.FULL, bench_train.GPU_PRESET
+    assert (full.backbone, full.head, full.crop, full.batch) == (preset["backbone"], preset["head"], preset["size"],
+                                                                 preset["batch"])
