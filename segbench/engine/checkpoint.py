@@ -97,10 +97,13 @@ def load_latest_checkpoint(directory: Path, set_damaged_aside: bool = True) -> t
             continue
         except DamagedCheckpoint as e:
             if set_damaged_aside:
-                kept = set_aside(path)
-                warnings.warn(f"{e}; kept aside as {kept.name}, resuming from the checkpoint before it (if any)",
-                              DamagedCheckpointWarning, stacklevel=2)
+                _warn_set_aside(path, e, "resuming from the checkpoint before it (if any)")
     return None
+
+
+def _warn_set_aside(path: Path, error: Exception, then: str) -> None:
+    kept = set_aside(path)
+    warnings.warn(f"{error}; kept aside as {kept.name}, {then}", DamagedCheckpointWarning, stacklevel=3)
 
 
 def load_final_weights(path: Path, set_damaged_aside: bool = True) -> dict | None:
@@ -116,9 +119,7 @@ def load_final_weights(path: Path, set_damaged_aside: bool = True) -> dict | Non
         return None
     except DamagedCheckpoint as e:
         if set_damaged_aside:
-            kept = set_aside(path)
-            warnings.warn(f"{e}; kept aside as {kept.name}, the cell resumes from its newest checkpoint",
-                          DamagedCheckpointWarning, stacklevel=2)
+            _warn_set_aside(path, e, "the cell resumes from its newest checkpoint")
         return None
 
 
@@ -176,7 +177,7 @@ def load_trained_model(path: Path, device: torch.device | str = "cpu") -> tuple[
     cfg = record["config"]["model"]
     try:
         model = create_model(record["backbone"], head=record["head"], output_stride=cfg.get("output_stride"),
-                             pretrained=None, aux=bool(cfg.get("aux", False)))
+                             pretrained=None, aux=cfg.get("aux", False))
     except (KeyError, ValueError) as e:
         raise CheckpointError(f"{record_path}: cannot build backbone {record['backbone']!r} head "
                               f"{record['head']!r}: {e}") from None
