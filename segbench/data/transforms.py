@@ -5,15 +5,21 @@ padding masks with 0 (= road).
 """
 from __future__ import annotations
 
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
 
 import cv2
 import numpy as np
 import torch
+import torchvision.transforms.functional as TF
+from PIL import Image
+from scipy import ndimage
 
 import albumentations as A
 
+from ..config import PHOTOMETRIC_PRESETS, ConfigError
 from ..labels import IGNORE_INDEX
+from .eval_protocols import DEFAULT_PROTOCOL, Geometry, ImageResize, geometry_for
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -73,11 +79,128 @@ class RandomScaleCrop:
         return image, mask
 
 
-class TrainTransform:
-    """Random scale -> random crop -> pad (mask with ignore) -> flip -> [extra] -> normalise.
+#: torchvision's ColorJitter applies its four operations in a random order; these are its ids 0..3
+JITTER_OPS = ("brightness", "contrast", "saturation", "hue")
+_JITTER_FUNCTIONS = {"brightness": TF.adjust_brightness, "contrast": TF.adjust_contrast,
+                     "saturation": TF.adjust_saturation, "hue": TF.adjust_hue}
 
-    The scale+crop step is `RandomScaleCrop` (crop before the expensive resize); everything after it is an
-    albumentations pipeline. Both draw from one per-sample seed, so augmentation is reproducible and resumable.
+
+def jitter_ranges(brightness: float, contrast: float, saturation: float, hue: float) -> dict[str, tuple[float, float]]:
+    """torchvision ColorJitter's factor ranges: [max(0, 1 - x), 1 + x] for the first three, [-hue, hue] for hue; an
+    operation whose parameter is 0 is left out, as ColorJitter leaves it out."""
+    ranges = {name: (max(0.0, 1 - x), 1 + x) for name, x in
+              (("brightness", brightness), ("contrast", contrast), ("saturation", saturation)) if x > 0}
+    if hue > 0:
+        ranges["hue"] = (-hue, hue)
+    return ranges
+
+
+def draw_jitter(rng: np.random.Generator, ranges: Mapping[str, tuple[float, float]]) -> list[tuple[str, float]]:
+    """ColorJitter.get_params from `rng`: a random order of the four operations and one uniform factor each, as
+    (operation, factor) pairs in the order they apply."""
+    order = rng.permutation(len(JITTER_OPS))
+    factors = {name: float(rng.uniform(*ranges[name])) for name in JITTER_OPS if name in ranges}
+    return [(JITTER_OPS[i], factors[JITTER_OPS[i]]) for i in order if JITTER_OPS[i] in factors]
+
+
+def apply_jitter(image: np.ndarray, ops: Sequence[tuple[str, float]]) -> np.ndarray:
+    """ColorJitter.forward on the PIL image of a uint8 RGB array, with the factors already drawn: torchvision's PIL
+    operations (ImageEnhance Brightness / Contrast / Color, hue as a uint8 shift of PIL's HSV H channel)."""
+    pil = Image.fromarray(image)
+    for name, factor in ops:
+        pil = _JITTER_FUNCTIONS[name](pil, factor)
+    return np.asarray(pil)
+
+
+def gaussian_blur_truncated(image: np.ndarray, sigma: float) -> np.ndarray:
+    """RobustNet's RandomGaussianBlur with `sigma` given: skimage `gaussian(img, sigma, multichannel=True)` on a uint8
+    image, then `* 255` and `astype(uint8)`.
+
+    skimage's steps, written out: img_as_float (x * (1/255) in float64), scipy.ndimage.gaussian_filter with sigma
+    (sigma, sigma, 0) (no mixing across channels), mode 'nearest', truncate 4.0 (kernel radius int(4 sigma + 0.5)).
+    The same calls in the same order, so the result is bit-identical to skimage's (`multichannel=True` then,
+    `channel_axis=-1` now; tests/test_protocol_augment.py compares when skimage is installed). The float result goes
+    back to uint8 by truncation, not rounding, as in the official code: a flat region whose filtered value lands a
+    hair below its integer drops by one level.
+    """
+    x = np.multiply(image, 1.0 / 255, dtype=np.float64)
+    blurred = ndimage.gaussian_filter(x, sigma=(sigma, sigma, 0), mode="nearest", truncate=4.0)
+    blurred *= 255
+    return blurred.astype(np.uint8)
+
+
+@dataclass(frozen=True)
+class PhotometricDraw:
+    """One sample's draws: the jitter's (operation, factor) list in order (None: not applied) and the blur sigma."""
+
+    jitter: list[tuple[str, float]] | None
+    blur_sigma: float | None
+
+
+@dataclass(frozen=True)
+class Photometric:
+    """Colour jitter with probability `jitter_p`, then a Gaussian blur with sigma ~ U[blur_sigma) (None: no blur).
+
+    With `PHOTOMETRIC_PRESETS["robustnet"]` this is RobustNet's `--color_aug 0.5 --gblur` (shachoi/RobustNet
+    `datasets/__init__.py` get_input_transforms: `RandomApply([ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.5)`, then
+    `transforms/transforms.py` RandomGaussianBlur, sigma = 0.15 + random() * 1.15, on every image). The semantics are
+    the official ones (torchvision's PIL operations, skimage's filter as `gaussian_blur_truncated` spells it out);
+    what differs is only where the randomness comes from: every draw is taken from the per-sample generator of the
+    TrainTransform (jitter applied when rng.random() < p, as RandomApply's `p < torch.rand(1)` test skips it
+    otherwise; the order from rng.permutation(4) where ColorJitter uses torch.randperm(4); factors from
+    rng.uniform in float64 where ColorJitter draws float32), so augmentation stays a pure function of the sample's
+    seed and a resumed run repeats it bit for bit. The hue shift is today's torchvision's
+    (`np.int32(hue * 255).astype(uint8)` added to H); the torchvision of RobustNet's time wrote `np.uint8(hue * 255)`,
+    which wraps a negative shift to the same value on common platforms.
+    """
+
+    jitter_p: float
+    brightness: float
+    contrast: float
+    saturation: float
+    hue: float
+    blur_sigma: tuple[float, float] | None
+
+    @classmethod
+    def from_setting(cls, value: str | Mapping[str, Any] | None) -> "Photometric | None":
+        """`train.photometric`: None, a preset name (config.PHOTOMETRIC_PRESETS) or a mapping of every field."""
+        if value is None:
+            return None
+        params = dict(PHOTOMETRIC_PRESETS[value] if isinstance(value, str) else value)
+        sigma = params.pop("blur_sigma")
+        return cls(**{k: float(v) for k, v in params.items()},
+                   blur_sigma=None if sigma is None else (float(sigma[0]), float(sigma[1])))
+
+    def draw(self, rng: np.random.Generator) -> PhotometricDraw:
+        """Everything random about one sample's photometric step, in the order RobustNet draws it."""
+        jitter = None
+        if self.jitter_p > 0 and rng.random() < self.jitter_p:
+            jitter = draw_jitter(rng, jitter_ranges(self.brightness, self.contrast, self.saturation, self.hue))
+        sigma = None
+        if self.blur_sigma is not None:
+            low, high = self.blur_sigma
+            sigma = low + rng.random() * (high - low)  # RobustNet: 0.15 + random.random() * 1.15
+        return PhotometricDraw(jitter, sigma)
+
+    @staticmethod
+    def apply(image: np.ndarray, drawn: PhotometricDraw) -> np.ndarray:
+        if drawn.jitter is not None:
+            image = apply_jitter(image, drawn.jitter)
+        if drawn.blur_sigma is not None:
+            image = gaussian_blur_truncated(image, drawn.blur_sigma)
+        return image
+
+    def __call__(self, rng: np.random.Generator, image: np.ndarray) -> np.ndarray:
+        return self.apply(image, self.draw(rng))
+
+
+class TrainTransform:
+    """Random scale -> random crop -> pad (mask with ignore) -> flip -> [extra] -> [photometric] -> normalise.
+
+    The scale+crop step is `RandomScaleCrop` (crop before the expensive resize); pad, flip and `extra` are an
+    albumentations pipeline; `photometric` (colour jitter, blur) works on the padded, flipped uint8 crop, as
+    RobustNet's input transform runs after its joint scale/crop/flip. All draw from one per-sample seed, so
+    augmentation is reproducible and resumable.
     """
 
     def __init__(
@@ -88,6 +211,7 @@ class TrainTransform:
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
         extra: Sequence[A.BasicTransform] = (),
+        photometric: Photometric | None = None,
     ):
         self.scale_crop = RandomScaleCrop(crop_size, scale_range)
         crop_h, crop_w = self.scale_crop.crop_h, self.scale_crop.crop_w
@@ -98,10 +222,11 @@ class TrainTransform:
                               fill=0, fill_mask=IGNORE_INDEX),
                 A.HorizontalFlip(p=hflip),
                 *extra,
-                A.Normalize(mean=mean, std=std),
             ],
             strict=True,
         )
+        self.photometric = photometric
+        self.normalize = A.Normalize(mean=mean, std=std)
 
     def set_random_seed(self, seed: int) -> None:
         """Per-sample seeding makes augmentation a pure function of (sample position, run seed): resumable."""
@@ -112,38 +237,45 @@ class TrainTransform:
         """`focus` >= 0: the crop must contain a pixel of that class (class-uniform sampling)."""
         image, mask = self.scale_crop(self.rng, image, mask, focus)
         out = self.pipeline(image=image, mask=mask)
-        return _to_tensors(out["image"], out["mask"])
+        image = out["image"] if self.photometric is None else self.photometric(self.rng, out["image"])
+        return _to_tensors(self.normalize(image=image)["image"], out["mask"])
 
 
 class EvalTransform:
-    """Resize the image only (to `size`, or to `height` keeping the aspect ratio, e.g. Mapillary at 1536) and
-    normalise; the mask keeps its native resolution, where predictions are scored."""
+    """One target's scored pair: a protocol geometry (data/eval_protocols.py) resizes or crops the image and the
+    label, then the image is normalised. Without one: the image resized to `size` (H, W), or to `height` keeping the
+    aspect ratio, or left alone; the mask keeps its native resolution, where predictions are scored."""
 
     def __init__(self, size: Sequence[int] | None = None, mean: Sequence[float] = IMAGENET_MEAN,
-                 std: Sequence[float] = IMAGENET_STD, height: int | None = None):
-        self.size = None if size is None else (int(size[0]), int(size[1]))
-        self.height = None if height is None else int(height)
+                 std: Sequence[float] = IMAGENET_STD, height: int | None = None, geometry: Geometry | None = None):
+        if geometry is None:
+            geometry = ImageResize(size=None if size is None else (int(size[0]), int(size[1])),
+                                   height=None if height is None else int(height))
+        self.geometry = geometry
         self.normalize = A.Normalize(mean=mean, std=std)
 
     def target_size(self, h: int, w: int) -> tuple[int, int]:
-        if self.size is not None:
-            return self.size
-        if self.height is not None:
-            return self.height, max(1, round(w * self.height / h))
-        return h, w
+        """The size of the image the model sees for an h x w frame."""
+        return self.geometry.image_size(h, w)
 
     def __call__(self, image: np.ndarray, mask: np.ndarray) -> dict[str, torch.Tensor]:
-        size = self.target_size(*image.shape[:2])
-        if image.shape[:2] != size:
-            image = cv2.resize(image, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
+        image, mask = self.geometry(image, mask)
         return _to_tensors(self.normalize(image=image)["image"], mask)
 
 
 def build_train_transform(crop_size: Sequence[int], scale_range: Sequence[float] = (0.5, 2.0), hflip: float = 0.5,
-                          **kwargs) -> TrainTransform:
-    return TrainTransform(crop_size=crop_size, scale_range=scale_range, hflip=hflip, **kwargs)
+                          photometric: str | Mapping[str, Any] | None = None, **kwargs) -> TrainTransform:
+    """`photometric` is the `train.photometric` setting: None, a preset name or a mapping (Photometric.from_setting)."""
+    return TrainTransform(crop_size=crop_size, scale_range=scale_range, hflip=hflip,
+                          photometric=Photometric.from_setting(photometric), **kwargs)
 
 
-def eval_transform_for(dataset, size: Sequence[int] | None = None) -> EvalTransform:
-    """The eval preset for one dataset: an explicit `size` wins, else the dataset's protocol height (if any)."""
-    return EvalTransform(size=size, height=None if size else getattr(dataset, "eval_height", None))
+def eval_transform_for(dataset, size: Sequence[int] | None = None, protocol: str = DEFAULT_PROTOCOL) -> EvalTransform:
+    """The eval preset for one dataset under `protocol` (`eval.protocol`, data/eval_protocols.py). An explicit `size`
+    (`eval.size`) replaces the image size of the `native` protocol; the other protocols fix their own sizes."""
+    if size:
+        if protocol != DEFAULT_PROTOCOL:
+            raise ConfigError(f"eval.size={list(size)} with eval.protocol={protocol!r}: that protocol fixes the sizes "
+                              f"itself; drop eval.size or use eval.protocol={DEFAULT_PROTOCOL!r}")
+        return EvalTransform(size=size)
+    return EvalTransform(geometry=geometry_for(dataset, protocol))

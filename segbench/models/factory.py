@@ -9,7 +9,8 @@ from .registries import BACKBONES, HEADS
 
 
 def create_backbone(name: str, pretrained: str | Path | None = None, output_stride: int = 32) -> nn.Module:
-    """Backbone `name` at `output_stride` (32, 16 or 8); `pretrained` = None | 'imagenet' | path to a state dict."""
+    """Backbone `name` at `output_stride` (32, 16 or 8); `pretrained` = None | 'imagenet' (official weights, strict) |
+    'torchvision' (torchvision's ResNet into a plain or IBN-b ResNet, partial: RobustNet's "IBN-Net") | path."""
     backbone = BACKBONES.get(name)(output_stride=output_stride)
     if pretrained is not None:
         from .pretrained import load_pretrained  # lazy: keeps building free of hub/network code
@@ -19,8 +20,10 @@ def create_backbone(name: str, pretrained: str | Path | None = None, output_stri
 
 
 def create_model(backbone: str, head: str = "fcn", num_classes: int = 19, output_stride: int | None = None,
-                 pretrained: str | Path | None = None, aux: bool = False) -> nn.Module:
+                 pretrained: str | Path | None = None, aux: bool | str = False) -> nn.Module:
     """Segmentation model; `model(x)` -> {"out": logits at input size[, "aux": ...while training]}.
+
+    `aux`: False, True (FCN aux head on layer3) or "robustnet" (RobustNet's dsn head), as `model.aux`.
 
     output_stride=None takes the head's default (fcn 8, deeplabv3 8, deeplabv3plus 16; smp-unet/fpn 32).
     """

@@ -1,4 +1,4 @@
-"""Native segbench heads: `fcn` (the IBN-Net paper's), `deeplabv3`, `deeplabv3plus`, plus the aux FCN head.
+"""Native segbench heads: `fcn` (the IBN-Net paper's), `deeplabv3`, `deeplabv3plus`, plus the aux heads.
 
 Every head maps the backbone's feature list [layer1, layer2, layer3, layer4] to low-resolution logits; the Segmenter
 upsamples. All of them accept any input size, so no padding is needed.
@@ -76,18 +76,54 @@ class DeepLabV3PlusHead(nn.Module):
         return self.classifier(self.fuse(torch.cat([x, low], dim=1)))
 
 
-def aux_head(backbone: nn.Module, num_classes: int) -> FCNHead:
-    """torchvision-style auxiliary FCN head on layer3 (training-time deep supervision only)."""
-    return FCNHead(backbone.out_channels[2], num_classes, in_index=2)
+class RobustNetAuxHead(nn.Sequential):
+    """RobustNet's `dsn` head (shachoi/RobustNet `network/deepv3.py`): 3x3 conv (with bias) to 512 channels, BN,
+    ReLU, Dropout2d(0.1), 1x1 conv (with bias) to the classes; initialised by its `initialize_weights` (Kaiming-normal
+    convs with zero bias, BN weight 1 and bias 0). 512 is fixed, whatever the input width (1024 on ResNet-50's layer3).
+
+    `scored_at_own_resolution`: the Segmenter returns these logits as they are, and the loss scores them against
+    the label downsampled (nearest) to their size (engine/train.py segmentation_loss), as RobustNet's forward does.
+    """
+
+    scored_at_own_resolution = True
+    HIDDEN = 512
+
+    def __init__(self, in_channels: int, num_classes: int, in_index: int = 2):
+        super().__init__(nn.Conv2d(in_channels, self.HIDDEN, 3, padding=1, bias=True), nn.BatchNorm2d(self.HIDDEN),
+                         nn.ReLU(inplace=True), nn.Dropout2d(0.1), nn.Conv2d(self.HIDDEN, num_classes, 1, bias=True))
+        self.in_index = in_index
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+                nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.BatchNorm2d):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+
+    def forward(self, feats: Sequence[torch.Tensor]) -> torch.Tensor:  # type: ignore[override]
+        return super().forward(feats[self.in_index])
+
+
+def aux_head(in_channels: int, num_classes: int, kind: bool | str, in_index: int = 2) -> nn.Module | None:
+    """The training-time auxiliary head on layer3 (`feats[in_index]`) that `model.aux` names: False none, True the
+    torchvision-style FCNHead (hidden in/4, logits upsampled to the input for the loss), "robustnet"
+    RobustNetAuxHead."""
+    if kind is False or kind is None:
+        return None
+    if kind is True:
+        return FCNHead(in_channels, num_classes, in_index=in_index)
+    if kind == "robustnet":
+        return RobustNetAuxHead(in_channels, num_classes, in_index=in_index)
+    raise ValueError(f"aux must be false, true or 'robustnet', got {kind!r}")
 
 
 def _native(head_cls):
-    def build(backbone: nn.Module, num_classes: int, aux: bool) -> Segmenter:
+    def build(backbone: nn.Module, num_classes: int, aux: bool | str) -> Segmenter:
         if head_cls is FCNHead:
             head = FCNHead(backbone.out_channels[3], num_classes)
         else:
             head = head_cls(backbone.out_channels, num_classes, backbone.output_stride)
-        return Segmenter(backbone, head, aux_head(backbone, num_classes) if aux else None)
+        return Segmenter(backbone, head, aux_head(backbone.out_channels[2], num_classes, aux))
 
     return build
 

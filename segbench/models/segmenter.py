@@ -1,10 +1,12 @@
 """Backbone + head glue: the dict-output contract shared by every segbench model.
 
-`model(x)` -> {"out": N x C x H x W logits at the input size} plus "aux" (same size) while training with an aux head.
+`model(x)` -> {"out": N x C x H x W logits at the input size} plus "aux" while training with an aux head: at the
+input size too, or at the aux head's own resolution for a head with `scored_at_own_resolution` (RobustNet's).
 Heads take the backbone's list of stage features, so any head plugs onto any backbone.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -46,15 +48,22 @@ class Segmenter(nn.Module):
         feats = self.backbone(padded)
         out = {"out": upsample_to(self.head(feats), padded.shape[-2:])[..., :h, :w]}
         if self.aux_head is not None and self.training:
-            out["aux"] = upsample_to(self.aux_head(feats), padded.shape[-2:])[..., :h, :w]
+            aux = self.aux_head(feats)
+            if getattr(self.aux_head, "scored_at_own_resolution", False):
+                # keep the cells that cover the unpadded input (all of them unless size_divisor padded it)
+                ah, aw = aux.shape[-2:]
+                out["aux"] = aux[..., :math.ceil(h * ah / padded.shape[-2]), :math.ceil(w * aw / padded.shape[-1])]
+            else:
+                out["aux"] = upsample_to(aux, padded.shape[-2:])[..., :h, :w]
         return out
 
 
 @dataclass(frozen=True)
 class HeadSpec:
-    """What HEADS holds: `build(backbone, num_classes, aux) -> model` plus the output strides it supports."""
+    """What HEADS holds: `build(backbone, num_classes, aux) -> model` plus the output strides it supports; `aux` is
+    the `model.aux` kind (False, True or "robustnet": heads.aux_head)."""
 
-    build: Callable[[nn.Module, int, bool], nn.Module]
+    build: Callable[[nn.Module, int, "bool | str"], nn.Module]
     default_output_stride: int
     output_strides: tuple[int, ...]
     description: str

@@ -13,7 +13,7 @@ from segmentation_models_pytorch.encoders import encoders as SMP_ENCODERS
 from segmentation_models_pytorch.encoders._base import EncoderMixin
 from torch import nn
 
-from .heads import FCNHead, aspp_rates
+from .heads import aspp_rates, aux_head
 from .registries import HEADS
 from .segmenter import HeadSpec, Segmenter
 from .smp_encoders import SegbenchEncoder
@@ -60,7 +60,7 @@ def _placeholder_encoder(out_channels: Sequence[int]) -> Iterator[str]:
 
 
 def _smp_head(smp_cls, **extra):
-    def build(backbone: nn.Module, num_classes: int, aux: bool) -> Segmenter:
+    def build(backbone: nn.Module, num_classes: int, aux: bool | str) -> Segmenter:
         encoder = SegbenchEncoder(backbone)
         kwargs = dict(extra)
         if smp_cls is smp.DeepLabV3Plus:
@@ -68,8 +68,8 @@ def _smp_head(smp_cls, **extra):
                           decoder_atrous_rates=aspp_rates(encoder.output_stride))
         with _placeholder_encoder(encoder.out_channels) as name:
             model = smp_cls(encoder_name=name, encoder_weights=None, classes=num_classes, **kwargs)
-        aux_head = FCNHead(backbone.out_channels[2], num_classes, in_index=4) if aux else None  # feats[4] = layer3
-        return Segmenter(encoder, SmpDecoderHead(model.decoder, model.segmentation_head), aux_head,
+        aux_module = aux_head(backbone.out_channels[2], num_classes, aux, in_index=4)  # feats[4] = layer3
+        return Segmenter(encoder, SmpDecoderHead(model.decoder, model.segmentation_head), aux_module,
                          size_divisor=SMP_SIZE_DIVISOR)
 
     return build
