@@ -16,6 +16,7 @@ from pathlib import Path
 from .config import DEFAULTS, ConfigError, InferenceSettings, apply_overrides, validate
 from .errors import command
 from .io import write_json
+from .labels import scored_classes
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -68,7 +69,9 @@ def main(argv: list[str] | None = None) -> int:
 
         ecfg = eval_settings(args.overrides)
         dataset = build_dataset(args.dataset, ecfg["split"], root=args.data_root)
-        result = score_prediction_dir(dataset, args.preds, args.encoding)
+        # predictions are scored at the label's native resolution: eval.protocol does not apply, eval.classes does
+        result = score_prediction_dir(dataset, args.preds, args.encoding,
+                                      scored_classes(getattr(dataset, "eval_classes", None), ecfg["classes"]))
         result["source"] = {"preds": str(args.preds), "encoding": args.encoding}
     else:
         from .data.transforms import eval_transform_for
@@ -80,9 +83,10 @@ def main(argv: list[str] | None = None) -> int:
         ecfg = eval_settings(args.overrides, record["config"].get("eval"))
         settings = InferenceSettings.from_config(ecfg)
         dataset = build_dataset(args.dataset, ecfg["split"], root=args.data_root)
-        dataset.transform = eval_transform_for(dataset, ecfg["size"])
+        dataset.transform = eval_transform_for(dataset, ecfg["size"], ecfg["protocol"])
         device = init_from_env(None if args.device == "auto" else args.device)
-        result = evaluate(model, dataset, device=device, eval_classes=getattr(dataset, "eval_classes", None),
+        result = evaluate(model, dataset, device=device,
+                          eval_classes=scored_classes(getattr(dataset, "eval_classes", None), ecfg["classes"]),
                           workers=ecfg["workers"], settings=settings, save_dir=args.save_preds,
                           overlay=args.overlay, desc=f"evaluate on {args.dataset}")
         result["source"] = {"checkpoint": str(args.checkpoint), "cell_id": record.get("cell_id"),

@@ -1,6 +1,8 @@
 """The Cityscapes 19-class evaluation space (cityscapesScripts `helpers/labels.py`) that every domain is mapped into."""
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 
 IGNORE_INDEX = 255
@@ -26,8 +28,30 @@ CITYSCAPES_ID_TO_TRAINID = {
     24: 11, 25: 12, 26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18,
 }
 
-# SYNTHIA classes absent from its 16-class protocol: terrain, truck, train.
+# SYNTHIA classes absent from its 16-class protocol: terrain, truck, train (SYNTHIA never labels them).
 SYNTHIA16_EXCLUDED = (9, 14, 16)
+# ... and from the 13-class protocol of SYNTHIA -> Cityscapes adaptation papers: wall, fence and pole as well
+# (MaxSquareLoss, https://github.com/ZJULearning/MaxSquareLoss, utils/eval.py: `synthia_set_13`).
+SYNTHIA13_EXCLUDED = (*SYNTHIA16_EXCLUDED, 3, 4, 5)
+
+#: `eval.classes` -> the trainIds a study's mIoU averages over, on every target (19: all of Cityscapes')
+CLASS_SETS: dict[int, tuple[int, ...]] = {
+    19: tuple(range(NUM_CLASSES)),
+    16: tuple(c for c in range(NUM_CLASSES) if c not in SYNTHIA16_EXCLUDED),
+    13: tuple(c for c in range(NUM_CLASSES) if c not in SYNTHIA13_EXCLUDED),
+}
+
+
+def scored_classes(dataset_classes: Sequence[int] | None, study_classes: int | None) -> tuple[int, ...] | None:
+    """The trainIds one target's mIoU averages over: the study's set (`eval.classes`) among the classes the dataset is
+    scored on at all (a dataset that never labels a class cannot score it), or the dataset's own set when the study
+    names none (the default, which is how segbench scored before `eval.classes` existed)."""
+    if study_classes is None:
+        return None if dataset_classes is None else tuple(dataset_classes)
+    if study_classes not in CLASS_SETS:
+        raise ValueError(f"eval.classes={study_classes!r}: expected one of {', '.join(map(str, CLASS_SETS))}")
+    own = set(range(NUM_CLASSES) if dataset_classes is None else dataset_classes)
+    return tuple(c for c in CLASS_SETS[study_classes] if c in own)
 
 
 def make_lut(mapping: dict[int, int], size: int = 256, default: int = IGNORE_INDEX) -> np.ndarray:

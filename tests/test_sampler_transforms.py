@@ -144,8 +144,9 @@ def test_class_presence_is_scanned_once_and_cached(tmp_path, monkeypatch):
 
 
 def test_eval_height_keeps_aspect_ratio_and_explicit_size_wins(tmp_path):
-    """The real Mapillary adapter on a miniature tree: its image is scored resized to height 1536 (RobustNet
-    `datasets/__init__.py`, `create_extra_val_loader`: eval_size = 1536), width by the aspect ratio, label untouched."""
+    """The real Mapillary adapter on a miniature tree, default (`native`) protocol: its image is resized to height 1536
+    (`eval_height`), width by the aspect ratio, label untouched. RobustNet's own way, which resizes and crops the label
+    too, is the `robustnet` protocol (tests/test_eval_protocols.py)."""
     import minitrees as mt
     from segbench.data.adapters.mapillary import Mapillary
     from segbench.data.transforms import eval_transform_for

@@ -188,7 +188,7 @@ def check_values(path: Path, pred: np.ndarray, encoding: str) -> None:
     raise PredictionError(f"{path}: value {values[0]}{more} is not one of --encoding {encoding}'s {meaning}; {hint}")
 
 
-def score_prediction_dir(dataset, pred_dir: Path, encoding: str) -> dict:
+def score_prediction_dir(dataset, pred_dir: Path, encoding: str, eval_classes: Sequence[int] | None = None) -> dict:
     """Match each (image, label) pair of `dataset` to the one `pred_dir/**/STEM*.png` and score them all."""
     if not pred_dir.is_dir():
         raise PredictionError(f"prediction directory {pred_dir} does not exist; pass the directory holding the PNGs")
@@ -216,4 +216,4 @@ def score_prediction_dir(dataset, pred_dir: Path, encoding: str) -> dict:
             raise PredictionError(f"{pred_path}: prediction is {pred.shape[1]}x{pred.shape[0]} but its label is "
                                   f"{label.shape[1]}x{label.shape[0]}; predictions must be at label resolution")
         cm.update(torch.from_numpy(label.astype(np.int64)), torch.from_numpy(pred.astype(np.int64)))
-    return cm.summary(getattr(dataset, "eval_classes", None))
+    return cm.summary(eval_classes if eval_classes is not None else getattr(dataset, "eval_classes", None))

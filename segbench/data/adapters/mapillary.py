@@ -1,4 +1,4 @@
-"""Mapillary Vistas v1.2: palette labels over 66 classes, mapped to the 19 trainIds as RobustNet does."""
+"""Mapillary Vistas v1.2: palette labels over 66 classes, mapped to the 19 trainIds with RobustNet's table."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -35,7 +35,9 @@ class Mapillary(SegmentationDataset):
     )
     label_lut = MAPILLARY_LUT
     known_label_values = MAPILLARY_KNOWN
-    #: RobustNet evaluates Mapillary resized to this height (frames are large and vary in size)
+    #: the `native` protocol feeds the model the image resized to this height (frames are large and vary in size) and
+    #: scores the whole label at its native resolution; RobustNet's and Rein's own ways are the `robustnet` and `rein`
+    #: protocols (data/eval_protocols.py)
     eval_height = 1536
 
     def find_pairs(self, split: str) -> list[tuple[Path, Path]]:

@@ -1,7 +1,9 @@
 """SYNTHIA-RAND-CITYSCAPES: 16-bit multi-channel labels with the class id in R, its own id table.
 
 Two registered names share the reader: `synthia` scores the 19 Cityscapes classes, `synthia16` the 16-class protocol
-(terrain, truck and train never occur in SYNTHIA).
+(terrain, truck and train never occur in SYNTHIA). These sets apply to SYNTHIA as a target only; a study scores every
+target on SYNTHIA's 16 (or the 13 of adaptation papers) with `eval.classes: 16` (`13`), as experiments/synthia_dg.yaml
+does for SYNTHIA -> Cityscapes / BDD100K / Mapillary.
 """
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ...labels import NUM_CLASSES, SYNTHIA16_EXCLUDED, make_lut
+from ...labels import CLASS_SETS, make_lut
 from ..base import SegmentationDataset
 from ..pairing import pair_by_suffix, require_dir
 from ..readers import read_label_channel
@@ -62,4 +64,4 @@ class Synthia(SegmentationDataset):
 class Synthia16(Synthia):
     """Same frames and labels; scored on 16 classes."""
 
-    eval_classes = tuple(c for c in range(NUM_CLASSES) if c not in SYNTHIA16_EXCLUDED)
+    eval_classes = CLASS_SETS[16]
