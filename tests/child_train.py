@@ -3,13 +3,16 @@
 Under RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT it is one rank of a gloo group (joined through
 `segbench.engine.distributed.init_from_env`). With --freeze-after K it writes a marker file right after the checkpoint
 of iteration K is on disk and then blocks, so the parent can SIGKILL it at a known point. Everything the parent checks
-goes to --out: initial and final weights (rank 0); per rank a JSON with train()'s statistics and the number of
-training forward passes this process ran; with --eval the raw confusion matrix of `segbench.engine.scoring.evaluate`.
+goes to --out: initial and final weights (rank 0); per rank a JSON with train()'s statistics, the number of
+training forward passes this process ran and, per forward pass, a digest of each input image (the augmented pixels
+the model saw); with --eval the raw confusion matrix of `segbench.engine.scoring.evaluate`. --batch is the global
+batch (train.batch_size), shared by the processes.
 """
 from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -55,6 +58,7 @@ def main() -> None:
     ap.add_argument("--model", default="tiny")
     ap.add_argument("--iters", type=int, required=True)
     ap.add_argument("--batch", type=int, required=True)
+    ap.add_argument("--accumulate", type=int, default=1)
     ap.add_argument("--ckpt-every", type=int, default=0)
     ap.add_argument("--workers", type=int, default=0)
     ap.add_argument("--class-uniform", type=float, default=0.0)
@@ -70,8 +74,13 @@ def main() -> None:
     model = build_model(args.model)
     if rank == 0:
         torch.save(model.state_dict(), out / "init.pt")
-    forwards = []
-    model.register_forward_pre_hook(lambda m, inputs: forwards.append(1) if m.training else None)
+    forwards = []  # per training forward pass: a digest of each image in it
+
+    def digests(module, inputs):
+        if module.training:
+            forwards.append([hashlib.sha1(x.numpy().tobytes()).hexdigest()[:16] for x in inputs[0]])
+
+    model.register_forward_pre_hook(digests)
 
     if args.freeze_after >= 0:
         real_save = train_mod.save_checkpoint
@@ -103,14 +112,14 @@ def main() -> None:
         torch.save(matrix, out / f"cm_rank{rank}.pt")
 
     settings = TrainSettings(
-        iters=args.iters, batch_size=args.batch, lr=0.01, workers=args.workers, ckpt_every=args.ckpt_every,
-        keep_ckpts=2, amp=False, channels_last=False, class_uniform=args.class_uniform)
+        iters=args.iters, batch_size=args.batch, accumulate=args.accumulate, lr=0.01, workers=args.workers,
+        ckpt_every=args.ckpt_every, keep_ckpts=2, amp=False, channels_last=False, class_uniform=args.class_uniform)
     dataset = build_dataset("sim", "train", args.data_root)
     # 96x192 frames scaled by >= 0.5 cover a 32x64 crop: no padding, so every crop is fully labelled
     transform = build_train_transform((32, 64), scale_range=(0.5, 2.0))
     stats = train_mod.train(model, dataset, transform, settings, seed=1, device=device, ckpt_dir=out / "checkpoints",
                             identity={"test": "child_train", "model": args.model}, log_path=out / "train_log.csv")
-    result.update(stats=stats, forwards=len(forwards), world_size=dist_utils.world_size())
+    result.update(stats=stats, forwards=len(forwards), inputs=forwards, world_size=dist_utils.world_size())
     (out / f"rank{rank}.json").write_text(json.dumps(result))
     if rank == 0:
         torch.save(model.state_dict(), out / "final.pt")

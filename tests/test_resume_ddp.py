@@ -1,7 +1,7 @@
 """Crash safety and multi-process training with real subprocesses (tests/child_train.py runs each one).
 
-* 2 gloo processes x batch 1 must train exactly like 1 process x batch 2, and 2-process evaluation must give exactly
-  the 1-process confusion matrix.
+* 2 gloo processes sharing the global batch 2 must train exactly like 1 process with batch 2, and 2-process
+  evaluation must give exactly the 1-process confusion matrix (tests/test_global_batch.py: batch 8, image by image).
 * A run SIGKILLed right after the checkpoint of iteration K, then resumed in a new process, must end bit for bit where
   an uninterrupted run ends, having trained iterations K+1..N itself.
 """
@@ -106,7 +106,7 @@ def test_two_gloo_processes_train_and_score_exactly_like_one(data_root, tmp_path
     for p in (data_root / SimDomain.default_dir / "labels" / "train").glob("*.png"):
         assert (cv2.imread(str(p), cv2.IMREAD_GRAYSCALE) != IGNORE_INDEX).all(), p
     port = str(_free_port())
-    ranks = [children.start(f"rank{r}", _cmd(data_root, tmp_path / "two", "--iters", iters, "--batch", 1, "--eval"),
+    ranks = [children.start(f"rank{r}", _cmd(data_root, tmp_path / "two", "--iters", iters, "--batch", 2, "--eval"),
                             MASTER_ADDR="127.0.0.1", MASTER_PORT=port, RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE="2")
              for r in range(2)]
     one = children.start("one", _cmd(data_root, tmp_path / "one", "--iters", iters, "--batch", 2, "--eval"))
@@ -116,6 +116,7 @@ def test_two_gloo_processes_train_and_score_exactly_like_one(data_root, tmp_path
     for r in range(2):
         info = _info(tmp_path / "two", r)
         assert info["world_size"] == 2 and info["forwards"] == iters
+        assert info["stats"]["batch_per_process"] == 1 and all(len(batch) == 1 for batch in info["inputs"])
     w1, w2 = _weights(tmp_path / "one"), _weights(tmp_path / "two")
     init = torch.load(tmp_path / "one" / "init.pt", weights_only=True)
     assert w1.keys() == w2.keys() == init.keys()

@@ -6,6 +6,8 @@ import os
 import torch
 import torch.distributed as dist
 
+from ..config import ConfigError
+
 
 def is_dist() -> bool:
     return dist.is_available() and dist.is_initialized()
@@ -21,6 +23,21 @@ def world_size() -> int:
 
 def is_main() -> bool:
     return rank() == 0
+
+
+def batch_share(global_batch: int, world: int, accumulate: int = 1) -> int:
+    """Images one process puts through one forward pass: the study's global batch split over `world` processes and
+    `accumulate` micro-steps. The batch belongs to the study, not to the launch: RobustNet's 16 is 4 per GPU on 4 GPUs,
+    16 on one GPU, or 4 x 4 micro-steps there with `train.accumulate: 4`."""
+    parts = world * accumulate
+    if global_batch % parts:
+        fits = [n for n in range(1, global_batch + 1) if global_batch % (n * accumulate) == 0]
+        fix = (f"launch {', '.join(map(str, fits))} process(es)" if fits
+               else f"lower train.accumulate to a divisor of {global_batch}")
+        raise ConfigError(
+            f"train.batch_size={global_batch} is the global batch (all processes together) and does not split evenly "
+            f"over {world} process(es) x train.accumulate={accumulate}: make it a multiple of {parts}, or {fix}")
+    return global_batch // parts
 
 
 def init_from_env(device_type: str | None = None) -> torch.device:

@@ -4,6 +4,9 @@
 the official IBN-Net release for IBN variants. Files live where torch.hub keeps them (`torch.hub.get_dir()/checkpoints`),
 named `NAME-HASHPREFIX.pth`; the prefix of the file's sha256 must match (torch.hub's check_hash convention), checked on
 every load so a truncated or wrong file never trains silently.
+
+`pretrained='torchvision'` is the one partial load: a plain or IBN-b ResNet initialised from torchvision's ImageNet
+ResNet of its depth; for IBN-b that is the network of RobustNet's "IBN-Net" row (see `torchvision_init`).
 """
 from __future__ import annotations
 
@@ -14,7 +17,9 @@ import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
+import warnings
 from collections.abc import Mapping
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -33,8 +38,16 @@ _HASH_IN_NAME = re.compile(r"-([0-9a-f]{6,})\.")
 _ANCHOR = "layer1.0.conv1.weight"  # every backbone has it exactly once; locates the backbone inside checkpoints
 
 
+IMAGENET, TORCHVISION = "imagenet", "torchvision"  # the named choices of model.pretrained; anything else is a path
+_TORCHVISION_INITIALISED = re.compile(r"(resnet(?:18|34|50|101))(?:_ibn_b)?")
+
+
 class PretrainedWeightsError(RuntimeError):
     """Weights could not be fetched, verified or matched to the backbone; the message says what to do."""
+
+
+class PartialLoadWarning(UserWarning):
+    """pretrained='torchvision' left tensors at their initial values or loaded some into another module type."""
 
 
 def imagenet_url(name: str) -> str:
@@ -126,9 +139,116 @@ def backbone_state_dict(obj: Mapping) -> dict[str, torch.Tensor]:
     return {k: v for k, v in state.items() if not k.startswith("fc.")}
 
 
+def torchvision_counterpart(name: str) -> str:
+    """The torchvision ResNet whose ImageNet weights `pretrained='torchvision'` puts into backbone `name`."""
+    match = _TORCHVISION_INITIALISED.fullmatch(name)
+    if match is None:
+        raise PretrainedWeightsError(
+            f"model.pretrained='torchvision' initialises a plain or IBN-b ResNet (resnet18/34/50/101[_ibn_b]) from "
+            f"torchvision's ImageNet ResNet of its depth, not {name!r}: IBN-a splits each block's first BatchNorm into "
+            f"InstanceNorm and BatchNorm halves that torchvision has no weights for. Use 'imagenet' (the official "
+            f"IBN-Net weights) for it.")
+    return match.group(1)
+
+
+def official_file(name: str, pretrained: str) -> Path:
+    """The cached (downloaded if missing), hash-checked file behind 'imagenet' or 'torchvision' for backbone `name`."""
+    return fetch_imagenet(name if pretrained == IMAGENET else torchvision_counterpart(name))
+
+
+@dataclass(frozen=True)
+class PartialLoad:
+    """What `pretrained='torchvision'` does to a backbone: tensors matched by name, as RobustNet's
+    `network/mynn.py` `forgiving_state_restore` does (load where the name and shape match, keep the rest)."""
+
+    backbone: str
+    source: str  # the torchvision ResNet
+    loaded: int  # tensors taken from the file
+    retyped: dict[str, str]  # loaded into a module of another type: key -> "BatchNorm2d -> InstanceNorm2d"
+    kept: dict[str, str]  # not in the file, left at their initial values: key -> module type
+    unused: list[str]  # in the file (fc.* aside) with no place in the backbone
+
+    def message(self) -> str:
+        retyped = ", ".join(f"{k} ({v})" for k, v in self.retyped.items()) or "none"
+        kept = ", ".join(f"{k} ({v})" for k, v in self.kept.items()) or "none"
+        return (f"{self.backbone} initialised from torchvision's {self.source}: {self.loaded} tensors loaded; "
+                f"loaded into another module type: {retyped}; not in the file, left at their initial values: {kept}; "
+                f"in the file but not loadable here: {', '.join(self.unused) or 'none'} (the classifier fc.* is "
+                f"dropped, as for every backbone)")
+
+    def as_record(self) -> dict:
+        return {"weights": TORCHVISION, **asdict(self)}
+
+
+def _module_types(module: nn.Module) -> dict[str, str]:
+    """State-dict key -> type name of the module holding it."""
+    return {key: type(module.get_submodule(key.rpartition(".")[0])).__name__ for key in module.state_dict()}
+
+
+def _torchvision_resnet(source: str) -> nn.Module:
+    """torchvision's `source` ResNet without weights, on the meta device (names, types and shapes only)."""
+    import torchvision.models as tvm
+
+    with torch.device("meta"):
+        return getattr(tvm, source)(weights=None)
+
+
+def torchvision_init(name: str) -> PartialLoad:
+    """The partial load of torchvision's ImageNet ResNet into backbone `name`, worked out from the two architectures
+    (no file needed: `load_torchvision` checks that the file holds exactly torchvision's tensors).
+
+    For resnet50_ibn_b this is RobustNet's "IBN-Net" (`--wt_layer 0 0 4 4 4 0 0`; shachoi/RobustNet
+    `network/Resnet.py` resnet50 restored by `network/mynn.py` forgiving_state_restore from torchvision's
+    resnet50-19c8e357.pth, the weights that IMAGENET1K_V1's resnet50-0676ba61.pth re-serialises, pytorch/vision#2068):
+    the stem `bn1` is an affine InstanceNorm and takes BatchNorm's weight and bias (the running statistics have
+    nowhere to go), and the InstanceNorm after the residual addition of the last block of layer1 and layer2
+    (RobustNet's `instance_norm_layer`, segbench's `IN`) is not in the file, so it keeps its initial weight 1, bias 0.
+    """
+    from .registries import BACKBONES
+
+    source = torchvision_counterpart(name)
+    with torch.device("meta"):
+        ours = _module_types(BACKBONES.get(name)())
+    theirs = {k: v for k, v in _module_types(_torchvision_resnet(source)).items() if not k.startswith("fc.")}
+    loaded = [k for k in ours if k in theirs]
+    return PartialLoad(
+        backbone=name, source=source, loaded=len(loaded),
+        retyped={k: f"{theirs[k]} -> {ours[k]}" for k in loaded if theirs[k] != ours[k]},
+        kept={k: ours[k] for k in ours if k not in theirs}, unused=[k for k in theirs if k not in ours])
+
+
+def init_record(name: str, pretrained) -> dict | None:
+    """What a record says about a partial initialisation (`pretrained='torchvision'`); None for the strict ones."""
+    return torchvision_init(name).as_record() if pretrained == TORCHVISION else None
+
+
+def load_torchvision(backbone: nn.Module, name: str) -> PartialLoad:
+    """`pretrained='torchvision'`: load what fits by name (see `torchvision_init`); a PartialLoadWarning names the
+    rest. The file must hold exactly torchvision's tensors, so what is loaded is what `torchvision_init` says."""
+    plan = torchvision_init(name)
+    path = official_file(name, TORCHVISION)
+    state = backbone_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    expected = {k: v.shape for k, v in _torchvision_resnet(plan.source).state_dict().items() if not k.startswith("fc.")}
+    wrong = sorted(k for k in expected.keys() | state.keys()
+                   if k not in state or k not in expected or state[k].shape != expected[k])
+    if wrong:
+        raise PretrainedWeightsError(f"{path} is not torchvision's {plan.source}: {len(wrong)} tensors missing, extra "
+                                     f"or of another shape, e.g. {wrong[:4]}")
+    ours = backbone.state_dict()
+    ours.update({k: v for k, v in state.items() if k in ours})
+    backbone.load_state_dict(ours, strict=True)  # a shape that differs under the same name fails here, named
+    if plan.retyped or plan.kept or plan.unused:
+        warnings.warn(plan.message(), PartialLoadWarning, stacklevel=2)
+    return plan
+
+
 def load_pretrained(backbone: nn.Module, name: str, pretrained: str | os.PathLike) -> nn.Module:
-    """Load 'imagenet' (official file for `name`) or a local file into `backbone`, strictly."""
-    if str(pretrained) == "imagenet":
+    """Load 'imagenet' (official file for `name`) or a local file into `backbone`, strictly; 'torchvision' partially
+    (`load_torchvision`)."""
+    if str(pretrained) == TORCHVISION:
+        load_torchvision(backbone, name)
+        return backbone
+    if str(pretrained) == IMAGENET:
         path = fetch_imagenet(name)
     else:
         path = Path(pretrained).expanduser()
