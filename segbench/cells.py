@@ -17,7 +17,7 @@ import os
 import platform
 import warnings
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, is_dataclass
 from pathlib import Path
 
 try:
@@ -27,7 +27,8 @@ except ImportError:  # not POSIX: cells run unlocked
 
 from .config import identity_view
 from .io import write_json
-from .spec import Transfer
+from .labels import CLASS_SETS, NUM_CLASSES
+from .spec import Transfer, is_multi_source, source_parts
 
 # --- the files of a cell directory (`results/STUDY/cells/CELL/`) -------------------------------------------------
 CELLS = "cells"  # sub-directory of a study holding one directory per cell
@@ -56,8 +57,16 @@ RECORD_FIELDS = {
     "results": "target -> metrics: miou, per_class_iou, pixel_acc, eval (the eval settings scored under), images, "
                "seconds, samples (prediction dumps)",
     "training": "train_seconds, images_per_s (the whole run, across resumes), resumed_from (the iteration this "
-                "process resumed at; absent when the cell was only evaluated)",
+                "process resumed at; absent when the cell was only evaluated), world_size and batch_per_process "
+                "(this launch), launches (from_iteration, world_size, batch_per_process of each), init (what a "
+                "partial pretrained load left out: model.pretrained=torchvision)",
     "provenance": "segbench version, git commit, python/torch/CUDA, device, host, argv of the run that wrote it",
+    "protocol": "the protocol card (protocol_card): sources, split, resolution, source_weights and training classes "
+                "(multi-source), global_batch, iterations, train (crop, scale_range, hflip, class_uniform, "
+                "photometric, optimiser: the train settings that decide the weights), model, eval (split, size, "
+                "mode, window, stride, flip, scales, protocol, classes: the eval settings that decide a score), "
+                "targets (per target scored: split, transform = its eval resolution and crop, classes = the "
+                "trainIds its mIoU averages over), checkpoint (which weights are scored)",
 }
 REQUIRED_FIELDS = ("cell_id", "backbone", "head", "source", "seed", "config", "results")
 
@@ -84,6 +93,8 @@ class Cell:
                  "model": identity_view("model", self.model), "train": identity_view("train", self.train)}
         if self.data_version is not None:
             ident["data_version"] = self.data_version
+        if self.training_classes is not None:  # an eval setting that, for a union, decides the training labels
+            ident["training_classes"] = list(self.training_classes)
         return ident
 
     @property
@@ -100,7 +111,19 @@ class Cell:
 
     @property
     def eval_targets(self) -> tuple[str, ...]:
-        return (self.source, *[t for t in self.targets if t != self.source])
+        """The datasets scored: in-domain first (the source; each part of a multi-source one), then the targets."""
+        own = source_parts(self.source)
+        return (*own, *[t for t in self.targets if t not in own and t != self.source])
+
+    @property
+    def training_classes(self) -> tuple[int, ...] | None:
+        """The trainIds a multi-source cell trains on: the study's class set (`eval.classes`) applied to every
+        source's labels, so the sources agree on one label space (data/multisource.py says why); None (every class
+        as each source decodes it) for one source, or without a class set smaller than 19."""
+        classes = self.eval.get("classes")
+        if not is_multi_source(self.source) or classes is None or classes == NUM_CLASSES:
+            return None
+        return CLASS_SETS[classes]
 
     def eval_identity(self) -> dict:
         return identity_view("eval", self.eval)
@@ -113,14 +136,104 @@ def _dataset_version(name: str) -> str | None:
     return getattr(DATASETS.get(name), "data_version", None) if name in DATASETS else None
 
 
+def _source_version(source: str) -> str | dict | None:
+    """`data_version` of a source: its dataset's; for a union, {part: version} when any part has one."""
+    parts = source_parts(source)
+    if len(parts) == 1:
+        return _dataset_version(source)
+    versions = {p: _dataset_version(p) for p in parts}
+    return versions if any(v is not None for v in versions.values()) else None
+
+
+def source_train_settings(train: dict, source: str) -> dict:
+    """The train section as one cell of `source` sees it. `source_weights` only concerns a union: a single source
+    gets None (so an unrelated setting never changes its id); a union gets {part: weight} for its parts (a list is
+    in spec order; a mapping may name the parts of several unions), so equal weights written either way are one id."""
+    weights = train.get("source_weights")
+    if weights is None:
+        return dict(train)
+    parts = source_parts(source)
+    if len(parts) == 1:
+        return {**train, "source_weights": None}
+    if isinstance(weights, dict):
+        mine = {p: weights[p] for p in parts if p in weights}
+        return {**train, "source_weights": mine if len(mine) == len(parts) else weights}
+    return {**train, "source_weights": dict(zip(parts, weights)) if len(weights) == len(parts) else weights}
+
+
 def plan(cfg: dict, transfers: list[Transfer], backbones: list[str], heads: list[str]) -> list[Cell]:
     """The study as a list of cells, in the order they run: source, backbone, head, seed."""
-    versions = {t.source: _dataset_version(t.source) for t in transfers}
+    versions = {t.source: _source_version(t.source) for t in transfers}
     return [
         Cell(backbone=b, head=h, source=t.source, targets=t.targets, seed=int(s), model=dict(cfg["model"]),
-             train=dict(cfg["train"]), eval=dict(cfg["eval"]), data_version=versions[t.source])
+             train=source_train_settings(cfg["train"], t.source), eval=dict(cfg["eval"]),
+             data_version=versions[t.source])
         for t in transfers for b in backbones for h in heads for s in cfg["seeds"]
     ]
+
+
+# --- the protocol card: what a number was measured under, on the record ---------------------------------------
+#: which weights are scored: those at the end of training (no checkpoint is picked on a validation score)
+CHECKPOINT_RULE = "last"
+
+
+def _resolution(name: str) -> str:
+    """"native", or the size of the resized copy a `NAME@WxH` source reads."""
+    return name.partition("@")[2] or "native"
+
+
+def protocol_card(cell: Cell, targets: dict[str, dict]) -> dict:
+    """The protocol a cell's numbers were measured under: its training recipe and, per scored target (`targets`:
+    target_protocol of each), how it was scored. Settings enter as in the cell id: no speed knobs, none at the value
+    it had before it existed, so a card only changes when the protocol does."""
+    train = identity_view("train", cell.train)
+    card: dict = {"sources": list(source_parts(cell.source)), "split": train.pop("split", None),
+                  "resolution": {p: _resolution(p) for p in source_parts(cell.source)}}
+    weights = train.pop("source_weights", None)
+    if is_multi_source(cell.source):
+        card["source_weights"] = weights if weights is not None else "proportional to size"
+        card["training_classes"] = list(cell.training_classes) if cell.training_classes else "all"
+    card.update({"global_batch": train.pop("batch_size", None), "iterations": train.pop("iters", None),
+                 "train": train, "model": identity_view("model", cell.model), "eval": cell.eval_identity(),
+                 "targets": {t: targets[t] for t in cell.eval_targets if t in targets},
+                 "checkpoint": CHECKPOINT_RULE})
+    return card
+
+
+_NOT_PLAIN = object()
+
+
+def _plain_value(value):
+    """A value as a record stores it: JSON scalars, lists (tuples too), and dataclasses (a protocol geometry) as
+    {"type": class name, field: value}; _NOT_PLAIN for anything else (objects, callables), which a card leaves out."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (list, tuple)):
+        items = [_plain_value(v) for v in value]
+        return _NOT_PLAIN if any(v is _NOT_PLAIN for v in items) else items
+    if is_dataclass(value) and not isinstance(value, type):
+        out = {"type": type(value).__name__}
+        for f in fields(value):
+            plain = _plain_value(getattr(value, f.name))
+            if plain is not _NOT_PLAIN:
+                out[f.name] = plain
+        return out
+    return _NOT_PLAIN
+
+
+def target_protocol(dataset, classes) -> dict:
+    """How one target is scored, read off the opened dataset: its split, the plain settings of its eval transform
+    (its protocol geometry: resize, height, crop, as data/eval_protocols.py defines them; whatever the transform
+    holds as plain values or dataclasses, so a setting added there appears here), and the trainIds its mIoU averages
+    over (`classes`; None: all 19)."""
+    transform = {}
+    for key, value in getattr(getattr(dataset, "transform", None), "__dict__", {}).items():
+        plain = _plain_value(value)
+        if plain is not _NOT_PLAIN and not key.startswith("_"):
+            transform[key] = plain
+    scored = list(range(NUM_CLASSES)) if classes is None else sorted(int(c) for c in classes)
+    return {"split": getattr(dataset, "split", None), "transform": transform,
+            "classes": NUM_CLASSES if scored == list(range(NUM_CLASSES)) else scored}
 
 
 def new_record(cell: Cell) -> dict:

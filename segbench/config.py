@@ -26,7 +26,13 @@ class TrainSettings:
     """One cell's training recipe (the `train:` section)."""
 
     iters: int = 40000
-    batch_size: int = 8  # per process
+    #: the global batch, all processes together: each of N processes takes batch_size / N (a ConfigError when N does
+    #: not divide it), so a study computes the same thing on 1 GPU and on 4, and the cell id does not depend on N
+    batch_size: int = 8
+    #: micro-steps per optimizer step, for a per-process share too large for memory: each forward pass takes
+    #: batch_size / (N * accumulate) images and the gradients of the micro-steps are averaged (engine/train.py).
+    #: Part of the cell id: BatchNorm then normalises over the micro-batch, not the whole batch.
+    accumulate: int = 1
     lr: float = 0.01
     momentum: float = 0.9
     weight_decay: float = 5e-4
@@ -43,12 +49,32 @@ class TrainSettings:
     crop: tuple = (768, 768)  # (H, W)
     scale_range: tuple = (0.5, 2.0)
     hflip: float = 0.5
+    #: colour jitter and blur after the flip: None (off), a name in PHOTOMETRIC_PRESETS, or a mapping of all of
+    #: jitter_p, brightness, contrast, saturation, hue (torchvision ColorJitter's parameters) and blur_sigma
+    #: ([LOW, HIGH] or null); data/transforms.py Photometric says what each does
+    photometric: Any = None
+    #: multi-source specs (`gta5+synthia->...`): how often each source is drawn. None: in proportion to its size (the
+    #: union sampled uniformly); a mapping {source: weight} naming every part, or a list in the spec's source order.
+    #: Weights are relative (normalised); data/sampler.py MultiSourceStreamSampler says how a stream follows them
+    source_weights: Any = None
     #: a raw label value outside the source dataset's table (`segbench data check` lists them): "error" stops training
     #: at the first such file, naming it, the values and the fix; "ignore" trains those pixels as ignored after counting
     #: them over the whole split (record["training"]["unknown_label_pixels"], "unknown_label_files",
     #: "unknown_label_values"). Evaluation always refuses them. Not part of the cell id: a run that succeeds under
     #: "error" computes exactly what it would under "ignore".
     unknown_labels: str = "error"
+
+
+#: named `train.photometric` settings. "robustnet": every RobustNet GTA5 run's `--color_aug 0.5 --gblur`
+#: (shachoi/RobustNet datasets/__init__.py, transforms/transforms.py RandomGaussianBlur)
+PHOTOMETRIC_PRESETS: dict[str, dict[str, Any]] = {
+    "robustnet": {"jitter_p": 0.5, "brightness": 0.4, "contrast": 0.4, "saturation": 0.4, "hue": 0.1,
+                  "blur_sigma": [0.15, 1.3]},
+}
+
+#: `model.aux`: False (none), True (torchvision-style FCN head on layer3, loss at the input size) or "robustnet"
+#: (RobustNet's `dsn` head, loss at its own resolution); models/heads.py aux_head builds each
+AUX_KINDS = (False, True, "robustnet")
 
 
 @dataclass(frozen=True)
@@ -82,10 +108,16 @@ def _plain(values: dict) -> dict:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
 
 
-#: the `eval:` section: which split is scored at which size (None: native, or the dataset's protocol height), the
-#: loader, how many predictions are kept for the report's qualitative panel, and the inference settings
-EVAL_DEFAULTS: dict[str, Any] = {"split": "val", "size": None, "batch_size": 1, "workers": 2,
-                                 **_plain(asdict(InferenceSettings())), "dump": 4}
+#: `eval.protocol`: how each target's image and label are resized or cropped for scoring (data/eval_protocols.py)
+EVAL_PROTOCOLS = ("native", "robustnet", "rein")
+#: `eval.classes`: the class set every target's mIoU averages over (labels.CLASS_SETS); None: each dataset's own
+EVAL_CLASS_SETS = (19, 16, 13)
+
+#: the `eval:` section: which split is scored, under which protocol, at which size (None: the protocol's; `size` is
+#: for the native protocol only), over which classes, the loader, how many predictions are kept for the report's
+#: qualitative panel, and the inference settings
+EVAL_DEFAULTS: dict[str, Any] = {"split": "val", "protocol": "native", "size": None, "classes": None, "batch_size": 1,
+                                 "workers": 2, **_plain(asdict(InferenceSettings())), "dump": 4}
 
 DEFAULTS: dict[str, Any] = {
     "name": None,  # results sub-directory; defaults to the experiment file's stem or the specs
@@ -193,7 +225,11 @@ def train_settings(train_cfg: dict) -> TrainSettings:
 
 #: Settings added after studies were already run, with the value that reproduces the old behaviour. While a setting
 #: holds that value it is left out of the cell id, so adding a setting never invalidates finished cells.
-ADDED_SETTINGS: dict[str, dict[str, Any]] = {"model": {}, "train": {}}
+ADDED_SETTINGS: dict[str, dict[str, Any]] = {"model": {}, "train": {"accumulate": 1, "photometric": None,
+                                                                   "source_weights": None},
+                                             # eval: compared per target (cells.missing_targets), so scores made
+                                             # before these existed stay done while they hold these values
+                                             "eval": {"protocol": "native", "classes": None}}
 
 
 def identity_view(section: str, values: dict) -> dict:
@@ -337,6 +373,42 @@ def _pretrained(value):
     return value
 
 
+def _source_weights(value):
+    """None, {name: weight} or [weight, ...], every weight a number > 0; which names and how many are checked against
+    the specs (run.validate_study), which this section does not see."""
+    if value is None:
+        return value
+    if isinstance(value, dict):
+        _require(len(value) > 0 and all(isinstance(k, str) and k.strip() for k in value))
+        out = {k: _number(v) for k, v in value.items()}
+    else:
+        _require(isinstance(value, (list, tuple)) and len(value) > 0)
+        out = type(value)(_number(v) for v in value)
+    _require(all(w > 0 for w in (out.values() if isinstance(out, dict) else out)), " (every weight must be > 0)")
+    return out
+
+
+def _photometric(value):
+    """None, a preset name, or a mapping naming every parameter (no silent defaults: a forgotten jitter_p would
+    otherwise switch the jitter off)."""
+    if value is None:
+        return value
+    if isinstance(value, str):
+        _require(value in PHOTOMETRIC_PRESETS)
+        return value
+    keys = list(next(iter(PHOTOMETRIC_PRESETS.values())))
+    _require(isinstance(value, dict) and set(value) == set(keys), f" (the mapping needs exactly {', '.join(keys)})")
+    out = dict(value)
+    for key in ("jitter_p", "brightness", "contrast", "saturation", "hue"):
+        out[key] = _number(value[key])
+        _require(out[key] >= 0, f" ({key} must be >= 0)")
+    _require(out["jitter_p"] <= 1, " (jitter_p is a probability)")
+    _require(out["hue"] <= 0.5, " (hue must be <= 0.5)")
+    if value["blur_sigma"] is not None:
+        out["blur_sigma"] = _scale_range(value["blur_sigma"])
+    return out
+
+
 FLAG = Rule("true or false", _flag)
 NAME = Rule("a non-empty name", _name)
 SIZE = Rule("[H, W], two integers >= 1", _size)
@@ -349,9 +421,10 @@ RULES: dict[str, Any] = {
     "heads": names("name"),
     "seeds": Rule("a non-empty list of distinct integers >= 0", _seeds),
     "model": {"output_stride": one_of(None, 8, 16, 32),
-              "pretrained": Rule("null, 'imagenet' or the path of a state dict", _pretrained),
-              "aux": FLAG},
-    "train": {"iters": integer(1), "batch_size": integer(1), "lr": number(0, above=True),
+              "pretrained": Rule("null, 'imagenet', 'torchvision' or the path of a state dict", _pretrained),
+              "aux": Rule("false, true (FCN aux head) or 'robustnet' (RobustNet's dsn head)",
+                          one_of(*AUX_KINDS).convert)},
+    "train": {"iters": integer(1), "batch_size": integer(1), "accumulate": integer(1), "lr": number(0, above=True),
               "momentum": number(0, 1, below=True), "weight_decay": number(0), "power": number(0),
               "aux_weight": number(0), "workers": integer(0),
               "ckpt_every": integer(0),  # 0: no periodic checkpoints
@@ -361,8 +434,13 @@ RULES: dict[str, Any] = {
               # references/segmentation/transforms.py RandomCrop does (pad_if_smaller(target, size, fill=255))
               "crop": SIZE,
               "scale_range": Rule("[LOW, HIGH] with 0 < LOW <= HIGH", _scale_range), "hflip": number(0, 1),
-              "unknown_labels": one_of("error", "ignore")},
-    "eval": {"split": NAME, "size": optional(SIZE), "batch_size": integer(1), "workers": integer(0),
+              "unknown_labels": one_of("error", "ignore"),
+              "photometric": Rule(f"null, {', '.join(map(repr, PHOTOMETRIC_PRESETS))} or a mapping {{jitter_p, "
+                                  "brightness, contrast, saturation, hue, blur_sigma}", _photometric),
+              "source_weights": Rule("null, a mapping {source: weight > 0} or a list of weights > 0 in source order",
+                                     _source_weights)},
+    "eval": {"split": NAME, "protocol": one_of(*EVAL_PROTOCOLS), "size": optional(SIZE),
+             "classes": one_of(None, *EVAL_CLASS_SETS), "batch_size": integer(1), "workers": integer(0),
              "mode": one_of("whole", "slide"), "window": optional(SIZE), "stride": optional(SIZE), "flip": FLAG,
              "scales": Rule("a non-empty list of numbers > 0", _positive_numbers), "dump": integer(0)},
 }
@@ -400,6 +478,14 @@ def _check(key: str, rule: Rule, value: Any, problems: list[str]) -> Any:
         return value
 
 
+def _check_protocol_size(ecfg: dict, problems: list[str]) -> None:
+    """`eval.size` resizes images under the native protocol; a published protocol fixes its own sizes."""
+    protocol, size = ecfg.get("protocol", "native"), ecfg.get("size")
+    if size is not None and protocol != "native" and protocol in EVAL_PROTOCOLS:
+        problems.append(f"eval.size={size!r}: eval.protocol={protocol!r} fixes the sizes itself; expected eval.size "
+                        "null (or eval.protocol='native')")
+
+
 def _check_window(ecfg: dict, problems: list[str]) -> None:
     """Sliding windows need a window, and a stride no larger than it (a larger one leaves pixels never scored)."""
     if ecfg.get("mode") != "slide":
@@ -410,6 +496,14 @@ def _check_window(ecfg: dict, problems: list[str]) -> None:
     elif _passes(SIZE, window) and _passes(SIZE, stride) and (stride[0] > window[0] or stride[1] > window[1]):
         problems.append(f"eval.stride={stride!r}: larger than eval.window={window!r} leaves pixels unscored; "
                         "expected each <= the window")
+
+
+def _check_accumulate(tcfg: dict, problems: list[str]) -> None:
+    """The micro-steps split the global batch evenly (how many processes share it is known only at launch)."""
+    batch, accumulate = tcfg.get("batch_size"), tcfg.get("accumulate", 1)
+    if _passes(integer(1), batch) and _passes(integer(1), accumulate) and batch % accumulate:
+        problems.append(f"train.accumulate={accumulate!r}: does not divide train.batch_size={batch!r} (the global "
+                        "batch); expected a divisor of it")
 
 
 def _passes(rule: Rule, value: Any) -> bool:
@@ -440,6 +534,9 @@ def config_problems(cfg: dict, sections: tuple[str, ...] | None = None) -> tuple
                 section[sub] = _check(f"{key}.{sub}", rule, value, problems)
     if isinstance(cfg.get("eval"), dict):
         _check_window(cfg["eval"], problems)
+        _check_protocol_size(cfg["eval"], problems)
+    if isinstance(cfg.get("train"), dict):
+        _check_accumulate(cfg["train"], problems)
     return cfg, problems
 
 

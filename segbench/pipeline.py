@@ -16,10 +16,11 @@ import torch
 
 from . import __version__
 from .cells import CHECKPOINTS, CONFIG, DONE, FINAL_WEIGHTS, PREDS, TENSORBOARD, TRAIN_LOG, Cell, CellBusy, cell_lock, \
-    missing_targets, new_record, read_record_or_none, write_record
+    missing_targets, new_record, protocol_card, read_record_or_none, target_protocol, write_record
 from .config import InferenceSettings, train_settings
 from .data import build_dataset
-from .data.label_scan import apply_unknown_label_policy
+from .data.eval_protocols import DEFAULT_PROTOCOL
+from .data.multisource import apply_unknown_label_policy_per_source
 from .data.transforms import build_train_transform, eval_transform_for
 from .engine import distributed as dist_utils
 from .engine.checkpoint import load_final_weights
@@ -27,7 +28,9 @@ from .engine.logging import tensorboard_writer
 from .engine.scoring import evaluate
 from .engine.train import train
 from .io import remove_stale_temp_files, save_torch, write_json
+from .labels import scored_classes
 from .models import create_model
+from .models.pretrained import init_record
 
 
 def git_commit() -> str | None:
@@ -99,19 +102,22 @@ def train_and_score(cell: Cell, cell_dir: Path, *, data_root, device: torch.devi
     torch.manual_seed(cell.seed)
     # ImageNet weights only matter before training; a trained cell's own weights replace them anyway
     model = create_model(cell.backbone, head=cell.head, output_stride=cell.model.get("output_stride"),
-                         pretrained=None if trained else cell.model.get("pretrained"), aux=bool(cell.model.get("aux")))
+                         pretrained=None if trained else cell.model.get("pretrained"), aux=cell.model.get("aux", False))
     if trained:
         model.load_state_dict(final_state)
     else:
         settings = train_settings(cell.train)
-        source = build_dataset(cell.source, settings.split, root=data_root)
-        unknown_labels = apply_unknown_label_policy(source, settings.unknown_labels, settings.workers)
-        transform = build_train_transform(settings.crop, settings.scale_range, settings.hflip)
+        source = build_dataset(cell.source, settings.split, root=data_root, classes=cell.training_classes)
+        unknown_labels = apply_unknown_label_policy_per_source(source, settings.unknown_labels, settings.workers)
+        transform = build_train_transform(settings.crop, settings.scale_range, settings.hflip, settings.photometric)
         record["training"] = train(model, source, transform, settings, seed=cell.seed, device=device,
                                    ckpt_dir=cell_dir / CHECKPOINTS, identity=cell.training_identity(),
                                    log_path=cell_dir / TRAIN_LOG, tb_dir=cell_dir / TENSORBOARD,
                                    desc=f"{cell.backbone} on {cell.source} (seed {cell.seed})")
         record["training"].update(unknown_labels)
+        init = init_record(cell.backbone, cell.model.get("pretrained"))  # a partial load names what it left out
+        if init is not None:
+            record["training"]["init"] = init
         if main:
             save_torch(final, model.state_dict())
 
@@ -121,13 +127,16 @@ def train_and_score(cell: Cell, cell_dir: Path, *, data_root, device: torch.devi
     record["provenance"] = provenance(device)
     for target in missing_targets(cell, cell_dir):
         ds = build_dataset(target, ecfg["split"], root=data_root)
-        ds.transform = eval_transform_for(ds, ecfg.get("size"))
+        ds.transform = eval_transform_for(ds, ecfg.get("size"), ecfg.get("protocol", DEFAULT_PROTOCOL))
+        classes = scored_classes(getattr(ds, "eval_classes", None), ecfg.get("classes"))
         t0 = time.perf_counter()
-        metrics = evaluate(model, ds, device=device, eval_classes=getattr(ds, "eval_classes", None),
+        metrics = evaluate(model, ds, device=device, eval_classes=classes,
                            workers=ecfg.get("workers", 0), settings=inference, desc=f"  test on {target}",
                            dump_dir=cell_dir / PREDS / target, dump_count=int(ecfg.get("dump", 0) or 0))
         metrics.update(eval=cell.eval_identity(), images=len(ds), seconds=time.perf_counter() - t0)
         record["results"][target] = metrics
+        scored = {**(record.get("protocol") or {}).get("targets", {}), target: target_protocol(ds, classes)}
+        record["protocol"] = protocol_card(cell, scored)
         if main:
             write_record(cell_dir, record)
             tb = tensorboard_writer(cell_dir / TENSORBOARD)

@@ -14,7 +14,7 @@ from pathlib import Path
 from .cells import DONE, is_done
 from .config import EMBEDDED_DEFAULT, ConfigError, apply_overrides, config_problems, load_config, problems_message
 from .errors import command
-from .spec import GRAMMAR, SpecError, parse_specs
+from .spec import GRAMMAR, SpecError, parse_specs, source_parts
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -102,6 +102,7 @@ def dataset_problems(cfg: dict, data_root) -> list[str]:
     Nothing is opened: that is check_datasets' job, after the plan."""
     from .data import DATASETS, DatasetError, load_plugins
     from .data.cache import parse_size
+    from .data.multisource import source_weight_problems
 
     try:
         transfers = parse_specs(_names(cfg["specs"]))
@@ -113,10 +114,11 @@ def dataset_problems(cfg: dict, data_root) -> list[str]:
         return [str(e)]
     uses: dict[str, dict[str, object]] = {}  # dataset -> {setting: split}
     for t in transfers:
-        uses.setdefault(t.source, {})["train.split"] = cfg["train"]["split"]
-        for name in (t.source, *t.targets):
+        for part in source_parts(t.source):  # a multi-source spec trains on, and scores, each of its parts
+            uses.setdefault(part, {})["train.split"] = cfg["train"]["split"]
+        for name in (*source_parts(t.source), *t.targets):
             uses.setdefault(name, {})["eval.split"] = cfg["eval"]["split"]
-    problems = []
+    problems = source_weight_problems(cfg["train"].get("source_weights"), [t.source for t in transfers])
     for name, splits in uses.items():
         if "@" in name:  # a prepared copy: its splits are in its manifest, read when check_datasets opens it
             try:
@@ -172,7 +174,7 @@ def check_datasets(transfers, cfg: dict, data_root) -> None:
     needed = []
     for t in transfers:
         needed.append((t.source, cfg["train"]["split"]))
-        needed += [(name, cfg["eval"]["split"]) for name in (t.source, *t.targets)]
+        needed += [(name, cfg["eval"]["split"]) for name in (*source_parts(t.source), *t.targets)]
     for name, split in dict.fromkeys(needed):
         build_dataset(name, split, root=data_root)
 
@@ -182,18 +184,18 @@ def check_pretrained(cfg: dict, backbones: list[str]) -> None:
     seconds with the URL and cache path instead of once per cell."""
     import os
 
-    from .models.pretrained import PretrainedWeightsError, fetch_imagenet
+    from .models.pretrained import PretrainedWeightsError, official_file
 
     pretrained = cfg["model"].get("pretrained")
     if pretrained is None or os.environ.get("LOCAL_RANK", "0") != "0":
         return
-    if pretrained != "imagenet":
+    if pretrained not in ("imagenet", "torchvision"):
         if not os.path.isfile(pretrained):
-            raise PretrainedWeightsError(f"model.pretrained={pretrained!r}: no such file; give 'imagenet', a path to "
-                                         "a state dict, or null to train from scratch")
+            raise PretrainedWeightsError(f"model.pretrained={pretrained!r}: no such file; give 'imagenet', "
+                                         "'torchvision', a path to a state dict, or null to train from scratch")
         return
     for name in backbones:
-        fetch_imagenet(name)
+        official_file(name, pretrained)
 
 
 def print_plan(cells, results_dir: Path, argv: list[str]) -> None:

@@ -1,4 +1,8 @@
-"""Study specs: `A->B`, `A->B,C`, `A<->B`, and the shell-safe `A:B` (no quoting needed)."""
+"""Study specs: `A->B`, `A->B,C`, `A<->B`, the shell-safe `A:B` (no quoting needed), and multi-source `A+B->C`.
+
+A `+`-joined source (`gta5+synthia`) trains one model on the union of its parts; each part is then scored in-domain
+(its own eval split), the targets cross-domain. `+` joins sources only: a target or a `<->` side is one dataset.
+"""
 from __future__ import annotations
 
 import re
@@ -11,7 +15,11 @@ class SpecError(ValueError):
 
 GRAMMAR = ("  'SOURCE->TARGET[,TARGET...]'   train on SOURCE, test on SOURCE and every TARGET\n"
            "  'A<->B'                        both directions\n"
-           "  SOURCE:TARGET[,TARGET...]      same as ->, but needs no quotes in a shell")
+           "  SOURCE:TARGET[,TARGET...]      same as ->, but needs no quotes in a shell\n"
+           "  'A+B->TARGET[,TARGET...]'      one model trained on A and B together (train.source_weights)")
+
+#: joins the parts of a multi-source name
+JOIN = "+"
 
 _NAME = re.compile(r"^[A-Za-z0-9_.@+-]*[A-Za-z0-9_.@+]$")
 
@@ -22,11 +30,41 @@ class Transfer:
     targets: tuple[str, ...]
 
 
+def source_parts(source: str) -> tuple[str, ...]:
+    """The datasets a source trains on: `gta5+synthia` -> ("gta5", "synthia"); a plain name -> (name,)."""
+    return tuple(source.split(JOIN))
+
+
+def is_multi_source(source: str) -> bool:
+    return len(source_parts(source)) > 1
+
+
+def is_in_domain(source: str, target: str) -> bool:
+    """Whether scoring `target` measures the training domain: the source itself, or one of its parts."""
+    return target == source or target in source_parts(source)
+
+
 def _names(text: str, spec: str) -> list[str]:
     names = [n.strip() for n in text.split(",")]
     for n in names:
         if not n or not _NAME.match(n):
             raise SpecError(f"bad dataset name {n!r} in spec {spec!r}; expected:\n{GRAMMAR}")
+    return names
+
+
+def _source(name: str, spec: str) -> str:
+    parts = source_parts(name)
+    if len(parts) > 1 and (any(not p for p in parts) or len(set(parts)) != len(parts)):
+        raise SpecError(f"bad multi-source name {name!r} in spec {spec!r}: join distinct dataset names with a single "
+                        f"'{JOIN}', e.g. gta5+synthia->cityscapes")
+    return name
+
+
+def _plain(names: list[str], spec: str, where: str) -> list[str]:
+    joined = [n for n in names if JOIN in n]
+    if joined:
+        raise SpecError(f"{joined[0]!r} in spec {spec!r}: '{JOIN}' joins training sources only, and {where} is "
+                        f"one dataset; write e.g. 'gta5+synthia->cityscapes,bdd100k'")
     return names
 
 
@@ -40,7 +78,7 @@ def parse_spec(spec: str) -> list[Transfer]:
         )
     if "<->" in s:
         left, _, right = s.partition("<->")
-        a, b = _names(left, spec), _names(right, spec)
+        a, b = (_plain(_names(side, spec), spec, "each side of '<->'") for side in (left, right))
         if len(a) != 1 or len(b) != 1:
             raise SpecError(f"'<->' takes exactly one dataset on each side, got {spec!r}; expected:\n{GRAMMAR}")
         return [Transfer(a[0], (b[0],)), Transfer(b[0], (a[0],))]
@@ -50,7 +88,7 @@ def parse_spec(spec: str) -> list[Transfer]:
             src = _names(left, spec)
             if len(src) != 1:
                 raise SpecError(f"one source per spec, got {left!r} in {spec!r}; write one spec per source")
-            return [Transfer(src[0], tuple(_names(right, spec)))]
+            return [Transfer(_source(src[0], spec), tuple(_plain(_names(right, spec), spec, "a target")))]
     raise SpecError(f"spec {spec!r} has no arrow; expected:\n{GRAMMAR}")
 
 
@@ -60,5 +98,5 @@ def parse_specs(specs: list[str]) -> list[Transfer]:
     for spec in specs:
         for t in parse_spec(spec):
             targets = merged.setdefault(t.source, [])
-            targets += [x for x in t.targets if x not in targets and x != t.source]
+            targets += [x for x in t.targets if x not in targets and not is_in_domain(t.source, x)]
     return [Transfer(src, tuple(tg)) for src, tg in merged.items()]

@@ -25,7 +25,7 @@ def test_shipped_cell_ids_do_not_move(key):
 def test_a_setting_added_at_its_old_value_leaves_the_id_alone(monkeypatch):
     cfg = load_config("embedded")
     before = plan(cfg, parse_specs(cfg["specs"]), ["resnet18"], ["fcn"])[0].cell_id
-    monkeypatch.setitem(ADDED_SETTINGS, "train", {"new_knob": None})
+    monkeypatch.setitem(ADDED_SETTINGS["train"], "new_knob", None)
     cfg["train"]["new_knob"] = None
     assert plan(cfg, parse_specs(cfg["specs"]), ["resnet18"], ["fcn"])[0].cell_id == before
     cfg["train"]["new_knob"] = 0.5

@@ -17,6 +17,7 @@ One job per module (the `models/` pattern: a registry, a factory, implementation
 * `check`, `cli` `segbench data list | check | prepare`.
 * `label_scan`   counts label values outside the table over a split (`train.unknown_labels: ignore`), cached.
 * `transforms`, `sampler`, `class_uniform`, `workers`: augmentation presets and what the DataLoader needs.
+* `multisource`  the union of several training sources (`A+B`); `streams` picks the seeded sampler a run draws from.
 """
 from .registry import DATASETS, data_root, register_dataset
 from .base import DatasetError, SegmentationDataset, UnknownLabelError

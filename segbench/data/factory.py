@@ -2,7 +2,8 @@
 get a dataset.
 
 `build_dataset("gta5", "train")` loads the plug-ins, looks the adapter up in `DATASETS` and opens it under
-`<data root>/<its default_dir>` (or at an explicit `path`); `NAME@WxH` opens the resized cache instead.
+`<data root>/<its default_dir>` (or at an explicit `path`); `NAME@WxH` opens the resized cache instead, and
+`A+B` the union of A and B (`multisource.MultiSourceDataset`), each part opened as above.
 `open_every_split` opens every split of a name the same way (`segbench data check --split all`), and
 `prepare_dataset` hands them to `cache.write_cache`.
 """
@@ -11,18 +12,31 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
+from ..spec import source_parts
 from .base import DatasetError, Problem, SegmentationDataset
 from .cache import DEFAULT_PNG_COMPRESSION, open_prepared, prepared_path, write_cache
+from .multisource import MultiSourceDataset
 from .plugins import load_plugins
 from .registry import DATASETS, data_root
 
 
 def build_dataset(name: str, split: str | None = None, root: str | os.PathLike | None = None,
-                  transform: Callable | None = None, path: str | os.PathLike | None = None) -> SegmentationDataset:
-    """Dataset `name` (a registered name, or `NAME@WxH` for the copy `segbench data prepare` wrote), split `split`
-    (default: its first), under the data root `root` (--data-root, $SEGBENCH_DATA, ./datasets) or at `path`."""
+                  transform: Callable | None = None, path: str | os.PathLike | None = None,
+                  classes: Sequence[int] | None = None) -> SegmentationDataset | MultiSourceDataset:
+    """Dataset `name` (a registered name, `NAME@WxH` for the copy `segbench data prepare` wrote, or `A+B` for the
+    union of A and B), split `split` (default: its first), under the data root `root` (--data-root, $SEGBENCH_DATA,
+    ./datasets) or at `path` (one dataset only). `classes`: the trainIds a union keeps in its labels, every other class
+    ignored (cells.Cell.training_classes); a single dataset trains on its own decoding, so it takes none."""
+    parts = source_parts(name)
+    if len(parts) > 1:
+        if path is not None:
+            raise DatasetError(f"{name!r} is a union of {len(parts)} datasets; it opens under the data root, not at "
+                               f"one path ({path})")
+        return MultiSourceDataset([build_dataset(p, split, root) for p in parts], parts, classes, transform)
+    if classes is not None:
+        raise ValueError(f"classes={classes!r} applies to a union of datasets (A+B), not to {name!r}")
     load_plugins(root)
     if "@" in name:
         return open_prepared(name, split, root, transform, path)

@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..config import TrainSettings
-from ..data.class_uniform import ClassUniformStreamSampler, class_presence
-from ..data.sampler import SeededStreamSampler, SeededTransformDataset
+from ..data.sampler import SeededTransformDataset
+from ..data.streams import training_stream
 from ..data.workers import worker_init_fn
 from ..labels import IGNORE_INDEX
 from . import distributed as dist_utils
@@ -40,23 +40,39 @@ def autocast_for(device: torch.device, enabled: bool):
     return torch.autocast("cuda", dtype=torch.float16), torch.amp.GradScaler("cuda")
 
 
+def label_at(target: torch.Tensor, size: tuple[int, int] | torch.Size) -> torch.Tensor:
+    """The N x H x W label at `size`: itself, or resized as RobustNet resizes it for its aux loss
+    (shachoi/RobustNet network/deepv3.py: `interpolate(gts.unsqueeze(1).float(), size, mode='nearest')`: source
+    pixel floor(i * H / h) for output row i, likewise for columns)."""
+    if tuple(target.shape[-2:]) == tuple(size):
+        return target
+    return F.interpolate(target.unsqueeze(1).float(), size=tuple(size), mode="nearest").squeeze(1).long()
+
+
 def segmentation_loss(outputs: dict, target: torch.Tensor, aux_weight: float) -> torch.Tensor:
+    """CE (ignore 255) of the main logits + aux_weight x CE of the aux logits, each against the label at the logits'
+    size: an aux head scored at its own resolution (RobustNet's) sees the label downsampled (`label_at`)."""
     loss = F.cross_entropy(outputs["out"], target, ignore_index=IGNORE_INDEX)
     if "aux" in outputs:
-        loss = loss + aux_weight * F.cross_entropy(outputs["aux"], target, ignore_index=IGNORE_INDEX)
+        aux = outputs["aux"]
+        loss = loss + aux_weight * F.cross_entropy(aux, label_at(target, aux.shape[-2:]), ignore_index=IGNORE_INDEX)
     return loss
 
 
 def make_loader(dataset, transform, settings: TrainSettings, seed: int, start_iter: int, device: torch.device):
+    """This process's micro-batches of the one global sample stream.
+
+    Step k holds positions [k*B, (k+1)*B) of the stream (B = the global `settings.batch_size`); position p goes to
+    rank p % world_size, so the N processes of a step together see exactly the B images one process would, whatever
+    N, and each process's consecutive micro-batches of B / (N * accumulate) make up its share of that step.
+    """
     rank, world = dist_utils.rank(), dist_utils.world_size()
-    stream = dict(start=start_iter * settings.batch_size * world, total=settings.iters * settings.batch_size * world,
+    micro_batch = dist_utils.batch_share(settings.batch_size, world, settings.accumulate)
+    stream = dict(start=start_iter * settings.batch_size, total=settings.iters * settings.batch_size,
                   rank=rank, world_size=world)
-    if settings.class_uniform > 0:
-        sampler = ClassUniformStreamSampler(class_presence(dataset), settings.class_uniform, seed, **stream)
-    else:
-        sampler = SeededStreamSampler(len(dataset), seed, **stream)
+    sampler = training_stream(dataset, settings, seed, **stream)
     return torch.utils.data.DataLoader(
-        SeededTransformDataset(dataset, transform), batch_size=settings.batch_size, sampler=sampler,
+        SeededTransformDataset(dataset, transform), batch_size=micro_batch, sampler=sampler,
         num_workers=settings.workers, pin_memory=device.type == "cuda", drop_last=True,
         persistent_workers=False, worker_init_fn=worker_init_fn if settings.workers else None,
         # its own generator: creating the iterator must not draw from the global RNG, or a resumed run's dropout
@@ -70,16 +86,28 @@ def train(model: torch.nn.Module, dataset, transform, settings: TrainSettings, *
           desc: str = "train") -> dict:
     """Train `model` in place for `settings.iters` iterations, resuming from `ckpt_dir` when it holds a checkpoint.
 
-    `identity` is the configuration a checkpoint must match to be resumed from. Returns timing statistics of the
-    whole run: a checkpoint carries the seconds and images trained up to it, and a resumed run adds its own.
+    `identity` is the configuration a checkpoint must match to be resumed from. `settings.batch_size` is the global
+    batch: each of the N processes takes its share, in `settings.accumulate` micro-steps whose mean loss is
+    backpropagated before one optimizer step (DDP reduces the gradients on the last micro-step only). For a model
+    without BatchNorm this is the full-batch update whenever every micro-batch holds as many labelled pixels (each
+    micro-batch's mean loss weighs the same, as DDP weighs each process's); with BatchNorm, the statistics are those
+    of a micro-batch (across the N processes under SyncBatchNorm on GPUs; per process on CPU, where DDP runs gloo
+    without SyncBatchNorm).
+
+    Returns statistics of the whole run: a checkpoint carries the seconds and images trained up to it, and a resumed
+    run adds its own; `world_size` and `batch_per_process` describe this launch, `launches` every launch since
+    iteration 0 (those before checkpoints that predate it are unknown, hence absent).
     """
+    world, accumulate = dist_utils.world_size(), settings.accumulate
+    micro_batch = dist_utils.batch_share(settings.batch_size, world, accumulate)  # an uneven split: before any work
+    batch_per_process = micro_batch * accumulate
     model.to(device)
     if device.type == "cuda" and settings.channels_last:
         model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(model.parameters(), lr=settings.lr, momentum=settings.momentum,
                                 weight_decay=settings.weight_decay)
     amp_ctx, scaler = autocast_for(device, settings.amp)
-    start, before_seconds, before_images = 0, 0.0, 0
+    start, before_seconds, before_images, launches = 0, 0.0, 0, []
     found = load_latest_checkpoint(ckpt_dir, set_damaged_aside=dist_utils.is_main())
     if found is not None:
         resume, state = found
@@ -94,6 +122,8 @@ def train(model: torch.nn.Module, dataset, transform, settings: TrainSettings, *
         start = int(state["iteration"])
         # checkpoints written before these were recorded: the statistics then cover this process only
         before_seconds, before_images = float(state.get("train_seconds", 0.0)), int(state.get("train_images", 0))
+        launches = list(state.get("launches", []))
+    launches.append({"from_iteration": start, "world_size": world, "batch_per_process": batch_per_process})
     ddp_model = dist_utils.wrap_ddp(model, device)
     step_model = torch.compile(ddp_model) if settings.compile else ddp_model
 
@@ -105,6 +135,7 @@ def train(model: torch.nn.Module, dataset, transform, settings: TrainSettings, *
                 "rng_cpu": torch.get_rng_state(),
                 "rng_cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
                 "train_seconds": before_seconds + time.perf_counter() - t0, "train_images": before_images + images,
+                "launches": launches,
             }, keep=settings.keep_ckpts)
 
     loader = make_loader(dataset, transform, settings, seed, start, device)
@@ -128,29 +159,41 @@ def train(model: torch.nn.Module, dataset, transform, settings: TrainSettings, *
                 f"{desc}: loss became NaN/inf at iteration {bad}; stopped without saving. The last good checkpoint in "
                 f"{ckpt_dir} is intact. Lower train.lr or check the labels (values outside 0..18 and 255?).")
 
+    micro = 0  # micro-steps of the current iteration done so far
     try:
         for image, target in loader:
-            lr = poly_lr(settings.lr, iteration, settings.iters, settings.power)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
+            if micro == 0:
+                lr = poly_lr(settings.lr, iteration, settings.iters, settings.power)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                optimizer.zero_grad(set_to_none=True)
+                loss_value = torch.zeros((), device=device)
+            micro += 1
             image = image.to(device, non_blocking=True)
             target = target.to(device, non_blocking=True)
             if device.type == "cuda" and settings.channels_last:
                 image = image.contiguous(memory_format=torch.channels_last)
-            with amp_ctx:
-                loss = segmentation_loss(step_model(image), target, settings.aux_weight)
-            loss_value = loss.detach()
+            # gradients add up over the micro-steps; DDP all-reduces them once, on the last
+            syncs = micro == accumulate or not isinstance(ddp_model, torch.nn.parallel.DistributedDataParallel)
+            with nullcontext() if syncs else ddp_model.no_sync():
+                with amp_ctx:
+                    loss = segmentation_loss(step_model(image), target, settings.aux_weight) / accumulate
+                if scaler is not None:
+                    scaler.scale(loss).backward()
+                else:
+                    loss.backward()
+            loss_value = loss_value + loss.detach()
             first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss_value), iteration, first_bad)
-            optimizer.zero_grad(set_to_none=True)
+            images += image.shape[0] * world
+            if micro < accumulate:
+                continue
+            micro = 0
             if scaler is not None:
-                scaler.scale(loss).backward()
                 scaler.step(optimizer)
                 scaler.update()
             else:
-                loss.backward()
                 optimizer.step()
             iteration += 1
-            images += image.shape[0] * dist_utils.world_size()
             rate = images / max(time.perf_counter() - t0, 1e-9)
             bar.update(1)
             if iteration % LOG_EVERY == 0 or iteration == settings.iters:
@@ -173,4 +216,4 @@ def train(model: torch.nn.Module, dataset, transform, settings: TrainSettings, *
         snapshot(settings.iters)
     return {"train_seconds": seconds,
             "images_per_s": total_images / seconds if seconds > 0 and total_images else math.nan,
-            "resumed_from": start}
+            "resumed_from": start, "world_size": world, "batch_per_process": batch_per_process, "launches": launches}

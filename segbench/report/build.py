@@ -5,7 +5,7 @@ Files written under RESULTS_DIR:
   dg.md/.csv           domain-generalization layout: per source, rows backbones, columns targets and their mean
   per_class.md/.csv    per-class IoU per train/test pair
   per_seed.csv         every measurement, unaggregated
-  report.md            all of the above with the figures and a provenance summary, for GitHub
+  report.md            all of the above with the figures, each protocol card once, and a provenance summary
   table.png, per_class_iou.png, gap.png, qualitative.png (the last only when records list prediction samples)
 """
 from __future__ import annotations
@@ -16,6 +16,7 @@ from pathlib import Path
 from ..cells import load_records
 from ..io import write_text
 from . import plots, tables
+from .protocols import card_hash, card_of, cards_section
 from .qualitative import plot_qualitative
 from .records import count_done, scores
 
@@ -49,8 +50,9 @@ def build_report(results_dir: Path, plot: bool = True) -> str:
     results_dir = Path(results_dir)
     records = load_records(results_dir)
     items = scores(records)
-    paper_md, paper_csv = tables.paper(items)
-    dg_md, dg_csv = tables.dg(items)
+    cards = {card_hash(c): c for c in map(card_of, records) if c}
+    paper_md, paper_csv = tables.paper(items, cards)
+    dg_md, dg_csv = tables.dg(items, cards)
     pc_md, pc_csv = tables.per_class(items)
     write_text(results_dir / "table.md", paper_md)
     write_text(results_dir / "table.csv", paper_csv)
@@ -65,11 +67,13 @@ def build_report(results_dir: Path, plot: bool = True) -> str:
                    "per_class_iou.png": plots.plot_per_class(items, results_dir / "per_class_iou.png"),
                    "gap.png": plots.plot_gap(items, results_dir / "gap.png"),
                    "qualitative.png": plot_qualitative(records, results_dir / "qualitative.png")}
-    write_text(results_dir / "report.md", report_markdown(results_dir.name, records, paper_md, dg_md, pc_md, figures))
+    write_text(results_dir / "report.md", report_markdown(results_dir.name, records, paper_md, dg_md, pc_md, figures,
+                                                          cards_section(items, cards)))
     return paper_md
 
 
-def report_markdown(name: str, records: list[dict], paper_md: str, dg_md: str, pc_md: str, figures: dict) -> str:
+def report_markdown(name: str, records: list[dict], paper_md: str, dg_md: str, pc_md: str, figures: dict,
+                    protocols_md: str = "") -> str:
     status = f"{len(records)} cell record(s), {count_done(records)} finished."
     parts = [f"# {name}\n\n{status}\n", "## Cross-domain (paper layout)\n\n" + paper_md,
              "## Domain generalization\n\n" + dg_md.replace("### ", "#### "),
@@ -79,6 +83,9 @@ def report_markdown(name: str, records: list[dict], paper_md: str, dg_md: str, p
         shown.append("(no qualitative panel: no record lists prediction samples)")
     if shown:
         parts.append("## Figures\n\n" + "\n\n".join(shown) + "\n")
+    if protocols_md:
+        parts.append("## Protocol cards\n\nWhat the numbers above were measured under; a table footer names each "
+                     "source's card by its hash (README, \"Protocols\").\n\n" + protocols_md)
     if records:
         parts.append("## Provenance\n\n" + provenance_summary(records))
     return "\n".join(parts)

@@ -9,6 +9,7 @@ import math
 from pathlib import Path
 
 from ..io import pyplot, save_figure
+from ..spec import is_in_domain
 from .records import Score, ordered_pairs, ordered_rows, scores_by_cell
 from .stats import Agg
 from .tables import col_title, per_class_aggs
@@ -61,19 +62,25 @@ def plot_per_class(items: list[Score], path: Path) -> Path | None:
     return save_figure(fig, path)
 
 
+def _per_seed_mean(cells: dict, row: str, source: str, targets: list[str]) -> list[float]:
+    """Per seed that scored every one of `targets`, their mean mIoU."""
+    seeds = set.intersection(*(set(cells.get((row, source, t), {})) for t in targets))
+    return [sum(cells[(row, source, t)][sd].miou for t in targets) / len(targets) for sd in sorted(seeds)]
+
+
 def gap_aggs(items: list[Score]) -> dict[str, dict[str, tuple[Agg, Agg]]]:
-    """source -> row -> (in-domain mIoU, cross-domain mIoU averaged per seed over the other targets)."""
+    """source -> row -> (in-domain mIoU, cross-domain mIoU averaged per seed over the other targets); a
+    multi-source's in-domain mIoU is averaged per seed over its parts, like the cross-domain one."""
     cells = scores_by_cell(items)
     out: dict = {}
     for source in sorted({s.source for s in items}):
         mine = [s for s in items if s.source == source]
-        others = sorted({s.target for s in mine if s.target != source})
-        if not others or not any(s.target == source for s in mine):
+        others = sorted({s.target for s in mine if not is_in_domain(source, s.target)})
+        own = sorted({s.target for s in mine if is_in_domain(source, s.target)})
+        if not others or not own:
             continue
         for r in ordered_rows(mine):
-            seeds = set.intersection(*(set(cells.get((r, source, t), {})) for t in others))
-            cross = [sum(cells[(r, source, t)][sd].miou for t in others) / len(others) for sd in sorted(seeds)]
-            within = [s.miou for s in cells.get((r, source, source), {}).values()]
+            within, cross = (_per_seed_mean(cells, r, source, targets) for targets in (own, others))
             out.setdefault(source, {})[r] = (Agg.of(within), Agg.of(cross))
     return out
 

@@ -13,6 +13,7 @@ import numpy as np
 
 from ..io import pyplot, save_figure
 from ..labels import IGNORE_INDEX, NUM_CLASSES, colorize
+from ..spec import is_in_domain
 from .records import row_labels
 
 MAX_IMAGES = 3
@@ -59,7 +60,7 @@ def pick(records: list[dict]) -> tuple[tuple[str, str], list[str], dict] | None:
                     pairs[(rec["source"], target)][row] = (rec, {s["image"] or s["pred"]: s for s in m["samples"]})
     if not pairs:
         return None
-    pair = sorted(pairs, key=lambda p: (p[0] == p[1], p))[0]
+    pair = sorted(pairs, key=lambda p: (is_in_domain(*p), p))[0]
     by_row = pairs[pair]
     rows = [r for r in dict.fromkeys(labels) if r in by_row]
     common = [k for k in by_row[rows[0]][1] if all(k in by_row[r][1] for r in rows)][:MAX_IMAGES]

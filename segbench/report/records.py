@@ -1,7 +1,8 @@
 """Records (read by `cells.load_records`) -> flat scores, one per (cell, target). Nothing here trains or loads a model.
 
 Rows of every table are named by backbone (plus head when a study has several heads, plus the config keys that
-differ between records when a directory mixes runs of different settings), so no two configs are ever averaged
+differ between records when a directory mixes runs of different settings, plus `[protocol HASH]` when records of one
+row were scored on a target under different protocol cards), so no two configs or protocols are ever averaged
 together as if they were seeds.
 """
 from __future__ import annotations
@@ -9,11 +10,13 @@ from __future__ import annotations
 import json
 import math
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..cells import DONE
 from ..config import identity_view
+from ..spec import is_in_domain
+from .protocols import card_hash, card_of, target_protocol_key
 
 
 @dataclass(frozen=True)
@@ -29,6 +32,7 @@ class Score:
     head: str = ""
     backbone: str = ""
     position: int = 0  # where the study named this target (records without a target list: after the named ones)
+    card: str = ""  # hash of the record's protocol card ("" for a record without one)
 
 
 def count_done(records: list[dict]) -> int:
@@ -74,16 +78,29 @@ def _number(x) -> float:
 
 def scores(records: list[dict]) -> list[Score]:
     """One Score per evaluated target of every record (NaN where the metric is missing)."""
-    out = []
+    out, keys = [], []
     for rec, row in zip(records, row_labels(records)):
         named = list(rec.get("targets") or [])
+        card = card_of(rec)
         for target, m in rec.get("results", {}).items():
             per_class = {name: _number(v) for name, v in (m.get("per_class_iou") or {}).items()}
             out.append(Score(row=row, source=rec["source"], target=target, seed=int(rec["seed"]),
                              miou=_number(m.get("miou")), pixel_acc=_number(m.get("pixel_acc")), per_class=per_class,
                              cell_id=rec.get("cell_id", ""), head=rec.get("head", ""), backbone=rec["backbone"],
-                             position=named.index(target) if target in named else len(named)))
-    return out
+                             position=named.index(target) if target in named else len(named), card=card_hash(card)))
+            keys.append(target_protocol_key(card, target))
+    return _split_by_protocol(out, keys)
+
+
+def _split_by_protocol(items: list[Score], keys: list[str]) -> list[Score]:
+    """Scores of one table cell (row, source, target) measured under different protocols (`keys`, per target; ""
+    for a record without a card, which joins any) get `[protocol HASH]` on their row, so they are never averaged."""
+    seen: dict[tuple, set] = defaultdict(set)
+    for s, key in zip(items, keys):
+        if key:
+            seen[(s.row, s.source, s.target)].add(key)
+    return [replace(s, row=f"{s.row} [protocol {s.card or 'none'}]") if len(seen[(s.row, s.source, s.target)]) > 1
+            else s for s in items]
 
 
 def ordered_rows(items: list[Score]) -> list[str]:
@@ -93,11 +110,12 @@ def ordered_rows(items: list[Score]) -> list[str]:
 
 def ordered_pairs(items: list[Score]) -> list[tuple[str, str]]:
     """(source, target) columns: by source, the in-domain column first, then targets in the order the study named
-    them (`sim->photo,fog,night`: photo, fog, night); targets no record names come last, by name."""
+    them (`sim->photo,fog,night`: photo, fog, night); targets no record names come last, by name. A multi-source
+    `a+b` has one in-domain column per part."""
     position: dict[tuple[str, str], int] = {}
     for s in items:
         position[(s.source, s.target)] = min(position.get((s.source, s.target), s.position), s.position)
-    return sorted(position, key=lambda c: (c[0], c[1] != c[0], position[c], c[1]))
+    return sorted(position, key=lambda c: (c[0], not is_in_domain(*c), position[c], c[1]))
 
 
 def scores_by_cell(items: list[Score]) -> dict[tuple[str, str, str], dict[int, Score]]:

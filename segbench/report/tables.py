@@ -3,6 +3,8 @@
 - paper: rows backbones, columns train/test pairs (IBN-Net's cross-domain table)
 - dg: per source, rows backbones, columns the targets and their mean over unseen targets (RobustNet's table)
 - per-class: per train/test pair, rows backbones, columns the scored classes
+
+Under table.md and dg.md a footer names the protocol card of each source's numbers (report/protocols.py).
 """
 from __future__ import annotations
 
@@ -11,6 +13,8 @@ import statistics
 
 from ..io import csv_text, markdown_table
 from ..labels import CLASS_NAMES
+from ..spec import is_in_domain
+from .protocols import footer
 from .records import Score, ordered_pairs, ordered_rows, scores_by_cell
 from .stats import DASH, Agg
 
@@ -32,8 +36,9 @@ def _seed_note(items: list[Score], n_max: int, partial: bool) -> str:
 
 # --- paper layout ----------------------------------------------------------------------------------------------------
 
-def paper(items: list[Score]) -> tuple[str, str]:
-    """(markdown, csv) of the paper layout; the CSV keeps mean, std and n per column as numbers."""
+def paper(items: list[Score], cards: dict[str, dict] | None = None) -> tuple[str, str]:
+    """(markdown, csv) of the paper layout; the CSV keeps mean, std and n per column as numbers. `cards`: hash ->
+    protocol card, for the footer."""
     rows, cols, cells = ordered_rows(items), ordered_pairs(items), scores_by_cell(items)
     if not rows:
         return "(no results yet)\n", ""
@@ -45,13 +50,15 @@ def paper(items: list[Score]) -> tuple[str, str]:
     md = markdown_table(["backbone"] + [col_title(c) for c in cols], md_rows)
     partial = any(a.n < n_max for a in aggs.values())
     md += f"\nmIoU (%) over the classes scored in each test set; {_seed_note(items, n_max, partial)}.\n"
+    md += footer(items, cards or {})
     return md, csv_text(csv_header, csv_rows)
 
 
 # --- domain-generalization layout ------------------------------------------------------------------------------------
 
 def dg_aggs(items: list[Score]) -> dict[str, tuple[list[str], list[str], dict]]:
-    """source -> (rows, columns, {(row, column): Agg}); columns = in-domain, unseen targets, mean (unseen).
+    """source -> (rows, columns, {(row, column): Agg}); columns = in-domain (the source, or each part of a
+    multi-source one), unseen targets, mean (unseen).
 
     The mean is taken per seed over all unseen targets, then aggregated over the seeds that scored every one of
     them, so its std is the spread of the average (not a mix of target spreads).
@@ -61,8 +68,8 @@ def dg_aggs(items: list[Score]) -> dict[str, tuple[list[str], list[str], dict]]:
     for source in sorted({s.source for s in items}):
         mine = [s for s in items if s.source == source]
         rows = ordered_rows(mine)
-        unseen = sorted({s.target for s in mine if s.target != source})
-        columns = ([source] if any(s.target == source for s in mine) else []) + unseen
+        unseen = sorted({s.target for s in mine if not is_in_domain(source, s.target)})
+        columns = [c for _, c in ordered_pairs(mine) if is_in_domain(source, c)] + unseen
         table = {}
         for r in rows:
             for t in columns:
@@ -77,14 +84,14 @@ def dg_aggs(items: list[Score]) -> dict[str, tuple[list[str], list[str], dict]]:
     return out
 
 
-def dg(items: list[Score]) -> tuple[str, str]:
+def dg(items: list[Score], cards: dict[str, dict] | None = None) -> tuple[str, str]:
     parts, csv_rows, n_all, partial = [], [], 0, False
     aggs = dg_aggs(items)
     for source, (rows, columns, table) in aggs.items():
         n_max = max(a.n for a in table.values())
         n_all = max(n_all, n_max)
         partial = partial or any(a.n < n_max for a in table.values())
-        titles = [f"{c} (in-domain)" if c == source else c for c in columns]
+        titles = [f"{c} (in-domain)" if is_in_domain(source, c) else c for c in columns]
         body = [[r] + [table[(r, c)].md(n_expected=n_max) for c in columns] for r in rows]
         parts.append(f"### trained on {source}\n\n" + markdown_table(["backbone"] + titles, body))
         csv_rows += [[source, r, c, *table[(r, c)].csv()] for r in rows for c in columns]
@@ -92,7 +99,7 @@ def dg(items: list[Score]) -> tuple[str, str]:
         return "(no results yet)\n", ""
     mean_note = (f"{MEAN_UNSEEN} = average over the targets other than the source, taken per seed; "
                  if any(MEAN_UNSEEN in cols for _, cols, _ in aggs.values()) else "")
-    note = f"\nmIoU (%); {mean_note}{_seed_note(items, n_all, partial)}.\n"
+    note = f"\nmIoU (%); {mean_note}{_seed_note(items, n_all, partial)}.\n" + footer(items, cards or {})
     return "\n".join(parts) + note, csv_text(["source", "backbone", "target", "mIoU", "std", "n"], csv_rows)
 
 
