@@ -48,7 +48,7 @@ def test_dg_mean_is_taken_per_seed_then_over_seeds_that_scored_every_target():
     recs = [record("r18", "gta", 0, {"gta": 60.0, "city": 30.0, "bdd": 20.0}),
             record("r18", "gta", 1, {"gta": 62.0, "city": 34.0, "bdd": 28.0}),
             record("r18", "gta", 2, {"gta": 61.0, "city": 31.0})]  # seed 2 never scored bdd
-    md, text = dg(scores(recs))
+    md, text = dg(scores(recs), stat="std")
     rows = {r["target"]: r for r in read_csv(text)}
     assert list(rows) == ["gta", "bdd", "city", "mean (unseen)"]
     per_seed = [statistics.fmean([30.0, 20.0]), statistics.fmean([34.0, 28.0])]
@@ -57,6 +57,8 @@ def test_dg_mean_is_taken_per_seed_then_over_seeds_that_scored_every_target():
     assert rows["mean (unseen)"]["n"] == "2" and rows["city"]["n"] == "3"
     assert float(rows["city"]["std"]) == pytest.approx(statistics.stdev([30.0, 34.0, 31.0]), abs=0.005)
     assert "| r18 | 61.0 ± 1.0 | 24.0 ± 5.7 (n=2) | 31.7 ± 2.1 | 28.0 ± 4.2 (n=2) |" in md
+    # the default statistic, standard error = std / sqrt(n): 1/sqrt(3), 5.66/sqrt(2), 2.08/sqrt(3), 4.24/sqrt(2)
+    assert "| r18 | 61.0 ± 0.6 | 24.0 ± 4.0 (n=2) | 31.7 ± 1.2 | 28.0 ± 3.0 (n=2) |" in dg(scores(recs))[0]
     assert "### trained on gta" in md and "gta (in-domain)" in md
 
 
@@ -88,7 +90,8 @@ def test_per_class_table_drops_unscored_classes_and_dashes_undefined_ones():
             record("r18", "a", 1, {"a": 47.0}, per_class={**pc, "car": None, "road": 84.0})]
     md, text = per_class(scores(recs))
     assert md.splitlines()[2].startswith("| backbone | road | car | mIoU |")
-    assert "| r18 | 82.0 | 10.0 | 46.0 |" in md
+    # road 80, 84: 82 ± se 2 (std 2.83 / sqrt 2); car defined in one seed: no spread, flagged (n=1); mIoU 45, 47
+    assert "| r18 | 82.0 ± 2.0 | 10.0 (n=1) | 46.0 ± 1.0 |" in md
     car = [r for r in read_csv(text) if r["class"] == "car"][0]
     assert car["n"] == "1"  # the undefined IoU is not a zero
 

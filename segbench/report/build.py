@@ -1,12 +1,15 @@
 """`build_report`: every table and figure of a results directory, from its records alone (safe while a study runs).
 
 Files written under RESULTS_DIR:
-  table.md/.csv        paper layout: rows backbones, columns train/test pairs (mean ± std over seeds, n)
+  table.md/.csv        paper layout: rows backbones, columns train/test pairs (mean ± `stat` over seeds, n; the CSV
+                       also keeps the sample std)
   dg.md/.csv           domain-generalization layout: per source, rows backbones, columns targets and their mean
   per_class.md/.csv    per-class IoU per train/test pair
   per_seed.csv         every measurement, unaggregated
+  paired.md/.csv       with a baseline backbone: per row and target, the mean per-seed difference to it, 95% CI
   report.md            all of the above with the figures, each protocol card once, and a provenance summary
-  table.png, per_class_iou.png, gap.png, qualitative.png (the last only when records list prediction samples)
+  table.png, per_class_iou.png, gap.png, qualitative.png (the last only when records list prediction samples),
+  paired.png (forest plot of paired.md, with a baseline)
 """
 from __future__ import annotations
 
@@ -16,12 +19,15 @@ from pathlib import Path
 from ..cells import load_records
 from ..io import write_text
 from . import plots, tables
+from .paired import paired_tables, plot_paired
 from .protocols import card_hash, card_of, cards_section
 from .qualitative import plot_qualitative
 from .records import count_done, scores
+from .stats import DEFAULT_STAT
 
 FIGURES = {"table.png": "mIoU per train/test pair", "per_class_iou.png": "IoU per class",
-           "gap.png": "in-domain vs cross-domain mIoU", "qualitative.png": "qualitative results"}
+           "gap.png": "in-domain vs cross-domain mIoU", "qualitative.png": "qualitative results",
+           "paired.png": "paired differences to the baseline"}
 
 
 def provenance_summary(records: list[dict]) -> str:
@@ -45,15 +51,21 @@ def provenance_summary(records: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def build_report(results_dir: Path, plot: bool = True) -> str:
-    """Write every table (and figure) under `results_dir`; return the paper-layout markdown (table.md)."""
+def build_report(results_dir: Path, plot: bool = True, stat: str = DEFAULT_STAT, baseline: str | None = None) -> str:
+    """Write every table (and figure) under `results_dir`; return the paper-layout markdown (table.md), followed by
+    the paired comparison when a `baseline` backbone is named. `stat`: the spread after ± (stats.STATS)."""
     results_dir = Path(results_dir)
     records = load_records(results_dir)
     items = scores(records)
     cards = {card_hash(c): c for c in map(card_of, records) if c}
-    paper_md, paper_csv = tables.paper(items, cards)
-    dg_md, dg_csv = tables.dg(items, cards)
-    pc_md, pc_csv = tables.per_class(items)
+    paired_md = ""
+    if baseline:
+        paired_md, paired_csv = paired_tables(items, baseline)
+        write_text(results_dir / "paired.md", paired_md)
+        write_text(results_dir / "paired.csv", paired_csv)
+    paper_md, paper_csv = tables.paper(items, cards, stat)
+    dg_md, dg_csv = tables.dg(items, cards, stat)
+    pc_md, pc_csv = tables.per_class(items, stat)
     write_text(results_dir / "table.md", paper_md)
     write_text(results_dir / "table.csv", paper_csv)
     write_text(results_dir / "dg.md", dg_md)
@@ -63,21 +75,25 @@ def build_report(results_dir: Path, plot: bool = True) -> str:
     write_text(results_dir / "per_seed.csv", tables.per_seed(items))
     figures = {}
     if plot:
-        figures = {"table.png": plots.plot_table(items, results_dir / "table.png"),
-                   "per_class_iou.png": plots.plot_per_class(items, results_dir / "per_class_iou.png"),
-                   "gap.png": plots.plot_gap(items, results_dir / "gap.png"),
+        figures = {"table.png": plots.plot_table(items, results_dir / "table.png", stat),
+                   "per_class_iou.png": plots.plot_per_class(items, results_dir / "per_class_iou.png", stat),
+                   "gap.png": plots.plot_gap(items, results_dir / "gap.png", stat),
                    "qualitative.png": plot_qualitative(records, results_dir / "qualitative.png")}
+        if baseline:
+            figures["paired.png"] = plot_paired(items, baseline, results_dir / "paired.png")
     write_text(results_dir / "report.md", report_markdown(results_dir.name, records, paper_md, dg_md, pc_md, figures,
-                                                          cards_section(items, cards)))
-    return paper_md
+                                                          cards_section(items, cards), paired_md, baseline))
+    return paper_md + (f"\nPaired comparison with {baseline}:\n\n{paired_md}" if baseline else "")
 
 
 def report_markdown(name: str, records: list[dict], paper_md: str, dg_md: str, pc_md: str, figures: dict,
-                    protocols_md: str = "") -> str:
+                    protocols_md: str = "", paired_md: str = "", baseline: str | None = None) -> str:
     status = f"{len(records)} cell record(s), {count_done(records)} finished."
     parts = [f"# {name}\n\n{status}\n", "## Cross-domain (paper layout)\n\n" + paper_md,
-             "## Domain generalization\n\n" + dg_md.replace("### ", "#### "),
-             "## Per-class IoU\n\n" + pc_md.replace("### ", "#### ")]
+             "## Domain generalization\n\n" + dg_md.replace("### ", "#### ")]
+    if baseline:
+        parts.append(f"## Paired comparison with {baseline}\n\n" + paired_md.replace("### ", "#### "))
+    parts.append("## Per-class IoU\n\n" + pc_md.replace("### ", "#### "))
     shown = [f"![{FIGURES[f]}]({f})" for f, p in figures.items() if p is not None]
     if figures and figures.get("qualitative.png") is None:
         shown.append("(no qualitative panel: no record lists prediction samples)")

@@ -7,6 +7,7 @@ from pathlib import Path
 from ..cells import CELLS
 from ..errors import command
 from .build import build_report
+from .stats import DEFAULT_STAT, STAT_NAMES, STATS
 
 
 @command("segbench report")
@@ -14,9 +15,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="segbench report", description=__doc__.splitlines()[0])
     parser.add_argument("results_dir", type=Path)
     parser.add_argument("--no-plot", action="store_true", help="tables only (no matplotlib)")
+    parser.add_argument("--stat", choices=STATS, default=DEFAULT_STAT,
+                        help="spread after ±: " + "; ".join(f"{k}: {v}" for k, v in STAT_NAMES.items())
+                        + f" (default {DEFAULT_STAT})")
+    parser.add_argument("--baseline", metavar="BACKBONE",
+                        help="add paired.md/.csv/.png: per row and target, the mean per-seed difference to this "
+                             "backbone's row (same source, head, protocol) with a paired 95%% t interval")
     args = parser.parse_args(argv)
     if not (args.results_dir / CELLS).is_dir():
         parser.error(f"{args.results_dir} holds no cells/ directory: pass the directory a study wrote (results/NAME)")
-    print(build_report(args.results_dir, plot=not args.no_plot))
+    print(build_report(args.results_dir, plot=not args.no_plot, stat=args.stat, baseline=args.baseline))
     print(f"all tables and figures: {args.results_dir / 'report.md'}")
     return 0

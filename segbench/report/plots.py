@@ -1,7 +1,8 @@
 """Figures of the report (matplotlib Agg, PNG, written atomically by `io.save_figure`).
 
 table.png: mIoU per train/test pair; per_class_iou.png: IoU per class per backbone; gap.png: in-domain vs
-cross-domain mIoU per backbone. Error bars are the std over seeds.
+cross-domain mIoU per backbone. Error bars are the report's statistic over seeds (stats.STATS;
+se by default).
 """
 from __future__ import annotations
 
@@ -11,39 +12,40 @@ from pathlib import Path
 from ..io import pyplot, save_figure
 from ..spec import is_in_domain
 from .records import Score, ordered_pairs, ordered_rows, scores_by_cell
-from .stats import Agg
+from .stats import DEFAULT_STAT, Agg
 from .tables import col_title, per_class_aggs
 
 
-def _bars(ax, groups: list[str], series: dict[str, list[Agg]], ylabel: str, colors: dict | None = None) -> None:
-    """Grouped bars: one group per x label, one bar per series, std error bars where n > 1.
+def _bars(ax, groups: list[str], series: dict[str, list[Agg]], ylabel: str, colors: dict | None = None,
+          stat: str = DEFAULT_STAT) -> None:
+    """Grouped bars: one group per x label, one bar per series, `stat` error bars where n > 1.
 
     `colors` fixes a series' colour across panels, so a backbone missing from one panel does not shift the others.
     """
     width = 0.8 / max(1, len(series))
     for i, (name, aggs) in enumerate(series.items()):
         xs = [j + (i - (len(series) - 1) / 2) * width for j in range(len(groups))]
-        ax.bar(xs, [a.mean for a in aggs], width, yerr=[a.std if a.n > 1 else 0 for a in aggs], capsize=2, label=name,
-               color=(colors or {}).get(name))
+        ax.bar(xs, [a.mean for a in aggs], width, yerr=[a.spread(stat) if a.n > 1 else 0 for a in aggs], capsize=2,
+               label=name, color=(colors or {}).get(name))
     ax.set_xticks(range(len(groups)), groups)
     ax.set_ylabel(ylabel)
     ax.grid(axis="y", alpha=0.3)
 
 
-def plot_table(items: list[Score], path: Path) -> Path | None:
+def plot_table(items: list[Score], path: Path, stat: str = DEFAULT_STAT) -> Path | None:
     rows, cols, cells = ordered_rows(items), ordered_pairs(items), scores_by_cell(items)
     if not rows:
         return None
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(max(5.0, 0.8 * len(cols) * max(2, len(rows))), 3.6))
     series = {r: [Agg.of(s.miou for s in cells.get((r, *c), {}).values()) for c in cols] for r in rows}
-    _bars(ax, [col_title(c) for c in cols], series, "mIoU (%)")
+    _bars(ax, [col_title(c) for c in cols], series, "mIoU (%)", stat=stat)
     ax.legend(fontsize=8)
     fig.tight_layout()
     return save_figure(fig, path)
 
 
-def plot_per_class(items: list[Score], path: Path) -> Path | None:
+def plot_per_class(items: list[Score], path: Path, stat: str = DEFAULT_STAT) -> Path | None:
     """One panel per train/test pair: bars per class, one colour per backbone."""
     tables = {c: t for c, t in per_class_aggs(items).items() if t[1]}
     if not tables:
@@ -54,7 +56,7 @@ def plot_per_class(items: list[Score], path: Path) -> Path | None:
     palette = plt.get_cmap("tab10").colors
     colors = {r: palette[i % len(palette)] for i, r in enumerate(ordered_rows(items))}
     for ax, (col, (rows, classes, table)) in zip(axes[:, 0], tables.items()):
-        _bars(ax, classes, {r: [table[(r, c)] for c in classes] for r in rows}, "IoU (%)", colors)
+        _bars(ax, classes, {r: [table[(r, c)] for c in classes] for r in rows}, "IoU (%)", colors, stat)
         ax.set_title(col_title(col), fontsize=10)
         ax.tick_params(axis="x", labelrotation=45, labelsize=8)
         ax.legend(fontsize=8, ncol=min(4, len(rows)))
@@ -85,7 +87,7 @@ def gap_aggs(items: list[Score]) -> dict[str, dict[str, tuple[Agg, Agg]]]:
     return out
 
 
-def plot_gap(items: list[Score], path: Path) -> Path | None:
+def plot_gap(items: list[Score], path: Path, stat: str = DEFAULT_STAT) -> Path | None:
     """Per source: in-domain and cross-domain bars per backbone, the change (cross - in) written above each pair."""
     data = gap_aggs(items)
     if not data:
@@ -96,7 +98,7 @@ def plot_gap(items: list[Score], path: Path) -> Path | None:
     for ax, (source, rows) in zip(axes[0], data.items()):
         names = list(rows)
         _bars(ax, names, {"in-domain": [rows[r][0] for r in names], "cross-domain": [rows[r][1] for r in names]},
-              "mIoU (%)")
+              "mIoU (%)", stat=stat)
         for j, r in enumerate(names):
             within, cross = rows[r]
             if not (math.isnan(within.mean) or math.isnan(cross.mean)):

@@ -16,7 +16,7 @@ from ..labels import CLASS_NAMES
 from ..spec import is_in_domain
 from .protocols import footer
 from .records import Score, ordered_pairs, ordered_rows, scores_by_cell
-from .stats import DASH, Agg
+from .stats import DASH, DEFAULT_STAT, Agg, csv_fields, stat_phrase
 
 MEAN_UNSEEN = "mean (unseen)"
 
@@ -25,31 +25,32 @@ def col_title(col: tuple[str, str]) -> str:
     return f"train {col[0]} / test {col[1]}"
 
 
-def _seed_note(items: list[Score], n_max: int, partial: bool) -> str:
-    """`partial`: some cell has fewer seeds than n_max, so its '(n=k)' marker needs explaining."""
+def _seed_note(items: list[Score], n_max: int, partial: bool, stat: str = DEFAULT_STAT,
+               why_fewer: str = "only k seeds finished") -> str:
+    """`partial`: some cell has fewer seeds than n_max, so its '(n=k)' marker needs explaining (`why_fewer`)."""
     seeds = sorted({s.seed for s in items})
     if n_max > 1:
-        note = f"mean ± std (sample) over {n_max} seeds ({', '.join(map(str, seeds))})"
-        return note + ("; (n=k): only k seeds finished" if partial else "")
+        note = f"{stat_phrase(stat, n_max)} ({', '.join(map(str, seeds))})"
+        return note + (f"; (n=k): {why_fewer}" if partial else "")
     return f"one seed ({', '.join(map(str, seeds))})"
 
 
 # --- paper layout ----------------------------------------------------------------------------------------------------
 
-def paper(items: list[Score], cards: dict[str, dict] | None = None) -> tuple[str, str]:
-    """(markdown, csv) of the paper layout; the CSV keeps mean, std and n per column as numbers. `cards`: hash ->
-    protocol card, for the footer."""
+def paper(items: list[Score], cards: dict[str, dict] | None = None, stat: str = DEFAULT_STAT) -> tuple[str, str]:
+    """(markdown, csv) of the paper layout; the CSV keeps mean, std (and `stat`) and n per column as numbers.
+    `cards`: hash -> protocol card, for the footer; `stat`: the spread after ± (stats.STATS)."""
     rows, cols, cells = ordered_rows(items), ordered_pairs(items), scores_by_cell(items)
     if not rows:
         return "(no results yet)\n", ""
     aggs = {(r, c): Agg.of(s.miou for s in cells.get((r, *c), {}).values()) for r in rows for c in cols}
     n_max = max(a.n for a in aggs.values())
-    md_rows = [[r] + [aggs[(r, c)].md(n_expected=n_max) for c in cols] for r in rows]
-    csv_header = ["backbone"] + [f"{col_title(c)} {k}" for c in cols for k in ("mIoU", "std", "n")]
-    csv_rows = [[r] + [v for c in cols for v in aggs[(r, c)].csv()] for r in rows]
+    md_rows = [[r] + [aggs[(r, c)].md(stat, n_expected=n_max) for c in cols] for r in rows]
+    csv_header = ["backbone"] + [f"{col_title(c)} {k}" for c in cols for k in ("mIoU", *csv_fields(stat))]
+    csv_rows = [[r] + [v for c in cols for v in aggs[(r, c)].csv(stat)] for r in rows]
     md = markdown_table(["backbone"] + [col_title(c) for c in cols], md_rows)
     partial = any(a.n < n_max for a in aggs.values())
-    md += f"\nmIoU (%) over the classes scored in each test set; {_seed_note(items, n_max, partial)}.\n"
+    md += f"\nmIoU (%) over the classes scored in each test set; {_seed_note(items, n_max, partial, stat)}.\n"
     md += footer(items, cards or {})
     return md, csv_text(csv_header, csv_rows)
 
@@ -84,7 +85,7 @@ def dg_aggs(items: list[Score]) -> dict[str, tuple[list[str], list[str], dict]]:
     return out
 
 
-def dg(items: list[Score], cards: dict[str, dict] | None = None) -> tuple[str, str]:
+def dg(items: list[Score], cards: dict[str, dict] | None = None, stat: str = DEFAULT_STAT) -> tuple[str, str]:
     parts, csv_rows, n_all, partial = [], [], 0, False
     aggs = dg_aggs(items)
     for source, (rows, columns, table) in aggs.items():
@@ -92,15 +93,15 @@ def dg(items: list[Score], cards: dict[str, dict] | None = None) -> tuple[str, s
         n_all = max(n_all, n_max)
         partial = partial or any(a.n < n_max for a in table.values())
         titles = [f"{c} (in-domain)" if is_in_domain(source, c) else c for c in columns]
-        body = [[r] + [table[(r, c)].md(n_expected=n_max) for c in columns] for r in rows]
+        body = [[r] + [table[(r, c)].md(stat, n_expected=n_max) for c in columns] for r in rows]
         parts.append(f"### trained on {source}\n\n" + markdown_table(["backbone"] + titles, body))
-        csv_rows += [[source, r, c, *table[(r, c)].csv()] for r in rows for c in columns]
+        csv_rows += [[source, r, c, *table[(r, c)].csv(stat)] for r in rows for c in columns]
     if not parts:
         return "(no results yet)\n", ""
     mean_note = (f"{MEAN_UNSEEN} = average over the targets other than the source, taken per seed; "
                  if any(MEAN_UNSEEN in cols for _, cols, _ in aggs.values()) else "")
-    note = f"\nmIoU (%); {mean_note}{_seed_note(items, n_all, partial)}.\n" + footer(items, cards or {})
-    return "\n".join(parts) + note, csv_text(["source", "backbone", "target", "mIoU", "std", "n"], csv_rows)
+    note = f"\nmIoU (%); {mean_note}{_seed_note(items, n_all, partial, stat)}.\n" + footer(items, cards or {})
+    return "\n".join(parts) + note, csv_text(["source", "backbone", "target", "mIoU", *csv_fields(stat)], csv_rows)
 
 
 # --- per-class IoU ---------------------------------------------------------------------------------------------------
@@ -126,18 +127,24 @@ def per_class_aggs(items: list[Score]) -> dict[tuple[str, str], tuple[list[str],
     return out
 
 
-def per_class(items: list[Score]) -> tuple[str, str]:
-    parts, csv_rows = [], []
+def per_class(items: list[Score], stat: str = DEFAULT_STAT) -> tuple[str, str]:
+    """Same statistic as the other tables; (n=k) marks a class defined in fewer of the row's seeds than usual."""
+    parts, csv_rows, n_all, partial = [], [], 0, False
     for col, (rows, classes, table) in per_class_aggs(items).items():
+        n_max = max(a.n for a in table.values())
+        n_all = max(n_all, n_max)
+        partial = partial or any(0 < a.n < n_max for a in table.values())
         header = ["backbone"] + classes + ["mIoU"]
-        body = [[r] + [table[(r, c)].md(with_std=False) for c in classes + ["mIoU"]] for r in rows]
+        body = [[r] + [table[(r, c)].md(stat, n_expected=n_max)
+                       for c in classes + ["mIoU"]] for r in rows]
         parts.append(f"### {col_title(col)}\n\n" + markdown_table(header, body))
-        csv_rows += [[*col, r, c, *table[(r, c)].csv()] for r in rows for c in classes + ["mIoU"]]
+        csv_rows += [[*col, r, c, *table[(r, c)].csv(stat)] for r in rows for c in classes + ["mIoU"]]
     if not parts:
         return "(no results yet)\n", ""
-    note = (f"\nIoU (%) per class, mean over seeds (std in per_class.csv); {DASH} = class absent from both ground "
-            "truth and prediction.\n")
-    return "\n".join(parts) + note, csv_text(["source", "target", "backbone", "class", "IoU", "std", "n"], csv_rows)
+    seeds = _seed_note(items, n_all, partial, stat, "only k seeds finished or define the class")
+    note = f"\nIoU (%) per class; {seeds}; {DASH} = class absent from both ground truth and prediction.\n"
+    return "\n".join(parts) + note, csv_text(["source", "target", "backbone", "class", "IoU", *csv_fields(stat)],
+                                             csv_rows)
 
 
 def per_seed(items: list[Score]) -> str:
