@@ -4,6 +4,7 @@ Files written under RESULTS_DIR:
   table.md/.csv        paper layout: rows backbones, columns train/test pairs (mean ± `stat` over seeds, n; the CSV
                        also keeps the sample std)
   dg.md/.csv           domain-generalization layout: per source, rows backbones, columns targets and their mean
+  table.tex, dg.tex    the same two layouts as booktabs LaTeX tables (best mean per column in bold)
   per_class.md/.csv    per-class IoU per train/test pair
   per_seed.csv         every measurement, unaggregated
   paired.md/.csv       with a baseline backbone: per row and target, the mean per-seed difference to it, 95% CI
@@ -19,6 +20,7 @@ from pathlib import Path
 from ..cells import load_records
 from ..io import write_text
 from . import plots, tables
+from .latex import dg_tex, paper_tex
 from .paired import paired_tables, plot_paired
 from .protocols import card_hash, card_of, cards_section
 from .qualitative import plot_qualitative
@@ -51,9 +53,11 @@ def provenance_summary(records: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def build_report(results_dir: Path, plot: bool = True, stat: str = DEFAULT_STAT, baseline: str | None = None) -> str:
+def build_report(results_dir: Path, plot: bool = True, stat: str = DEFAULT_STAT, baseline: str | None = None,
+                 fmt: str = "markdown") -> str:
     """Write every table (and figure) under `results_dir`; return the paper-layout markdown (table.md), followed by
-    the paired comparison when a `baseline` backbone is named. `stat`: the spread after ± (stats.STATS)."""
+    the paired comparison when a `baseline` backbone is named, or with `fmt="latex"` table.tex and dg.tex.
+    `stat`: the spread after ± (stats.STATS)."""
     results_dir = Path(results_dir)
     records = load_records(results_dir)
     items = scores(records)
@@ -70,6 +74,9 @@ def build_report(results_dir: Path, plot: bool = True, stat: str = DEFAULT_STAT,
     write_text(results_dir / "table.csv", paper_csv)
     write_text(results_dir / "dg.md", dg_md)
     write_text(results_dir / "dg.csv", dg_csv)
+    paper_latex, dg_latex = paper_tex(items, cards, stat), dg_tex(items, cards, stat)
+    write_text(results_dir / "table.tex", paper_latex)
+    write_text(results_dir / "dg.tex", dg_latex)
     write_text(results_dir / "per_class.md", pc_md)
     write_text(results_dir / "per_class.csv", pc_csv)
     write_text(results_dir / "per_seed.csv", tables.per_seed(items))
@@ -83,6 +90,8 @@ def build_report(results_dir: Path, plot: bool = True, stat: str = DEFAULT_STAT,
             figures["paired.png"] = plot_paired(items, baseline, results_dir / "paired.png")
     write_text(results_dir / "report.md", report_markdown(results_dir.name, records, paper_md, dg_md, pc_md, figures,
                                                           cards_section(items, cards), paired_md, baseline))
+    if fmt == "latex":
+        return paper_latex + "\n" + dg_latex
     return paper_md + (f"\nPaired comparison with {baseline}:\n\n{paired_md}" if baseline else "")
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from ..cells import CELLS
@@ -21,9 +22,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baseline", metavar="BACKBONE",
                         help="add paired.md/.csv/.png: per row and target, the mean per-seed difference to this "
                              "backbone's row (same source, head, protocol) with a paired 95%% t interval")
+    parser.add_argument("--format", choices=("markdown", "latex"), default="markdown",
+                        help="what to print: the markdown paper table (default) or the booktabs LaTeX of table.tex "
+                             "and dg.tex (both are always written)")
     args = parser.parse_args(argv)
     if not (args.results_dir / CELLS).is_dir():
         parser.error(f"{args.results_dir} holds no cells/ directory: pass the directory a study wrote (results/NAME)")
-    print(build_report(args.results_dir, plot=not args.no_plot, stat=args.stat, baseline=args.baseline))
-    print(f"all tables and figures: {args.results_dir / 'report.md'}")
+    print(build_report(args.results_dir, plot=not args.no_plot, stat=args.stat, baseline=args.baseline,
+                       fmt=args.format))
+    # on stderr under --format latex, so `segbench report DIR --format latex > tables.tex` holds LaTeX only
+    print(f"all tables and figures: {args.results_dir / 'report.md'}",
+          file=sys.stderr if args.format == "latex" else sys.stdout)
     return 0

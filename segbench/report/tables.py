@@ -25,7 +25,7 @@ def col_title(col: tuple[str, str]) -> str:
     return f"train {col[0]} / test {col[1]}"
 
 
-def _seed_note(items: list[Score], n_max: int, partial: bool, stat: str = DEFAULT_STAT,
+def seed_note(items: list[Score], n_max: int, partial: bool, stat: str = DEFAULT_STAT,
                why_fewer: str = "only k seeds finished") -> str:
     """`partial`: some cell has fewer seeds than n_max, so its '(n=k)' marker needs explaining (`why_fewer`)."""
     seeds = sorted({s.seed for s in items})
@@ -37,20 +37,25 @@ def _seed_note(items: list[Score], n_max: int, partial: bool, stat: str = DEFAUL
 
 # --- paper layout ----------------------------------------------------------------------------------------------------
 
+def paper_aggs(items: list[Score]) -> tuple[list[str], list[tuple[str, str]], dict]:
+    """(rows, (source, target) columns, {(row, column): Agg}): what the paper layout shows, in any format."""
+    rows, cols, cells = ordered_rows(items), ordered_pairs(items), scores_by_cell(items)
+    return rows, cols, {(r, c): Agg.of(s.miou for s in cells.get((r, *c), {}).values()) for r in rows for c in cols}
+
+
 def paper(items: list[Score], cards: dict[str, dict] | None = None, stat: str = DEFAULT_STAT) -> tuple[str, str]:
     """(markdown, csv) of the paper layout; the CSV keeps mean, std (and `stat`) and n per column as numbers.
     `cards`: hash -> protocol card, for the footer; `stat`: the spread after ± (stats.STATS)."""
-    rows, cols, cells = ordered_rows(items), ordered_pairs(items), scores_by_cell(items)
+    rows, cols, aggs = paper_aggs(items)
     if not rows:
         return "(no results yet)\n", ""
-    aggs = {(r, c): Agg.of(s.miou for s in cells.get((r, *c), {}).values()) for r in rows for c in cols}
     n_max = max(a.n for a in aggs.values())
     md_rows = [[r] + [aggs[(r, c)].md(stat, n_expected=n_max) for c in cols] for r in rows]
     csv_header = ["backbone"] + [f"{col_title(c)} {k}" for c in cols for k in ("mIoU", *csv_fields(stat))]
     csv_rows = [[r] + [v for c in cols for v in aggs[(r, c)].csv(stat)] for r in rows]
     md = markdown_table(["backbone"] + [col_title(c) for c in cols], md_rows)
     partial = any(a.n < n_max for a in aggs.values())
-    md += f"\nmIoU (%) over the classes scored in each test set; {_seed_note(items, n_max, partial, stat)}.\n"
+    md += f"\nmIoU (%) over the classes scored in each test set; {seed_note(items, n_max, partial, stat)}.\n"
     md += footer(items, cards or {})
     return md, csv_text(csv_header, csv_rows)
 
@@ -100,7 +105,7 @@ def dg(items: list[Score], cards: dict[str, dict] | None = None, stat: str = DEF
         return "(no results yet)\n", ""
     mean_note = (f"{MEAN_UNSEEN} = average over the targets other than the source, taken per seed; "
                  if any(MEAN_UNSEEN in cols for _, cols, _ in aggs.values()) else "")
-    note = f"\nmIoU (%); {mean_note}{_seed_note(items, n_all, partial, stat)}.\n" + footer(items, cards or {})
+    note = f"\nmIoU (%); {mean_note}{seed_note(items, n_all, partial, stat)}.\n" + footer(items, cards or {})
     return "\n".join(parts) + note, csv_text(["source", "backbone", "target", "mIoU", *csv_fields(stat)], csv_rows)
 
 
@@ -141,7 +146,7 @@ def per_class(items: list[Score], stat: str = DEFAULT_STAT) -> tuple[str, str]:
         csv_rows += [[*col, r, c, *table[(r, c)].csv(stat)] for r in rows for c in classes + ["mIoU"]]
     if not parts:
         return "(no results yet)\n", ""
-    seeds = _seed_note(items, n_all, partial, stat, "only k seeds finished or define the class")
+    seeds = seed_note(items, n_all, partial, stat, "only k seeds finished or define the class")
     note = f"\nIoU (%) per class; {seeds}; {DASH} = class absent from both ground truth and prediction.\n"
     return "\n".join(parts) + note, csv_text(["source", "target", "backbone", "class", "IoU", *csv_fields(stat)],
                                              csv_rows)
