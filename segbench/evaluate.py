@@ -74,19 +74,17 @@ def main(argv: list[str] | None = None) -> int:
                                       scored_classes(getattr(dataset, "eval_classes", None), ecfg["classes"]))
         result["source"] = {"preds": str(args.preds), "encoding": args.encoding}
     else:
-        from .data.transforms import eval_transform_for
         from .engine.checkpoint import load_trained_model
         from .engine.distributed import init_from_env
-        from .engine.scoring import evaluate
+        from .engine.scoring import evaluate, prepare_for_scoring
 
         model, record = load_trained_model(args.checkpoint)
         ecfg = eval_settings(args.overrides, record["config"].get("eval"))
         settings = InferenceSettings.from_config(ecfg)
         dataset = build_dataset(args.dataset, ecfg["split"], root=args.data_root)
-        dataset.transform = eval_transform_for(dataset, ecfg["size"], ecfg["protocol"])
+        classes = prepare_for_scoring(dataset, ecfg)
         device = init_from_env(None if args.device == "auto" else args.device)
-        result = evaluate(model, dataset, device=device,
-                          eval_classes=scored_classes(getattr(dataset, "eval_classes", None), ecfg["classes"]),
+        result = evaluate(model, dataset, device=device, eval_classes=classes,
                           workers=ecfg["workers"], settings=settings, save_dir=args.save_preds,
                           overlay=args.overlay, desc=f"evaluate on {args.dataset}")
         result["source"] = {"checkpoint": str(args.checkpoint), "cell_id": record.get("cell_id"),

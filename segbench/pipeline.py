@@ -19,16 +19,14 @@ from .cells import CHECKPOINTS, CONFIG, DONE, FINAL_WEIGHTS, PREDS, TENSORBOARD,
     missing_targets, new_record, protocol_card, read_record_or_none, target_protocol, write_record
 from .config import InferenceSettings, train_settings
 from .data import build_dataset
-from .data.eval_protocols import DEFAULT_PROTOCOL
 from .data.multisource import apply_unknown_label_policy_per_source
-from .data.transforms import build_train_transform, eval_transform_for
+from .data.transforms import build_train_transform
 from .engine import distributed as dist_utils
 from .engine.checkpoint import load_final_weights
 from .engine.logging import tensorboard_writer
-from .engine.scoring import evaluate
+from .engine.scoring import evaluate, prepare_for_scoring
 from .engine.train import train
 from .io import remove_stale_temp_files, save_torch, write_json
-from .labels import scored_classes
 from .models import create_model
 from .models.pretrained import init_record
 
@@ -127,8 +125,7 @@ def train_and_score(cell: Cell, cell_dir: Path, *, data_root, device: torch.devi
     record["provenance"] = provenance(device)
     for target in missing_targets(cell, cell_dir):
         ds = build_dataset(target, ecfg["split"], root=data_root)
-        ds.transform = eval_transform_for(ds, ecfg.get("size"), ecfg.get("protocol", DEFAULT_PROTOCOL))
-        classes = scored_classes(getattr(ds, "eval_classes", None), ecfg.get("classes"))
+        classes = prepare_for_scoring(ds, ecfg)
         t0 = time.perf_counter()
         metrics = evaluate(model, ds, device=device, eval_classes=classes,
                            workers=ecfg.get("workers", 0), settings=inference, desc=f"  test on {target}",

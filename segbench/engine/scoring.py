@@ -17,12 +17,21 @@ from tqdm.auto import tqdm
 
 from ..config import InferenceSettings
 from ..data.base import DatasetError
+from ..data.eval_protocols import DEFAULT_PROTOCOL
 from ..data.readers import PNG_PALETTE, png_header
+from ..data.transforms import eval_transform_for
 from ..data.workers import worker_init_fn
-from ..labels import IGNORE_INDEX, NUM_CLASSES, colorize, ids_to_train_ids
+from ..labels import IGNORE_INDEX, NUM_CLASSES, colorize, ids_to_train_ids, scored_classes
 from ..metrics import ConfusionMatrix
 from . import distributed as dist_utils
 from .inference import predict
+
+
+def prepare_for_scoring(dataset, ecfg: dict) -> tuple[int, ...] | None:
+    """Set `dataset` up as a study scores it (`eval.size`, `eval.protocol`) and return the classes its mIoU averages
+    over (`eval.classes`): the one place the runner and `segbench evaluate` decide how a target is scored."""
+    dataset.transform = eval_transform_for(dataset, ecfg.get("size"), ecfg.get("protocol", DEFAULT_PROTOCOL))
+    return scored_classes(getattr(dataset, "eval_classes", None), ecfg.get("classes"))
 
 
 class _Indexed(torch.utils.data.Dataset):
