@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -16,20 +15,14 @@ from tqdm.auto import tqdm
 
 from ..io import write_json
 from ..labels import NUM_CLASSES
+from .registry import cache_dir
 from .sampler import SeededStreamSampler, mix_seed
-
-CACHE_ENV = "SEGBENCH_CACHE"
-
-
-def _cache_dir() -> Path:
-    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "segbench") / "class_presence"
-
 
 def class_presence(dataset) -> list[list[int]]:
     """For every pair of `dataset`, the trainIds present in its label (cached; key = the label files and their sizes)."""
     labels = [Path(label) for _, label in dataset.pairs]
     key_src = json.dumps([type(dataset).__name__] + [(str(p), p.stat().st_size) for p in labels])
-    cache = _cache_dir() / f"{hashlib.sha1(key_src.encode()).hexdigest()[:16]}.json"
+    cache = cache_dir("class_presence") / f"{hashlib.sha1(key_src.encode()).hexdigest()[:16]}.json"
     if cache.is_file():
         try:
             return json.loads(cache.read_text())["classes"]

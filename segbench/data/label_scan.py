@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from ..io import write_json
 from .base import UNKNOWN_LABEL_POLICIES, DatasetError, SegmentationDataset
-from .class_uniform import CACHE_ENV
+from .registry import cache_dir
 from .workers import worker_init_fn
 
 #: offending files named in the training warning
@@ -65,8 +65,7 @@ def _cache_path(dataset: SegmentationDataset) -> Path:
         st = Path(label).stat()
         stats.append((str(label), st.st_size, st.st_mtime_ns))  # a label rewritten in place is counted again
     key = json.dumps([type(dataset).__qualname__, dataset.label_table_key(), stats])
-    root = Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "segbench")
-    return root / "unknown_labels" / f"{hashlib.sha1(key.encode()).hexdigest()[:16]}.json"
+    return cache_dir("unknown_labels") / f"{hashlib.sha1(key.encode()).hexdigest()[:16]}.json"
 
 
 def count_unknown_labels(dataset: SegmentationDataset, workers: int = 0, progress: bool = False) -> UnknownLabelCount:

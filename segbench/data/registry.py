@@ -1,4 +1,5 @@
-"""Where datasets are found: the name -> adapter registry and the data root every adapter directory lives under."""
+"""Where datasets are found: the name -> adapter registry, the data root every adapter directory lives under, and
+the cache of what segbench learns by scanning a split's labels once."""
 from __future__ import annotations
 
 import os
@@ -18,3 +19,11 @@ DEFAULT_DATA_ROOT = "datasets"
 def data_root(explicit: str | os.PathLike | None = None) -> Path:
     """--data-root wins, then $SEGBENCH_DATA, then ./datasets."""
     return Path(explicit or os.environ.get(DATA_ROOT_ENV) or DEFAULT_DATA_ROOT)
+
+
+CACHE_ENV = "SEGBENCH_CACHE"
+
+
+def cache_dir(kind: str) -> Path:
+    """$SEGBENCH_CACHE/KIND (default ~/.cache/segbench/KIND): one home for every cached label scan."""
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "segbench") / kind
