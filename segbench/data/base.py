@@ -108,6 +108,14 @@ def read_gray(path: Path, flags: int = cv2.IMREAD_UNCHANGED) -> np.ndarray:
     return label
 
 
+def transformed(transform: Callable | None, image: np.ndarray, label: np.ndarray):
+    """What a dataset item is: the decoded pair, through the dataset's transform when it has one."""
+    if transform is None:
+        return image, label
+    out = transform(image=image, mask=label)
+    return out["image"], out["mask"]
+
+
 class SegmentationDataset(torch.utils.data.Dataset):
     """Base adapter. Subclasses set the class attributes and implement `find_pairs` and `decode_label`."""
 
@@ -256,11 +264,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
         return len(self.pairs)
 
     def __getitem__(self, index: int):
-        image, label = self.load_pair(index)
-        if self.transform is None:
-            return image, label
-        out = self.transform(image=image, mask=label)
-        return out["image"], out["mask"]
+        return transformed(self.transform, *self.load_pair(index))
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(root={str(self.root)!r}, split={self.split!r}, pairs={len(self)})"

@@ -28,7 +28,7 @@ import torch.utils.data
 from ..config import ConfigError
 from ..labels import IGNORE_INDEX, NUM_CLASSES
 from ..spec import JOIN, is_multi_source, source_parts
-from .base import SegmentationDataset
+from .base import SegmentationDataset, transformed
 from .label_scan import apply_unknown_label_policy
 
 
@@ -100,11 +100,7 @@ class MultiSourceDataset(torch.utils.data.Dataset):
         return sum(self.sizes)
 
     def __getitem__(self, index: int):
-        image, label = self.load_pair(index)
-        if self.transform is None:
-            return image, label
-        out = self.transform(image=image, mask=label)
-        return out["image"], out["mask"]
+        return transformed(self.transform, *self.load_pair(index))
 
     def __repr__(self) -> str:
         return f"MultiSourceDataset({', '.join(map(repr, self.parts))})"
