@@ -9,8 +9,8 @@ import cv2
 import numpy as np
 import pytest
 
-from segbench.io import write_json
 from segbench.labels import CLASS_NAMES, PALETTE
+from study_files import write_study
 from segbench.report import build_report
 from segbench.report.cli import main
 from segbench.report.qualitative import ground_truth
@@ -29,15 +29,6 @@ def record(backbone, source, seed, mious, *, head="fcn", iters=3, per_class=None
     return {"cell_id": f"{backbone}{source}{seed}{iters}{head}", "backbone": backbone, "head": head, "source": source,
             "seed": seed, "config": {"model": {"output_stride": 8}, "train": {"iters": iters, "workers": 0}},
             "results": results}
-
-
-def write_study(root, records, done=True):
-    for rec in records:
-        cell = root / "cells" / f"{rec['source']}__{rec['backbone']}__{rec['head']}__s{rec['seed']}__{rec['cell_id']}"
-        write_json(cell / "record.json", rec)
-        if done:
-            (cell / "done").touch()
-    return root
 
 
 def read_csv(text):

@@ -16,13 +16,13 @@ import math
 import pytest
 
 from segbench.config import ConfigError
-from segbench.io import write_json
 from segbench.report import build_report
 from segbench.report.cli import main
 from segbench.report.paired import paired_tables
 from segbench.report.records import scores
 from segbench.report.stats import Agg, Paired
 from segbench.report.tables import paper, per_class
+from study_files import write_study
 
 T_975_2 = 4.3027  # t_{0.975, 2}
 T_975_1 = 12.706  # t_{0.975, 1}
@@ -33,14 +33,6 @@ def record(backbone, seed, mious, *, head="fcn", source="sim", road=None):
                    "eval": {"split": "val", "size": None}} for t, m in mious.items()}
     return {"cell_id": f"{backbone}{head}{seed}", "backbone": backbone, "head": head, "source": source, "seed": seed,
             "config": {"model": {"output_stride": 8}, "train": {"iters": 3, "workers": 0}}, "results": results}
-
-
-def write_study(root, recs):
-    for rec in recs:
-        cell = root / "cells" / f"{rec['source']}__{rec['backbone']}__{rec['head']}__s{rec['seed']}__{rec['cell_id']}"
-        write_json(cell / "record.json", rec)
-        (cell / "done").touch()
-    return root
 
 
 def test_mean_std_se_ci95_by_hand():

@@ -10,10 +10,10 @@ import pytest
 
 from report_oracle import (MEAN_UNSEEN, assert_stats_equal, expected_dg, expected_per_class, expected_per_seed,
                            raw_records, read_stats)
-from segbench.io import write_json
 from segbench.report import build_report
 from segbench.report.plots import gap_aggs
 from segbench.report.records import scores
+from study_files import write_study
 
 CONFIG = {"model": {"output_stride": 8, "pretrained": None}, "train": {"iters": 3, "lr": 0.01, "workers": 0}}
 
@@ -41,14 +41,6 @@ def record(source, backbone, seed, mious, cell_id=None):
             "source": source, "seed": seed, "config": CONFIG, "results": results}
 
 
-def write_records(root, recs):
-    for rec in recs:
-        cell = root / "cells" / f"{rec['source']}__{rec['backbone']}__fcn__s{rec['seed']}__{rec['cell_id']}"
-        write_json(cell / "record.json", rec)
-        (cell / "done").touch()
-    return root
-
-
 def study_records():
     return [record(source, backbone, seed, mious) for source, rows in STUDY.items()
             for backbone, seeds in rows.items() for seed, mious in seeds.items()]
@@ -56,7 +48,7 @@ def study_records():
 
 @pytest.fixture
 def study(tmp_path):
-    build_report(write_records(tmp_path / "study", study_records()), plot=False)
+    build_report(write_study(tmp_path / "study", study_records()), plot=False)
     return tmp_path / "study"
 
 
@@ -110,7 +102,7 @@ def test_two_records_with_the_same_config_and_seed_count_as_one_seed(tmp_path):
     recs = [record("gta", "r18", 0, {"gta": 50.0}, cell_id="aaaa"),
             record("gta", "r18", 0, {"gta": 70.0}, cell_id="bbbb"),  # its directory sorts last of seed 0's two
             record("gta", "r18", 1, {"gta": 60.0}, cell_id="cccc")]
-    study = write_records(tmp_path / "study", recs)
+    study = write_study(tmp_path / "study", recs)
     build_report(study, plot=False)
     (row,) = csv.DictReader((study / "table.csv").open())
     assert row["backbone"] == "r18"  # one row: same config, so no [key=value] label tells them apart
