@@ -5,10 +5,15 @@ Names are the single source of truth: listings, CLI choices and error messages a
 from __future__ import annotations
 
 import fnmatch
+import importlib.metadata
+import types
+import warnings
 from contextlib import contextmanager
 from typing import Callable, Iterator, TypeVar
 
 T = TypeVar("T")
+
+_LOADED_ENTRY_POINTS: set[str] = set()  # "group:name=value" of every entry point imported so far
 
 
 class Registry:
@@ -55,6 +60,34 @@ class Registry:
                 matches = [pattern]
             out += [m for m in matches if m not in out]
         return out
+
+    def load_entry_points(self, group: str, base: type, warning: type[Warning] = UserWarning) -> list[str]:
+        """Import every entry point of `group` once: a subclass of `base` (registered under the entry point's name) or
+        a module that registers its entries on import. A broken plug-in warns instead of failing: its import error
+        must not take segbench down. Returns the names loaded by this call."""
+        loaded = []
+        for ep in importlib.metadata.entry_points(group=group):
+            key = f"{group}:{ep.name}={ep.value}"
+            if key in _LOADED_ENTRY_POINTS:
+                continue
+            _LOADED_ENTRY_POINTS.add(key)
+            where = f"{self.kind} plug-in {ep.name!r} ({ep.value}" + (f", from {ep.dist.name}" if ep.dist else "") + ")"
+            try:
+                obj = ep.load()
+            except Exception as e:  # noqa: BLE001
+                warnings.warn(f"{where} failed to load: {type(e).__name__}: {e}; it is unavailable", warning)
+                continue
+            if isinstance(obj, type) and issubclass(obj, base):
+                if ep.name in self and self.get(ep.name) is not obj:
+                    warnings.warn(f"{where}: the name is already taken by {self.get(ep.name)!r}; skipped", warning)
+                    continue
+                self.add(ep.name, obj)
+            elif not isinstance(obj, types.ModuleType):
+                warnings.warn(f"{where} is a {type(obj).__name__}; expected a {base.__name__} subclass or a module",
+                              warning)
+                continue
+            loaded.append(ep.name)
+        return loaded
 
     @contextmanager
     def scoped(self) -> Iterator["Registry"]:

@@ -12,11 +12,8 @@ loading it fails saying so. A declared file with an error fails, naming the file
 """
 from __future__ import annotations
 
-import importlib.metadata
 import os
 import re
-import types
-import warnings
 from pathlib import Path
 
 from .base import SegmentationDataset
@@ -35,34 +32,10 @@ class PluginWarning(UserWarning):
     """A plug-in could not be loaded; segbench goes on without its datasets."""
 
 
-_loaded_entry_points: set[str] = set()
-
-
 def load_entry_points() -> list[str]:
     """Import every `segbench.datasets` entry point: a SegmentationDataset subclass (registered under the entry
     point's name) or a module that registers its datasets on import. A broken plug-in warns instead of failing."""
-    loaded = []
-    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-        key = f"{ep.name}={ep.value}"
-        if key in _loaded_entry_points:
-            continue
-        _loaded_entry_points.add(key)
-        where = f"dataset plug-in {ep.name!r} ({ep.value}" + (f", from {ep.dist.name}" if ep.dist else "") + ")"
-        try:
-            obj = ep.load()
-        except Exception as e:  # a plug-in's import error must not take segbench down
-            warnings.warn(f"{where} failed to load: {type(e).__name__}: {e}; its datasets are unavailable", PluginWarning)
-            continue
-        if isinstance(obj, type) and issubclass(obj, SegmentationDataset):
-            if ep.name in DATASETS and DATASETS.get(ep.name) is not obj:
-                warnings.warn(f"{where}: the name is already taken by {DATASETS.get(ep.name)!r}; skipped", PluginWarning)
-                continue
-            DATASETS.add(ep.name, obj)
-        elif not isinstance(obj, types.ModuleType):
-            warnings.warn(f"{where} is a {type(obj).__name__}; expected a SegmentationDataset subclass or a module", PluginWarning)
-            continue
-        loaded.append(ep.name)
-    return loaded
+    return DATASETS.load_entry_points(ENTRY_POINT_GROUP, SegmentationDataset, PluginWarning)
 
 
 def declares_dataset(path: Path) -> bool:
