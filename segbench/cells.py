@@ -17,7 +17,7 @@ import os
 import platform
 import warnings
 from contextlib import contextmanager
-from dataclasses import dataclass, fields, is_dataclass
+from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 
 try:
@@ -44,6 +44,9 @@ LAUNCHER_LOG = "launcher.log"  # a worker's output, or an in-process failure's t
 LOCK = ".lock"  # flock-ed by the process running the cell; its text names that process
 SLURM_JOB = "slurm_job"  # id of the Slurm job last submitted for the cell, so a rerun can see it is still queued
 
+#: the method of plain training (segbench.methods); a record without a `method` field was trained with it
+ERM = "erm"
+
 # --- the record -----------------------------------------------------------------------------------------------------
 #: Every field of `record.json`, written down once. `new_record` creates them; readers may rely on the required ones.
 RECORD_FIELDS = {
@@ -52,6 +55,8 @@ RECORD_FIELDS = {
     "head": "head name (models registry)",
     "source": "training dataset",
     "seed": "training seed",
+    "method": "the domain-generalization method: {name, options} (options: its defaults with the study's "
+              "`method.NAME.*` on top); a record without it was trained with plain ERM",
     "targets": "datasets the cell is scored on, in the order the study named them (source first)",
     "config": "the effective configuration: {model, train, eval}",
     "results": "target -> metrics: miou, per_class_iou, pixel_acc, eval (the eval settings scored under), images, "
@@ -86,6 +91,8 @@ class Cell:
     train: dict
     eval: dict
     data_version: str | None = None  # generated data (the embedded domains): a new generator means new weights
+    method: str = ERM  # the domain-generalization method (segbench.methods)
+    method_options: dict = field(default_factory=dict)  # its effective options (defaults + the study's settings)
 
     def training_identity(self) -> dict:
         """Everything that decides the trained weights (not which targets are scored, not speed knobs)."""
@@ -93,6 +100,8 @@ class Cell:
                  "model": identity_view("model", self.model), "train": identity_view("train", self.train)}
         if self.data_version is not None:
             ident["data_version"] = self.data_version
+        if self.method != ERM:  # plain training adds nothing, so studies from before methods keep their ids
+            ident["method"] = {"name": self.method, "options": self.method_options}
         if self.training_classes is not None:  # an eval setting that, for a union, decides the training labels
             ident["training_classes"] = list(self.training_classes)
         return ident
@@ -103,8 +112,13 @@ class Cell:
         return hashlib.sha1(blob.encode()).hexdigest()[:10]
 
     @property
+    def trained_as(self) -> str:
+        """The backbone, with the method when it is not plain training: `resnet50`, `resnet50+isw`."""
+        return self.backbone if self.method == ERM else f"{self.backbone}+{self.method}"
+
+    @property
     def dirname(self) -> str:
-        return f"{self.source}__{self.backbone}__{self.head}__s{self.seed}__{self.cell_id}"
+        return f"{self.source}__{self.trained_as}__{self.head}__s{self.seed}__{self.cell_id}"
 
     def directory(self, results_dir: Path) -> Path:
         return Path(results_dir) / CELLS / self.dirname
@@ -161,14 +175,17 @@ def source_train_settings(train: dict, source: str) -> dict:
     return {**train, "source_weights": dict(zip(parts, weights)) if len(weights) == len(parts) else weights}
 
 
-def plan(cfg: dict, transfers: list[Transfer], backbones: list[str], heads: list[str]) -> list[Cell]:
-    """The study as a list of cells, in the order they run: source, backbone, head, seed."""
+def plan(cfg: dict, transfers: list[Transfer], backbones: list[str], heads: list[str],
+         methods: dict[str, dict] | None = None) -> list[Cell]:
+    """The study as a list of cells, in the order they run: source, backbone, method, head, seed. `methods`: each
+    method's effective options (methods.method_options), in study order; None: plain training only."""
     versions = {t.source: _source_version(t.source) for t in transfers}
+    methods = {ERM: {}} if methods is None else methods
     return [
         Cell(backbone=b, head=h, source=t.source, targets=t.targets, seed=int(s), model=dict(cfg["model"]),
              train=source_train_settings(cfg["train"], t.source), eval=dict(cfg["eval"]),
-             data_version=versions[t.source])
-        for t in transfers for b in backbones for h in heads for s in cfg["seeds"]
+             data_version=versions[t.source], method=m, method_options=dict(options))
+        for t in transfers for b in backbones for m, options in methods.items() for h in heads for s in cfg["seeds"]
     ]
 
 
@@ -239,7 +256,7 @@ def target_protocol(dataset, classes) -> dict:
 def new_record(cell: Cell) -> dict:
     """The record of a cell that has not been scored on anything yet."""
     return {"cell_id": cell.cell_id, "backbone": cell.backbone, "head": cell.head, "source": cell.source,
-            "seed": cell.seed, "targets": list(cell.eval_targets),
+            "seed": cell.seed, "method": {"name": cell.method, "options": cell.method_options}, "targets": list(cell.eval_targets),
             "config": {"model": cell.model, "train": cell.train, "eval": cell.eval}, "results": {}}
 
 

@@ -15,6 +15,7 @@ COMMANDS = {
     "analyze": ("segbench.analysis.cli", "appearance-shift robustness and layer-wise feature divergence"),
     "data": ("segbench.data.cli", "inspect or prepare datasets: data check NAME, data prepare NAME"),
     "models": ("segbench.models.cli", "list backbones and heads with parameter counts"),
+    "methods": ("segbench.methods.cli", "list domain-generalization methods with their paper and defaults"),
 }
 
 

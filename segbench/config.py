@@ -125,6 +125,10 @@ DEFAULTS: dict[str, Any] = {
     "backbones": ["resnet50", "resnet50_ibn_a", "resnet50_ibn_b"],
     "heads": ["fcn"],
     "seeds": [0],
+    #: domain-generalization methods, a matrix axis like backbones (segbench.methods: `segbench methods` lists them)
+    "methods": ["erm"],
+    #: method options over each method's defaults: {method: {option: value}}, e.g. {isw: {weight: 0.6}}
+    "method": {},
     "model": {"output_stride": None, "pretrained": "imagenet", "aux": False},
     "train": _plain(asdict(TrainSettings())),
     "eval": EVAL_DEFAULTS,
@@ -159,9 +163,17 @@ def experiment_path(path: str | Path) -> Path:
     raise ConfigError(f"experiment file {path} not found (shipped experiments in {experiments_dir()}: {available})")
 
 
-def _merge(base: dict, over: dict, where: str) -> dict:
+#: sections whose keys are not fixed here: `method` holds {method: {option: value}}, checked against the method
+#: registry (run.validate_study), which this leaf module does not import
+FREE_SECTIONS = {"method"}
+
+
+def _merge(base: dict, over: dict, where: str, top: bool = False) -> dict:
     out = copy.deepcopy(base)
     for key, value in over.items():
+        if top and key in FREE_SECTIONS:  # taken as written; validation checks it
+            out[key] = copy.deepcopy(value)
+            continue
         if key not in base:
             valid = ", ".join(sorted(base))
             raise ConfigError(f"{where}: unknown key {key!r}; valid keys here: {valid}")
@@ -186,7 +198,7 @@ def load_config(path: str | Path | None = None) -> dict:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of settings, got {type(data).__name__}")
-    cfg = _merge(cfg, data, str(path))
+    cfg = _merge(cfg, data, str(path), top=True)
     if cfg["name"] is None:
         cfg["name"] = path.stem
     return cfg
@@ -204,6 +216,17 @@ def apply_overrides(cfg: dict, overrides: list[str]) -> dict:
         except yaml.YAMLError as e:
             raise ConfigError(f"--set {item!r}: cannot parse value {raw!r}: {e}") from None
         node, parts = cfg, key.split(".")
+        if parts[0] in FREE_SECTIONS:  # method.NAME.OPTION: created as needed, checked against the registry later
+            if len(parts) != 3 or not all(parts):
+                raise ConfigError(f"--set {item!r}: expected {parts[0]}.NAME.OPTION=VALUE, e.g. "
+                                  "--set method.isw.weight=0.6")
+            section = cfg[parts[0]] if isinstance(cfg.get(parts[0]), dict) else {}
+            cfg[parts[0]] = section
+            options = section.setdefault(parts[1], {})
+            if not isinstance(options, dict):
+                raise ConfigError(f"--set {item!r}: {parts[0]}.{parts[1]} is {options!r}, not a mapping of options")
+            options[parts[2]] = value
+            continue
         for i, part in enumerate(parts):
             if not isinstance(node, dict) or part not in node:
                 here = ".".join(parts[:i]) or "(top level)"
@@ -409,6 +432,14 @@ def _photometric(value):
     return out
 
 
+def _method_options(value):
+    """{name: {option: value}}: the structure only; which names and options exist is the method registry's
+    business (run.validate_study)."""
+    _require(isinstance(value, dict) and all(isinstance(k, str) and k.strip() and isinstance(v, dict)
+                                             for k, v in value.items()))
+    return value
+
+
 FLAG = Rule("true or false", _flag)
 NAME = Rule("a non-empty name", _name)
 SIZE = Rule("[H, W], two integers >= 1", _size)
@@ -420,6 +451,8 @@ RULES: dict[str, Any] = {
     "backbones": names("name"),
     "heads": names("name"),
     "seeds": Rule("a non-empty list of distinct integers >= 0", _seeds),
+    "methods": names("method"),
+    "method": Rule("a mapping {method: {option: value}}", _method_options),
     "model": {"output_stride": one_of(None, 8, 16, 32),
               "pretrained": Rule("null, 'imagenet', 'torchvision' or the path of a state dict", _pretrained),
               "aux": Rule("false, true (FCN aux head) or 'robustnet' (RobustNet's dsn head)",
@@ -463,6 +496,14 @@ def _rule_from_default(default: Any) -> Rule:
         if isinstance(default, kind):
             return of_type(kind, expected)
     return Rule("a value, not a mapping", _not_mapping)
+
+
+def check_like_default(key: str, value: Any, default: Any) -> tuple[Any, str | None]:
+    """A setting without a rule of its own (a method's option), checked against its default's type: (the value,
+    converted as RULES convert, or None and the problem line)."""
+    problems: list[str] = []
+    value = _check(key, _rule_from_default(default), value, problems)
+    return value, (f"{problems[0]} (default {default!r})" if problems else None)
 
 
 def _not_mapping(value):

@@ -27,6 +27,7 @@ from .engine.logging import tensorboard_writer
 from .engine.scoring import evaluate, prepare_for_scoring
 from .engine.train import train
 from .io import remove_stale_temp_files, save_torch, write_json
+from .methods import build_method
 from .models import create_model
 from .models.pretrained import init_record
 
@@ -101,17 +102,20 @@ def train_and_score(cell: Cell, cell_dir: Path, *, data_root, device: torch.devi
     # ImageNet weights only matter before training; a trained cell's own weights replace them anyway
     model = create_model(cell.backbone, head=cell.head, output_stride=cell.model.get("output_stride"),
                          pretrained=None if trained else cell.model.get("pretrained"), aux=cell.model.get("aux", False))
+    method = build_method(cell.method, cell.method_options)
+    method.build(model)  # before any weights go in: a method's modules and buffers are part of them
     if trained:
         model.load_state_dict(final_state)
     else:
         settings = train_settings(cell.train)
         source = build_dataset(cell.source, settings.split, root=data_root, classes=cell.training_classes)
         unknown_labels = apply_unknown_label_policy_per_source(source, settings.unknown_labels, settings.workers)
-        transform = build_train_transform(settings.crop, settings.scale_range, settings.hflip, settings.photometric)
+        transform = build_train_transform(settings.crop, settings.scale_range, settings.hflip, settings.photometric,
+                                          image_method=method.transform_image if method.transforms_image else None)
         record["training"] = train(model, source, transform, settings, seed=cell.seed, device=device,
                                    ckpt_dir=cell_dir / CHECKPOINTS, identity=cell.training_identity(),
                                    log_path=cell_dir / TRAIN_LOG, tb_dir=cell_dir / TENSORBOARD,
-                                   desc=f"{cell.backbone} on {cell.source} (seed {cell.seed})")
+                                   desc=f"{cell.trained_as} on {cell.source} (seed {cell.seed})", method=method)
         record["training"].update(unknown_labels)
         init = init_record(cell.backbone, cell.model.get("pretrained"))  # a partial load names what it left out
         if init is not None:

@@ -29,6 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, help="experiment YAML file (default: experiments/embedded.yaml when no spec)")
     p.add_argument("--backbones", nargs="+", help="backbone names or globs, e.g. 'resnet50*'")
     p.add_argument("--heads", nargs="+", help="head names or globs")
+    p.add_argument("--methods", nargs="+", help="domain-generalization methods or globs (segbench methods lists "
+                                                 "them), e.g. --methods erm isw mixstyle; options: --set "
+                                                 "method.isw.weight=0.6")
     p.add_argument("--seeds", type=int, help="run seeds 0..N-1")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config field, e.g. --set train.iters=2000 (repeatable)")
@@ -68,6 +71,8 @@ def resolve_config(args) -> dict:
         cfg["backbones"] = args.backbones
     if args.heads:
         cfg["heads"] = args.heads
+    if args.methods:
+        cfg["methods"] = [m.strip() for arg in args.methods for m in arg.split(",") if m.strip()]
     if args.seeds is not None:
         if args.seeds < 1:
             raise ConfigError(f"--seeds must be at least 1, got {args.seeds}")
@@ -86,7 +91,7 @@ def validate_study(cfg: dict, data_root) -> dict:
     """Every setting checked before any work (--dry-run too): config.py's rules, then what needs the registries
     (datasets and their splits, backbones, heads and their output strides); every problem in one ConfigError."""
     cfg, problems = config_problems(cfg)
-    problems += dataset_problems(cfg, data_root) + model_problems(cfg)
+    problems += dataset_problems(cfg, data_root) + model_problems(cfg) + method_problems(cfg)
     if problems:
         raise ConfigError(problems_message(problems))
     return cfg
@@ -155,6 +160,45 @@ def model_problems(cfg: dict) -> list[str]:
                 problems.append(f"model.output_stride={stride}: head {head!r} supports "
                                 f"{', '.join(map(str, supported))}")
     return problems
+
+
+def method_problems(cfg: dict) -> list[str]:
+    """Unknown methods (names or globs), options no method has, and option values of the wrong type."""
+    from .config import check_like_default
+    from .methods import METHODS, MethodError, load_plugins
+
+    try:
+        load_plugins()
+    except MethodError as e:
+        return [str(e)]
+    problems = []
+    for pattern in _names(cfg["methods"]):
+        try:
+            METHODS.expand([pattern])
+        except KeyError as e:
+            problems.append(f"methods: {e.args[0]}")
+    settings = cfg["method"] if isinstance(cfg["method"], dict) else {}
+    for name, options in settings.items():
+        if name not in METHODS:
+            problems.append(f"method.{name}: unknown method; valid names: {', '.join(METHODS.names())}")
+            continue
+        defaults = METHODS.get(name).defaults
+        for option, value in (options if isinstance(options, dict) else {}).items():
+            if option not in defaults:
+                problems.append(f"method.{name}.{option}: unknown option; {name}'s options: "
+                                f"{', '.join(defaults) or 'none'}")
+                continue
+            options[option], problem = check_like_default(f"method.{name}.{option}", value, defaults[option])
+            if problem:
+                problems.append(problem)
+    return problems
+
+
+def study_methods(cfg: dict) -> dict[str, dict]:
+    """Each method of the study (globs expanded, in order) -> its effective options."""
+    from .methods import METHODS, method_options
+
+    return {name: method_options(name, cfg["method"].get(name)) for name in METHODS.expand(cfg["methods"])}
 
 
 def parse_analyses(text: str) -> list[str]:
@@ -230,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
         launcher_opts = parse_options(args.launcher_opts, launcher)
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    cells = plan(cfg, transfers, backbones, heads)
+    cells = plan(cfg, transfers, backbones, heads, study_methods(cfg))
     if args.only:
         unknown = set(args.only) - {c.cell_id for c in cells}
         if unknown:

@@ -26,6 +26,7 @@ from segbench.config import TrainSettings
 from segbench.data import build_dataset
 from segbench.data.transforms import EvalTransform, build_train_transform
 from segbench.engine import distributed as dist_utils
+from segbench.methods import build_method
 
 NUM_CLASSES = 19
 FROZEN = "frozen"  # marker file name, written into --out
@@ -64,6 +65,8 @@ def main() -> None:
     ap.add_argument("--class-uniform", type=float, default=0.0)
     ap.add_argument("--freeze-after", type=int, default=-1)
     ap.add_argument("--eval", action="store_true")
+    ap.add_argument("--method", default="erm", help="a segbench.methods name, placed in the model before training")
+    ap.add_argument("--method-opt", action="append", default=[], metavar="KEY=JSON")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -72,6 +75,8 @@ def main() -> None:
     rank = dist_utils.rank()
     torch.manual_seed(0)
     model = build_model(args.model)
+    method = build_method(args.method, {k: json.loads(v) for k, v in (o.split("=", 1) for o in args.method_opt)})
+    method.build(model)
     if rank == 0:
         torch.save(model.state_dict(), out / "init.pt")
     forwards = []  # per training forward pass: a digest of each image in it
@@ -116,9 +121,11 @@ def main() -> None:
         ckpt_every=args.ckpt_every, keep_ckpts=2, amp=False, channels_last=False, class_uniform=args.class_uniform)
     dataset = build_dataset("sim", "train", args.data_root)
     # 96x192 frames scaled by >= 0.5 cover a 32x64 crop: no padding, so every crop is fully labelled
-    transform = build_train_transform((32, 64), scale_range=(0.5, 2.0))
+    transform = build_train_transform((32, 64), scale_range=(0.5, 2.0),
+                                      image_method=method.transform_image if method.transforms_image else None)
     stats = train_mod.train(model, dataset, transform, settings, seed=1, device=device, ckpt_dir=out / "checkpoints",
-                            identity={"test": "child_train", "model": args.model}, log_path=out / "train_log.csv")
+                            identity={"test": "child_train", "model": args.model}, log_path=out / "train_log.csv",
+                            method=method)
     result.update(stats=stats, forwards=len(forwards), inputs=forwards, world_size=dist_utils.world_size())
     (out / f"rank{rank}.json").write_text(json.dumps(result))
     if rank == 0:

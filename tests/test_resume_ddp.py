@@ -174,3 +174,43 @@ def test_sigkill_right_after_a_checkpoint_then_resume_is_bit_identical(data_root
     assert a.keys() == b.keys()
     differ = [k for k in a if not torch.equal(a[k], b[k])]
     assert not differ, f"{len(differ)} of {len(a)} tensors differ from the uninterrupted run's, e.g. {differ[:4]}"
+
+
+#: every method with state a resume must restore: torch RNG draws (mixstyle, dsu, np), per-sample numpy draws in the
+#: loader (pasta), running statistics (sw), and ISW's mask, selected before the kill (stat_epochs small) or after it
+METHOD_CASES = {
+    "iw": [], "irw": [], "sw": [], "mixstyle": [], "dsu": [], "np": [], "pasta": [],
+    "isw-selected-before-kill": ["stat_epochs=0.25", "stat_images=3", "trials=2"],
+    "isw-selected-after-kill": ["stat_epochs=0.75", "stat_images=3", "trials=2"],
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", list(METHOD_CASES))
+def test_resume_after_sigkill_is_bit_identical_with_every_method(data_root, tmp_path, children, case):
+    """A method's state (RNG draws, running statistics, ISW's mask) is in the checkpoint: killed at iteration 2 and
+    resumed, the run ends bit-identical to an uninterrupted one. ISW's pass runs at round(epochs * 8 / 2) (8 images,
+    batch 2): iteration 1 (before the checkpoint at 2) or 3 (in the resumed process)."""
+    method = case.split("-")[0]
+    opts = [a for o in METHOD_CASES[case] for a in ("--method-opt", o)]
+    iters, every, kill_at = 4, 2, 2
+    args = ("--model", "resnet18", "--iters", iters, "--batch", 2, "--ckpt-every", every, "--method", method, *opts)
+    straight = children.start("straight", _cmd(data_root, tmp_path / "straight", *args))
+    killed_out = tmp_path / "killed"
+    killed = children.start("killed", _cmd(data_root, killed_out, *args, "--freeze-after", kill_at))
+    deadline = time.monotonic() + TIMEOUT
+    while not (killed_out / "frozen").exists():
+        if killed.poll() is not None or time.monotonic() > deadline:
+            pytest.fail(f"child never reached the checkpoint of iteration {kill_at}:\n{children.stderr(killed)}")
+        time.sleep(0.02)
+    children.kill(killed)
+    children.finish(children.start("resumed", _cmd(data_root, killed_out, *args)))
+    children.finish(straight)
+    assert _info(killed_out)["stats"]["resumed_from"] == kill_at
+    a, b = _weights(tmp_path / "straight"), _weights(killed_out)
+    assert a.keys() == b.keys()
+    differ = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not differ, f"{len(differ)} of {len(a)} tensors differ from the uninterrupted run's, e.g. {differ[:4]}"
+    if method == "isw":
+        masks = [k for k in a if k.endswith("mask_selected")]
+        assert len(masks) == 3 and all(bool(a[k]) for k in masks), "the mask was selected in both runs"

@@ -6,7 +6,7 @@ padding masks with 0 (= road).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import cv2
 import numpy as np
@@ -194,8 +194,13 @@ class Photometric:
         return self.apply(image, self.draw(rng))
 
 
+#: the second word of the seed of a method's per-sample generator ([sample seed, METHOD_STREAM])
+METHOD_STREAM = 0x5E6B
+
+
 class TrainTransform:
-    """Random scale -> random crop -> pad (mask with ignore) -> flip -> [extra] -> [photometric] -> normalise.
+    """[method] -> random scale -> random crop -> pad (mask with ignore) -> flip -> [extra] -> [photometric] ->
+    normalise. `image_method` is a DG method's step on the full-resolution image (methods.base.Method.transform_image).
 
     The scale+crop step is `RandomScaleCrop` (crop before the expensive resize); pad, flip and `extra` are an
     albumentations pipeline; `photometric` (colour jitter, blur) works on the padded, flipped uint8 crop, as
@@ -212,7 +217,10 @@ class TrainTransform:
         std: Sequence[float] = IMAGENET_STD,
         extra: Sequence[A.BasicTransform] = (),
         photometric: Photometric | None = None,
+        image_method: Callable[[np.ndarray, np.random.Generator], np.ndarray] | None = None,
     ):
+        self.image_method = image_method
+        self.method_rng = np.random.default_rng()
         self.scale_crop = RandomScaleCrop(crop_size, scale_range)
         crop_h, crop_w = self.scale_crop.crop_h, self.scale_crop.crop_w
         self.rng = np.random.default_rng()
@@ -231,10 +239,14 @@ class TrainTransform:
     def set_random_seed(self, seed: int) -> None:
         """Per-sample seeding makes augmentation a pure function of (sample position, run seed): resumable."""
         self.rng = np.random.default_rng(seed)
+        # its own stream: a method's draws leave the crop and flip of every sample as plain training has them
+        self.method_rng = np.random.default_rng([seed, METHOD_STREAM])
         self.pipeline.set_random_seed(seed)
 
     def __call__(self, image: np.ndarray, mask: np.ndarray, focus: int = -1) -> dict[str, torch.Tensor]:
         """`focus` >= 0: the crop must contain a pixel of that class (class-uniform sampling)."""
+        if self.image_method is not None:  # a method's full-resolution step (PASTA), before crop and photometric
+            image = self.image_method(image, self.method_rng)
         image, mask = self.scale_crop(self.rng, image, mask, focus)
         out = self.pipeline(image=image, mask=mask)
         image = out["image"] if self.photometric is None else self.photometric(self.rng, out["image"])
@@ -261,6 +273,12 @@ class EvalTransform:
     def __call__(self, image: np.ndarray, mask: np.ndarray) -> dict[str, torch.Tensor]:
         image, mask = self.geometry(image, mask)
         return _to_tensors(self.normalize(image=image)["image"], mask)
+
+
+def normalized_tensor(image: np.ndarray, mean: Sequence[float] = IMAGENET_MEAN,
+                      std: Sequence[float] = IMAGENET_STD) -> torch.Tensor:
+    """An H x W x 3 uint8 image as the model takes it: 3 x H x W float, normalised as every preset normalises."""
+    return _to_tensors(A.Normalize(mean=mean, std=std)(image=image)["image"], image[..., 0])["image"]
 
 
 def build_train_transform(crop_size: Sequence[int], scale_range: Sequence[float] = (0.5, 2.0), hflip: float = 0.5,

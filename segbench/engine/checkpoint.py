@@ -9,8 +9,9 @@ from pathlib import Path
 
 import torch
 
-from ..cells import CHECKPOINTS, FINAL_WEIGHTS, RECORD, RecordError, read_record
+from ..cells import CHECKPOINTS, ERM, FINAL_WEIGHTS, RECORD, RecordError, read_record
 from ..io import save_torch
+from ..methods import build_method
 from ..models import create_model
 
 _NAME = re.compile(r"^iter_(\d+)\.pt$")
@@ -178,6 +179,8 @@ def load_trained_model(path: Path, device: torch.device | str = "cpu") -> tuple[
     try:
         model = create_model(record["backbone"], head=record["head"], output_stride=cfg.get("output_stride"),
                              pretrained=None, aux=cfg.get("aux", False))
+        method = record.get("method") or {"name": ERM, "options": {}}
+        build_method(method["name"], method.get("options")).build(model)  # its modules hold trained weights too
     except (KeyError, ValueError) as e:
         raise CheckpointError(f"{record_path}: cannot build backbone {record['backbone']!r} head "
                               f"{record['head']!r}: {e}") from None

@@ -14,7 +14,9 @@ from ..config import TrainSettings
 from ..data.sampler import SeededTransformDataset
 from ..data.streams import training_stream
 from ..data.workers import worker_init_fn
+from ..data.transforms import normalized_tensor
 from ..labels import IGNORE_INDEX
+from ..methods.base import Batch, Method, TrainRun
 from . import distributed as dist_utils
 from .logging import ScalarLog
 from .checkpoint import check_same_config, load_latest_checkpoint, save_checkpoint
@@ -83,7 +85,7 @@ def make_loader(dataset, transform, settings: TrainSettings, seed: int, start_it
 
 def train(model: torch.nn.Module, dataset, transform, settings: TrainSettings, *, seed: int, device: torch.device,
           ckpt_dir: Path, identity: dict, log_path: Path | None = None, tb_dir: Path | None = None,
-          desc: str = "train") -> dict:
+          desc: str = "train", method: Method | None = None) -> dict:
     """Train `model` in place for `settings.iters` iterations, resuming from `ckpt_dir` when it holds a checkpoint.
 
     `identity` is the configuration a checkpoint must match to be resumed from. `settings.batch_size` is the global
@@ -93,6 +95,9 @@ def train(model: torch.nn.Module, dataset, transform, settings: TrainSettings, *
     micro-batch's mean loss weighs the same, as DDP weighs each process's); with BatchNorm, the statistics are those
     of a micro-batch (across the N processes under SyncBatchNorm on GPUs; per process on CPU, where DDP runs gloo
     without SyncBatchNorm).
+
+    `method` (segbench.methods) runs its `before_step` hook before each step and adds its `losses` to the
+    segmentation loss; its state lives in the model, so checkpoints carry it.
 
     Returns statistics of the whole run: a checkpoint carries the seconds and images trained up to it, and a resumed
     run adds its own; `world_size` and `batch_per_process` describe this launch, `launches` every launch since
@@ -159,10 +164,14 @@ def train(model: torch.nn.Module, dataset, transform, settings: TrainSettings, *
                 f"{desc}: loss became NaN/inf at iteration {bad}; stopped without saving. The last good checkpoint in "
                 f"{ckpt_dir} is intact. Lower train.lr or check the labels (values outside 0..18 and 255?).")
 
+    method = method or Method()
+    run = TrainRun(dataset=dataset, normalize=normalized_tensor, device=device, seed=seed, iters=settings.iters,
+                   batch_size=settings.batch_size)
     micro = 0  # micro-steps of the current iteration done so far
     try:
         for image, target in loader:
             if micro == 0:
+                method.before_step(model, iteration, run)
                 lr = poly_lr(settings.lr, iteration, settings.iters, settings.power)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
@@ -177,7 +186,11 @@ def train(model: torch.nn.Module, dataset, transform, settings: TrainSettings, *
             syncs = micro == accumulate or not isinstance(ddp_model, torch.nn.parallel.DistributedDataParallel)
             with nullcontext() if syncs else ddp_model.no_sync():
                 with amp_ctx:
-                    loss = segmentation_loss(step_model(image), target, settings.aux_weight) / accumulate
+                    outputs = step_model(image)
+                    loss = segmentation_loss(outputs, target, settings.aux_weight)
+                    for term in method.losses(model, outputs, Batch(image, target), iteration).values():
+                        loss = loss + term
+                    loss = loss / accumulate
                 if scaler is not None:
                     scaler.scale(loss).backward()
                 else:

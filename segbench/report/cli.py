@@ -19,9 +19,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stat", choices=STATS, default=DEFAULT_STAT,
                         help="spread after ±: " + "; ".join(f"{k}: {v}" for k, v in STAT_NAMES.items())
                         + f" (default {DEFAULT_STAT})")
-    parser.add_argument("--baseline", metavar="BACKBONE",
+    parser.add_argument("--baseline", metavar="BACKBONE|METHOD",
                         help="add paired.md/.csv/.png: per row and target, the mean per-seed difference to this "
-                             "backbone's row (same source, head, protocol) with a paired 95%% t interval")
+                             "backbone's row, or to this method's row on the same backbone (--baseline erm), of the "
+                             "same source, head and protocol, with a paired 95%% t interval")
     parser.add_argument("--format", choices=("markdown", "latex"), default="markdown",
                         help="what to print: the markdown paper table (default) or the booktabs LaTeX of table.tex "
                              "and dg.tex (both are always written)")

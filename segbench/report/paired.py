@@ -1,11 +1,13 @@
-"""Paired comparisons against a baseline backbone: per row and target, the mean over shared seeds of (row - baseline)
+"""Paired comparisons against a baseline backbone or method: per row and target, the mean over shared seeds of (row - baseline)
 with a paired 95% t interval, as markdown, CSV and a forest plot.
 
 Two runs with the same seed draw the same sample stream (data/sampler.py: order and per-sample seeds are a function of
 the run seed), so the per-seed difference cancels the noise both runs share: the paired interval is the direct test of
 "does this backbone beat the baseline here".
 A row is compared only with the baseline row of the same source, head, differing config keys and protocol (its
-label with the backbone swapped), so a change of protocol or setting is never read as a backbone effect.
+label with the backbone swapped, or with the method swapped when the baseline is a method: `--baseline erm` compares
+every method with plain training on the same backbone), so a change of protocol or setting is never read as a
+backbone or method effect.
 """
 from __future__ import annotations
 
@@ -35,25 +37,30 @@ def _cards(cells: dict, row: str, source: str, targets: list[str]) -> set[str]:
     return {s.card for t in targets for s in cells.get((row, source, t), {}).values() if s.card}
 
 
-def baseline_row(row: str, backbone: str, baseline: str) -> str:
-    """`resnet18_ibn_a + deeplab [iters=3]` -> `resnet18 + deeplab [iters=3]` (the label with its backbone swapped)."""
-    return baseline + row[len(backbone):] if row.startswith(backbone) else ""
+def baseline_row(row: str, score: Score, baseline: str, by_method: bool = False) -> str:
+    """The row's label with its backbone swapped for `baseline` (`resnet18_ibn_a + deeplab [iters=3]` ->
+    `resnet18 + deeplab [iters=3]`), or its method with `by_method` (`resnet18 + isw` -> `resnet18 + erm`)."""
+    named = f"{score.backbone} + {score.method}" if by_method else score.backbone
+    swapped = f"{score.backbone} + {baseline}" if by_method else baseline
+    return swapped + row[len(named):] if row.startswith(named) else ""
 
 
 def comparisons(items: list[Score], baseline: str) -> Comparisons:
     """source -> (baseline label, [(row, its baseline row)], columns, {(row, column): Paired}); the columns are the
-    domain-generalization table's (in-domain, unseen targets, their mean). Raises ConfigError for an unknown
-    baseline backbone."""
-    backbones = {s.backbone for s in items}
-    if baseline not in backbones:
-        have = ", ".join(sorted(backbones))
-        raise ConfigError(f"--baseline {baseline}: no record of that backbone here (have: {have})")
+    domain-generalization table's (in-domain, unseen targets, their mean). Raises ConfigError for a baseline that
+    is neither a backbone nor a method of these records."""
+    backbones, methods = {s.backbone for s in items}, {s.method for s in items if s.method}
+    if baseline not in backbones | methods:
+        have = ", ".join(sorted(backbones)) + (f"; methods: {', '.join(sorted(methods))}" if methods else "")
+        raise ConfigError(f"--baseline {baseline}: no record of that backbone or method here (backbones: {have})")
+    by_method = baseline in methods and baseline not in backbones
     cells = scores_by_cell(items)
-    backbone_of = {s.row: s.backbone for s in items}
+    score_of = {s.row: s for s in items}
     out: Comparisons = {}
     for source, (rows, columns, _) in dg_aggs(items).items():
         unseen = [c for c in columns if c != MEAN_UNSEEN and not is_in_domain(source, c)]
-        pairs = [(r, baseline_row(r, backbone_of[r], baseline)) for r in rows if backbone_of[r] != baseline]
+        pairs = [(r, baseline_row(r, score_of[r], baseline, by_method)) for r in rows
+                 if (score_of[r].method if by_method else score_of[r].backbone) != baseline]
         pairs = [(r, b) for r, b in pairs if b in rows]
         if not pairs:
             continue

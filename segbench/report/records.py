@@ -1,6 +1,6 @@
 """Records (read by `cells.load_records`) -> flat scores, one per (cell, target). Nothing here trains or loads a model.
 
-Rows of every table are named by backbone (plus head when a study has several heads, plus the config keys that
+Rows of every table are named by backbone (plus ` + method` when a study has domain-generalization methods, plus head when a study has several heads, plus the config keys that
 differ between records when a directory mixes runs of different settings, plus `[protocol HASH]` when records of one
 row were scored on a target under different protocol cards), so no two configs or protocols are ever averaged
 together as if they were seeds.
@@ -13,7 +13,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from ..cells import DONE
+from ..cells import DONE, ERM
 from ..config import identity_view
 from ..spec import is_in_domain
 from .protocols import card_hash, card_of, target_protocol_key
@@ -31,6 +31,7 @@ class Score:
     cell_id: str = ""
     head: str = ""
     backbone: str = ""
+    method: str = ""  # the DG method, when the study has any ("" for a study of plain training only)
     position: int = 0  # where the study named this target (records without a target list: after the named ones)
     card: str = ""  # hash of the record's protocol card ("" for a record without one)
 
@@ -56,15 +57,29 @@ def training_config(rec: dict) -> dict:
     return out
 
 
+def method_of(rec: dict) -> str:
+    """The record's DG method (records from before methods existed were plain training)."""
+    return (rec.get("method") or {}).get("name") or ERM
+
+
+def shown_method(records: list[dict]) -> list[str]:
+    """Per record, the method its row names: every record's when any is not plain training, else none."""
+    methods = [method_of(r) for r in records]
+    return methods if any(m != ERM for m in methods) else [""] * len(records)
+
+
 def row_labels(records: list[dict]) -> list[str]:
-    """One label per record: backbone, `+ head` if heads vary, `[key=value ...]` for config keys that vary."""
+    """One label per record: backbone, `+ method` when the study has methods, `+ head` if heads vary,
+    `[key=value ...]` for config keys that vary."""
     heads = {r["head"] for r in records}
     configs = [training_config(r) for r in records]
     keys = sorted({k for c in configs for k in c})
     varying = [k for k in keys if len({c.get(k) for c in configs}) > 1]
     labels = []
-    for rec, cfg in zip(records, configs):
-        label = rec["backbone"] if len(heads) <= 1 else f"{rec['backbone']} + {rec['head']}"
+    for rec, cfg, method in zip(records, configs, shown_method(records)):
+        label = rec["backbone"] + (f" + {method}" if method else "")
+        if len(heads) > 1:
+            label += f" + {rec['head']}"
         if varying:
             label += " [" + ", ".join(f"{k.split('.', 1)[1]}={json.loads(cfg[k]) if k in cfg else '-'}"
                                       for k in varying) + "]"
@@ -79,7 +94,7 @@ def _number(x) -> float:
 def scores(records: list[dict]) -> list[Score]:
     """One Score per evaluated target of every record (NaN where the metric is missing)."""
     out, keys = [], []
-    for rec, row in zip(records, row_labels(records)):
+    for rec, row, method in zip(records, row_labels(records), shown_method(records)):
         named = list(rec.get("targets") or [])
         card = card_of(rec)
         for target, m in rec.get("results", {}).items():
@@ -87,6 +102,7 @@ def scores(records: list[dict]) -> list[Score]:
             out.append(Score(row=row, source=rec["source"], target=target, seed=int(rec["seed"]),
                              miou=_number(m.get("miou")), pixel_acc=_number(m.get("pixel_acc")), per_class=per_class,
                              cell_id=rec.get("cell_id", ""), head=rec.get("head", ""), backbone=rec["backbone"],
+                             method=method,
                              position=named.index(target) if target in named else len(named), card=card_hash(card)))
             keys.append(target_protocol_key(card, target))
     return _split_by_protocol(out, keys)

@@ -1,0 +1,111 @@
+"""The method contract: what a domain-generalization method may change in one cell's training, as four hooks.
+
+A method is a small class registered by name (`@METHODS.register("name")`, or a `segbench.methods` entry point), with
+`defaults` for its options. The runner calls, in this order:
+
+1. `transform_image(image, rng)`: each training image at full resolution, before crop and photometric augmentation
+   (PASTA). `rng` is seeded per sample, so a resumed run draws exactly what an uninterrupted one did.
+2. `build(model)`: once, on the freshly built (pretrained) model, before training and before trained weights are loaded
+   for scoring: insert or replace modules at named places of the backbone (`places.py`: MixStyle, DSU, IW/ISW, SW).
+   Whatever must survive a restart lives in those modules' parameters or buffers, so checkpoints carry it.
+3. `before_step(model, iteration, run)`: before each optimizer step (ISW's statistics pass at its scheduled iteration).
+4. `losses(model, outputs, batch, iteration)`: extra loss terms added to the segmentation loss (IW/ISW whitening).
+
+ERM, plain training, is this class with no hook overridden; every method option is part of the cell id.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..cells import ERM
+from ..registry import Registry
+
+METHODS = Registry("method")
+
+#: entry points a separately installed package declares to add methods (like `segbench.datasets`)
+ENTRY_POINT_GROUP = "segbench.methods"
+
+
+@dataclasses.dataclass
+class Batch:
+    """One micro-batch as the loss sees it (on the device, normalised)."""
+
+    image: torch.Tensor
+    target: torch.Tensor
+
+
+@dataclasses.dataclass
+class TrainRun:
+    """What `before_step` may use besides the model: the source dataset as the cell opened it (`load_pair(i)` gives a
+    full-resolution uint8 image and its label), the normalisation the model expects, and where the run is."""
+
+    dataset: Any
+    normalize: Callable[[np.ndarray], torch.Tensor]  # H x W x 3 uint8 -> 3 x H x W float, ImageNet-normalised
+    device: torch.device
+    seed: int
+    iters: int
+    batch_size: int  # the global batch
+
+
+class MethodError(ValueError):
+    """A method that cannot run as configured (a bad option, a backbone it cannot be placed in); says the fix."""
+
+
+class Method:
+    """Plain training (ERM); subclasses override the hooks they need and declare `defaults`."""
+
+    name: ClassVar[str] = ERM
+    paper: ClassVar[str] = "empirical risk minimisation: plain supervised training on the source"
+    code: ClassVar[str] = ""  # the official repository and file the method reproduces
+    defaults: ClassVar[dict[str, Any]] = {}
+
+    def __init__(self, **options: Any):
+        unknown = sorted(set(options) - set(self.defaults))
+        if unknown:
+            valid = ", ".join(self.defaults) or "none"
+            raise MethodError(f"method {self.name!r} has no option {', '.join(map(repr, unknown))}; its options: "
+                              f"{valid}")
+        self.options = {**self.defaults, **options}
+
+    def transform_image(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        return image
+
+    @property
+    def transforms_image(self) -> bool:
+        """True when the method overrides `transform_image` (the loader then calls it)."""
+        return type(self).transform_image is not Method.transform_image
+
+    def build(self, model: nn.Module) -> None:
+        pass
+
+    def before_step(self, model: nn.Module, iteration: int, run: TrainRun) -> None:
+        pass
+
+    def losses(self, model: nn.Module, outputs: dict, batch: Batch, iteration: int) -> dict[str, torch.Tensor]:
+        return {}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.options.items())})"
+
+
+METHODS.add(ERM, Method)
+
+
+def build_method(name: str, options: dict | None = None) -> Method:
+    """The method `name` with `options` over its defaults (KeyError lists the valid names); methods from outside
+    segbench ($SEGBENCH_METHODS, entry points) are looked for first when the name is not known yet."""
+    if name not in METHODS:
+        from . import load_plugins  # here: the package imports this module
+
+        load_plugins()
+    return METHODS.get(name)(**(options or {}))
+
+
+def method_options(name: str, overrides: dict | None = None) -> dict:
+    """A method's effective options: its defaults with the study's `method.NAME.*` settings on top."""
+    return build_method(name, overrides).options

@@ -1,0 +1,235 @@
+"""segbench's own methods, each with the defaults of its official GTA5 -> Cityscapes setting.
+
+Each class is glue: the modules and functions it places are plain PyTorch in this package (whitening.py,
+switchable.py, mixstyle.py, dsu.py, perturbation.py, pasta.py), usable in any network.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..data.transforms import Photometric
+from ..engine import distributed as dist_utils
+from .base import METHODS, Batch, Method, MethodError, TrainRun
+from .dsu import DistributionUncertainty
+from .mixstyle import MixStyle
+from .pasta import pasta
+from .perturbation import NormalizationPerturbation
+from .places import insert_after, replace_stem_norm, resnet_of, set_post_add
+from .switchable import SwitchWhiten2d
+from .whitening import CovarianceVariance, InstanceWhitening, irw_margin, isw_mask
+
+#: RobustNet's R50 scripts: `--wt_layer 0 0 c c c 0 0` = the stem norm and the end of layer1 and layer2
+ROBUSTNET_PLACES = ["stem.norm", "layer1.post_add", "layer2.post_add"]
+
+
+def place_channels(model: nn.Module, place: str) -> int:
+    """Channels of the feature map at a place of the model's ResNet."""
+    resnet = resnet_of(model)
+    if place in ("stem", "stem.norm", "maxpool"):
+        return resnet.conv1.out_channels
+    block = getattr(resnet, place.split(".")[0])[-1]
+    return (block.bn3 if hasattr(block, "bn3") else block.bn2).num_features
+
+
+def place_module(model: nn.Module, place: str, module: nn.Module, backbone: str = "this backbone") -> nn.Module:
+    """Insert `module` at any place of places.py (after an output, in place of the stem norm, or post-addition)."""
+    if place == "stem.norm":
+        return replace_stem_norm(model, module, backbone=backbone)
+    if place.endswith(".post_add"):
+        return set_post_add(model, place.split(".")[0], module, backbone=backbone)
+    return insert_after(model, place, module)
+
+
+def whitening_modules(model: nn.Module) -> list[InstanceWhitening]:
+    return [m for m in model.modules() if isinstance(m, InstanceWhitening)]
+
+
+class _Whitening(Method):
+    """IW / IRW / ISW (Choi et al., "RobustNet: Improving Domain Generalization in Urban-Scene Segmentation via
+    Instance Selective Whitening", CVPR 2021): InstanceNorm without affine at `places`, and a loss pushing the
+    selected entries of each IN output's covariance to zero, weighted by `weight` (shachoi/RobustNet
+    network/Resnet.py, network/instance_whitening.py, train.py). The loss is the mean over the whitened places."""
+
+    code = "shachoi/RobustNet network/instance_whitening.py, network/cov_settings.py, network/Resnet.py"
+    relaxed = False  # IRW: margin N_M // 64
+
+    def build(self, model: nn.Module) -> None:
+        for place in self.options["places"]:
+            place_module(model, place, InstanceWhitening(place_channels(model, place)))
+
+    def active(self, module: InstanceWhitening) -> bool:
+        return True
+
+    def losses(self, model: nn.Module, outputs: dict, batch: Batch, iteration: int) -> dict[str, torch.Tensor]:
+        modules = [m for m in whitening_modules(model) if self.active(m)]
+        if not modules:
+            return {}
+        terms = [m.whitening_loss(irw_margin(m.mask.shape[0]) if self.relaxed else 0.0) for m in modules]
+        return {"whitening": self.options["weight"] * torch.stack(terms).mean()}
+
+
+@METHODS.register("iw")
+class InstanceWhiteningMethod(_Whitening):
+    name = "iw"
+    paper = "Choi et al., RobustNet, CVPR 2021 (IW: instance whitening of every covariance entry)"
+    defaults = {"weight": 0.8, "places": ROBUSTNET_PLACES}
+
+
+@METHODS.register("irw")
+class InstanceRelaxedWhiteningMethod(_Whitening):
+    name = "irw"
+    paper = "Choi et al., RobustNet, CVPR 2021 (IRW: instance relaxed whitening, margin N_M // 64)"
+    defaults = {"weight": 0.6, "places": ROBUSTNET_PLACES}
+    relaxed = True
+
+
+#: the photometric twin of ISW's statistics pass: ColorJitter(0.8, 0.8, 0.8, 0.3) always, then RobustNet's blur
+#: (shachoi/RobustNet train.py / datasets: the `extra_transform` of the covariance statistics loader)
+ISW_TWIN = Photometric(jitter_p=1.0, brightness=0.8, contrast=0.8, saturation=0.8, hue=0.3, blur_sigma=(0.15, 1.3))
+
+
+@METHODS.register("isw")
+class InstanceSelectiveWhiteningMethod(_Whitening):
+    """ISW: the whitening loss only on the covariance entries that vary most under photometric change.
+
+    The entries are chosen once, at the end of training epoch `stat_epochs` (an epoch = one pass over the source at
+    the global batch): in eval mode, without gradients, the first `stat_images` images of a seeded permutation of the
+    source, each at full resolution with its photometric twin (ISW_TWIN); per whitened place, the variance over the
+    pair of each covariance entry, averaged over the images; `isw_mask` (1-D k-means, `clusters`) per trial, masks of
+    `trials` trials intersected. Before that iteration the IN layers are on and the loss is off, as in RobustNet. The
+    masks are buffers of the IN modules, so checkpoints carry them and a resumed run does not redo the pass."""
+
+    name = "isw"
+    paper = "Choi et al., RobustNet, CVPR 2021 (ISW: instance selective whitening)"
+    defaults = {"weight": 0.6, "places": ROBUSTNET_PLACES, "stat_epochs": 5, "stat_images": 500, "trials": 10,
+                "clusters": 3}
+
+    def active(self, module: InstanceWhitening) -> bool:
+        return bool(module.mask_selected)
+
+    def selection_iteration(self, run: TrainRun) -> int:
+        """The iteration at whose start the pass runs: the end of epoch `stat_epochs`."""
+        at = round(self.options["stat_epochs"] * len(run.dataset) / run.batch_size)
+        if at >= run.iters:
+            raise MethodError(f"isw selects its covariance entries after {self.options['stat_epochs']} epochs = "
+                              f"iteration {at} ({len(run.dataset)} images at batch {run.batch_size}), but training "
+                              f"stops at {run.iters}: lower method.isw.stat_epochs or raise train.iters")
+        return at
+
+    def before_step(self, model: nn.Module, iteration: int, run: TrainRun) -> None:
+        modules = whitening_modules(model)
+        if iteration < self.selection_iteration(run) or all(bool(m.mask_selected) for m in modules):
+            return
+        masks = self.select(model, modules, run)
+        for module, mask in zip(modules, masks):
+            if dist_utils.is_dist():  # every rank computed it; rank 0's is the one all use
+                torch.distributed.broadcast(mask, 0)
+            module.set_mask(mask.bool())
+
+    @torch.no_grad()
+    def select(self, model: nn.Module, modules: list[InstanceWhitening], run: TrainRun) -> list[torch.Tensor]:
+        was_training = model.training
+        model.eval()
+        captured: dict[int, torch.Tensor] = {}
+        hooks = [m.register_forward_hook(lambda mod, _i, out, k=k: captured.__setitem__(k, out))
+                 for k, m in enumerate(modules)]
+        try:
+            masks = [torch.ones_like(m.mask, dtype=torch.bool) for m in modules]
+            count = min(self.options["stat_images"], len(run.dataset))
+            for trial in range(self.options["trials"]):
+                rng = np.random.default_rng([run.seed, trial])
+                order = rng.permutation(len(run.dataset))[:count]
+                stats = [CovarianceVariance(m.mask.shape[0]) for m in modules]
+                for index in order:
+                    image, _ = run.dataset.load_pair(int(index))
+                    twin = ISW_TWIN(rng, image)
+                    batch = torch.stack([run.normalize(image), run.normalize(twin)]).to(run.device)
+                    model(batch)
+                    for k, stat in enumerate(stats):
+                        stat.update(captured[k][:1], captured[k][1:])
+                for k, stat in enumerate(stats):
+                    masks[k] &= isw_mask(stat.variance(), clusters=self.options["clusters"]).to(masks[k].device)
+        finally:
+            for h in hooks:
+                h.remove()
+            model.train(was_training)
+        return masks
+
+
+@METHODS.register("sw")
+class SwitchableWhiteningMethod(Method):
+    """Switchable Whitening (Pan et al., ICCV 2019) in place of the norms RobustNet's `--wt_layer 0 0 5 5 5 0 0` puts
+    it at: the stem BN and post-addition at the end of layer1 and layer2; no whitening loss."""
+
+    name = "sw"
+    paper = "Pan et al., Switchable Whitening for Deep Representation Learning, ICCV 2019 (RobustNet's SW row)"
+    code = "XingangPan/Switchable-Whitening; shachoi/RobustNet network/sync_switchwhiten.py"
+    defaults = {"places": ROBUSTNET_PLACES, "num_pergroup": 16, "T": 5}
+
+    def build(self, model: nn.Module) -> None:
+        for place in self.options["places"]:
+            place_module(model, place, SwitchWhiten2d(place_channels(model, place),
+                                                      num_pergroup=self.options["num_pergroup"], T=self.options["T"]))
+
+
+class _AfterOutputs(Method):
+    """A feature-statistics perturbation inserted after each output place in `places` (training only)."""
+
+    def make(self) -> nn.Module:
+        raise NotImplementedError
+
+    def build(self, model: nn.Module) -> None:
+        for place in self.options["places"]:
+            insert_after(model, place, self.make())
+
+
+@METHODS.register("mixstyle")
+class MixStyleMethod(_AfterOutputs):
+    name = "mixstyle"
+    paper = "Zhou et al., Domain Generalization with MixStyle, ICLR 2021"
+    code = "KaiyangZhou/mixstyle-release; Dassl dassl/modeling/ops/mixstyle.py"
+    defaults = {"p": 0.5, "alpha": 0.1, "mix": "random", "places": ["layer1", "layer2", "layer3"]}
+
+    def make(self) -> nn.Module:
+        return MixStyle(p=self.options["p"], alpha=self.options["alpha"], mix=self.options["mix"])
+
+
+@METHODS.register("dsu")
+class DSUMethod(_AfterOutputs):
+    name = "dsu"
+    paper = "Li et al., Uncertainty Modeling for Out-of-Distribution Generalization, ICLR 2022"
+    code = "lixiaotong97/DSU dsu.py, semantic-segmentation/"
+    defaults = {"p": 0.5, "factor": 1.0, "places": ["stem", "maxpool", "layer1", "layer2", "layer3", "layer4"]}
+
+    def make(self) -> nn.Module:
+        return DistributionUncertainty(p=self.options["p"], factor=self.options["factor"])
+
+
+@METHODS.register("np")
+class NormalizationPerturbationMethod(_AfterOutputs):
+    """Normalization Perturbation after the shallow stages. The paper says "shallow layers" without code; segbench
+    perturbs the stem output and layer1's (`places`), with the module's default probability: both are options."""
+
+    name = "np"
+    paper = "Fan et al., Normalization Perturbation, ICLR 2023"
+    code = "no official code published"
+    defaults = {"std": 0.75, "p": 0.5, "places": ["stem", "layer1"]}
+
+    def make(self) -> nn.Module:
+        return NormalizationPerturbation(std=self.options["std"], p=self.options["p"])
+
+
+@METHODS.register("pasta")
+class PASTAMethod(Method):
+    """PASTA on every training image at full resolution, before crop, flip and photometric augmentation, as
+    ksarangmath/PASTA_robustnet applies it inside RobustNet's pipeline (not in ISW's pass, not at evaluation)."""
+
+    name = "pasta"
+    paper = "Chattopadhyay et al., PASTA: Proportional Amplitude Spectrum Training Augmentation, ICCV 2023"
+    code = "prithv1/PASTA; ksarangmath/PASTA_robustnet datasets/pasta.py"
+    defaults = {"alpha": 3.0, "k": 2, "beta": 0.25}
+
+    def transform_image(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        return pasta(image, rng, alpha=self.options["alpha"], k=self.options["k"], beta=self.options["beta"])
