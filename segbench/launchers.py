@@ -4,8 +4,9 @@
 
 A launcher only launches. Which cells are pending, what command runs each one, where its log goes, and whether a job
 that ended left its cell done, are decided once by the caller (`segbench.study`). Options come from the command line as
-`--launcher-opt KEY=VALUE` (see `parse_options`), e.g. `--launcher gpus --launcher-opt gpus=0,1,2,3`,
-`--launcher torchrun --launcher-opt nproc=4`, `--launcher slurm --launcher-opt partition=gpu`.
+`--launcher-opt KEY=VALUE` (see `parse_options`), e.g. `--launcher local --launcher-opt jobs=2`,
+`--launcher gpus --launcher-opt gpus=0,1,2,3`, `--launcher torchrun --launcher-opt nproc=4`,
+`--launcher slurm --launcher-opt partition=gpu`.
 """
 from __future__ import annotations
 
@@ -89,24 +90,32 @@ def last_line(log: Path | None) -> str:
     return lines[-1][:200] if lines else ""
 
 
-def option_names(launcher: Callable) -> list[str]:
-    """The `--launcher-opt` keys a launcher accepts: its keyword parameters (less the test seams `runner` and
-    `executor`), plus the fields of its `options` dataclass when it declares one (slurm)."""
+def option_keys(launcher: Callable) -> dict[str, str]:
+    """`--launcher-opt` key -> the keyword it is passed as. Keys are a launcher's keyword parameters (less the test
+    seams `runner` and `executor`) and the fields of its `options` dataclass when it declares one (slurm); a launcher
+    may spell a key differently in `option_aliases` (local's `jobs=N` is `jobs_at_once`: `jobs` is the job list)."""
     params = inspect.signature(launcher).parameters.values()
     names = [p.name for p in params if p.kind is p.KEYWORD_ONLY and p.name not in ("runner", "executor")]
     extra = getattr(launcher, "options", None)
-    return names + ([f.name for f in fields(extra)] if extra is not None else [])
+    names += [f.name for f in fields(extra)] if extra is not None else []
+    spelled = {param: key for key, param in getattr(launcher, "option_aliases", {}).items()}
+    return {spelled.get(name, name): name for name in names}
+
+
+def option_names(launcher: Callable) -> list[str]:
+    """The `--launcher-opt` keys a launcher accepts."""
+    return list(option_keys(launcher))
 
 
 def parse_options(pairs: Sequence[str], launcher: Callable) -> dict:
     """`["gpus=0,1", "nproc=4"]` -> keyword options, values parsed as YAML; unknown keys fail with the valid ones."""
-    valid = option_names(launcher)
+    keys = option_keys(launcher)
     options = {}
     for pair in pairs:
         key, sep, raw = pair.partition("=")
-        if not sep or key not in valid:
-            raise ValueError(f"--launcher-opt {pair!r}: expected KEY=VALUE with KEY one of: {', '.join(valid) or 'none'}")
-        options[key] = yaml.safe_load(raw) if raw else None
+        if not sep or key not in keys:
+            raise ValueError(f"--launcher-opt {pair!r}: expected KEY=VALUE with KEY one of: {', '.join(keys) or 'none'}")
+        options[keys[key]] = yaml.safe_load(raw) if raw else None
     return options
 
 
@@ -118,11 +127,96 @@ def _say(msg: str, lock: threading.Lock | None = None) -> None:
         print(msg, file=sys.stderr, flush=True)
 
 
-# --- local ---------------------------------------------------------------------------------------------------------
+# --- worker processes on this machine ------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Slot:
+    """A place for one worker at a time: the environment it runs with (its GPUs, its threads) and how progress lines
+    name it."""
+
+    env: dict
+    label: str
+
+
+def _run_workers(jobs: list[Job], slots: list[Slot], command: Callable[[Job], list[str]],
+                 runner: Runner) -> list[Launched]:
+    """Each job as a worker process, one per free slot at a time, in order of the list; results in the same order.
+    A worker that fails (or cannot start) is announced with its log's last line and path; the others go on."""
+    free: queue.Queue = queue.Queue()
+    for slot in slots:
+        free.put(slot)
+    lock = threading.Lock()
+
+    def work(index: int, job: Job) -> Launched:
+        slot = free.get()
+        try:
+            cmd = command(job)
+            env = {**os.environ, **slot.env, "PYTHONUNBUFFERED": "1"}
+            _say(f"[{index}/{len(jobs)}] {job.name} {slot.label}", lock)
+            t0 = time.perf_counter()
+            try:
+                rc = runner(cmd, job.log, env, os.getcwd())
+            except OSError as e:  # the command could not even start
+                with open(job.log, "a") as f:
+                    f.write(f"could not start {cmd[0]}: {e}\n")
+                rc = 127
+            seconds = time.perf_counter() - t0
+            _say(f"[{index}/{len(jobs)}] {job.name}: exit code {rc} after {seconds:.0f}s"
+                 + (f" ({last_line(job.log)}; log: {job.log})" if rc else ""), lock)
+            return Launched(rc, seconds)
+        finally:
+            free.put(slot)
+
+    with ThreadPoolExecutor(max_workers=len(slots), thread_name_prefix="segbench-worker") as pool:
+        futures = [pool.submit(work, i, job) for i, job in enumerate(jobs, 1)]
+        return [f.result() for f in futures]
+
+
+# --- local -----------------------------------------------------------------------------------------------------------
+
+#: the variables intra-op thread pools read at start-up (torch sizes its pool from OMP_NUM_THREADS, capped at the
+#: machine's cores; nothing in segbench calls torch.set_num_threads, so a worker keeps what it is given)
+THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask: a container's or taskset's share), else all of them."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def thread_slots(workers: int, cores: int) -> list[Slot]:
+    """`workers` slots sharing `cores`: each worker gets max(1, cores // workers) intra-op threads, so cells side by
+    side do not oversubscribe the machine (a spare core when they do not divide it stays free)."""
+    threads = str(max(1, cores // workers))
+    label = f"({threads} thread{'s' if threads != '1' else ''})"
+    return [Slot({name: threads for name in THREAD_ENV}, label) for _ in range(workers)]
+
+
+def _jobs_at_once(value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"--launcher-opt jobs={value!r}: expected a whole number of cells to run at once, at least 1 "
+                         "(e.g. jobs=2)")
+    return value
+
 
 @LAUNCHERS.register("local")
-def launch_local(jobs: list[Job], workdir: Path | None = None) -> list[Launched]:
-    """Run jobs one after another in this process. A failing job's traceback goes to its log; the rest go on."""
+def launch_local(jobs: list[Job], workdir: Path | None = None, *, jobs_at_once: int = 1,
+                 runner: Runner = run_logged) -> list[Launched]:
+    """Run jobs on this machine. `jobs_at_once=1` (`--launcher-opt jobs=1`, the default): one after another in this
+    process, a failing job's traceback in its log and the rest going on.
+
+    `jobs_at_once=N>1`: up to N at once, each a worker process (`python -m segbench.run ... --only ID`, output in its
+    log), the usable cores split between them through OMP_NUM_THREADS/MKL_NUM_THREADS. Small CPU models gain little
+    from a second intra-op thread, so cells side by side finish a study sooner than one cell on every core.
+    DataLoader workers are each cell's own `train.workers` (the embedded study uses 0); lower it with
+    `--set train.workers=K` when N cells times K workers crowd the cores.
+    """
+    at_once = _jobs_at_once(jobs_at_once)
+    if at_once > 1:
+        workers = min(at_once, len(jobs)) or 1
+        return _run_workers(jobs, thread_slots(workers, usable_cores()), python_command, runner)
     out = []
     for i, job in enumerate(jobs, 1):
         _say(f"[{i}/{len(jobs)}] {job.name}")
@@ -139,6 +233,9 @@ def launch_local(jobs: list[Job], workdir: Path | None = None) -> list[Launched]
             out.append(Launched(1, time.perf_counter() - t0, error=f"{type(e).__name__}: {e}"))
             _say(f"  FAILED: {type(e).__name__}: {e}\n  (traceback in {job.log})")
     return out
+
+
+launch_local.option_aliases = {"jobs": "jobs_at_once"}
 
 
 # --- GPUs of this machine --------------------------------------------------------------------------------------------
@@ -172,35 +269,9 @@ def _groups(devices: list[str], per_job: int) -> list[list[str]]:
 def _launch_on_devices(jobs: list[Job], devices: list[str], per_job: int, use_torchrun: bool,
                        runner: Runner) -> list[Launched]:
     """One worker per device group; each takes the next job with CUDA_VISIBLE_DEVICES set to its group."""
-    groups = _groups(devices, per_job)
-    free: queue.Queue = queue.Queue()
-    for g in groups:
-        free.put(g)
-    lock = threading.Lock()
-
-    def work(index: int, job: Job) -> Launched:
-        group = free.get()
-        try:
-            cmd = torchrun_command(job, len(group)) if use_torchrun else python_command(job)
-            env = {**os.environ, "CUDA_VISIBLE_DEVICES": ",".join(group), "PYTHONUNBUFFERED": "1"}
-            _say(f"[{index}/{len(jobs)}] {job.name} on GPU {','.join(group)}", lock)
-            t0 = time.perf_counter()
-            try:
-                rc = runner(cmd, job.log, env, os.getcwd())
-            except OSError as e:  # the command could not even start
-                with open(job.log, "a") as f:
-                    f.write(f"could not start {cmd[0]}: {e}\n")
-                rc = 127
-            seconds = time.perf_counter() - t0
-            _say(f"[{index}/{len(jobs)}] {job.name}: exit code {rc} after {seconds:.0f}s"
-                 + (f" ({last_line(job.log)}; log: {job.log})" if rc else ""), lock)
-            return Launched(rc, seconds)
-        finally:
-            free.put(group)
-
-    with ThreadPoolExecutor(max_workers=len(groups), thread_name_prefix="segbench-gpu") as pool:
-        futures = [pool.submit(work, i, job) for i, job in enumerate(jobs, 1)]
-        return [f.result() for f in futures]
+    slots = [Slot({"CUDA_VISIBLE_DEVICES": ",".join(g)}, f"on GPU {','.join(g)}") for g in _groups(devices, per_job)]
+    command = (lambda job: torchrun_command(job, per_job)) if use_torchrun else python_command
+    return _run_workers(jobs, slots, command, runner)
 
 
 @LAUNCHERS.register("gpus")

@@ -40,7 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", help="study name: results go to RESULTS/NAME")
     p.add_argument("--launcher", default="local", help="how cells run: local, gpus, torchrun, slurm (default: local)")
     p.add_argument("--launcher-opt", dest="launcher_opts", action="append", default=[], metavar="KEY=VALUE",
-                   help="launcher option, repeatable: gpus=0,1 per_cell=2 (gpus); nproc=4 (torchrun); "
+                   help="launcher option, repeatable: jobs=2 (local: cells at once, threads split); gpus=0,1 per_cell=2 "
+                        "(gpus); nproc=4 (torchrun); "
                         "partition=gpu gpus_per_cell=4 timeout_min=1440 wait=false (slurm)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--dry-run", action="store_true", help="print the plan (cells, ids, done or not) and exit")
@@ -286,9 +287,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     check_datasets(transfers, cfg, args.data_root)
     check_pretrained(cfg, backbones)
-    # subprocess launchers must not open a CUDA context on GPU 0 in the parent
-    device = dist_utils.init_from_env(None if args.device == "auto" else args.device) \
-        if args.launcher == "local" else None
+    # subprocess launchers (local with jobs=N>1 too) must not open a CUDA context on GPU 0 in the parent
+    in_process = args.launcher == "local" and launcher_opts.get("jobs_at_once", 1) == 1
+    device = dist_utils.init_from_env(None if args.device == "auto" else args.device) if in_process else None
     from .study import run_study
 
     try:

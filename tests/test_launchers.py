@@ -12,6 +12,7 @@ import pickle
 import stat
 import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -302,3 +303,184 @@ def test_slurm_tasks_run_and_failures_are_reported(cells, tmp_path):
     assert [o.status for o in outcomes] == ["done", "done", "failed", "done"]
     assert "out of memory" in outcomes[2].error and outcomes[2].log.name == "launcher.log"
     assert all(cmd[:3] == [sys.executable, "-m", "segbench.run"] for _, _, cmd in worker.calls)
+
+
+# --- local launcher, several cells at once (--launcher-opt jobs=N) --------------------------------------------------
+
+# A worker that leaves its marker, then waits up to 20 s for its partner's: it exits 0 only when both run side by side.
+MEET = ("import pathlib, sys, time\n"
+        "mine, other = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])\n"
+        "mine.touch()\n"
+        "deadline = time.monotonic() + 20\n"
+        "while not other.exists() and time.monotonic() < deadline:\n"
+        "    time.sleep(0.01)\n"
+        "print('met' if other.exists() else 'alone')\n"
+        "sys.exit(0 if other.exists() else 1)\n")
+
+
+def _worker_job(tmp_path: Path, name: str, code: str, *argv: str) -> Job:
+    """A job whose worker is `python -c CODE ARGV...`; `call` fails the test if the launcher runs it in-process."""
+    def in_process():
+        raise AssertionError(f"{name} ran in-process; a worker process was expected")
+
+    return Job(name, ["-c", code, *argv], tmp_path / name / "launcher.log", call=in_process)
+
+
+def test_local_jobs_option_is_spelled_jobs_and_checked():
+    local = launchers.launch_local
+    assert launchers.option_names(local) == ["jobs"]
+    assert parse_options(["jobs=2"], local) == {"jobs_at_once": 2}
+    with pytest.raises(ValueError, match="one of: jobs$"):
+        parse_options(["jobs_at_once=2"], local)  # the keyword is not a command-line spelling
+    for bad in ("two", 0, -1, 1.5, True):
+        with pytest.raises(ValueError, match=r"jobs=.*at least 1"):
+            local([], jobs_at_once=bad)
+
+
+def test_run_command_line_accepts_launcher_opt_jobs(tmp_path, capsys):
+    from segbench import run
+
+    base = ["sim->photo", "--backbones", "resnet18", "--seeds", "1", "--results", str(tmp_path), "--dry-run"]
+    assert run.main([*base, "--launcher-opt", "jobs=2"]) == 0
+    assert "--launcher-opt" not in capsys.readouterr().out  # a worker never inherits it (it runs in-process)
+    assert run.main([*base, "--launcher-opt", "job=2"]) != 0
+    assert "KEY one of: jobs" in capsys.readouterr().err
+
+
+def test_thread_slots_split_the_cores():
+    assert [s.env for s in launchers.thread_slots(2, 8)] == [{"OMP_NUM_THREADS": "4", "MKL_NUM_THREADS": "4"}] * 2
+    assert {s.env["OMP_NUM_THREADS"] for s in launchers.thread_slots(3, 8)} == {"2"}  # 8 // 3: a core stays free
+    assert {s.env["OMP_NUM_THREADS"] for s in launchers.thread_slots(4, 2)} == {"1"}  # never below one thread
+    assert len(launchers.thread_slots(3, 8)) == 3
+
+
+def test_local_jobs_2_runs_two_worker_processes_side_by_side(tmp_path, capsys):
+    a, b = tmp_path / "a.marker", tmp_path / "b.marker"
+    jobs = [_worker_job(tmp_path, "a", MEET, str(a), str(b)), _worker_job(tmp_path, "b", MEET, str(b), str(a))]
+    out = launchers.launch_local(jobs, tmp_path, jobs_at_once=2)
+    assert [o.rc for o in out] == [0, 0], [j.log.read_text() for j in jobs]
+    for job in jobs:
+        log = job.log.read_text()
+        assert log.startswith("=== ") and f"{sys.executable} -c" in log.splitlines()[0]  # run_logged's header
+        assert log.splitlines()[-1] == "met"
+    err = capsys.readouterr().err
+    assert "[1/2] a (" in err and "[2/2] b (" in err and "b: exit code 0" in err
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="torch caps its threads at the cores it sees")
+@pytest.mark.parametrize("at_once, cores, parent_threads", [(2, 2, "2"), (3, 6, "1")])
+def test_local_jobs_n_gives_each_worker_its_share_of_threads(tmp_path, monkeypatch, at_once, cores, parent_threads):
+    """torch in the worker really starts with cores // N threads, whatever OMP_NUM_THREADS the parent had (torch caps
+    the count at the machine's cores, so the shares tested stay within two)."""
+    monkeypatch.setattr(launchers, "usable_cores", lambda: cores)
+    monkeypatch.setenv("OMP_NUM_THREADS", parent_threads)
+    monkeypatch.setenv("MKL_NUM_THREADS", parent_threads)
+    show = "import os, torch; print(torch.get_num_threads(), os.environ['MKL_NUM_THREADS'])"
+    jobs = [_worker_job(tmp_path, f"t{i}", show) for i in range(at_once)]
+    out = launchers.launch_local(jobs, tmp_path, jobs_at_once=at_once)
+    assert [o.rc for o in out] == [0] * at_once, [j.log.read_text() for j in jobs]
+    share = {2: "1", 3: "2"}[at_once]  # 2 // 2 and 6 // 3
+    assert [j.log.read_text().splitlines()[-1] for j in jobs] == [f"{share} {share}"] * at_once
+
+
+def test_local_jobs_2_reports_a_failing_worker_and_runs_the_others(tmp_path, capsys):
+    ok = "print('fine')"
+    bad = "import sys; print('step 3: ValueError: bad batch'); sys.exit(3)"
+    jobs = [_worker_job(tmp_path, "a", ok), _worker_job(tmp_path, "b", bad), _worker_job(tmp_path, "c", ok),
+            _worker_job(tmp_path, "d", ok)]
+    out = launchers.launch_local(jobs, tmp_path, jobs_at_once=2)
+    assert [o.rc for o in out] == [0, 3, 0, 0]  # in job order, whichever finished first
+    assert all(j.log.read_text().splitlines()[-1] == "fine" for j in jobs if j.name != "b")
+    err = capsys.readouterr().err
+    assert "b: exit code 3 after" in err and f"(step 3: ValueError: bad batch; log: {jobs[1].log})" in err
+    assert "a: exit code 0" in err and "log:" not in err.split("a: exit code 0")[1].splitlines()[0]
+
+
+def test_local_jobs_1_stays_in_process(tmp_path):
+    def no_worker(cmd, log, env, cwd):
+        raise AssertionError("jobs=1 must not start a worker process")
+
+    ran = []
+    jobs = [Job(n, ["-c", "pass"], tmp_path / f"{n}.log", call=lambda n=n: ran.append((n, os.getpid())))
+            for n in "ab"]
+    out = launchers.launch_local(jobs, tmp_path, jobs_at_once=1, runner=no_worker)
+    assert [o.rc for o in out] == [0, 0] and ran == [("a", os.getpid()), ("b", os.getpid())]
+
+
+def test_study_with_local_jobs_2_runs_cells_as_workers(cells, tmp_path, monkeypatch):
+    """Through the study: each pending cell is `python -m segbench.run ... --launcher local --only ID` with the thread
+    share in its environment, two at once (the barrier), and judged done from what it left."""
+    monkeypatch.setattr(launchers, "usable_cores", lambda: 6)
+    envs = []
+
+    class Recording(FakeWorker):
+        def __call__(self, cmd, log, env, cwd):
+            with self.lock:
+                envs.append((env["OMP_NUM_THREADS"], env["MKL_NUM_THREADS"]))
+            return super().__call__(cmd, log, env, cwd)
+
+    worker = Recording(cells, tmp_path, barrier=threading.Barrier(2))
+    outcomes = launch("local", cells, tmp_path, jobs_at_once=2, runner=worker)
+    assert [o.status for o in outcomes] == ["done"] * 4
+    assert sorted(c[0] for c in worker.calls) == sorted(c.cell_id for c in cells)
+    for cell_id, _, cmd in worker.calls:
+        assert cmd[:3] == [sys.executable, "-m", "segbench.run"] and cmd[-4:] == ["--launcher", "local", "--only", cell_id]
+        assert "--launcher-opt" not in cmd
+    assert envs == [("3", "3")] * 4
+
+
+
+@pytest.mark.slow
+def test_local_jobs_2_with_real_workers_on_cpu(tmp_path, monkeypatch):
+    """Two real cells as `python -m segbench.run ... --only ID` workers side by side, each on its thread share: both
+    train, score and are judged done, each worker's output in its own launcher.log."""
+    argv, cells_, results = _tiny_study(tmp_path, "--seeds", "2")
+    monkeypatch.setattr(launchers, "usable_cores", lambda: 2)
+    outcomes = launch("local", cells_, results, argv=argv, jobs_at_once=2)
+    assert len(outcomes) == 2
+    for o in outcomes:
+        assert o.status == "done", (o.error, o.log.read_text() if o.log else "")
+        assert is_done(o.cell, o.cell_dir) and o.log.read_text().startswith("=== ")
+
+
+# --- data that workers started together share ------------------------------------------------------------------------
+
+GENERATE = ("import pathlib, sys, time\n"
+            "from segbench.data.adapters.synthetic import ensure_generated\n"
+            "pathlib.Path(sys.argv[2]).touch()\n"
+            "while not pathlib.Path(sys.argv[3]).exists():\n"
+            "    time.sleep(0.001)\n"
+            "print(ensure_generated(pathlib.Path(sys.argv[1]), 'sim'))\n")
+
+
+def test_two_processes_generating_one_domain_at_once_build_it_once(tmp_path):
+    """Two workers of a study started together both find the embedded domain missing: one generates it, the other
+    waits for the lock and finds it current (unlocked, both would build it and one would move the other's tree away)."""
+    import json
+    import subprocess
+
+    from segbench.data.adapters.synthetic import SIZES_ENV
+
+    root = tmp_path / "synthetic" / "sim"
+    env = {**os.environ, SIZES_ENV: "train=12,val=4", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    go = tmp_path / "go"
+    procs = [subprocess.Popen([sys.executable, "-c", GENERATE, str(root), str(tmp_path / f"ready{i}"), str(go)],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    try:
+        for i in range(2):
+            deadline = time.monotonic() + 60
+            while not (tmp_path / f"ready{i}").exists() and time.monotonic() < deadline:
+                time.sleep(0.01)
+        go.touch()  # both imported and waiting: released together
+        outs = [p.communicate(timeout=60)[0] for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    assert [p.returncode for p in procs] == [0, 0], outs
+    assert sorted(o.strip().splitlines()[-1] for o in outs) == ["False", "True"]
+    sizes = {"train": 12, "val": 4}
+    for split, n in sizes.items():
+        assert len(list((root / "images" / split).glob("*.png"))) == n
+        assert len(list((root / "labels" / split).glob("*.png"))) == n
+    assert json.loads((root / "meta.json").read_text())["splits"] == sizes
+    assert sorted(p.name for p in root.parent.iterdir()) == [".sim.lock", "sim"]  # no temp trees left behind

@@ -19,8 +19,14 @@ import json
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: generation runs unlocked
+    fcntl = None
 
 import cv2
 import numpy as np
@@ -268,38 +274,59 @@ def _manifest(domain: str, seed: int) -> dict:
     return json.loads(json.dumps(manifest))  # tuples -> lists, as they come back from disk
 
 
+def _is_current(meta: Path, manifest: dict) -> bool:
+    try:
+        return json.loads(meta.read_text()) == manifest
+    except (OSError, json.JSONDecodeError):
+        return False
+
+
+@contextmanager
+def _generation_lock(root: Path):
+    """Hold an flock on `.ROOTNAME.lock` beside the tree, so processes started together (cells run side by side)
+    generate it once: the others wait, then find it current. The kernel drops the lock however its holder ends;
+    a filesystem without locks runs unlocked, as before."""
+    with open(root.parent / f".{root.name}.lock", "a") as f:
+        try:
+            if fcntl is not None:
+                fcntl.flock(f, fcntl.LOCK_EX)
+        except OSError:
+            pass
+        yield
+
+
 def ensure_generated(root: Path, domain: str, seed: int = 0) -> bool:
     """Write the domain under `root` unless an up-to-date copy is there. Returns True when it (re)generated.
 
-    Built in a sibling temp directory and renamed into place, so an interrupted generation never leaves a half tree.
+    Built in a sibling temp directory and renamed into place, so an interrupted generation never leaves a half tree;
+    under a lock, so two processes never build it twice nor move a tree away while the other reads it.
     """
     root = Path(root)
     manifest = _manifest(domain, seed)
     meta = root / "meta.json"
-    if meta.is_file():
-        try:
-            if json.loads(meta.read_text()) == manifest:
-                return False
-        except json.JSONDecodeError:
-            pass
+    if _is_current(meta, manifest):
+        return False
     root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}-", dir=root.parent))
-    try:
-        for split, count in split_sizes().items():
-            (tmp / "images" / split).mkdir(parents=True)
-            (tmp / "labels" / split).mkdir(parents=True)
-            for i in range(count):
-                image, label = generate_sample(domain, i, split, seed)
-                cv2.imwrite(str(tmp / "images" / split / f"{i:05d}.png"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
-                cv2.imwrite(str(tmp / "labels" / split / f"{i:05d}.png"), label)
-        (tmp / "meta.json").write_text(json.dumps(manifest, indent=1))
-        if root.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{root.name}-old-", dir=root.parent))
-            os.replace(root, old / root.name)
-            shutil.rmtree(old, ignore_errors=True)
-        os.replace(tmp, root)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with _generation_lock(root):
+        if _is_current(meta, manifest):  # another process generated it while this one waited
+            return False
+        tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}-", dir=root.parent))
+        try:
+            for split, count in split_sizes().items():
+                (tmp / "images" / split).mkdir(parents=True)
+                (tmp / "labels" / split).mkdir(parents=True)
+                for i in range(count):
+                    image, label = generate_sample(domain, i, split, seed)
+                    cv2.imwrite(str(tmp / "images" / split / f"{i:05d}.png"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+                    cv2.imwrite(str(tmp / "labels" / split / f"{i:05d}.png"), label)
+            (tmp / "meta.json").write_text(json.dumps(manifest, indent=1))
+            if root.exists():
+                old = Path(tempfile.mkdtemp(prefix=f".{root.name}-old-", dir=root.parent))
+                os.replace(root, old / root.name)
+                shutil.rmtree(old, ignore_errors=True)
+            os.replace(tmp, root)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return True
 
 
