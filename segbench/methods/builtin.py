@@ -99,7 +99,11 @@ class InstanceSelectiveWhiteningMethod(_Whitening):
     source, each at full resolution with its photometric twin (ISW_TWIN); per whitened place, the variance over the
     pair of each covariance entry, averaged over the images; `isw_mask` (1-D k-means, `clusters`) per trial, masks of
     `trials` trials intersected. Before that iteration the IN layers are on and the loss is off, as in RobustNet. The
-    masks are buffers of the IN modules, so checkpoints carry them and a resumed run does not redo the pass."""
+    masks are buffers of the IN modules, so checkpoints carry them and a resumed run does not redo the pass.
+
+    One difference from the official code, on purpose: RobustNet lets each GPU select a mask from its own images and
+    never syncs them, so its processes train with different masks; here every process runs the same seeded pass and
+    rank 0's masks are broadcast, so N processes train the model one process would."""
 
     name = "isw"
     paper = "Choi et al., RobustNet, CVPR 2021 (ISW: instance selective whitening)"
@@ -170,7 +174,8 @@ class SwitchableWhiteningMethod(Method):
 
     def build(self, model: nn.Module) -> None:
         for place in self.options["places"]:
-            place_module(model, place, SwitchWhiten2d(place_channels(model, place),
+            # synchronised across processes, as RobustNet's SyncSwitchWhiten2d
+            place_module(model, place, SwitchWhiten2d(place_channels(model, place), sync=dist_utils.is_dist(),
                                                       num_pergroup=self.options["num_pergroup"], T=self.options["T"]))
 
 

@@ -13,7 +13,10 @@ from torch import nn
 
 def newton_inverse_sqrt(cov: torch.Tensor, iterations: int) -> torch.Tensor:
     """n x c x c SPD -> approximately cov^(-1/2), by Newton's iteration on cov / tr(cov) (eigenvalues in (0, 1],
-    where it converges): P_0 = I, P_k = (3 P - P^3 S_N) / 2, result P_T / sqrt(tr(cov))."""
+    where it converges): P_0 = I, P_k = (3 P - P^3 S_N) / 2, result P_T / sqrt(tr(cov)).
+
+    A few iterations (official T=5) are the point: they whiten partially and differentiably. This uncoupled form
+    amplifies rounding once converged, so tens of iterations diverge."""
     n, c, _ = cov.shape
     p = torch.eye(c, dtype=cov.dtype, device=cov.device).expand(n, c, c)
     reciprocal_trace = (cov * p).sum((1, 2), keepdim=True).reciprocal()
