@@ -40,6 +40,7 @@ CHECKPOINTS = "checkpoints"
 TRAIN_LOG = "train_log.csv"
 TENSORBOARD = "tb"
 PREDS = "preds"  # preds/TARGET/: the first predictions per target, for the report's qualitative panel
+CONFUSION = "confusion"  # confusion/TARGET.npz: one confusion matrix per test image, for the report's bootstrap
 LAUNCHER_LOG = "launcher.log"  # a worker's output, or an in-process failure's traceback
 LOCK = ".lock"  # flock-ed by the process running the cell; its text names that process
 SLURM_JOB = "slurm_job"  # id of the Slurm job last submitted for the cell, so a rerun can see it is still queued
@@ -60,7 +61,9 @@ RECORD_FIELDS = {
     "targets": "datasets the cell is scored on, in the order the study named them (source first)",
     "config": "the effective configuration: {model, train, eval}",
     "results": "target -> metrics: miou, per_class_iou, pixel_acc, eval (the eval settings scored under), images, "
-               "seconds, samples (prediction dumps)",
+               "seconds, samples (prediction dumps); beside the record, confusion/TARGET.npz holds each test image's "
+               "confusion matrix (counts: images x 19 x 20 int64, rows ground truth, void column last; images: "
+               "their paths; both in dataset order), which sum to the matrix the metrics come from",
     "training": "train_seconds, images_per_s (the whole run, across resumes), resumed_from (the iteration this "
                 "process resumed at; absent when the cell was only evaluated), world_size and batch_per_process "
                 "(this launch), launches (from_iteration, world_size, batch_per_process of each), init (what a "

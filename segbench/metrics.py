@@ -27,7 +27,8 @@ class ConfusionMatrix:
         """The C x C confusion matrix (void predictions left out)."""
         return self.counts[:, : self.num_classes]
 
-    def update(self, target: torch.Tensor, pred: torch.Tensor) -> None:
+    def update(self, target: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
+        """Add one image (or batch); returns the counts it added, so a caller can keep per-image matrices for free."""
         if target.shape != pred.shape:
             raise ValueError(f"prediction shape {tuple(pred.shape)} differs from label shape {tuple(target.shape)}; "
                              "upsample logits to the label resolution before scoring")
@@ -39,7 +40,9 @@ class ConfusionMatrix:
         p = pred[k].long()
         p = torch.where((p >= 0) & (p < c), p, torch.full_like(p, c))
         idx = target[k].long() * (c + 1) + p
-        self.counts += torch.bincount(idx, minlength=c * (c + 1)).reshape(c, c + 1)
+        added = torch.bincount(idx, minlength=c * (c + 1)).reshape(c, c + 1)
+        self.counts += added
+        return added
 
     def all_reduce(self) -> None:
         if dist.is_available() and dist.is_initialized():

@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 
 from . import __version__
-from .cells import CHECKPOINTS, CONFIG, DONE, FINAL_WEIGHTS, PREDS, TENSORBOARD, TRAIN_LOG, Cell, CellBusy, cell_lock, \
-    missing_targets, new_record, protocol_card, read_record_or_none, target_protocol, write_record
+from .cells import CHECKPOINTS, CONFIG, CONFUSION, DONE, FINAL_WEIGHTS, PREDS, TENSORBOARD, TRAIN_LOG, Cell, CellBusy, \
+    cell_lock, missing_targets, new_record, protocol_card, read_record_or_none, target_protocol, write_record
 from .config import InferenceSettings, train_settings
 from .data import build_dataset
 from .data.multisource import apply_unknown_label_policy_per_source
@@ -133,7 +133,8 @@ def train_and_score(cell: Cell, cell_dir: Path, *, data_root, device: torch.devi
         t0 = time.perf_counter()
         metrics = evaluate(model, ds, device=device, eval_classes=classes,
                            workers=ecfg.get("workers", 0), settings=inference, desc=f"  test on {target}",
-                           dump_dir=cell_dir / PREDS / target, dump_count=int(ecfg.get("dump", 0) or 0))
+                           dump_dir=cell_dir / PREDS / target, dump_count=int(ecfg.get("dump", 0) or 0),
+                           per_image_path=cell_dir / CONFUSION / f"{target}.npz")
         metrics.update(eval=cell.eval_identity(), images=len(ds), seconds=time.perf_counter() - t0)
         record["results"][target] = metrics
         scored = {**(record.get("protocol") or {}).get("targets", {}), target: target_protocol(ds, classes)}

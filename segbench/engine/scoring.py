@@ -2,7 +2,9 @@
 model (`evaluate`) or for a directory of prediction PNGs written by any framework (`score_prediction_dir`).
 
 Under torch.distributed each rank scores a disjoint shard (no padding duplicates, unlike DistributedSampler) and
-the matrices are summed, so N processes give exactly the 1-process numbers.
+the matrices are summed, so N processes give exactly the 1-process numbers. On request `evaluate` also keeps each
+image's matrix (gathered to rank 0 in dataset order), so the report can bootstrap over test images
+(report/bootstrap.py).
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from ..data.eval_protocols import DEFAULT_PROTOCOL
 from ..data.readers import PNG_PALETTE, png_header
 from ..data.transforms import eval_transform_for
 from ..data.workers import worker_init_fn
+from ..io import _atomic
 from ..labels import IGNORE_INDEX, NUM_CLASSES, colorize, ids_to_train_ids, scored_classes
 from ..metrics import ConfusionMatrix
 from . import distributed as dist_utils
@@ -51,6 +54,32 @@ def _collate(batch):
     return batch
 
 
+def image_id(pairs, index: int) -> str:
+    """How the per-image file names an image: its path, or its index for a dataset without files."""
+    return str(pairs[index][0]) if pairs else f"{index:05d}"
+
+
+def save_image_confusions(path: Path, counts: np.ndarray, images: Sequence[str]) -> None:
+    """One confusion matrix per image: `counts` (N x C x C+1 int64, as ConfusionMatrix.counts: rows ground truth,
+    void column last) and `images` (N ids), in dataset order; compressed, written atomically. report/bootstrap.py's
+    `load_image_confusions` reads it back."""
+    if len(counts) != len(images):
+        raise ValueError(f"{len(counts)} matrices for {len(images)} images; pass one matrix per image")
+    arrays = {"counts": np.asarray(counts, dtype=np.int64), "images": np.asarray(list(images), dtype=str)}
+    _atomic(Path(path), lambda f: np.savez_compressed(f, **arrays), "wb")
+
+
+def _in_dataset_order(mine: torch.Tensor, n_images: int) -> torch.Tensor:
+    """Rank r holds the matrices of images r, r + world, ... (padded to one length); all_gather them and interleave
+    back into dataset order, so the result does not depend on the number of processes."""
+    world = dist_utils.world_size()
+    if world > 1:
+        parts = [torch.empty_like(mine) for _ in range(world)]
+        torch.distributed.all_gather(parts, mine)
+        mine = torch.stack(parts, 1).flatten(0, 1)  # position p * world + r holds image r + p * world
+    return mine[:n_images]
+
+
 def save_prediction(path: Path, pred: np.ndarray, image_path: Path | None = None, overlay: bool = False) -> None:
     """trainId PNG (what `segbench evaluate --preds` reads back), plus a palette overlay on the image if asked."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -68,11 +97,12 @@ def save_prediction(path: Path, pred: np.ndarray, image_path: Path | None = None
 def evaluate(model: torch.nn.Module, dataset, *, device: torch.device, eval_classes: Sequence[int] | None = None,
              workers: int = 2, settings: InferenceSettings = InferenceSettings(), desc: str = "eval",
              dump_dir: Path | None = None, dump_count: int = 0, save_dir: Path | None = None,
-             overlay: bool = False, batch_size: int = 1) -> dict:
+             overlay: bool = False, batch_size: int = 1, per_image_path: Path | None = None) -> dict:
     """mIoU and per-class IoU of `model` on `dataset` (whose transform is an eval preset).
 
     The first `dump_count` predictions go to `dump_dir` (listed under "samples" for the report's qualitative panel);
-    `save_dir` receives every prediction (and overlays with `overlay=True`).
+    `save_dir` receives every prediction (and overlays with `overlay=True`); `per_image_path` (rank 0 writes it) the
+    confusion matrix of every image (save_image_confusions), which sum to the split's matrix.
     """
     rank, world = dist_utils.rank(), dist_utils.world_size()
     shard = list(range(rank, len(dataset), world))
@@ -82,6 +112,9 @@ def evaluate(model: torch.nn.Module, dataset, *, device: torch.device, eval_clas
     was_training = model.training
     model.eval().to(device)
     cm = ConfusionMatrix(device=device)
+    # one row per image of this rank's shard (rank 0's length on every rank, so all_gather sees equal shapes)
+    per_image = None if per_image_path is None else torch.zeros(
+        len(range(0, len(dataset), world)), cm.num_classes, cm.num_classes + 1, dtype=torch.int64, device=device)
     samples = []
     pairs = getattr(dataset, "pairs", None)
     for batch in tqdm(loader, desc=desc, unit="img", unit_scale=batch_size, dynamic_ncols=True, leave=False,
@@ -90,7 +123,9 @@ def evaluate(model: torch.nn.Module, dataset, *, device: torch.device, eval_clas
             image = image[None].to(device, non_blocking=True)
             mask = mask[None].to(device, non_blocking=True)
             pred = predict(model, image, tuple(mask.shape[-2:]), settings).argmax(1)
-            cm.update(mask, pred)
+            added = cm.update(mask, pred)
+            if per_image is not None:
+                per_image[index // world] = added
             image_path = Path(pairs[index][0]) if pairs else None
             name = f"{index:05d}" if image_path is None else image_path.stem
             if dump_dir is not None and index < dump_count and dist_utils.is_main():
@@ -104,6 +139,10 @@ def evaluate(model: torch.nn.Module, dataset, *, device: torch.device, eval_clas
             if save_dir is not None:
                 save_prediction(Path(save_dir) / f"{name}.png", pred[0].cpu().numpy(), image_path, overlay)
     cm.all_reduce()
+    if per_image is not None:
+        counts = _in_dataset_order(per_image, len(dataset)).cpu().numpy()
+        if dist_utils.is_main():
+            save_image_confusions(per_image_path, counts, [image_id(pairs, i) for i in range(len(dataset))])
     model.train(was_training)
     summary = cm.summary(eval_classes)
     if samples:

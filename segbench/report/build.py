@@ -7,6 +7,8 @@ Files written under RESULTS_DIR:
   table.tex, dg.tex    the same two layouts as booktabs LaTeX tables (best mean per column in bold)
   per_class.md/.csv    per-class IoU per train/test pair
   per_seed.csv         every measurement, unaggregated
+  bootstrap.csv        per cell and target, the 95% bootstrap interval of its mIoU over test images (cells that kept
+                       per-image matrices); table.md and dg.md show it for one-seed rows
   paired.md/.csv       with a baseline backbone: per row and target, the mean per-seed difference to it, 95% CI
   report.md            all of the above with the figures, each protocol card once, and a provenance summary
   table.png, per_class_iou.png, gap.png, qualitative.png (the last only when records list prediction samples),
@@ -20,6 +22,7 @@ from pathlib import Path
 from ..cells import load_records
 from ..io import write_text
 from . import plots, tables
+from .bootstrap import bootstrap_csv, cell_intervals
 from .latex import dg_tex, paper_tex
 from .paired import paired_tables, plot_paired
 from .protocols import card_hash, card_of, cards_section
@@ -67,8 +70,11 @@ def build_report(results_dir: Path, plot: bool = True, stat: str = DEFAULT_STAT,
         paired_md, paired_csv = paired_tables(items, baseline)
         write_text(results_dir / "paired.md", paired_md)
         write_text(results_dir / "paired.csv", paired_csv)
-    paper_md, paper_csv = tables.paper(items, cards, stat)
-    dg_md, dg_csv = tables.dg(items, cards, stat)
+    intervals = cell_intervals(records)
+    if intervals:
+        write_text(results_dir / "bootstrap.csv", bootstrap_csv(records, intervals))
+    paper_md, paper_csv = tables.paper(items, cards, stat, intervals)
+    dg_md, dg_csv = tables.dg(items, cards, stat, intervals)
     pc_md, pc_csv = tables.per_class(items, stat)
     write_text(results_dir / "table.md", paper_md)
     write_text(results_dir / "table.csv", paper_csv)

@@ -4,7 +4,9 @@
 - dg: per source, rows backbones, columns the targets and their mean over unseen targets (RobustNet's table)
 - per-class: per train/test pair, rows backbones, columns the scored classes
 
-Under table.md and dg.md a footer names the protocol card of each source's numbers (report/protocols.py).
+Under table.md and dg.md a footer names the protocol card of each source's numbers (report/protocols.py). Where a
+row has a single seed on a target, those two layouts show the cell's bootstrap interval over test images
+(report/bootstrap.py) in place of the spread over seeds it cannot have, when the cell kept its per-image matrices.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import statistics
 from ..io import csv_text, markdown_table
 from ..labels import CLASS_NAMES
 from ..spec import is_in_domain
+from .bootstrap import Interval, interval_note
 from .protocols import footer
 from .records import Score, ordered_pairs, ordered_rows, scores_by_cell
 from .stats import DASH, DEFAULT_STAT, Agg, csv_fields, stat_phrase
@@ -35,6 +38,30 @@ def seed_note(items: list[Score], n_max: int, partial: bool, stat: str = DEFAULT
     return f"one seed ({', '.join(map(str, seeds))})"
 
 
+def one_seed_interval(seeds: dict[int, Score], intervals: dict | None) -> Interval | None:
+    """The bootstrap interval of a table cell that one seed's mIoU makes up, if that cell kept its per-image file."""
+    measured = [s for s in seeds.values() if not math.isnan(s.miou)]
+    if not intervals or len(measured) != 1:
+        return None
+    return intervals.get((measured[0].cell_id, measured[0].target))
+
+
+def agg_md(agg: Agg, stat: str, n_max: int, interval: Interval | None) -> str:
+    """Agg.md, with a one-seed cell's bootstrap interval where the spread would stand: `41.2 [39.8, 42.5]`."""
+    if interval is None:
+        return agg.md(stat, n_expected=n_max)
+    return f"{agg.mean:.1f} {interval.md()}" + (f" (n={agg.n})" if agg.n != n_max else "")
+
+
+def interval_fields(shown) -> list[str]:
+    """The CSV's interval columns: only in a table that shows an interval, so older studies keep their columns."""
+    return ["bootstrap low", "bootstrap high"] if any(i is not None for i in shown) else []
+
+
+def interval_csv(interval: Interval | None, fields: list[str]) -> list[str]:
+    return [] if not fields else interval.csv() if interval is not None else ["", ""]
+
+
 # --- paper layout ----------------------------------------------------------------------------------------------------
 
 def paper_aggs(items: list[Score]) -> tuple[list[str], list[tuple[str, str]], dict]:
@@ -43,19 +70,26 @@ def paper_aggs(items: list[Score]) -> tuple[list[str], list[tuple[str, str]], di
     return rows, cols, {(r, c): Agg.of(s.miou for s in cells.get((r, *c), {}).values()) for r in rows for c in cols}
 
 
-def paper(items: list[Score], cards: dict[str, dict] | None = None, stat: str = DEFAULT_STAT) -> tuple[str, str]:
+def paper(items: list[Score], cards: dict[str, dict] | None = None, stat: str = DEFAULT_STAT,
+          intervals: dict[tuple[str, str], Interval] | None = None) -> tuple[str, str]:
     """(markdown, csv) of the paper layout; the CSV keeps mean, std (and `stat`) and n per column as numbers.
-    `cards`: hash -> protocol card, for the footer; `stat`: the spread after ± (stats.STATS)."""
+    `cards`: hash -> protocol card, for the footer; `stat`: the spread after ± (stats.STATS); `intervals`:
+    (cell_id, target) -> bootstrap interval (bootstrap.cell_intervals), shown for one-seed cells."""
     rows, cols, aggs = paper_aggs(items)
     if not rows:
         return "(no results yet)\n", ""
     n_max = max(a.n for a in aggs.values())
-    md_rows = [[r] + [aggs[(r, c)].md(stat, n_expected=n_max) for c in cols] for r in rows]
-    csv_header = ["backbone"] + [f"{col_title(c)} {k}" for c in cols for k in ("mIoU", *csv_fields(stat))]
-    csv_rows = [[r] + [v for c in cols for v in aggs[(r, c)].csv(stat)] for r in rows]
+    cells = scores_by_cell(items)
+    shown = {(r, c): one_seed_interval(cells.get((r, *c), {}), intervals) for r in rows for c in cols}
+    boot = interval_fields(shown.values())
+    md_rows = [[r] + [agg_md(aggs[(r, c)], stat, n_max, shown[(r, c)]) for c in cols] for r in rows]
+    csv_header = ["backbone"] + [f"{col_title(c)} {k}" for c in cols for k in ("mIoU", *csv_fields(stat), *boot)]
+    csv_rows = [[r] + [v for c in cols for v in aggs[(r, c)].csv(stat) + interval_csv(shown[(r, c)], boot)]
+                for r in rows]
     md = markdown_table(["backbone"] + [col_title(c) for c in cols], md_rows)
     partial = any(a.n < n_max for a in aggs.values())
     md += f"\nmIoU (%) over the classes scored in each test set; {seed_note(items, n_max, partial, stat)}.\n"
+    md += interval_note([i for i in shown.values() if i is not None])
     md += footer(items, cards or {})
     return md, csv_text(csv_header, csv_rows)
 
@@ -90,23 +124,33 @@ def dg_aggs(items: list[Score]) -> dict[str, tuple[list[str], list[str], dict]]:
     return out
 
 
-def dg(items: list[Score], cards: dict[str, dict] | None = None, stat: str = DEFAULT_STAT) -> tuple[str, str]:
-    parts, csv_rows, n_all, partial = [], [], 0, False
+def dg(items: list[Score], cards: dict[str, dict] | None = None, stat: str = DEFAULT_STAT,
+       intervals: dict[tuple[str, str], Interval] | None = None) -> tuple[str, str]:
+    """(markdown, csv) of the DG layout; `intervals` as in `paper` (none for the mean over unseen targets)."""
+    parts, n_all, partial = [], 0, False
     aggs = dg_aggs(items)
+    cells = scores_by_cell(items)
+    shown = {(source, r, c): one_seed_interval(cells.get((r, source, c), {}), intervals)
+             for source, (rows, columns, _) in aggs.items() for r in rows for c in columns}
+    boot = interval_fields(shown.values())
+    csv_rows = []
     for source, (rows, columns, table) in aggs.items():
         n_max = max(a.n for a in table.values())
         n_all = max(n_all, n_max)
         partial = partial or any(a.n < n_max for a in table.values())
         titles = [f"{c} (in-domain)" if is_in_domain(source, c) else c for c in columns]
-        body = [[r] + [table[(r, c)].md(stat, n_expected=n_max) for c in columns] for r in rows]
+        body = [[r] + [agg_md(table[(r, c)], stat, n_max, shown[(source, r, c)]) for c in columns] for r in rows]
         parts.append(f"### trained on {source}\n\n" + markdown_table(["backbone"] + titles, body))
-        csv_rows += [[source, r, c, *table[(r, c)].csv(stat)] for r in rows for c in columns]
+        csv_rows += [[source, r, c, *table[(r, c)].csv(stat), *interval_csv(shown[(source, r, c)], boot)]
+                     for r in rows for c in columns]
     if not parts:
         return "(no results yet)\n", ""
     mean_note = (f"{MEAN_UNSEEN} = average over the targets other than the source, taken per seed; "
                  if any(MEAN_UNSEEN in cols for _, cols, _ in aggs.values()) else "")
-    note = f"\nmIoU (%); {mean_note}{seed_note(items, n_all, partial, stat)}.\n" + footer(items, cards or {})
-    return "\n".join(parts) + note, csv_text(["source", "backbone", "target", "mIoU", *csv_fields(stat)], csv_rows)
+    note = (f"\nmIoU (%); {mean_note}{seed_note(items, n_all, partial, stat)}.\n"
+            + interval_note([i for i in shown.values() if i is not None]) + footer(items, cards or {}))
+    return "\n".join(parts) + note, csv_text(["source", "backbone", "target", "mIoU", *csv_fields(stat), *boot],
+                                             csv_rows)
 
 
 # --- per-class IoU ---------------------------------------------------------------------------------------------------
