@@ -162,6 +162,13 @@ def write_json(path: Path, obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=True, allow_nan=True) + "\n")
 
 
+def save_npz(path: Path, **arrays: Any) -> None:
+    """numpy arrays in one compressed .npz, atomically."""
+    import numpy as np
+
+    _atomic(path, lambda f: np.savez_compressed(f, **arrays), "wb")
+
+
 def save_torch(path: Path, obj: Any) -> None:
     import torch
 

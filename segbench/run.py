@@ -11,7 +11,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from .cells import DONE, is_done
+from .cells import DONE, ERM, is_done
 from .config import EMBEDDED_DEFAULT, ConfigError, apply_overrides, config_problems, load_config, problems_message
 from .errors import command
 from .spec import GRAMMAR, SpecError, parse_specs, source_parts
@@ -93,6 +93,8 @@ def validate_study(cfg: dict, data_root) -> dict:
     (datasets and their splits, backbones, heads and their output strides); every problem in one ConfigError."""
     cfg, problems = config_problems(cfg)
     problems += dataset_problems(cfg, data_root) + model_problems(cfg) + method_problems(cfg)
+    if not problems:
+        problems += placement_problems(cfg)
     if problems:
         raise ConfigError(problems_message(problems))
     return cfg
@@ -192,6 +194,31 @@ def method_problems(cfg: dict) -> list[str]:
             options[option], problem = check_like_default(f"method.{name}.{option}", value, defaults[option])
             if problem:
                 problems.append(problem)
+    return problems
+
+
+def placement_problems(cfg: dict) -> list[str]:
+    """Backbone x head x method combinations where a method cannot place its modules (a whitening layer where IBN-b
+    already has an IN): found by building each on the meta device (shapes only, instant), before any work."""
+    import torch
+
+    from .methods import MethodError, build_method
+    from .models import BACKBONES, HEADS, create_model
+
+    methods = study_methods(cfg)
+    problems = []
+    for backbone in BACKBONES.expand(cfg["backbones"]):
+        for head in HEADS.expand(cfg["heads"]):
+            for name, options in methods.items():
+                if name == ERM:
+                    continue
+                with torch.device("meta"):
+                    model = create_model(backbone, head, output_stride=cfg["model"]["output_stride"])
+                    try:
+                        build_method(name, options).build(model)
+                    except MethodError as e:
+                        problems.append(f"methods: {name} on {backbone} + {head}: {e}; leave that backbone or "
+                                        "method out, or run them as separate studies")
     return problems
 
 

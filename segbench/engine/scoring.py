@@ -23,7 +23,7 @@ from ..data.eval_protocols import DEFAULT_PROTOCOL
 from ..data.readers import PNG_PALETTE, png_header
 from ..data.transforms import eval_transform_for
 from ..data.workers import worker_init_fn
-from ..io import _atomic
+from ..io import save_npz
 from ..labels import IGNORE_INDEX, NUM_CLASSES, colorize, ids_to_train_ids, scored_classes
 from ..metrics import ConfusionMatrix
 from . import distributed as dist_utils
@@ -66,7 +66,7 @@ def save_image_confusions(path: Path, counts: np.ndarray, images: Sequence[str])
     if len(counts) != len(images):
         raise ValueError(f"{len(counts)} matrices for {len(images)} images; pass one matrix per image")
     arrays = {"counts": np.asarray(counts, dtype=np.int64), "images": np.asarray(list(images), dtype=str)}
-    _atomic(Path(path), lambda f: np.savez_compressed(f, **arrays), "wb")
+    save_npz(Path(path), **arrays)
 
 
 def _in_dataset_order(mine: torch.Tensor, n_images: int) -> torch.Tensor:
