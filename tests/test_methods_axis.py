@@ -293,7 +293,7 @@ def test_segbench_methods_lists_every_method_with_paper_and_defaults(capsys):
     out = capsys.readouterr().out
     for name in ("erm", "iw", "irw", "isw", "sw", "mixstyle", "dsu", "np", "pasta"):
         assert f"\n{name} " in out
-    assert "stat_epochs=5" in out and "ICLR 2021" in out and "alpha=3.0" in out
+    assert "stat_epochs=5.0" in out and "ICLR 2021" in out and "alpha=3.0" in out
 
 
 def test_unknown_method_options_are_refused_by_the_class():

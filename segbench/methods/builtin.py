@@ -107,7 +107,7 @@ class InstanceSelectiveWhiteningMethod(_Whitening):
 
     name = "isw"
     paper = "Choi et al., RobustNet, CVPR 2021 (ISW: instance selective whitening)"
-    defaults = {"weight": 0.6, "places": ROBUSTNET_PLACES, "stat_epochs": 5, "stat_images": 500, "trials": 10,
+    defaults = {"weight": 0.6, "places": ROBUSTNET_PLACES, "stat_epochs": 5.0, "stat_images": 500, "trials": 10,
                 "clusters": 3}
 
     def active(self, module: InstanceWhitening) -> bool:
