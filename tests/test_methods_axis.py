@@ -2,7 +2,7 @@
 modules, and how its hooks reach the training loop."""
 import copy
 import json
-import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -56,7 +56,7 @@ def test_methods_and_their_options_from_the_command_line(tmp_path, capsys):
                      "--set", "method.isw.weight=0.3", "--seeds", "1", "--backbones", "resnet18"]) == 0
     out = capsys.readouterr().out
     assert "3 cells" in out and "resnet18+isw" in out and "resnet18+mixstyle" in out
-    args = run.build_parser().parse_args(["--methods", "isw", "--set", "method.isw.trials=2"])
+    args = run.build_parser().parse_args(["--methods", "isw", "--backbones", "resnet18", "--set", "method.isw.trials=2"])
     assert run.resolve_config(args)["method"] == {"isw": {"trials": 2}}
 
 
@@ -223,40 +223,18 @@ def test_isw_selects_its_masks_at_the_end_of_the_scheduled_epoch(tmp_path, monke
 
 
 # --- methods from outside segbench ---------------------------------------------------------------------------------
-README_METHOD = '''
-import torch
-from torch import nn
-
-from segbench.methods import METHODS, Method, insert_after
-
-
-class FeatureNoise(nn.Module):
-    """Gaussian noise on a feature map while training."""
-
-    def __init__(self, std):
-        super().__init__()
-        self.std = std
-
-    def forward(self, x):
-        return x + self.std * torch.randn_like(x) if self.training else x
-
-
-@METHODS.register("featnoise")
-class FeatureNoiseMethod(Method):
-    name = "featnoise"
-    paper = "a toy: Gaussian noise after layer1"
-    defaults = {"std": 0.1, "place": "layer1"}
-
-    def build(self, model):
-        insert_after(model, self.options["place"], FeatureNoise(self.options["std"]))
-'''
+def readme_method() -> str:
+    """The README's worked example of a method defined outside segbench, as printed there."""
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    block = text.split("<!-- method-example -->", 1)[1]
+    return block.split("```python", 1)[1].split("```", 1)[0]
 
 
 @pytest.mark.slow
 def test_a_method_defined_outside_segbench_runs_in_a_study(tmp_path, monkeypatch, capsys, one_thread):
     """The README's worked example, verbatim: a file named in $SEGBENCH_METHODS, a study over erm and it."""
     plugin = tmp_path / "my_method.py"
-    plugin.write_text(textwrap.dedent(README_METHOD))
+    plugin.write_text(readme_method())
     monkeypatch.setenv(PLUGINS_ENV, str(plugin))
     monkeypatch.setattr(synthetic, "SPLIT_SIZES", {"train": 4, "val": 2})
     with METHODS.scoped():
@@ -301,3 +279,11 @@ def test_unknown_method_options_are_refused_by_the_class():
         build_method("mixstyle", {"beta": 1})
     assert isinstance(build_method(ERM), Method) and build_method(ERM).options == {}
     assert nn  # imported for the README example's namespace
+
+
+def test_a_study_pairing_a_whitening_method_with_ibn_b_fails_before_any_work(tmp_path, capsys):
+    assert run.main(["--dry-run", "--results", str(tmp_path), "--methods", "erm", "isw", "mixstyle",
+                     "--backbones", "resnet18", "resnet18_ibn_b"]) == 2
+    err = capsys.readouterr().err
+    assert "isw on resnet18_ibn_b + fcn" in err and "leave that backbone or method out" in err
+    assert "mixstyle on" not in err and "on resnet18 +" not in err  # only the combination that cannot be built
