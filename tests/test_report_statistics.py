@@ -127,7 +127,7 @@ def test_build_report_with_baseline_writes_paired_tables_and_plot(tmp_path):
 
 def test_unknown_baseline_is_a_clear_error(tmp_path):
     recs = [record("r18", 0, {"sim": 30.0})]
-    with pytest.raises(ConfigError, match="--baseline resnet50: no record of that backbone here"):
+    with pytest.raises(ConfigError, match=r"--baseline resnet50: no record of that backbone or method here \(backbones: r18\)"):
         paired_tables(scores(recs), "resnet50")
     study = write_study(tmp_path / "study", recs)
     assert main([str(study), "--no-plot", "--baseline", "resnet50"]) != 0

@@ -11,6 +11,8 @@ Files written under RESULTS_DIR:
                        per-image matrices); table.md and dg.md show it for one-seed rows
   paired.md/.csv       with a baseline backbone: per row and target, the mean per-seed difference to it, 95% CI
   report.md            all of the above with the figures, each protocol card once, and a provenance summary
+  report.html          the same tables as one self-contained page (sortable, figures inlined, each row's protocol
+                       card, config and cell files one click away): opens from disk, fetches nothing
   table.png, per_class_iou.png, gap.png, qualitative.png (the last only when records list prediction samples),
   paired.png (forest plot of paired.md, with a baseline)
 """
@@ -23,6 +25,7 @@ from ..cells import load_records
 from ..io import write_text
 from . import plots, tables
 from .bootstrap import bootstrap_csv, cell_intervals
+from .html import paired_layout, study_page
 from .latex import dg_tex, paper_tex
 from .paired import paired_tables, plot_paired
 from .protocols import card_hash, card_of, cards_section
@@ -73,9 +76,10 @@ def build_report(results_dir: Path, plot: bool = True, stat: str = DEFAULT_STAT,
     intervals = cell_intervals(records)
     if intervals:
         write_text(results_dir / "bootstrap.csv", bootstrap_csv(records, intervals))
-    paper_md, paper_csv = tables.paper(items, cards, stat, intervals)
-    dg_md, dg_csv = tables.dg(items, cards, stat, intervals)
-    pc_md, pc_csv = tables.per_class(items, stat)
+    paper, dg, pc = (tables.paper_layout(items, cards, stat, intervals), tables.dg_layout(items, cards, stat, intervals),
+                     tables.per_class_layout(items, stat))
+    paper_md, dg_md, pc_md = paper.markdown(), dg.markdown(), pc.markdown()
+    paper_csv, dg_csv, pc_csv = paper.csv, dg.csv, pc.csv
     write_text(results_dir / "table.md", paper_md)
     write_text(results_dir / "table.csv", paper_csv)
     write_text(results_dir / "dg.md", dg_md)
@@ -96,15 +100,25 @@ def build_report(results_dir: Path, plot: bool = True, stat: str = DEFAULT_STAT,
             figures["paired.png"] = plot_paired(items, baseline, results_dir / "paired.png")
     write_text(results_dir / "report.md", report_markdown(results_dir.name, records, paper_md, dg_md, pc_md, figures,
                                                           cards_section(items, cards), paired_md, baseline))
+    layouts = [("Cross-domain (paper layout)", paper), ("Domain generalization", dg)]
+    if baseline:
+        layouts.append((f"Paired comparison with {baseline}", paired_layout(items, baseline)))
+    layouts.append(("Per-class IoU", pc))
+    shown = {FIGURES[f]: p for f, p in figures.items() if p is not None}
+    write_text(results_dir / "report.html", study_page(results_dir, records, items, cards, layouts,
+                                                       status_line(records), shown, provenance_summary(records)))
     if fmt == "latex":
         return paper_latex + "\n" + dg_latex
     return paper_md + (f"\nPaired comparison with {baseline}:\n\n{paired_md}" if baseline else "")
 
 
+def status_line(records: list[dict]) -> str:
+    return f"{len(records)} cell record(s), {count_done(records)} finished."
+
+
 def report_markdown(name: str, records: list[dict], paper_md: str, dg_md: str, pc_md: str, figures: dict,
                     protocols_md: str = "", paired_md: str = "", baseline: str | None = None) -> str:
-    status = f"{len(records)} cell record(s), {count_done(records)} finished."
-    parts = [f"# {name}\n\n{status}\n", "## Cross-domain (paper layout)\n\n" + paper_md,
+    parts = [f"# {name}\n\n{status_line(records)}\n", "## Cross-domain (paper layout)\n\n" + paper_md,
              "## Domain generalization\n\n" + dg_md.replace("### ", "#### ")]
     if baseline:
         parts.append(f"## Paired comparison with {baseline}\n\n" + paired_md.replace("### ", "#### "))

@@ -1,4 +1,6 @@
-"""`segbench report RESULTS_DIR`: rebuild every table and figure from the records a study wrote."""
+"""`segbench report RESULTS_DIR`: rebuild every table and figure from the records a study wrote.
+
+`segbench report DIR1 DIR2 ... --out BOARD` writes a leaderboard over several studies instead (leaderboard.py)."""
 from __future__ import annotations
 
 import argparse
@@ -8,13 +10,18 @@ from pathlib import Path
 from ..cells import CELLS
 from ..errors import command
 from .build import build_report
+from .leaderboard import build_leaderboard, check_dirs
 from .stats import DEFAULT_STAT, STAT_NAMES, STATS
 
 
 @command("segbench report")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="segbench report", description=__doc__.splitlines()[0])
-    parser.add_argument("results_dir", type=Path)
+    parser.add_argument("results_dirs", type=Path, nargs="+", metavar="results_dir")
+    parser.add_argument("--out", type=Path, metavar="BOARD",
+                        help="write a leaderboard over every results_dir (BOARD/leaderboard.md/.csv/.html: one row per "
+                             "study and row, never merged across studies) instead of one study's report; needed "
+                             "with more than one results_dir")
     parser.add_argument("--no-plot", action="store_true", help="tables only (no matplotlib)")
     parser.add_argument("--stat", choices=STATS, default=DEFAULT_STAT,
                         help="spread after ±: " + "; ".join(f"{k}: {v}" for k, v in STAT_NAMES.items())
@@ -27,11 +34,31 @@ def main(argv: list[str] | None = None) -> int:
                         help="what to print: the markdown paper table (default) or the booktabs LaTeX of table.tex "
                              "and dg.tex (both are always written)")
     args = parser.parse_args(argv)
-    if not (args.results_dir / CELLS).is_dir():
-        parser.error(f"{args.results_dir} holds no cells/ directory: pass the directory a study wrote (results/NAME)")
-    print(build_report(args.results_dir, plot=not args.no_plot, stat=args.stat, baseline=args.baseline,
-                       fmt=args.format))
+    for results_dir in args.results_dirs:
+        if not (results_dir / CELLS).is_dir():
+            parser.error(f"{results_dir} holds no cells/ directory: pass the directory a study wrote (results/NAME)")
+    if len(args.results_dirs) > 1 and args.out is None:
+        parser.error(f"{len(args.results_dirs)} results directories: add --out BOARD, the folder for their "
+                     "leaderboard (or pass one directory for its report)")
+    if args.out is not None:
+        return leaderboard(parser, args)
+    results_dir = args.results_dirs[0]
+    print(build_report(results_dir, plot=not args.no_plot, stat=args.stat, baseline=args.baseline, fmt=args.format))
     # on stderr under --format latex, so `segbench report DIR --format latex > tables.tex` holds LaTeX only
-    print(f"all tables and figures: {args.results_dir / 'report.md'}",
+    print(f"all tables and figures: {results_dir / 'report.md'}",
           file=sys.stderr if args.format == "latex" else sys.stdout)
+    return 0
+
+
+def leaderboard(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    for flag, given in (("--baseline", args.baseline), ("--format latex", args.format == "latex")):
+        if given:
+            parser.error(f"{flag} applies to one study's report, not to a leaderboard (--out): drop it, or run "
+                         "`segbench report DIR` per study")
+    try:
+        check_dirs(args.results_dirs)
+    except ValueError as e:
+        parser.error(str(e))
+    print(build_leaderboard(args.results_dirs, args.out, stat=args.stat))
+    print(f"leaderboard: {args.out / 'leaderboard.md'} (and .csv, .html)")
     return 0

@@ -92,7 +92,7 @@ PRINT_ORDER = ("sources", "split", "resolution", "source_weights", "training_cla
                "train", "model", "eval", "targets", "checkpoint")
 
 
-def _readable(card: dict) -> dict:
+def readable_card(card: dict) -> dict:
     """The card as printed: in PRINT_ORDER (unknown keys last), subsets of classes by name."""
     out = json.loads(json.dumps(card, default=str))
     out = {**{k: out[k] for k in PRINT_ORDER if k in out}, **{k: v for k, v in out.items() if k not in PRINT_ORDER}}
@@ -115,6 +115,6 @@ def cards_section(items, cards: dict[str, dict]) -> str:
         return ""
     parts = []
     for h, where in by_card.items():
-        text = yaml.safe_dump(_readable(cards[h]), sort_keys=False, default_flow_style=None, width=110)
+        text = yaml.safe_dump(readable_card(cards[h]), sort_keys=False, default_flow_style=None, width=110)
         parts.append(f"### card {h}\n\n{'; '.join(where)}\n\n```yaml\n{text}```\n")
     return "\n".join(parts)

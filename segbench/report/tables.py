@@ -7,11 +7,14 @@
 Under table.md and dg.md a footer names the protocol card of each source's numbers (report/protocols.py). Where a
 row has a single seed on a target, those two layouts show the cell's bootstrap interval over test images
 (report/bootstrap.py) in place of the spread over seeds it cannot have, when the cell kept its per-image matrices.
+Each layout is first built as data (`Layout`: tables of printed entries, the note under them, the CSV), so the
+markdown and the HTML page (report/html.py) print the same entries.
 """
 from __future__ import annotations
 
 import math
 import statistics
+from dataclasses import dataclass, field
 
 from ..io import csv_text, markdown_table
 from ..labels import CLASS_NAMES
@@ -22,6 +25,38 @@ from .records import Score, ordered_pairs, ordered_rows, scores_by_cell
 from .stats import DASH, DEFAULT_STAT, Agg, csv_fields, stat_phrase
 
 MEAN_UNSEEN = "mean (unseen)"
+
+
+@dataclass(frozen=True)
+class Table:
+    """One table as printed: `rows` hold the entries as text, their first `labels` columns name the row (column
+    `name` the row itself); `keys` is the Score.row each body row shows and `source`/`target` what its numbers were
+    trained and tested on ("" for several), so a renderer can link a row to its records."""
+    heading: str
+    header: list[str]
+    rows: list[list[str]]
+    keys: list[str]
+    source: str = ""
+    target: str = ""
+    labels: int = 1
+    name: int = 0
+
+    def markdown(self) -> str:
+        table = markdown_table(self.header, self.rows, left=self.labels)
+        return f"### {self.heading}\n\n{table}" if self.heading else table
+
+
+@dataclass(frozen=True)
+class Layout:
+    """A layout as data: its tables, the note printed under them, and its CSV."""
+    tables: list[Table] = field(default_factory=list)
+    note: str = ""
+    csv: str = ""
+
+    def markdown(self) -> str:
+        if not self.tables:
+            return "(no results yet)\n"
+        return "\n".join(t.markdown() for t in self.tables) + "\n" + self.note
 
 
 def col_title(col: tuple[str, str]) -> str:
@@ -70,14 +105,14 @@ def paper_aggs(items: list[Score]) -> tuple[list[str], list[tuple[str, str]], di
     return rows, cols, {(r, c): Agg.of(s.miou for s in cells.get((r, *c), {}).values()) for r in rows for c in cols}
 
 
-def paper(items: list[Score], cards: dict[str, dict] | None = None, stat: str = DEFAULT_STAT,
-          intervals: dict[tuple[str, str], Interval] | None = None) -> tuple[str, str]:
-    """(markdown, csv) of the paper layout; the CSV keeps mean, std (and `stat`) and n per column as numbers.
+def paper_layout(items: list[Score], cards: dict[str, dict] | None = None, stat: str = DEFAULT_STAT,
+                 intervals: dict[tuple[str, str], Interval] | None = None) -> Layout:
+    """The paper layout; the CSV keeps mean, std (and `stat`) and n per column as numbers.
     `cards`: hash -> protocol card, for the footer; `stat`: the spread after ± (stats.STATS); `intervals`:
     (cell_id, target) -> bootstrap interval (bootstrap.cell_intervals), shown for one-seed cells."""
     rows, cols, aggs = paper_aggs(items)
     if not rows:
-        return "(no results yet)\n", ""
+        return Layout()
     n_max = max(a.n for a in aggs.values())
     cells = scores_by_cell(items)
     shown = {(r, c): one_seed_interval(cells.get((r, *c), {}), intervals) for r in rows for c in cols}
@@ -86,12 +121,18 @@ def paper(items: list[Score], cards: dict[str, dict] | None = None, stat: str = 
     csv_header = ["backbone"] + [f"{col_title(c)} {k}" for c in cols for k in ("mIoU", *csv_fields(stat), *boot)]
     csv_rows = [[r] + [v for c in cols for v in aggs[(r, c)].csv(stat) + interval_csv(shown[(r, c)], boot)]
                 for r in rows]
-    md = markdown_table(["backbone"] + [col_title(c) for c in cols], md_rows)
+    table = Table("", ["backbone"] + [col_title(c) for c in cols], md_rows, rows)
     partial = any(a.n < n_max for a in aggs.values())
-    md += f"\nmIoU (%) over the classes scored in each test set; {seed_note(items, n_max, partial, stat)}.\n"
-    md += interval_note([i for i in shown.values() if i is not None])
-    md += footer(items, cards or {})
-    return md, csv_text(csv_header, csv_rows)
+    note = (f"mIoU (%) over the classes scored in each test set; {seed_note(items, n_max, partial, stat)}.\n"
+            + interval_note([i for i in shown.values() if i is not None]))
+    return Layout([table], note + footer(items, cards or {}), csv_text(csv_header, csv_rows))
+
+
+def paper(items: list[Score], cards: dict[str, dict] | None = None, stat: str = DEFAULT_STAT,
+          intervals: dict[tuple[str, str], Interval] | None = None) -> tuple[str, str]:
+    """(markdown, csv) of `paper_layout`."""
+    layout = paper_layout(items, cards, stat, intervals)
+    return layout.markdown(), layout.csv
 
 
 # --- domain-generalization layout ------------------------------------------------------------------------------------
@@ -124,10 +165,10 @@ def dg_aggs(items: list[Score]) -> dict[str, tuple[list[str], list[str], dict]]:
     return out
 
 
-def dg(items: list[Score], cards: dict[str, dict] | None = None, stat: str = DEFAULT_STAT,
-       intervals: dict[tuple[str, str], Interval] | None = None) -> tuple[str, str]:
-    """(markdown, csv) of the DG layout; `intervals` as in `paper` (none for the mean over unseen targets)."""
-    parts, n_all, partial = [], 0, False
+def dg_layout(items: list[Score], cards: dict[str, dict] | None = None, stat: str = DEFAULT_STAT,
+              intervals: dict[tuple[str, str], Interval] | None = None) -> Layout:
+    """The DG layout; `intervals` as in `paper_layout` (none for the mean over unseen targets)."""
+    tables, n_all, partial = [], 0, False
     aggs = dg_aggs(items)
     cells = scores_by_cell(items)
     shown = {(source, r, c): one_seed_interval(cells.get((r, source, c), {}), intervals)
@@ -140,17 +181,22 @@ def dg(items: list[Score], cards: dict[str, dict] | None = None, stat: str = DEF
         partial = partial or any(a.n < n_max for a in table.values())
         titles = [f"{c} (in-domain)" if is_in_domain(source, c) else c for c in columns]
         body = [[r] + [agg_md(table[(r, c)], stat, n_max, shown[(source, r, c)]) for c in columns] for r in rows]
-        parts.append(f"### trained on {source}\n\n" + markdown_table(["backbone"] + titles, body))
+        tables.append(Table(f"trained on {source}", ["backbone"] + titles, body, rows, source=source))
         csv_rows += [[source, r, c, *table[(r, c)].csv(stat), *interval_csv(shown[(source, r, c)], boot)]
                      for r in rows for c in columns]
-    if not parts:
-        return "(no results yet)\n", ""
+    if not tables:
+        return Layout()
     mean_note = (f"{MEAN_UNSEEN} = average over the targets other than the source, taken per seed; "
                  if any(MEAN_UNSEEN in cols for _, cols, _ in aggs.values()) else "")
-    note = (f"\nmIoU (%); {mean_note}{seed_note(items, n_all, partial, stat)}.\n"
+    note = (f"mIoU (%); {mean_note}{seed_note(items, n_all, partial, stat)}.\n"
             + interval_note([i for i in shown.values() if i is not None]) + footer(items, cards or {}))
-    return "\n".join(parts) + note, csv_text(["source", "backbone", "target", "mIoU", *csv_fields(stat), *boot],
-                                             csv_rows)
+    return Layout(tables, note, csv_text(["source", "backbone", "target", "mIoU", *csv_fields(stat), *boot], csv_rows))
+
+
+def dg(items: list[Score], cards: dict[str, dict] | None = None, stat: str = DEFAULT_STAT,
+       intervals: dict[tuple[str, str], Interval] | None = None) -> tuple[str, str]:
+    layout = dg_layout(items, cards, stat, intervals)
+    return layout.markdown(), layout.csv
 
 
 # --- per-class IoU ---------------------------------------------------------------------------------------------------
@@ -176,9 +222,9 @@ def per_class_aggs(items: list[Score]) -> dict[tuple[str, str], tuple[list[str],
     return out
 
 
-def per_class(items: list[Score], stat: str = DEFAULT_STAT) -> tuple[str, str]:
+def per_class_layout(items: list[Score], stat: str = DEFAULT_STAT) -> Layout:
     """Same statistic as the other tables; (n=k) marks a class defined in fewer of the row's seeds than usual."""
-    parts, csv_rows, n_all, partial = [], [], 0, False
+    tables, csv_rows, n_all, partial = [], [], 0, False
     for col, (rows, classes, table) in per_class_aggs(items).items():
         n_max = max(a.n for a in table.values())
         n_all = max(n_all, n_max)
@@ -186,14 +232,19 @@ def per_class(items: list[Score], stat: str = DEFAULT_STAT) -> tuple[str, str]:
         header = ["backbone"] + classes + ["mIoU"]
         body = [[r] + [table[(r, c)].md(stat, n_expected=n_max)
                        for c in classes + ["mIoU"]] for r in rows]
-        parts.append(f"### {col_title(col)}\n\n" + markdown_table(header, body))
+        tables.append(Table(col_title(col), header, body, rows, source=col[0], target=col[1]))
         csv_rows += [[*col, r, c, *table[(r, c)].csv(stat)] for r in rows for c in classes + ["mIoU"]]
-    if not parts:
-        return "(no results yet)\n", ""
+    if not tables:
+        return Layout()
     seeds = seed_note(items, n_all, partial, stat, "only k seeds finished or define the class")
-    note = f"\nIoU (%) per class; {seeds}; {DASH} = class absent from both ground truth and prediction.\n"
-    return "\n".join(parts) + note, csv_text(["source", "target", "backbone", "class", "IoU", *csv_fields(stat)],
-                                             csv_rows)
+    note = f"IoU (%) per class; {seeds}; {DASH} = class absent from both ground truth and prediction.\n"
+    return Layout(tables, note, csv_text(["source", "target", "backbone", "class", "IoU", *csv_fields(stat)],
+                                         csv_rows))
+
+
+def per_class(items: list[Score], stat: str = DEFAULT_STAT) -> tuple[str, str]:
+    layout = per_class_layout(items, stat)
+    return layout.markdown(), layout.csv
 
 
 def per_seed(items: list[Score]) -> str:
