@@ -287,3 +287,8 @@ def test_a_study_pairing_a_whitening_method_with_ibn_b_fails_before_any_work(tmp
     err = capsys.readouterr().err
     assert "isw on resnet18_ibn_b + fcn" in err and "leave that backbone or method out" in err
     assert "mixstyle on" not in err and "on resnet18 +" not in err  # only the combination that cannot be built
+
+
+def test_crossdomain_mixstyle_is_refused_in_a_study_whose_batches_are_not_two_domains_in_halves():
+    with pytest.raises(MethodError, match=r"not split into two domains by halves"):
+        build_method("mixstyle", {"mix": "crossdomain"}).build(create_model("resnet18", "fcn"))

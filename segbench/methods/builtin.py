@@ -197,6 +197,15 @@ class MixStyleMethod(_AfterOutputs):
     code = "KaiyangZhou/mixstyle-release; Dassl dassl/modeling/ops/mixstyle.py"
     defaults = {"p": 0.5, "alpha": 0.1, "mix": "random", "places": ["layer1", "layer2", "layer3"]}
 
+    def build(self, model: nn.Module) -> None:
+        if self.options["mix"] != "random":
+            # MixStyle's crossdomain mode mixes the first half of a batch with the second, which holds only when each
+            # batch is two domains in halves; segbench's multi-source stream draws each sample's domain by weight
+            raise MethodError(f"method.mixstyle.mix={self.options['mix']!r}: a study's batches are not split into "
+                              "two domains by halves, which crossdomain mixing assumes; use mix 'random' (the "
+                              "MixStyle module itself takes mix='crossdomain' for your own two-domain batches)")
+        super().build(model)
+
     def make(self) -> nn.Module:
         return MixStyle(p=self.options["p"], alpha=self.options["alpha"], mix=self.options["mix"])
 
