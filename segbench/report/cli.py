@@ -8,6 +8,7 @@ from pathlib import Path
 from ..cells import CELLS
 from ..errors import command
 from .build import build_report
+from .selection import ALL, LAST, RULES
 from .stats import DEFAULT_STAT, STAT_NAMES, STATS
 
 
@@ -26,11 +27,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--format", choices=("markdown", "latex"), default="markdown",
                         help="what to print: the markdown paper table (default) or the booktabs LaTeX of table.tex "
                              "and dg.tex (both are always written)")
+    parser.add_argument("--select", choices=(*RULES, ALL), default=LAST,
+                        help="model-selection rule the tables report: last (default: the final weights), source-val "
+                             "(the iteration with the best in-domain mIoU), oracle (per target its best mIoU: an "
+                             "upper bound); all: last tables plus selection.md/.csv comparing the three. The last "
+                             "two need cells trained with --set eval.every=N")
     args = parser.parse_args(argv)
     if not (args.results_dir / CELLS).is_dir():
         parser.error(f"{args.results_dir} holds no cells/ directory: pass the directory a study wrote (results/NAME)")
     print(build_report(args.results_dir, plot=not args.no_plot, stat=args.stat, baseline=args.baseline,
-                       fmt=args.format))
+                       fmt=args.format, select_rule=args.select))
     # on stderr under --format latex, so `segbench report DIR --format latex > tables.tex` holds LaTeX only
     print(f"all tables and figures: {args.results_dir / 'report.md'}",
           file=sys.stderr if args.format == "latex" else sys.stdout)
