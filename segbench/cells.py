@@ -67,7 +67,11 @@ RECORD_FIELDS = {
     "training": "train_seconds, images_per_s (the whole run, across resumes), resumed_from (the iteration this "
                 "process resumed at; absent when the cell was only evaluated), world_size and batch_per_process "
                 "(this launch), launches (from_iteration, world_size, batch_per_process of each), init (what a "
-                "partial pretrained load left out: model.pretrained=torchvision)",
+                "partial pretrained load left out: model.pretrained=torchvision), eval_seconds (periodic evaluation "
+                "under eval.every, left out of train_seconds and images_per_s)",
+    "curves": "under eval.every: target -> [[iteration, miou], ...], every target scored every eval.every "
+              "iterations and at the last (whose point is the final result); report/selection.py picks checkpoints "
+              "from them",
     "provenance": "segbench version, git commit, python/torch/CUDA, device, host, argv of the run that wrote it",
     "protocol": "the protocol card (protocol_card): sources, split, resolution, source_weights and training classes "
                 "(multi-source), global_batch, iterations, train (crop, scale_range, hflip, class_uniform, "
@@ -193,7 +197,8 @@ def plan(cfg: dict, transfers: list[Transfer], backbones: list[str], heads: list
 
 
 # --- the protocol card: what a number was measured under, on the record ---------------------------------------
-#: which weights are scored: those at the end of training (no checkpoint is picked on a validation score)
+#: which weights are scored: those at the end of training (no checkpoint is picked on a validation score); the
+#: report's other model-selection rules (report/selection.py) put their own name here
 CHECKPOINT_RULE = "last"
 
 

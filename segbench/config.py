@@ -115,9 +115,10 @@ EVAL_CLASS_SETS = (19, 16, 13)
 
 #: the `eval:` section: which split is scored, under which protocol, at which size (None: the protocol's; `size` is
 #: for the native protocol only), over which classes, the loader, how many predictions are kept for the report's
-#: qualitative panel, and the inference settings
+#: qualitative panel, the inference settings, and `every`: score every target each N training iterations (and at
+#: the last) for the report's model-selection rules (`segbench report --select`); 0, the default, never does
 EVAL_DEFAULTS: dict[str, Any] = {"split": "val", "protocol": "native", "size": None, "classes": None, "batch_size": 1,
-                                 "workers": 2, **_plain(asdict(InferenceSettings())), "dump": 4}
+                                 "workers": 2, **_plain(asdict(InferenceSettings())), "dump": 4, "every": 0}
 
 DEFAULTS: dict[str, Any] = {
     "name": None,  # results sub-directory; defaults to the experiment file's stem or the specs
@@ -136,7 +137,8 @@ DEFAULTS: dict[str, Any] = {
 
 # Settings that change how fast a cell runs but not what it computes: left out of the cell id.
 NON_IDENTITY_KEYS = {"train": {"workers", "ckpt_every", "keep_ckpts", "channels_last", "compile", "unknown_labels"},
-                     "eval": {"batch_size", "workers", "dump"}}
+                     # eval.every: periodic scores never touch the weights (engine/train.py forks the RNG)
+                     "eval": {"batch_size", "workers", "dump", "every"}}
 
 
 def experiments_dir() -> Path:
@@ -475,7 +477,8 @@ RULES: dict[str, Any] = {
     "eval": {"split": NAME, "protocol": one_of(*EVAL_PROTOCOLS), "size": optional(SIZE),
              "classes": one_of(None, *EVAL_CLASS_SETS), "batch_size": integer(1), "workers": integer(0),
              "mode": one_of("whole", "slide"), "window": optional(SIZE), "stride": optional(SIZE), "flip": FLAG,
-             "scales": Rule("a non-empty list of numbers > 0", _positive_numbers), "dump": integer(0)},
+             "scales": Rule("a non-empty list of numbers > 0", _positive_numbers), "dump": integer(0),
+             "every": integer(0)},  # 0: no periodic evaluation
 }
 
 

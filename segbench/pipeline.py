@@ -84,6 +84,24 @@ def run_cell(cell: Cell, cell_dir: Path, *, data_root=None, device: torch.device
         return train_and_score(cell, cell_dir, data_root=data_root, device=device)
 
 
+def periodic_evaluation(cell: Cell, model: torch.nn.Module, data_root, device: torch.device):
+    """`on_eval` for engine/train.py under `eval.every`: iteration -> {target: mIoU} on every target of the cell,
+    scored as the final scores are (same split, protocol, classes, inference), so the curve's last point is the
+    result. The datasets are opened once, here; no predictions or per-image matrices are kept."""
+    ecfg = cell.eval
+    inference = InferenceSettings.from_config(ecfg)
+    opened = {}
+    for target in cell.eval_targets:
+        ds = build_dataset(target, ecfg["split"], root=data_root)
+        opened[target] = (ds, prepare_for_scoring(ds, ecfg))
+
+    def on_eval(iteration: int) -> dict[str, float]:
+        return {target: evaluate(model, ds, device=device, eval_classes=classes, workers=ecfg.get("workers", 0),
+                                 settings=inference, desc=f"  iteration {iteration}: {target}")["miou"]
+                for target, (ds, classes) in opened.items()}
+    return on_eval
+
+
 def train_and_score(cell: Cell, cell_dir: Path, *, data_root, device: torch.device) -> dict:
     """run_cell's work, once the cell is claimed."""
     main = dist_utils.is_main()
@@ -112,10 +130,17 @@ def train_and_score(cell: Cell, cell_dir: Path, *, data_root, device: torch.devi
         unknown_labels = apply_unknown_label_policy_per_source(source, settings.unknown_labels, settings.workers)
         transform = build_train_transform(settings.crop, settings.scale_range, settings.hflip, settings.photometric,
                                           image_method=method.transform_image if method.transforms_image else None)
+        every = int(cell.eval.get("every") or 0)
         record["training"] = train(model, source, transform, settings, seed=cell.seed, device=device,
                                    ckpt_dir=cell_dir / CHECKPOINTS, identity=cell.training_identity(),
                                    log_path=cell_dir / TRAIN_LOG, tb_dir=cell_dir / TENSORBOARD,
-                                   desc=f"{cell.trained_as} on {cell.source} (seed {cell.seed})", method=method)
+                                   desc=f"{cell.trained_as} on {cell.source} (seed {cell.seed})", method=method,
+                                   eval_every=every,
+                                   on_eval=periodic_evaluation(cell, model, data_root, device) if every else None)
+        curves, eval_seconds = record["training"].pop("curves"), record["training"].pop("eval_seconds")
+        if curves:  # nothing is added to a record trained without periodic evaluation
+            record["curves"] = curves
+            record["training"]["eval_seconds"] = eval_seconds
         record["training"].update(unknown_labels)
         init = init_record(cell.backbone, cell.model.get("pretrained"))  # a partial load names what it left out
         if init is not None:
@@ -128,6 +153,8 @@ def train_and_score(cell: Cell, cell_dir: Path, *, data_root, device: torch.devi
     inference = InferenceSettings.from_config(ecfg)
     record["provenance"] = provenance(device)
     for target in missing_targets(cell, cell_dir):
+        if trained and target in record.get("curves", {}):  # its curve was scored under other eval settings
+            del record["curves"][target]
         ds = build_dataset(target, ecfg["split"], root=data_root)
         classes = prepare_for_scoring(ds, ecfg)
         t0 = time.perf_counter()

@@ -5,6 +5,7 @@ import math
 import time
 from contextlib import nullcontext
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -85,7 +86,8 @@ def make_loader(dataset, transform, settings: TrainSettings, seed: int, start_it
 
 def train(model: torch.nn.Module, dataset, transform, settings: TrainSettings, *, seed: int, device: torch.device,
           ckpt_dir: Path, identity: dict, log_path: Path | None = None, tb_dir: Path | None = None,
-          desc: str = "train", method: Method | None = None) -> dict:
+          desc: str = "train", method: Method | None = None, eval_every: int = 0,
+          on_eval: Callable[[int], dict[str, float]] | None = None) -> dict:
     """Train `model` in place for `settings.iters` iterations, resuming from `ckpt_dir` when it holds a checkpoint.
 
     `identity` is the configuration a checkpoint must match to be resumed from. `settings.batch_size` is the global
@@ -98,6 +100,11 @@ def train(model: torch.nn.Module, dataset, transform, settings: TrainSettings, *
 
     `method` (segbench.methods) runs its `before_step` hook before each step and adds its `losses` to the
     segmentation loss; its state lives in the model, so checkpoints carry it.
+
+    `on_eval(iteration) -> {target: mIoU}` runs every `eval_every` iterations and after the last, on every rank
+    (scoring is collective), with the RNG forked (`periodic_scores`), so the weights end exactly as without it. Its
+    points are returned as "curves" ({target: [[iteration, mIoU], ...]}, carried by checkpoints) and its time as
+    "eval_seconds", which train_seconds and images_per_s leave out.
 
     Returns statistics of the whole run: a checkpoint carries the seconds and images trained up to it, and a resumed
     run adds its own; `world_size` and `batch_per_process` describe this launch, `launches` every launch since
@@ -113,6 +120,8 @@ def train(model: torch.nn.Module, dataset, transform, settings: TrainSettings, *
                                 weight_decay=settings.weight_decay)
     amp_ctx, scaler = autocast_for(device, settings.amp)
     start, before_seconds, before_images, launches = 0, 0.0, 0, []
+    curves: dict[str, list[list]] = {}
+    before_eval_seconds = 0.0
     found = load_latest_checkpoint(ckpt_dir, set_damaged_aside=dist_utils.is_main())
     if found is not None:
         resume, state = found
@@ -128,6 +137,8 @@ def train(model: torch.nn.Module, dataset, transform, settings: TrainSettings, *
         # checkpoints written before these were recorded: the statistics then cover this process only
         before_seconds, before_images = float(state.get("train_seconds", 0.0)), int(state.get("train_images", 0))
         launches = list(state.get("launches", []))
+        curves = {t: [list(p) for p in points] for t, points in (state.get("curves") or {}).items()}
+        before_eval_seconds = float(state.get("eval_seconds", 0.0))
     launches.append({"from_iteration": start, "world_size": world, "batch_per_process": batch_per_process})
     ddp_model = dist_utils.wrap_ddp(model, device)
     step_model = torch.compile(ddp_model) if settings.compile else ddp_model
@@ -139,8 +150,9 @@ def train(model: torch.nn.Module, dataset, transform, settings: TrainSettings, *
                 "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict() if scaler else None,
                 "rng_cpu": torch.get_rng_state(),
                 "rng_cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-                "train_seconds": before_seconds + time.perf_counter() - t0, "train_images": before_images + images,
-                "launches": launches,
+                "train_seconds": before_seconds + time.perf_counter() - t0 - eval_seconds,
+                "train_images": before_images + images, "launches": launches, "curves": curves,
+                "eval_seconds": before_eval_seconds + eval_seconds,
             }, keep=settings.keep_ckpts)
 
     loader = make_loader(dataset, transform, settings, seed, start, device)
@@ -149,7 +161,7 @@ def train(model: torch.nn.Module, dataset, transform, settings: TrainSettings, *
     model.train()
     bar = tqdm(total=settings.iters, initial=start, desc=desc, unit="it", dynamic_ncols=True,
                disable=not dist_utils.is_main())
-    images, t0 = 0, time.perf_counter()
+    images, t0, eval_seconds = 0, time.perf_counter(), 0.0
     iteration = start
     # first iteration with a non-finite loss, kept on the device: checking it every step would sync the GPU each step
     first_bad = torch.full((), -1, dtype=torch.long, device=device)
@@ -163,6 +175,13 @@ def train(model: torch.nn.Module, dataset, transform, settings: TrainSettings, *
             raise NonFiniteLoss(
                 f"{desc}: loss became NaN/inf at iteration {bad}; stopped without saving. The last good checkpoint in "
                 f"{ckpt_dir} is intact. Lower train.lr or check the labels (values outside 0..18 and 255?).")
+
+    def score_now(iteration: int) -> None:
+        nonlocal eval_seconds
+        began = time.perf_counter()
+        for target, miou in periodic_scores(on_eval, iteration, model, device).items():
+            curves.setdefault(target, []).append([iteration, float(miou)])
+        eval_seconds += time.perf_counter() - began
 
     method = method or Method()
     run = TrainRun(dataset=dataset, normalize=normalized_tensor, device=device, seed=seed, iters=settings.iters,
@@ -207,13 +226,15 @@ def train(model: torch.nn.Module, dataset, transform, settings: TrainSettings, *
             else:
                 optimizer.step()
             iteration += 1
-            rate = images / max(time.perf_counter() - t0, 1e-9)
+            rate = images / max(time.perf_counter() - t0 - eval_seconds, 1e-9)
             bar.update(1)
             if iteration % LOG_EVERY == 0 or iteration == settings.iters:
                 check_finite()
                 value = loss_value.item()
                 bar.set_postfix(loss=f"{value:.3f}", lr=f"{lr:.2e}", img_s=f"{rate:.1f}")
                 log.log(iteration, value, lr, rate)
+            if on_eval is not None and eval_every and (iteration % eval_every == 0 or iteration == settings.iters):
+                score_now(iteration)  # before the checkpoint, so a resumed run has this point
             if settings.ckpt_every and iteration % settings.ckpt_every == 0 and iteration < settings.iters:
                 check_finite()
                 snapshot(iteration)
@@ -224,9 +245,25 @@ def train(model: torch.nn.Module, dataset, transform, settings: TrainSettings, *
         raise RuntimeError(f"{desc}: data stream ended at iteration {iteration} of {settings.iters}")
     check_finite()
     # training throughput: the one-off final save is not part of it
-    seconds, total_images = before_seconds + time.perf_counter() - t0, before_images + images
+    seconds, total_images = before_seconds + time.perf_counter() - t0 - eval_seconds, before_images + images
     if start < settings.iters:
         snapshot(settings.iters)
     return {"train_seconds": seconds,
             "images_per_s": total_images / seconds if seconds > 0 and total_images else math.nan,
-            "resumed_from": start, "world_size": world, "batch_per_process": batch_per_process, "launches": launches}
+            "resumed_from": start, "world_size": world, "batch_per_process": batch_per_process, "launches": launches,
+            "curves": curves, "eval_seconds": before_eval_seconds + eval_seconds}
+
+
+def periodic_scores(on_eval: Callable[[int], dict[str, float]], iteration: int, model: torch.nn.Module,
+                    device: torch.device) -> dict[str, float]:
+    """`on_eval(iteration)` inside `torch.random.fork_rng` (CPU and `device`), then the model back in train mode.
+
+    A DataLoader draws its base seed from the global generator when given none, and so may whatever runs in eval
+    mode; the fork puts every draw back, so dropout masks and method draws after it are those of a run that never
+    scored in between. (DomainBed scores every split each `checkpoint_freq` steps for its selection rules:
+    facebookresearch/DomainBed domainbed/scripts/train.py.)
+    """
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        scores = on_eval(iteration)
+    model.train()
+    return scores

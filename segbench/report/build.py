@@ -15,6 +15,10 @@ Files written under RESULTS_DIR:
                        card, config and cell files one click away): opens from disk, fetches nothing
   table.png, per_class_iou.png, gap.png, qualitative.png (the last only when records list prediction samples),
   paired.png (forest plot of paired.md, with a baseline)
+  curves.png           mIoU vs training iteration per target (records trained under eval.every)
+  selection.md/.csv    with select="all": the model-selection rules side by side (report/selection.py)
+Under select="source-val" or "oracle" every table reports that rule's checkpoint and says so in its title, footer
+and row labels.
 """
 from __future__ import annotations
 
@@ -30,12 +34,13 @@ from .latex import dg_tex, paper_tex
 from .paired import paired_tables, plot_paired
 from .protocols import card_hash, card_of, cards_section
 from .qualitative import plot_qualitative
-from .records import count_done, scores
+from .records import count_done
+from .selection import ALL, LAST, check_rule, comparison_tables, rule_note, select, selected_scores
 from .stats import DEFAULT_STAT
 
 FIGURES = {"table.png": "mIoU per train/test pair", "per_class_iou.png": "IoU per class",
            "gap.png": "in-domain vs cross-domain mIoU", "qualitative.png": "qualitative results",
-           "paired.png": "paired differences to the baseline"}
+           "paired.png": "paired differences to the baseline", "curves.png": "mIoU during training"}
 
 
 def provenance_summary(records: list[dict]) -> str:
@@ -60,26 +65,36 @@ def provenance_summary(records: list[dict]) -> str:
 
 
 def build_report(results_dir: Path, plot: bool = True, stat: str = DEFAULT_STAT, baseline: str | None = None,
-                 fmt: str = "markdown") -> str:
+                 fmt: str = "markdown", select_rule: str = LAST) -> str:
     """Write every table (and figure) under `results_dir`; return the paper-layout markdown (table.md), followed by
     the paired comparison when a `baseline` backbone is named, or with `fmt="latex"` table.tex and dg.tex.
-    `stat`: the spread after ± (stats.STATS)."""
+    `stat`: the spread after ± (stats.STATS); `select_rule`: the model-selection rule the tables report
+    (selection.RULES), or "all" for `last` tables plus selection.md."""
     results_dir = Path(results_dir)
     records = load_records(results_dir)
-    items = scores(records)
-    cards = {card_hash(c): c for c in map(card_of, records) if c}
+    rule = LAST if check_rule(select_rule, allow_all=True) == ALL else select_rule
+    items = selected_scores(records, rule)
+    cards = {card_hash(c): c for c in map(card_of, select(records, rule)) if c}
     paired_md = ""
     if baseline:
         paired_md, paired_csv = paired_tables(items, baseline)
         write_text(results_dir / "paired.md", paired_md)
         write_text(results_dir / "paired.csv", paired_csv)
-    intervals = cell_intervals(records)
+    intervals = cell_intervals(records) if rule == LAST else {}  # per-image matrices are the last weights'
     if intervals:
         write_text(results_dir / "bootstrap.csv", bootstrap_csv(records, intervals))
     paper, dg, pc = (tables.paper_layout(items, cards, stat, intervals), tables.dg_layout(items, cards, stat, intervals),
                      tables.per_class_layout(items, stat))
     paper_md, dg_md, pc_md = paper.markdown(), dg.markdown(), pc.markdown()
     paper_csv, dg_csv, pc_csv = paper.csv, dg.csv, pc.csv
+    if rule != LAST:
+        note = rule_note(rule)
+        paper_md, dg_md, pc_md = (f"{note}\n{md}\n{note}" for md in (paper_md, dg_md, pc_md))
+    selection_md = ""
+    if select_rule == ALL:
+        selection_md, selection_csv = comparison_tables(records, stat)
+        write_text(results_dir / "selection.md", selection_md)
+        write_text(results_dir / "selection.csv", selection_csv)
     write_text(results_dir / "table.md", paper_md)
     write_text(results_dir / "table.csv", paper_csv)
     write_text(results_dir / "dg.md", dg_md)
@@ -98,8 +113,13 @@ def build_report(results_dir: Path, plot: bool = True, stat: str = DEFAULT_STAT,
                    "qualitative.png": plot_qualitative(records, results_dir / "qualitative.png")}
         if baseline:
             figures["paired.png"] = plot_paired(items, baseline, results_dir / "paired.png")
-    write_text(results_dir / "report.md", report_markdown(results_dir.name, records, paper_md, dg_md, pc_md, figures,
-                                                          cards_section(items, cards), paired_md, baseline))
+        if any(r.get("curves") for r in records):
+            figures["curves.png"] = plots.plot_curves(records, results_dir / "curves.png")
+    report = report_markdown(results_dir.name, records, paper_md, dg_md, pc_md, figures, cards_section(items, cards),
+                             paired_md, baseline)
+    if selection_md:
+        report += "\n## Model selection\n\n" + selection_md.replace("### ", "#### ")
+    write_text(results_dir / "report.md", report)
     layouts = [("Cross-domain (paper layout)", paper), ("Domain generalization", dg)]
     if baseline:
         layouts.append((f"Paired comparison with {baseline}", paired_layout(items, baseline)))

@@ -11,6 +11,7 @@ from ..cells import CELLS
 from ..errors import command
 from .build import build_report
 from .leaderboard import build_leaderboard, check_dirs
+from .selection import ALL, LAST, RULES
 from .stats import DEFAULT_STAT, STAT_NAMES, STATS
 
 
@@ -33,6 +34,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--format", choices=("markdown", "latex"), default="markdown",
                         help="what to print: the markdown paper table (default) or the booktabs LaTeX of table.tex "
                              "and dg.tex (both are always written)")
+    parser.add_argument("--select", choices=(*RULES, ALL), default=LAST,
+                        help="model-selection rule the tables report: last (default: the final weights), source-val "
+                             "(the iteration with the best in-domain mIoU), oracle (per target its best mIoU: an "
+                             "upper bound); all: last tables plus selection.md/.csv comparing the three. The last "
+                             "two need cells trained with --set eval.every=N")
     args = parser.parse_args(argv)
     for results_dir in args.results_dirs:
         if not (results_dir / CELLS).is_dir():
@@ -43,7 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.out is not None:
         return leaderboard(parser, args)
     results_dir = args.results_dirs[0]
-    print(build_report(results_dir, plot=not args.no_plot, stat=args.stat, baseline=args.baseline, fmt=args.format))
+    print(build_report(results_dir, plot=not args.no_plot, stat=args.stat, baseline=args.baseline, fmt=args.format,
+                       select_rule=args.select))
     # on stderr under --format latex, so `segbench report DIR --format latex > tables.tex` holds LaTeX only
     print(f"all tables and figures: {results_dir / 'report.md'}",
           file=sys.stderr if args.format == "latex" else sys.stdout)

@@ -1,17 +1,20 @@
 """Figures of the report (matplotlib Agg, PNG, written atomically by `io.save_figure`).
 
 table.png: mIoU per train/test pair; per_class_iou.png: IoU per class per backbone; gap.png: in-domain vs
-cross-domain mIoU per backbone. Error bars are the report's statistic over seeds (stats.STATS;
-se by default).
+cross-domain mIoU per backbone; curves.png: mIoU vs training iteration (eval.every), one panel per train/test pair,
+one line per row (mean over the seeds scored at each iteration). Error bars are the report's statistic over seeds
+(stats.STATS; se by default).
 """
 from __future__ import annotations
 
 import math
+import statistics
+from collections import defaultdict
 from pathlib import Path
 
 from ..io import pyplot, save_figure
 from ..spec import is_in_domain
-from .records import Score, ordered_pairs, ordered_rows, scores_by_cell
+from .records import Score, ordered_pairs, ordered_rows, row_labels, scores_by_cell
 from .stats import DEFAULT_STAT, Agg
 from .tables import col_title, per_class_aggs
 
@@ -107,5 +110,38 @@ def plot_gap(items: list[Score], path: Path, stat: str = DEFAULT_STAT) -> Path |
         ax.set_title(f"trained on {source}", fontsize=10)
         ax.tick_params(axis="x", labelrotation=20, labelsize=8)
         ax.legend(fontsize=8)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def curve_means(records: list[dict]) -> dict[tuple[str, str], dict[str, list[tuple[int, float]]]]:
+    """(source, target) -> row -> [(iteration, mean mIoU over the seeds scored there)], iterations ascending."""
+    points: dict = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
+    for record, row in zip(records, row_labels(records)):
+        for target, curve in (record.get("curves") or {}).items():
+            for iteration, miou in curve:
+                points[(record["source"], target)][row][int(iteration)].append(float(miou))
+    return {col: {row: [(it, statistics.fmean(v)) for it, v in sorted(its.items())] for row, its in rows.items()}
+            for col, rows in points.items()}
+
+
+def plot_curves(records: list[dict], path: Path) -> Path | None:
+    """mIoU during training: one panel per train/test pair, one line per row; None when no record has curves."""
+    data = curve_means(records)
+    if not data:
+        return None
+    plt = pyplot()
+    cols = sorted(data, key=lambda c: (c[0], not is_in_domain(*c), c[1]))
+    fig, axes = plt.subplots(1, len(cols), figsize=(3.6 * len(cols) + 1.0, 3.2), squeeze=False)
+    palette = plt.get_cmap("tab10").colors
+    colors = {r: palette[i % len(palette)] for i, r in enumerate(dict.fromkeys(row_labels(records)))}
+    for ax, col in zip(axes[0], cols):
+        for row, line in data[col].items():
+            ax.plot([it for it, _ in line], [m for _, m in line], marker=".", label=row, color=colors[row])
+        ax.set_title(col_title(col), fontsize=10)
+        ax.set_xlabel("iteration")
+        ax.set_ylabel("mIoU (%)")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
     fig.tight_layout()
     return save_figure(fig, path)
