@@ -292,3 +292,16 @@ def test_a_study_pairing_a_whitening_method_with_ibn_b_fails_before_any_work(tmp
 def test_crossdomain_mixstyle_is_refused_in_a_study_whose_batches_are_not_two_domains_in_halves():
     with pytest.raises(MethodError, match=r"not split into two domains by halves"):
         build_method("mixstyle", {"mix": "crossdomain"}).build(create_model("resnet18", "fcn"))
+
+
+def test_a_batch_grown_inside_the_network_is_trained_with_its_labels_repeated():
+    """SHADE appends hallucinated copies after the stem: CE over [x, x'] with the labels duplicated, as its code does."""
+    from segbench.engine.train import segmentation_loss
+
+    torch.manual_seed(0)
+    logits, target = torch.randn(4, 19, 5, 6), torch.randint(0, 19, (2, 5, 6))
+    target[0, 0, 0] = 255
+    expected = torch.nn.functional.cross_entropy(logits, torch.cat([target, target]), ignore_index=255)
+    torch.testing.assert_close(segmentation_loss({"out": logits}, target, 0.4), expected, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="3 predictions for 2 labels"):
+        segmentation_loss({"out": logits[:3]}, target, 0.4)

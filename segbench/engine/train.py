@@ -54,7 +54,16 @@ def label_at(target: torch.Tensor, size: tuple[int, int] | torch.Size) -> torch.
 
 def segmentation_loss(outputs: dict, target: torch.Tensor, aux_weight: float) -> torch.Tensor:
     """CE (ignore 255) of the main logits + aux_weight x CE of the aux logits, each against the label at the logits'
-    size: an aux head scored at its own resolution (RobustNet's) sees the label downsampled (`label_at`)."""
+    size: an aux head scored at its own resolution (RobustNet's) sees the label downsampled (`label_at`).
+
+    A network whose batch grows inside it (a method's module appending k-1 altered copies of the images, SHADE's
+    hallucinated styles) returns k times as many maps as labels: the labels are repeated k times, in order."""
+    copies, rest = divmod(outputs["out"].shape[0], target.shape[0])
+    if rest:
+        raise ValueError(f"{outputs['out'].shape[0]} predictions for {target.shape[0]} labels: a module in the network "
+                         "changed the batch size to a non-multiple of it")
+    if copies > 1:
+        target = target.repeat(copies, *([1] * (target.dim() - 1)))
     loss = F.cross_entropy(outputs["out"], target, ignore_index=IGNORE_INDEX)
     if "aux" in outputs:
         aux = outputs["aux"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from ..data.transforms import Photometric
 from ..engine import distributed as dist_utils
@@ -139,9 +140,11 @@ class InstanceSelectiveWhiteningMethod(_Whitening):
         captured: dict[int, torch.Tensor] = {}
         hooks = [m.register_forward_hook(lambda mod, _i, out, k=k: captured.__setitem__(k, out))
                  for k, m in enumerate(modules)]
+        count = min(self.options["stat_images"], len(run.dataset))
+        bar = tqdm(total=self.options["trials"] * count, desc="  isw: covariance statistics", unit="img",
+                   dynamic_ncols=True, disable=not dist_utils.is_main(), leave=False)
         try:
             masks = [torch.ones_like(m.mask, dtype=torch.bool) for m in modules]
-            count = min(self.options["stat_images"], len(run.dataset))
             for trial in range(self.options["trials"]):
                 rng = np.random.default_rng([run.seed, trial])
                 order = rng.permutation(len(run.dataset))[:count]
@@ -153,9 +156,11 @@ class InstanceSelectiveWhiteningMethod(_Whitening):
                     model(batch)
                     for k, stat in enumerate(stats):
                         stat.update(captured[k][:1], captured[k][1:])
+                    bar.update(1)
                 for k, stat in enumerate(stats):
                     masks[k] &= isw_mask(stat.variance(), clusters=self.options["clusters"]).to(masks[k].device)
         finally:
+            bar.close()
             for h in hooks:
                 h.remove()
             model.train(was_training)
