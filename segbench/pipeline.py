@@ -135,6 +135,7 @@ def train_and_score(cell: Cell, cell_dir: Path, *, data_root, device: torch.devi
                                    ckpt_dir=cell_dir / CHECKPOINTS, identity=cell.training_identity(),
                                    log_path=cell_dir / TRAIN_LOG, tb_dir=cell_dir / TENSORBOARD,
                                    desc=f"{cell.trained_as} on {cell.source} (seed {cell.seed})", method=method,
+                                   pretrained=cell.model.get("pretrained"),
                                    eval_every=every,
                                    on_eval=periodic_evaluation(cell, model, data_root, device) if every else None)
         curves, eval_seconds = record["training"].pop("curves"), record["training"].pop("eval_seconds")

@@ -95,7 +95,7 @@ def make_loader(dataset, transform, settings: TrainSettings, seed: int, start_it
 
 def train(model: torch.nn.Module, dataset, transform, settings: TrainSettings, *, seed: int, device: torch.device,
           ckpt_dir: Path, identity: dict, log_path: Path | None = None, tb_dir: Path | None = None,
-          desc: str = "train", method: Method | None = None, eval_every: int = 0,
+          desc: str = "train", method: Method | None = None, pretrained: str | None = None, eval_every: int = 0,
           on_eval: Callable[[int], dict[str, float]] | None = None) -> dict:
     """Train `model` in place for `settings.iters` iterations, resuming from `ckpt_dir` when it holds a checkpoint.
 
@@ -108,7 +108,8 @@ def train(model: torch.nn.Module, dataset, transform, settings: TrainSettings, *
     without SyncBatchNorm).
 
     `method` (segbench.methods) runs its `before_step` hook before each step and adds its `losses` to the
-    segmentation loss; its state lives in the model, so checkpoints carry it.
+    segmentation loss; its state lives in the model, so checkpoints carry it. `pretrained` (the `model.pretrained`
+    setting) tells a method which weights the model started from.
 
     `on_eval(iteration) -> {target: mIoU}` runs every `eval_every` iterations and after the last, on every rank
     (scoring is collective), with the RNG forked (`periodic_scores`), so the weights end exactly as without it. Its
@@ -194,7 +195,7 @@ def train(model: torch.nn.Module, dataset, transform, settings: TrainSettings, *
 
     method = method or Method()
     run = TrainRun(dataset=dataset, normalize=normalized_tensor, device=device, seed=seed, iters=settings.iters,
-                   batch_size=settings.batch_size)
+                   batch_size=settings.batch_size, pretrained=pretrained)
     micro = 0  # micro-steps of the current iteration done so far
     try:
         for image, target in loader:

@@ -50,6 +50,7 @@ class TrainRun:
     seed: int
     iters: int
     batch_size: int  # the global batch
+    pretrained: str | None = None  # the `model.pretrained` setting: which initial weights the model started from
 
 
 class MethodError(ValueError):
