@@ -344,3 +344,31 @@ def test_syncbatchnorm_in_a_one_process_nccl_group(gpu, monkeypatch):
         assert cosine(flat_grad(inner), ref_grad) > 0.9999
     finally:
         dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("name", ["iw", "irw", "isw", "sw", "mixstyle", "dsu", "np"])
+def test_every_feature_method_trains_under_bf16_autocast_on_the_gpu_like_fp32_on_the_cpu(gpu, name):
+    """A method's modules and loss terms on CUDA under autocast: a finite loss and gradients, and then the eval-mode
+    output on the GPU matches the same weights on the CPU (the perturbations vanish in eval; SW's running statistics
+    and the IN layers run on both devices alike)."""
+    from segbench.methods import Batch, build_method
+
+    method = build_method(name, {"p": 1.0} if name in ("mixstyle", "dsu", "np") else {})
+    model = seeded_model("resnet18")
+    method.build(model)
+    image, target = block_batch()
+    model = model.to(gpu).train()
+    amp, _ = autocast_for(gpu, True)
+    with amp:
+        outputs = model(image.to(gpu))
+        loss = segmentation_loss(outputs, target.to(gpu), 0.4)
+        for term in method.losses(model, outputs, Batch(image.to(gpu), target.to(gpu)), 0).values():
+            loss = loss + term
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    model.eval()
+    with torch.no_grad():
+        gpu_out = model(image.to(gpu))["out"].cpu()
+        reference = copy.deepcopy(model).cpu()(image)["out"]
+    torch.testing.assert_close(gpu_out, reference, rtol=1e-3, atol=1e-3)
