@@ -182,6 +182,9 @@ METHOD_CASES = {
     "iw": [], "irw": [], "sw": [], "mixstyle": [], "dsu": [], "np": [], "pasta": [],
     "isw-selected-before-kill": ["stat_epochs=0.25", "stat_images=3", "trials=2"],
     "isw-selected-after-kill": ["stat_epochs=0.75", "stat_images=3", "trials=2"],
+    # basis styles at iterations 0 and 3 (every 0.75 epoch of 8 images at batch 2): the second in the resumed process;
+    # no retrospection, which needs ImageNet weights these children do not start from
+    "shade": ["basis_epochs=0.75", "retrospection=0"],
 }
 
 

@@ -252,3 +252,167 @@ class PASTAMethod(Method):
 
     def transform_image(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         return pasta(image, rng, alpha=self.options["alpha"], k=self.options["k"], beta=self.options["beta"])
+
+
+# --- SHADE (appended with its imports, so the lines above stay as they were) ---------------------------------------
+import copy  # noqa: E402
+
+from .shade import (RETROSPECTION_CLASSES, BackboneTap, StyleHallucination, basis_styles, features_at,  # noqa: E402
+                    instance_style, retrospection_loss, retrospection_mask, style_consistency_loss)
+
+
+@METHODS.register("shade")
+class ShadeMethod(Method):
+    """SHADE: style hallucination after the stem's max pooling (the official `layer0` = conv1-bn1-relu-maxpool), a
+    style consistency loss between the predictions for the original and the hallucinated halves, and a retrospection
+    loss pulling layer4 towards a frozen copy of the backbone's ImageNet weights on thing-class cells
+    (HeliosZhao/SHADE network/deepv3.py, network/style_hallucination.py, loss.py, train.py, utils/fps.py).
+
+    Defaults: the official GTA5 runs (scripts/train_r50os16_gtav.sh, which sets none of these, so train.py's argument
+    defaults): 64 basis styles, concentration 0.0156, basis recomputed every 3 epochs while the iteration is below
+    0.95 x iterations (from iteration 0, on the ImageNet model), consistency weight 10 (`--sc_weight`), retrospection
+    on layer4 with weight 1 (`--rc_layers layer4 --rc_weights 1.0`; loss.py's `imnet_feature_dist_lambda` = 0.005 is
+    never used). The frozen copy is deep-copied from the backbone in `build` and lives on this object only: not in the
+    model's parameters or checkpoints, in eval mode, without gradients.
+
+    The basis pass, at iteration round(k x basis_epochs x len(source) / global batch) for k = 0, 1, ...: in eval
+    mode, without gradients, each source image's per-channel (mean, sqrt(var + 1e-7)) at `place`; farthest point
+    sampling over [mean; std] from a start index drawn from a torch.Generator seeded by (seed, iteration). It
+    neither reads nor advances the global RNG, so a resumed run repeats it exactly; the basis is a buffer of the
+    module, so checkpoints carry it.
+
+    Where this differs from the official code, on purpose:
+    - the pass reads each image at full resolution without augmentation (`TrainRun.dataset.load_pair`), one at a
+      time; the official pass runs the training loader with class-uniform sampling off, i.e. random scale 0.5-2,
+      768 crop, flip, colour jitter and blur, in batches (BatchNorm is in eval mode, so batching changes nothing).
+      `basis_images` > 0 caps the pass at that many images of a seeded permutation (0 = all, as official);
+    - the FPS start index comes from that seeded generator (official: numpy's global `np.random.randint`), and the
+      distances are float64 on the CPU (official: float32 on the GPU);
+    - under DDP every rank runs the same pass and rank 0's basis is broadcast (official: each rank gathers all
+      ranks' styles and runs FPS with its own numpy state);
+    - an epoch is len(source) / global batch iterations (official: the class-uniform loader's length);
+    - the retrospection mask's cells are the backbone's output stride (official: label width // feature width, the
+      same when the crop divides it); a label smaller than the padded input is padded with 255.
+    The retrospection loss compares both halves of the batch with the frozen model's features of the originals,
+    duplicated, as train.py does. It needs ImageNet weights: with `model.pretrained` null, the first step fails with
+    the fix (`retrospection=0` trains without it)."""
+
+    name = "shade"
+    paper = ("Zhao et al., Style-Hallucinated Dual Consistency Learning for Domain Generalized Semantic "
+             "Segmentation, ECCV 2022")
+    code = "HeliosZhao/SHADE network/style_hallucination.py, loss.py, train.py, utils/fps.py"
+    defaults = {"place": "maxpool", "basis_styles": 64, "concentration": 0.0156, "basis_epochs": 3.0,
+                "basis_until": 0.95, "basis_images": 0, "consistency": 10.0, "retrospection": 1.0,
+                "retrospection_classes": list(RETROSPECTION_CLASSES), "retrospection_ratio": 0.75}
+
+    def __init__(self, **options):
+        super().__init__(**options)
+        if not self.options["basis_epochs"] > 0:
+            raise MethodError(f"method.shade.basis_epochs={self.options['basis_epochs']!r}: the basis is recomputed "
+                              "every that many epochs, so it must be > 0 (official: 3)")
+        if self.options["basis_images"] < 0:
+            raise MethodError(f"method.shade.basis_images={self.options['basis_images']!r}: give a count of images, "
+                              "or 0 for all of them (official)")
+        self.frozen_backbone: nn.Module | None = None  # the ImageNet backbone, outside the model (see build)
+        self._tap = BackboneTap()
+        self._stride: int | None = None
+
+    def build(self, model: nn.Module) -> None:
+        resnet = resnet_of(model)
+        if self.options["retrospection"] > 0:
+            # copied before the hallucination module is hooked in: the frozen copy is the plain backbone
+            self.frozen_backbone = copy.deepcopy(resnet).eval().requires_grad_(False)
+            resnet.conv1.register_forward_pre_hook(self._tap.keep_input)
+            resnet.layer4.register_forward_hook(self._tap.keep_layer4)
+            stride = getattr(resnet, "output_stride", None)
+            self._stride = stride if isinstance(stride, int) else None
+        place = self.options["place"]
+        insert_after(model, place, StyleHallucination(place_channels(model, place), self.options["basis_styles"],
+                                                      self.options["concentration"]))
+
+    def hallucination(self, model: nn.Module) -> StyleHallucination:
+        modules = getattr(model, "method_modules", None)
+        module = modules[self.options["place"]] if modules is not None and self.options["place"] in modules else None
+        if not isinstance(module, StyleHallucination):
+            raise MethodError("this model holds no StyleHallucination module: call the method's build(model) first")
+        return module
+
+    def basis_due(self, iteration: int, run: TrainRun) -> bool:
+        """True at the start of every `basis_epochs`-th epoch while iteration < basis_until x iterations."""
+        if iteration >= self.options["basis_until"] * run.iters:
+            return False
+        period = self.options["basis_epochs"] * len(run.dataset) / run.batch_size
+        k = int(iteration // period)
+        return any(round(j * period) == iteration for j in (k - 1, k, k + 1) if j >= 0)
+
+    def before_step(self, model: nn.Module, iteration: int, run: TrainRun) -> None:
+        if self.options["retrospection"] > 0 and run.pretrained is None:
+            raise MethodError(f"method.shade.retrospection={self.options['retrospection']} keeps layer4 close to the "
+                              "backbone's ImageNet weights, but this model starts from model.pretrained=null: use "
+                              "`--set model.pretrained=imagenet`, or train without it: "
+                              "`--set method.shade.retrospection=0`")
+        if not self.basis_due(iteration, run):
+            return
+        module = self.hallucination(model)
+        mean, std = self.compute_basis(model, iteration, run)
+        module.set_basis(mean, std)
+        if dist_utils.is_dist():  # every rank computed it; rank 0's is the one all use
+            torch.distributed.broadcast(module.basis_mean, 0)
+            torch.distributed.broadcast(module.basis_std, 0)
+
+    @torch.no_grad()
+    def compute_basis(self, model: nn.Module, iteration: int, run: TrainRun) -> tuple[torch.Tensor, torch.Tensor]:
+        """The basis styles (mean, std), K x C each, from the source images' styles at `place` (eval mode)."""
+        resnet, place = resnet_of(model), self.options["place"]
+        total, cap = len(run.dataset), self.options["basis_images"]
+        order = (np.random.default_rng([run.seed, iteration]).permutation(total)[:cap] if 0 < cap < total
+                 else np.arange(total))
+        was_training = model.training
+        model.eval()
+        means, stds = [], []
+        bar = tqdm(total=len(order), desc="  shade: basis styles", unit="img", dynamic_ncols=True,
+                   disable=not dist_utils.is_main(), leave=False)
+        try:
+            for index in order:
+                image, _ = run.dataset.load_pair(int(index))
+                features = features_at(resnet, place, run.normalize(image)[None].to(run.device)).double()
+                mean, std = instance_style(features)
+                means.append(mean.cpu())
+                stds.append(std.cpu())
+                bar.update(1)
+        finally:
+            bar.close()
+            model.train(was_training)
+        seed = int(np.random.SeedSequence([run.seed, iteration]).generate_state(1)[0])
+        start = int(torch.randint(len(order), (1,), generator=torch.Generator().manual_seed(seed)))
+        mean, std = basis_styles(torch.cat(means), torch.cat(stds), self.options["basis_styles"], start)
+        return mean.float(), std.float()
+
+    def losses(self, model: nn.Module, outputs: dict, batch: Batch, iteration: int) -> dict[str, torch.Tensor]:
+        logits, n = outputs["out"], batch.target.shape[0]
+        if logits.shape[0] != 2 * n:
+            raise MethodError(f"shade expects predictions for the {n} images and their {n} hallucinated copies, got "
+                              f"{logits.shape[0]}: is the StyleHallucination module in training mode?")
+        terms = {}
+        if self.options["consistency"] > 0:
+            terms["style_consistency"] = self.options["consistency"] * style_consistency_loss(logits[:n], logits[n:])
+        if self.options["retrospection"] > 0:
+            terms["retrospection"] = self.options["retrospection"] * self.retrospection(logits.shape[1], batch)
+        self._tap.clear()
+        return terms
+
+    def retrospection(self, num_classes: int, batch: Batch) -> torch.Tensor:
+        images, features = self._tap.input, self._tap.layer4
+        if images is None or features is None:
+            raise MethodError("shade's retrospection saw no training forward of the backbone this step: build the "
+                              "method on the model that is trained")
+        frozen = self.frozen_backbone
+        if next(frozen.parameters()).device != images.device:
+            frozen.to(images.device)  # first use: built on the CPU before the model moved
+        with torch.no_grad():
+            reference = features_at(frozen, "layer4", images)
+        copies = features.shape[0] // reference.shape[0]
+        stride = self._stride or batch.target.shape[-1] // features.shape[-1]
+        mask = retrospection_mask(batch.target, features.shape[-2:], stride, num_classes,
+                                  self.options["retrospection_classes"], self.options["retrospection_ratio"])
+        return retrospection_loss(features, reference.repeat(copies, 1, 1, 1), mask.repeat(copies, 1, 1))
