@@ -9,6 +9,9 @@ Sections, in this order (--sections picks and orders them):
   train     bench_train's GPU preset (DeepLabV3+ / ResNet-50-IBN-a, crop 768, batch 8): images/s of segbench's loop
             and of a bare loop, model TFLOP/s and the fraction of the card's peak bf16
   models    bench_models' timing: ResNet-50 vs IBN-a vs IBN-b, a training step of the preset and a full-frame forward
+  methods   each feature-level DG method's training images/s in segbench's loop (plain ResNet-50 + the preset's
+            head, crop and batch) relative to erm; ISW and SHADE (statistics passes over real images) and PASTA (in the
+            loader, on the CPU) are not timed here
   data      can one process with N loader workers (N = min(8, CPUs)) feed the preset, from full-size GTA5-like PNGs
             and from their prepared 1280x720 cache? loader images/s against the train section's step images/s
   embedded  python -m segbench.run on this device: the embedded default's wall time and table
@@ -47,7 +50,9 @@ import torch  # noqa: E402
 
 #: the issue's target on an H100-class card: the preset at >= 35% of peak bf16 counted as model FLOPs
 TARGET_FRACTION_OF_PEAK = 0.35
-SECTION_NAMES = ("tests", "train", "models", "data", "embedded")
+SECTION_NAMES = ("tests", "train", "models", "methods", "data", "embedded")
+#: the methods the `methods` section times (every one that works on in-memory batches alone)
+TIMED_METHODS = ("erm", "iw", "irw", "sw", "mixstyle", "dsu", "np")
 
 
 @dataclass(frozen=True)
@@ -157,6 +162,36 @@ def section_models(ctx: Context) -> dict:
     return figures
 
 
+def section_methods(ctx: Context) -> dict:
+    """Images/s of segbench's loop with each method on the plain backbone, after one warm-up run per method
+    (allocator, cudnn autotune), and the ratio to erm's."""
+    import bench_train
+    from segbench.config import TrainSettings
+    from segbench.engine.train import train
+    from segbench.methods import build_method
+    from segbench.models import create_model
+
+    p = ctx.profile
+    backbone = p.ratio_backbones[0]  # the plain ResNet: every method's places are free there
+    settings = TrainSettings(iters=p.train_iters, batch_size=p.batch, workers=0, ckpt_every=0)
+    images, masks = bench_train.make_data(p.batch * 2, tuple(p.crop))
+    rates = {}
+    for name in TIMED_METHODS:
+        for _ in range(2):  # the second run is the one kept
+            torch.manual_seed(0)
+            model = create_model(backbone, p.head)
+            method = build_method(name)
+            method.build(model)
+            with tempfile.TemporaryDirectory() as tmp:
+                stats = train(model, bench_train.InMemory(images, masks), bench_train.Passthrough(), settings, seed=0,
+                              device=ctx.device, ckpt_dir=Path(tmp) / "ckpt", identity={}, desc=name, method=method)
+            rates[name] = stats["images_per_s"]
+            del model
+    return {"backbone": backbone, "head": p.head, "crop_hw": list(p.crop), "batch": p.batch, "iters": p.train_iters,
+            "precision": bench_train.precision(ctx.device, settings), "images_per_s": rates,
+            "ratio_to_erm": {k: v / rates["erm"] for k, v in rates.items()}}
+
+
 def section_data(ctx: Context) -> dict:
     """Loader images/s from full-size PNG frames and from the prepared cache, against the step's images/s."""
     import bench_data
@@ -211,8 +246,8 @@ def section_embedded(ctx: Context) -> dict:
             **({} if ok else {"output_tail": run["output_tail"]})}
 
 
-SECTIONS = {"tests": section_tests, "train": section_train, "models": section_models, "data": section_data,
-            "embedded": section_embedded}
+SECTIONS = {"tests": section_tests, "train": section_train, "models": section_models, "methods": section_methods,
+            "data": section_data, "embedded": section_embedded}
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -344,6 +379,9 @@ def detail(name: str, e: dict) -> str:
     if name == "models":
         ratios = lambda key: ", ".join(f"{b} x{r:.2f}" for b, r in e[key]["ratio_to_plain"].items())  # noqa: E731
         return f"train step: {ratios('train_step')}; eval: {ratios('eval_forward')}"
+    if name == "methods":
+        return f"{e['backbone']}+{e['head']} img/s vs erm: " + ", ".join(
+            f"{k} x{r:.2f}" for k, r in e["ratio_to_erm"].items() if k != "erm")
     if name == "data":
         parts = [f"{k} {e[k]['images_per_s']:.1f} img/s" + ("" if e[k]["keeps_up"] is None else
                                                           f" ({'keeps up' if e[k]['keeps_up'] else 'too slow'})")

@@ -43,10 +43,12 @@ def test_smoke_run_on_cpu_fills_every_section(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads(out.read_text())
     s = report["sections"]
-    assert list(s) == ["tests", "train", "models", "data", "embedded"]
+    assert list(s) == ["tests", "train", "models", "methods", "data", "embedded"]
     assert report["smoke"] is True and report["environment"]["device_type"] == "cpu"
     assert s["tests"]["status"] == "skipped" and "no CUDA" in s["tests"]["reason"]
-    assert all(s[name]["status"] == "ok" for name in ("train", "models", "data", "embedded")), s
+    assert all(s[name]["status"] == "ok" for name in ("train", "models", "methods", "data", "embedded")), s
+    assert set(s["methods"]["ratio_to_erm"]) == {"erm", "iw", "irw", "sw", "mixstyle", "dsu", "np"}
+    assert s["methods"]["ratio_to_erm"]["erm"] == 1.0 and all(r > 0 for r in s["methods"]["images_per_s"].values())
 
     train = s["train"]
     assert train["segbench_images_per_s"] > 0 and train["bare_images_per_s"] > 0
