@@ -122,3 +122,14 @@ def test_full_profile_trains_bench_train_gpu_preset(gpu_check):
     full, preset = gpu_check.FULL, bench_train.GPU_PRESET
     assert (full.backbone, full.head, full.crop, full.batch) == (preset["backbone"], preset["head"], preset["size"],
                                                                  preset["batch"])
+
+
+@pytest.mark.parametrize("head", ["fcn", "deeplabv3plus"])
+def test_model_flops_count_every_head_including_image_pooling(gpu_check, head):
+    """DeepLabV3+'s ASPP pools to 1x1 and BatchNorm refuses one value per channel in training mode: the count
+    once failed on the GPU preset at batch 1. Counted at batch 2 and halved, it is per image."""
+    import bench_train
+
+    per_image = bench_train.training_flops_per_image("resnet18", head, (64, 64))
+    assert per_image > 0
+    assert bench_train.training_flops_per_image("resnet18", head, (128, 128)) == pytest.approx(4 * per_image, rel=0.05)
