@@ -85,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
         classes = prepare_for_scoring(dataset, ecfg)
         device = init_from_env(None if args.device == "auto" else args.device)
         result = evaluate(model, dataset, device=device, eval_classes=classes,
-                          workers=ecfg["workers"], settings=settings, save_dir=args.save_preds,
+                          workers=ecfg["workers"], batch_size=ecfg["batch_size"], settings=settings,
+                          save_dir=args.save_preds,
                           overlay=args.overlay, desc=f"evaluate on {args.dataset}")
         result["source"] = {"checkpoint": str(args.checkpoint), "cell_id": record.get("cell_id"),
                             **{k: record.get(k) for k in ("backbone", "head", "source", "seed")}}

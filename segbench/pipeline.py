@@ -97,7 +97,8 @@ def periodic_evaluation(cell: Cell, model: torch.nn.Module, data_root, device: t
 
     def on_eval(iteration: int) -> dict[str, float]:
         return {target: evaluate(model, ds, device=device, eval_classes=classes, workers=ecfg.get("workers", 0),
-                                 settings=inference, desc=f"  iteration {iteration}: {target}")["miou"]
+                                 batch_size=ecfg.get("batch_size", 1), settings=inference,
+                                 desc=f"  iteration {iteration}: {target}")["miou"]
                 for target, (ds, classes) in opened.items()}
     return on_eval
 
@@ -160,7 +161,8 @@ def train_and_score(cell: Cell, cell_dir: Path, *, data_root, device: torch.devi
         classes = prepare_for_scoring(ds, ecfg)
         t0 = time.perf_counter()
         metrics = evaluate(model, ds, device=device, eval_classes=classes,
-                           workers=ecfg.get("workers", 0), settings=inference, desc=f"  test on {target}",
+                           workers=ecfg.get("workers", 0), batch_size=ecfg.get("batch_size", 1), settings=inference,
+                           desc=f"  test on {target}",
                            dump_dir=cell_dir / PREDS / target, dump_count=int(ecfg.get("dump", 0) or 0),
                            per_image_path=cell_dir / CONFUSION / f"{target}.npz")
         metrics.update(eval=cell.eval_identity(), images=len(ds), seconds=time.perf_counter() - t0)

@@ -94,6 +94,28 @@ def save_prediction(path: Path, pred: np.ndarray, image_path: Path | None = None
 
 
 @torch.no_grad()
+def _same_size_runs(batch: list) -> list[list]:
+    """Consecutive (index, image, mask) items whose images and masks share their sizes: one forward pass each."""
+    runs: list[list] = []
+    for item in batch:
+        if runs and (runs[-1][0][1].shape, runs[-1][0][2].shape) == (item[1].shape, item[2].shape):
+            runs[-1].append(item)
+        else:
+            runs.append([item])
+    return runs
+
+
+def _predict_batch(model, batch: list, device: torch.device, settings: InferenceSettings):
+    """(index, 1 x H x W mask, 1 x H x W prediction) per item of a loader batch, images of one size predicted in one
+    forward pass (`eval.batch_size`; frames of different sizes go one run at a time)."""
+    for run in _same_size_runs(batch):
+        images = torch.stack([image for _, image, _ in run]).to(device, non_blocking=True)
+        masks = torch.stack([mask for _, _, mask in run]).to(device, non_blocking=True)
+        preds = predict(model, images, tuple(masks.shape[-2:]), settings).argmax(1)
+        for (index, _, _), mask, pred in zip(run, masks, preds):
+            yield index, mask[None], pred[None]
+
+
 def evaluate(model: torch.nn.Module, dataset, *, device: torch.device, eval_classes: Sequence[int] | None = None,
              workers: int = 2, settings: InferenceSettings = InferenceSettings(), desc: str = "eval",
              dump_dir: Path | None = None, dump_count: int = 0, save_dir: Path | None = None,
@@ -119,10 +141,7 @@ def evaluate(model: torch.nn.Module, dataset, *, device: torch.device, eval_clas
     pairs = getattr(dataset, "pairs", None)
     for batch in tqdm(loader, desc=desc, unit="img", unit_scale=batch_size, dynamic_ncols=True, leave=False,
                       disable=not dist_utils.is_main()):
-        for index, image, mask in batch:
-            image = image[None].to(device, non_blocking=True)
-            mask = mask[None].to(device, non_blocking=True)
-            pred = predict(model, image, tuple(mask.shape[-2:]), settings).argmax(1)
+        for index, mask, pred in _predict_batch(model, batch, device, settings):
             added = cm.update(mask, pred)
             if per_image is not None:
                 per_image[index // world] = added
