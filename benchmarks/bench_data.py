@@ -106,7 +106,7 @@ def loader_rate(dataset, transform, *, batch: int, workers: int, rounds: int, de
     start = time.perf_counter()
     loader = make_loader(dataset, transform, settings, seed=0, start_iter=0, device=device)
     clock, images = None, 0
-    for i, (image, mask) in enumerate(loader):
+    for i, (image, mask, _domains) in enumerate(loader):
         image, mask = image.to(device, non_blocking=True), mask.to(device, non_blocking=True)
         if clock is not None:
             images += image.shape[0]

@@ -289,11 +289,6 @@ def test_a_study_pairing_a_whitening_method_with_ibn_b_fails_before_any_work(tmp
     assert "mixstyle on" not in err and "on resnet18 +" not in err  # only the combination that cannot be built
 
 
-def test_crossdomain_mixstyle_is_refused_in_a_study_whose_batches_are_not_two_domains_in_halves():
-    with pytest.raises(MethodError, match=r"not split into two domains by halves"):
-        build_method("mixstyle", {"mix": "crossdomain"}).build(create_model("resnet18", "fcn"))
-
-
 def test_a_batch_grown_inside_the_network_is_trained_with_its_labels_repeated():
     """SHADE appends hallucinated copies after the stem: CE over [x, x'] with the labels duplicated, as its code does."""
     from segbench.engine.train import segmentation_loss

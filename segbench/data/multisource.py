@@ -111,6 +111,12 @@ def source_datasets(dataset) -> list:
     return list(dataset.parts) if isinstance(dataset, MultiSourceDataset) else [dataset]
 
 
+def source_part(dataset, index: int) -> int:
+    """Which part of a training dataset an index reads (its domain, for methods that mix across domains): the part's
+    position in a union, 0 for a single source."""
+    return dataset.locate(index)[0] if isinstance(dataset, MultiSourceDataset) else 0
+
+
 def resolve_source_weights(names: Sequence[str], sizes: Sequence[int], setting: Any) -> list[float]:
     """`train.source_weights` as one weight per part, in the parts' order (not normalised): None -> the sizes (the
     union drawn uniformly); a mapping must name every part and nothing else; a list has one weight per part."""

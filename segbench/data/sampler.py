@@ -11,6 +11,7 @@ import torch
 import torch.utils.data
 
 from ..config import ConfigError
+from .multisource import source_part
 
 
 def mix_seed(*parts: int) -> int:
@@ -126,7 +127,9 @@ class MultiSourceStreamSampler(SeededStreamSampler):
 
 
 class SeededTransformDataset(torch.utils.data.Dataset):
-    """Wraps an adapter so each `(index, seed)` item is augmented with its own seed."""
+    """Wraps an adapter so each `(index, seed)` item is augmented with its own seed; yields (image, mask, domain),
+    the domain being the source part the index reads (`multisource.source_part`), found from the index alone, so
+    the stream and the augmentation draw exactly what they would without it."""
 
     def __init__(self, dataset, transform):
         self.dataset, self.transform = dataset, transform
@@ -141,4 +144,4 @@ class SeededTransformDataset(torch.utils.data.Dataset):
             self.transform.set_random_seed(seed)
         extra = {"focus": focus[0]} if focus and focus[0] >= 0 else {}
         out = self.transform(image=image, mask=label, **extra)
-        return out["image"], out["mask"]
+        return out["image"], out["mask"], source_part(self.dataset, index)

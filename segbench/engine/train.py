@@ -107,9 +107,10 @@ def train(model: torch.nn.Module, dataset, transform, settings: TrainSettings, *
     of a micro-batch (across the N processes under SyncBatchNorm on GPUs; per process on CPU, where DDP runs gloo
     without SyncBatchNorm).
 
-    `method` (segbench.methods) runs its `before_step` hook before each step and adds its `losses` to the
-    segmentation loss; its state lives in the model, so checkpoints carry it. `pretrained` (the `model.pretrained`
-    setting) tells a method which weights the model started from.
+    `method` (segbench.methods) runs its `before_step` hook before each step and its `before_forward` hook before
+    each micro-batch's forward pass (with the batch and each sample's source part, `Batch.domains`), and adds its
+    `losses` to the segmentation loss; its state lives in the model, so checkpoints carry it. `pretrained` (the
+    `model.pretrained` setting) tells a method which weights the model started from.
 
     `on_eval(iteration) -> {target: mIoU}` runs every `eval_every` iterations and after the last, on every rank
     (scoring is collective), with the RNG forked (`periodic_scores`), so the weights end exactly as without it. Its
@@ -198,7 +199,7 @@ def train(model: torch.nn.Module, dataset, transform, settings: TrainSettings, *
                    batch_size=settings.batch_size, pretrained=pretrained)
     micro = 0  # micro-steps of the current iteration done so far
     try:
-        for image, target in loader:
+        for image, target, domains in loader:
             if micro == 0:
                 method.before_step(model, iteration, run)
                 lr = poly_lr(settings.lr, iteration, settings.iters, settings.power)
@@ -211,13 +212,15 @@ def train(model: torch.nn.Module, dataset, transform, settings: TrainSettings, *
             target = target.to(device, non_blocking=True)
             if device.type == "cuda" and settings.channels_last:
                 image = image.contiguous(memory_format=torch.channels_last)
+            batch = Batch(image, target, domains)
+            method.before_forward(model, batch)
             # gradients add up over the micro-steps; DDP all-reduces them once, on the last
             syncs = micro == accumulate or not isinstance(ddp_model, torch.nn.parallel.DistributedDataParallel)
             with nullcontext() if syncs else ddp_model.no_sync():
                 with amp_ctx:
                     outputs = step_model(image)
                     loss = segmentation_loss(outputs, target, settings.aux_weight)
-                    for term in method.losses(model, outputs, Batch(image, target), iteration).values():
+                    for term in method.losses(model, outputs, batch, iteration).values():
                         loss = loss + term
                     loss = loss / accumulate
                 if scaler is not None:

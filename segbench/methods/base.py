@@ -1,4 +1,4 @@
-"""The method contract: what a domain-generalization method may change in one cell's training, as four hooks.
+"""The method contract: what a domain-generalization method may change in one cell's training, as five hooks.
 
 A method is a small class registered by name (`@METHODS.register("name")`, or a `segbench.methods` entry point), with
 `defaults` for its options. The runner calls, in this order:
@@ -9,7 +9,10 @@ A method is a small class registered by name (`@METHODS.register("name")`, or a 
    for scoring: insert or replace modules at named places of the backbone (`places.py`: MixStyle, DSU, IW/ISW, SW).
    Whatever must survive a restart lives in those modules' parameters or buffers, so checkpoints carry it.
 3. `before_step(model, iteration, run)`: before each optimizer step (ISW's statistics pass at its scheduled iteration).
-4. `losses(model, outputs, batch, iteration)`: extra loss terms added to the segmentation loss (IW/ISW whitening).
+4. `before_forward(model, batch)`: before each micro-batch's forward pass, with the `Batch` the loss will see, whose
+   `domains` say which source part each sample came from: a module that runs inside the forward pass and needs them
+   gets them here (MixStyle's cross-domain mixing).
+5. `losses(model, outputs, batch, iteration)`: extra loss terms added to the segmentation loss (IW/ISW whitening).
 
 ERM, plain training, is this class with no hook overridden; every method option is part of the cell id.
 """
@@ -33,10 +36,13 @@ ENTRY_POINT_GROUP = "segbench.methods"
 
 @dataclasses.dataclass
 class Batch:
-    """One micro-batch as the loss sees it (on the device, normalised)."""
+    """One micro-batch as the loss sees it: image (normalised) and target on the device; `domains`, the source part
+    of each sample (its index among a multi-source dataset's parts, 0 for a single source), on the CPU, where
+    methods draw their pairings. None where the caller has no such record."""
 
     image: torch.Tensor
     target: torch.Tensor
+    domains: torch.Tensor | None = None
 
 
 @dataclasses.dataclass
@@ -85,6 +91,9 @@ class Method:
         pass
 
     def before_step(self, model: nn.Module, iteration: int, run: TrainRun) -> None:
+        pass
+
+    def before_forward(self, model: nn.Module, batch: Batch) -> None:
         pass
 
     def losses(self, model: nn.Module, outputs: dict, batch: Batch, iteration: int) -> dict[str, torch.Tensor]:

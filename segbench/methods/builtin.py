@@ -10,11 +10,12 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..data.multisource import source_datasets
 from ..data.transforms import Photometric
 from ..engine import distributed as dist_utils
 from .base import METHODS, Batch, Method, MethodError, TrainRun
 from .dsu import DistributionUncertainty
-from .mixstyle import MixStyle
+from .mixstyle import MIX_MODES, MixStyle
 from .pasta import pasta
 from .perturbation import NormalizationPerturbation
 from .places import insert_after, replace_stem_norm, resnet_of, set_post_add
@@ -197,22 +198,35 @@ class _AfterOutputs(Method):
 
 @METHODS.register("mixstyle")
 class MixStyleMethod(_AfterOutputs):
+    """MixStyle after `places`. `mix: crossdomain` mixes each sample with one of another source part of a
+    multi-source study (`gta5+synthia->...`), drawn from the domains `before_forward` hands the layers
+    (`mixstyle.labelled_crossdomain_partners`): the stream draws each sample's part by weight, so batches are not the
+    two halves the official layer assumes. A single-source study has one domain and is refused before any step."""
+
     name = "mixstyle"
     paper = "Zhou et al., Domain Generalization with MixStyle, ICLR 2021"
-    code = "KaiyangZhou/mixstyle-release; Dassl dassl/modeling/ops/mixstyle.py"
+    code = "KaiyangZhou/mixstyle-release; Dassl dassl/modeling/ops/mixstyle.py, dassl/engine/dg/domain_mix.py"
     defaults = {"p": 0.5, "alpha": 0.1, "mix": "random", "places": ["layer1", "layer2", "layer3"]}
 
     def build(self, model: nn.Module) -> None:
-        if self.options["mix"] != "random":
-            # MixStyle's crossdomain mode mixes the first half of a batch with the second, which holds only when each
-            # batch is two domains in halves; segbench's multi-source stream draws each sample's domain by weight
-            raise MethodError(f"method.mixstyle.mix={self.options['mix']!r}: a study's batches are not split into "
-                              "two domains by halves, which crossdomain mixing assumes; use mix 'random' (the "
-                              "MixStyle module itself takes mix='crossdomain' for your own two-domain batches)")
+        if self.options["mix"] not in MIX_MODES:
+            raise MethodError(f"method.mixstyle.mix={self.options['mix']!r} is unknown; use one of {MIX_MODES}")
         super().build(model)
 
     def make(self) -> nn.Module:
         return MixStyle(p=self.options["p"], alpha=self.options["alpha"], mix=self.options["mix"])
+
+    def before_step(self, model: nn.Module, iteration: int, run: TrainRun) -> None:
+        # here, not in build: build sees the model only, and scoring builds it too
+        if self.options["mix"] == "crossdomain" and len(source_datasets(run.dataset)) < 2:
+            raise MethodError(f"method.mixstyle.mix='crossdomain' mixes styles across source domains, and "
+                              f"{getattr(run.dataset, 'dataset_name', 'this source')} is one domain: train on several "
+                              "sources (a spec like gta5+synthia->cityscapes) or use mix 'random'")
+
+    def before_forward(self, model: nn.Module, batch: Batch) -> None:
+        for module in model.modules():
+            if isinstance(module, MixStyle):
+                module.domains = batch.domains
 
 
 @METHODS.register("dsu")
