@@ -207,6 +207,11 @@ def placement_problems(cfg: dict) -> list[str]:
 
     methods = study_methods(cfg)
     problems = []
+    for transfer in parse_specs(cfg["specs"]):
+        for name, options in methods.items():
+            problem = build_method(name, options).source_problem(list(source_parts(transfer.source)))
+            if problem:
+                problems.append(f"methods: {name} on {transfer.source}: {problem}")
     for backbone in BACKBONES.expand(cfg["backbones"]):
         for head in HEADS.expand(cfg["heads"]):
             for name, options in methods.items():

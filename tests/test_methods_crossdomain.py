@@ -238,3 +238,13 @@ def test_random_mixstyle_ignores_the_domains():
 def test_an_unknown_mix_mode_is_a_method_error_at_build():
     with pytest.raises(MethodError, match=r"method.mixstyle.mix='halves' is unknown; use one of"):
         build_method("mixstyle", {"mix": "halves"}).build(create_model("resnet18", "fcn"))
+
+
+def test_a_single_source_study_with_crossdomain_mixing_fails_its_validation_before_any_work(tmp_path, capsys):
+    from segbench import run
+
+    assert run.main(["--dry-run", "--results", str(tmp_path), "--methods", "erm", "mixstyle", "--backbones", "resnet18",
+                     "--set", "method.mixstyle.mix=crossdomain"]) == 2
+    assert "methods: mixstyle on sim: method.mixstyle.mix='crossdomain'" in capsys.readouterr().err
+    assert run.main(["sim+photo->sim", "--dry-run", "--results", str(tmp_path), "--methods", "mixstyle",
+                     "--backbones", "resnet18", "--set", "method.mixstyle.mix=crossdomain"]) == 0

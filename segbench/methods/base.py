@@ -90,6 +90,11 @@ class Method:
     def build(self, model: nn.Module) -> None:
         pass
 
+    def source_problem(self, sources: list[str]) -> str | None:
+        """Why this method cannot train on these source datasets (the parts of one spec's source), or None; the
+        study's validation asks before any work."""
+        return None
+
     def before_step(self, model: nn.Module, iteration: int, run: TrainRun) -> None:
         pass
 

@@ -216,12 +216,19 @@ class MixStyleMethod(_AfterOutputs):
     def make(self) -> nn.Module:
         return MixStyle(p=self.options["p"], alpha=self.options["alpha"], mix=self.options["mix"])
 
+    def source_problem(self, sources: list[str]) -> str | None:
+        if self.options["mix"] == "crossdomain" and len(sources) < 2:
+            return (f"method.mixstyle.mix='crossdomain' mixes styles across source domains, and {'+'.join(sources)} "
+                    "is one domain: train on several sources (a spec like gta5+synthia->cityscapes) or use mix "
+                    "'random'")
+        return None
+
     def before_step(self, model: nn.Module, iteration: int, run: TrainRun) -> None:
-        # here, not in build: build sees the model only, and scoring builds it too
-        if self.options["mix"] == "crossdomain" and len(source_datasets(run.dataset)) < 2:
-            raise MethodError(f"method.mixstyle.mix='crossdomain' mixes styles across source domains, and "
-                              f"{getattr(run.dataset, 'dataset_name', 'this source')} is one domain: train on several "
-                              "sources (a spec like gta5+synthia->cityscapes) or use mix 'random'")
+        # also here, for train() called directly (a study's validation asks source_problem first)
+        names = [getattr(d, "dataset_name", type(d).__name__) for d in source_datasets(run.dataset)]
+        problem = self.source_problem(names)
+        if problem:
+            raise MethodError(problem)
 
     def before_forward(self, model: nn.Module, batch: Batch) -> None:
         for module in model.modules():
