@@ -300,3 +300,23 @@ def test_a_batch_grown_inside_the_network_is_trained_with_its_labels_repeated():
     torch.testing.assert_close(segmentation_loss({"out": logits}, target, 0.4), expected, rtol=0, atol=0)
     with pytest.raises(ValueError, match="3 predictions for 2 labels"):
         segmentation_loss({"out": logits[:3]}, target, 0.4)
+
+
+def test_two_settings_of_one_method_are_two_rows_and_each_pairs_with_erm():
+    """`iw` at its default weight and at weight 0 (the IN layers alone) in one study: never averaged as seeds."""
+    from segbench.report.paired import paired_tables
+    from segbench.report.records import scores
+
+    def record(method, options, seed, photo):
+        return {"cell_id": f"{method}{options}{seed}", "backbone": "resnet18", "head": "fcn", "source": "sim",
+                "seed": seed, "config": {"model": {}, "train": {}}, "targets": ["sim", "photo"],
+                "method": {"name": method, "options": options}, "results": {"photo": {"miou": photo}}}
+
+    records = [record("erm", {}, s, 10.0 + s) for s in range(3)]
+    records += [record("iw", {"weight": 0.8}, s, 30.0 + s) for s in range(3)]
+    records += [record("iw", {"weight": 0.0}, s, 25.0 + 2 * s) for s in range(3)]
+    rows = {s.row for s in scores(records)}
+    assert rows == {"resnet18 + erm", "resnet18 + iw(weight=0.8)", "resnet18 + iw(weight=0.0)"}
+    md, _ = paired_tables(scores(records), "erm")
+    assert "| resnet18 + iw(weight=0.8) − resnet18 + erm | +20.0 [+20.0, +20.0]* |" in md
+    assert "| resnet18 + iw(weight=0.0) − resnet18 + erm | +16.0 [+13.5, +18.5]* |" in md

@@ -63,9 +63,20 @@ def method_of(rec: dict) -> str:
 
 
 def shown_method(records: list[dict]) -> list[str]:
-    """Per record, the method its row names: every record's when any is not plain training, else none."""
+    """Per record, the method its row names: every record's when any is not plain training, else none. Options
+    that differ between records of one method follow its name (`iw(weight=0)`), so two settings of a method are
+    two rows, never one row's seeds."""
     methods = [method_of(r) for r in records]
-    return methods if any(m != ERM for m in methods) else [""] * len(records)
+    if all(m == ERM for m in methods):
+        return [""] * len(records)
+    options = [(r.get("method") or {}).get("options") or {} for r in records]
+    varying: dict[str, list[str]] = {}
+    for name in set(methods):
+        mine = [o for m, o in zip(methods, options) if m == name]
+        keys = sorted({k for o in mine for k in o})
+        varying[name] = [k for k in keys if len({json.dumps(o.get(k), sort_keys=True) for o in mine}) > 1]
+    return [m + (f"({', '.join(f'{k}={json.dumps(o.get(k))}' for k in varying[m])})" if varying[m] else "")
+            for m, o in zip(methods, options)]
 
 
 def row_labels(records: list[dict]) -> list[str]:
