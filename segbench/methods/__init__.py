@@ -57,7 +57,8 @@ def load_plugins() -> list[str]:
     return sorted(set(METHODS.names()) - before)
 
 
-__all__ = ["PLUGINS_ENV", "METHODS", "Method", "MethodError", "Batch", "TrainRun", "build_method", "method_options", "load_plugins",
+__all__ = ["PLUGINS_ENV", "METHODS", "Method", "MethodError", "Batch", "TrainRun", "build_method", "method_options",
+           "load_plugins",
            "InstanceWhitening", "instance_whitening_loss", "isw_mask", "covariance", "CovarianceVariance",
            "SwitchWhiten2d", "MixStyle", "DistributionUncertainty", "NormalizationPerturbation", "PASTA", "pasta",
            "OUTPUT_PLACES", "insert_after", "replace_stem_norm", "resnet_of", "set_post_add",

@@ -83,8 +83,9 @@ def build_report(results_dir: Path, plot: bool = True, stat: str = DEFAULT_STAT,
     intervals = cell_intervals(records) if rule == LAST else {}  # per-image matrices are the last weights'
     if intervals:
         write_text(results_dir / "bootstrap.csv", bootstrap_csv(records, intervals))
-    paper, dg, pc = (tables.paper_layout(items, cards, stat, intervals), tables.dg_layout(items, cards, stat, intervals),
-                     tables.per_class_layout(items, stat))
+    paper = tables.paper_layout(items, cards, stat, intervals)
+    dg = tables.dg_layout(items, cards, stat, intervals)
+    pc = tables.per_class_layout(items, stat)
     paper_md, dg_md, pc_md = paper.markdown(), dg.markdown(), pc.markdown()
     paper_csv, dg_csv, pc_csv = paper.csv, dg.csv, pc.csv
     if rule != LAST:

@@ -1,5 +1,5 @@
-"""Paired comparisons against a baseline backbone or method: per row and target, the mean over shared seeds of (row - baseline)
-with a paired 95% t interval, as markdown, CSV and a forest plot.
+"""Paired comparisons against a baseline backbone or method: per row and target, the mean over shared seeds of
+(row - baseline) with a paired 95% t interval, as markdown, CSV and a forest plot.
 
 Two runs with the same seed draw the same sample stream (data/sampler.py: order and per-sample seeds are a function of
 the run seed), so the per-seed difference cancels the noise both runs share: the paired interval is the direct test of

@@ -1,6 +1,7 @@
 """Records (read by `cells.load_records`) -> flat scores, one per (cell, target). Nothing here trains or loads a model.
 
-Rows of every table are named by backbone (plus ` + method` when a study has domain-generalization methods, plus head when a study has several heads, plus the config keys that
+Rows of every table are named by backbone (plus ` + method` when a study has domain-generalization methods, with the
+options that differ between records of one method; plus head when a study has several heads, plus the config keys that
 differ between records when a directory mixes runs of different settings, plus `[protocol HASH]` when records of one
 row were scored on a target under different protocol cards), so no two configs or protocols are ever averaged
 together as if they were seeds.
