@@ -320,3 +320,18 @@ def test_two_settings_of_one_method_are_two_rows_and_each_pairs_with_erm():
     md, _ = paired_tables(scores(records), "erm")
     assert "| resnet18 + iw(weight=0.8) − resnet18 + erm | +20.0 [+20.0, +20.0]* |" in md
     assert "| resnet18 + iw(weight=0.0) − resnet18 + erm | +16.0 [+13.5, +18.5]* |" in md
+
+
+def test_each_backbone_lists_plain_training_before_its_methods():
+    from segbench.report.records import ordered_rows, scores
+
+    def record(backbone, method, seed):
+        return {"cell_id": f"{backbone}{method}{seed}", "backbone": backbone, "head": "fcn", "source": "sim",
+                "seed": seed, "config": {"model": {}, "train": {}}, "targets": ["sim"],
+                "method": {"name": method, "options": {}}, "results": {"sim": {"miou": 1.0}}}
+
+    # the order of their directories: `resnet18+isw` sorts before `resnet18__`, which sorts before `resnet18_ibn_b`
+    records = [record("resnet18", "isw", 0), record("resnet18", "erm", 0), record("resnet18_ibn_b", "mixstyle", 0),
+               record("resnet18_ibn_b", "erm", 0)]
+    assert ordered_rows(scores(records)) == ["resnet18 + erm", "resnet18 + isw", "resnet18_ibn_b + erm",
+                                             "resnet18_ibn_b + mixstyle"]

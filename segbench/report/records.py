@@ -132,8 +132,15 @@ def _split_by_protocol(items: list[Score], keys: list[str]) -> list[Score]:
 
 
 def ordered_rows(items: list[Score]) -> list[str]:
-    """Rows in first-seen order (records are sorted by directory, so by source, backbone, head, seed)."""
-    return list(dict.fromkeys(s.row for s in items))
+    """Rows in first-seen order (records are sorted by directory, so by source, backbone, head, seed), except that a
+    backbone's plain-training row (`+ erm`, the baseline of its methods) comes before its method rows."""
+    rows = list(dict.fromkeys(s.row for s in items))
+    backbone = {s.row: s.backbone for s in items}
+    for row in [r for r in rows if any(s.row == r and s.method == ERM for s in items)]:
+        rows.remove(row)
+        first = next((i for i, r in enumerate(rows) if backbone[r] == backbone[row]), len(rows))
+        rows.insert(min(first, len(rows)), row)
+    return rows
 
 
 def ordered_pairs(items: list[Score]) -> list[tuple[str, str]]:
