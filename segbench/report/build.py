@@ -29,9 +29,9 @@ from ..cells import load_records
 from ..io import write_text
 from . import plots, tables
 from .bootstrap import bootstrap_csv, cell_intervals
-from .html import paired_layout, study_page
+from .html import study_page
 from .latex import dg_tex, paper_tex
-from .paired import paired_tables, plot_paired
+from .paired import paired_layout, paired_text, plot_paired
 from .protocols import card_hash, card_of, cards_section
 from .qualitative import plot_qualitative
 from .records import count_done
@@ -75,9 +75,10 @@ def build_report(results_dir: Path, plot: bool = True, stat: str = DEFAULT_STAT,
     rule = LAST if check_rule(select_rule, allow_all=True) == ALL else select_rule
     items = selected_scores(records, rule)
     cards = {card_hash(c): c for c in map(card_of, select(records, rule)) if c}
-    paired_md = ""
+    paired_md, paired = "", None
     if baseline:
-        paired_md, paired_csv = paired_tables(items, baseline)
+        paired = paired_layout(items, baseline)
+        paired_md, paired_csv = paired_text(paired, baseline)
         write_text(results_dir / "paired.md", paired_md)
         write_text(results_dir / "paired.csv", paired_csv)
     intervals = cell_intervals(records) if rule == LAST else {}  # per-image matrices are the last weights'
@@ -122,8 +123,8 @@ def build_report(results_dir: Path, plot: bool = True, stat: str = DEFAULT_STAT,
         report += "\n## Model selection\n\n" + selection_md.replace("### ", "#### ")
     write_text(results_dir / "report.md", report)
     layouts = [("Cross-domain (paper layout)", paper), ("Domain generalization", dg)]
-    if baseline:
-        layouts.append((f"Paired comparison with {baseline}", paired_layout(items, baseline)))
+    if paired is not None:
+        layouts.append((f"Paired comparison with {baseline}", paired))
     layouts.append(("Per-class IoU", pc))
     shown = {FIGURES[f]: p for f, p in figures.items() if p is not None}
     write_text(results_dir / "report.html", study_page(results_dir, records, items, cards, layouts,

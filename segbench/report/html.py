@@ -22,11 +22,8 @@ from urllib.parse import quote
 import yaml
 
 from ..cells import LAUNCHER_LOG, RECORD, TRAIN_LOG
-from ..spec import is_in_domain
-from .paired import comparisons, paired_tables
 from .protocols import readable_card
 from .records import Score
-from .stats import DASH
 from .tables import Layout, Table
 
 #: the files of a cell a row links to, when present (the record always is)
@@ -215,20 +212,6 @@ def page(title: str, intro: list[str], sections: list[Section], details: Details
     return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
             f"<title>{escape(title)}</title>\n<style>{CSS}</style>\n</head>\n<body>\n" + "\n".join(body)
             + f"\n<script>{SORTER_JS}</script>\n</body>\n</html>\n")
-
-
-def paired_layout(items: list[Score], baseline: str) -> Layout:
-    """paired.md's tables as data: the same comparisons and entries (Paired.md), and paired.md's note."""
-    tables = []
-    for source, (_, pairs, columns, table) in comparisons(items, baseline).items():
-        titles = [f"{c} (in-domain)" if is_in_domain(source, c) else c for c in columns]
-        body = [[f"{r} − {b}"] + [table[(r, c)].md() if (r, c) in table else DASH for c in columns]
-                for r, b in pairs]
-        tables.append(Table(f"trained on {source}", ["row − baseline"] + titles, body, [r for r, _ in pairs],
-                            source=source))
-    md = paired_tables(items, baseline)[0]
-    note = "\n".join(line for line in md.splitlines() if not line.startswith(("|", "### ")))
-    return Layout(tables, note)
 
 
 def study_page(results_dir: Path, records: list[dict], items: list[Score], cards: dict[str, dict],

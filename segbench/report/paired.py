@@ -16,11 +16,11 @@ import statistics
 from pathlib import Path
 
 from ..config import ConfigError
-from ..io import csv_text, markdown_table, pyplot, save_figure
+from ..io import csv_text, pyplot, save_figure
 from ..spec import is_in_domain
 from .records import Score, scores_by_cell
 from .stats import DASH, Paired
-from .tables import MEAN_UNSEEN, dg_aggs
+from .tables import MEAN_UNSEEN, Layout, Table, dg_aggs
 
 Comparisons = dict[str, tuple[str, list[tuple[str, str]], list[str], dict]]
 
@@ -76,14 +76,16 @@ def comparisons(items: list[Score], baseline: str) -> Comparisons:
     return out
 
 
-def paired_tables(items: list[Score], baseline: str) -> tuple[str, str]:
-    """(markdown, csv): per source, rows = backbones other than the baseline, columns = targets and their mean."""
-    parts, csv_rows, ns = [], [], set()
+def paired_layout(items: list[Score], baseline: str) -> Layout:
+    """The paired comparison as data (tables.Layout), for paired.md/.csv and report.html alike: per source, rows =
+    the rows other than the baseline, columns = targets and their mean."""
+    tables, csv_rows, ns = [], [], set()
     for source, (_, pairs, columns, table) in comparisons(items, baseline).items():
         titles = [f"{c} (in-domain)" if is_in_domain(source, c) else c for c in columns]
         body = [[f"{r} − {b}"] + [table[(r, c)].md() if (r, c) in table else DASH for c in columns]
                 for r, b in pairs]
-        parts.append(f"### trained on {source}\n\n" + markdown_table(["row − baseline"] + titles, body))
+        tables.append(Table(f"trained on {source}", ["row − baseline"] + titles, body, [r for r, _ in pairs],
+                            source=source))
         for r, b in pairs:
             for c in columns:
                 p = table.get((r, c))
@@ -92,14 +94,26 @@ def paired_tables(items: list[Score], baseline: str) -> tuple[str, str]:
                 ns.add(p.n)
                 csv_rows.append([source, r, b, c, f"{p.diff:.2f}", *(("", "") if p.n < 2 else
                                  (f"{p.lo:.2f}", f"{p.hi:.2f}")), str(p.n), "yes" if p.significant else "no"])
-    if not parts:
-        return f"(no row shares a source, head and protocol with {baseline})\n", ""
+    if not tables:
+        return Layout()
     n_text = "/".join(map(str, sorted(ns)))
-    note = (f"\nDifference in mIoU (points) to the baseline {baseline} (same source, head, settings and protocol): "
+    note = (f"Difference in mIoU (points) to the baseline {baseline} (same source, head, settings and protocol): "
             f"mean over the n={n_text} seeds both share, [paired 95% t interval over the per-seed differences]; "
             "* = the interval excludes zero.\n")
     header = ["source", "row", "baseline", "target", "diff", "ci95_low", "ci95_high", "n", "significant"]
-    return "\n".join(parts) + note, csv_text(header, csv_rows)
+    return Layout(tables, note, csv_text(header, csv_rows))
+
+
+def paired_text(layout: Layout, baseline: str) -> tuple[str, str]:
+    """(markdown, csv) of a paired_layout."""
+    if not layout.tables:
+        return f"(no row shares a source, head and protocol with {baseline})\n", ""
+    return layout.markdown(), layout.csv
+
+
+def paired_tables(items: list[Score], baseline: str) -> tuple[str, str]:
+    """(markdown, csv) of the paired comparison (paired.md, paired.csv)."""
+    return paired_text(paired_layout(items, baseline), baseline)
 
 
 def plot_paired(items: list[Score], baseline: str, path: Path) -> Path | None:
