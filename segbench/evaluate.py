@@ -13,7 +13,7 @@ import json
 import sys
 from pathlib import Path
 
-from .config import DEFAULTS, ConfigError, InferenceSettings, apply_overrides, validate
+from .config import DEFAULTS, ConfigError, apply_overrides, validate
 from .errors import command
 from .io import write_json
 from .labels import scored_classes
@@ -76,18 +76,15 @@ def main(argv: list[str] | None = None) -> int:
     else:
         from .engine.checkpoint import load_trained_model
         from .engine.distributed import init_from_env
-        from .engine.scoring import evaluate, prepare_for_scoring
+        from .engine.scoring import evaluate, prepare_for_scoring, scoring_options
 
         model, record = load_trained_model(args.checkpoint)
         ecfg = eval_settings(args.overrides, record["config"].get("eval"))
-        settings = InferenceSettings.from_config(ecfg)
         dataset = build_dataset(args.dataset, ecfg["split"], root=args.data_root)
         classes = prepare_for_scoring(dataset, ecfg)
         device = init_from_env(None if args.device == "auto" else args.device)
-        result = evaluate(model, dataset, device=device, eval_classes=classes,
-                          workers=ecfg["workers"], batch_size=ecfg["batch_size"], settings=settings,
-                          save_dir=args.save_preds,
-                          overlay=args.overlay, desc=f"evaluate on {args.dataset}")
+        result = evaluate(model, dataset, device=device, eval_classes=classes, **scoring_options(ecfg),
+                          save_dir=args.save_preds, overlay=args.overlay, desc=f"evaluate on {args.dataset}")
         result["source"] = {"checkpoint": str(args.checkpoint), "cell_id": record.get("cell_id"),
                             **{k: record.get(k) for k in ("backbone", "head", "source", "seed")}}
     result.update(dataset=args.dataset, split=ecfg["split"], images=len(dataset), eval=ecfg)

@@ -11,20 +11,21 @@ import sys
 import time
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from typing import Callable
 
 import torch
 
 from . import __version__
 from .cells import CHECKPOINTS, CONFIG, CONFUSION, DONE, FINAL_WEIGHTS, PREDS, TENSORBOARD, TRAIN_LOG, Cell, CellBusy, \
     cell_lock, missing_targets, new_record, protocol_card, read_record_or_none, target_protocol, write_record
-from .config import InferenceSettings, train_settings
+from .config import train_settings
 from .data import build_dataset
 from .data.multisource import apply_unknown_label_policy_per_source
 from .data.transforms import build_train_transform
 from .engine import distributed as dist_utils
 from .engine.checkpoint import load_final_weights
 from .engine.logging import tensorboard_writer
-from .engine.scoring import evaluate, prepare_for_scoring
+from .engine.scoring import evaluate, prepare_for_scoring, scoring_options
 from .engine.train import train
 from .io import remove_stale_temp_files, save_torch, write_json
 from .methods import build_method
@@ -84,22 +85,30 @@ def run_cell(cell: Cell, cell_dir: Path, *, data_root=None, device: torch.device
         return train_and_score(cell, cell_dir, data_root=data_root, device=device)
 
 
-def periodic_evaluation(cell: Cell, model: torch.nn.Module, data_root, device: torch.device):
+def target_opener(cell: Cell, data_root) -> Callable[[str], tuple]:
+    """target -> (its dataset set up as the cell scores it, the classes its mIoU averages over), each target opened
+    once, for periodic and final scoring alike."""
+    opened: dict[str, tuple] = {}
+
+    def open_target(target: str) -> tuple:
+        if target not in opened:
+            ds = build_dataset(target, cell.eval["split"], root=data_root)
+            opened[target] = (ds, prepare_for_scoring(ds, cell.eval))
+        return opened[target]
+    return open_target
+
+
+def periodic_evaluation(cell: Cell, model: torch.nn.Module, open_target, device: torch.device):
     """`on_eval` for engine/train.py under `eval.every`: iteration -> {target: mIoU} on every target of the cell,
     scored as the final scores are (same split, protocol, classes, inference), so the curve's last point is the
-    result. The datasets are opened once, here; no predictions or per-image matrices are kept."""
-    ecfg = cell.eval
-    inference = InferenceSettings.from_config(ecfg)
-    opened = {}
-    for target in cell.eval_targets:
-        ds = build_dataset(target, ecfg["split"], root=data_root)
-        opened[target] = (ds, prepare_for_scoring(ds, ecfg))
+    result. Every target is opened before training starts; no predictions or per-image matrices are kept."""
+    targets = {target: open_target(target) for target in cell.eval_targets}
+    options = scoring_options(cell.eval)
 
     def on_eval(iteration: int) -> dict[str, float]:
-        return {target: evaluate(model, ds, device=device, eval_classes=classes, workers=ecfg.get("workers", 0),
-                                 batch_size=ecfg.get("batch_size", 1), settings=inference,
+        return {target: evaluate(model, ds, device=device, eval_classes=classes, **options,
                                  desc=f"  iteration {iteration}: {target}")["miou"]
-                for target, (ds, classes) in opened.items()}
+                for target, (ds, classes) in targets.items()}
     return on_eval
 
 
@@ -119,6 +128,7 @@ def train_and_score(cell: Cell, cell_dir: Path, *, data_root, device: torch.devi
     trained = final_state is not None
     torch.manual_seed(cell.seed)
     # ImageNet weights only matter before training; a trained cell's own weights replace them anyway
+    open_target = target_opener(cell, data_root)
     model = create_model(cell.backbone, head=cell.head, output_stride=cell.model.get("output_stride"),
                          pretrained=None if trained else cell.model.get("pretrained"), aux=cell.model.get("aux", False))
     method = build_method(cell.method, cell.method_options)
@@ -138,7 +148,7 @@ def train_and_score(cell: Cell, cell_dir: Path, *, data_root, device: torch.devi
                                    desc=f"{cell.trained_as} on {cell.source} (seed {cell.seed})", method=method,
                                    pretrained=cell.model.get("pretrained"),
                                    eval_every=every,
-                                   on_eval=periodic_evaluation(cell, model, data_root, device) if every else None)
+                                   on_eval=periodic_evaluation(cell, model, open_target, device) if every else None)
         curves, eval_seconds = record["training"].pop("curves"), record["training"].pop("eval_seconds")
         if curves:  # nothing is added to a record trained without periodic evaluation
             record["curves"] = curves
@@ -152,17 +162,14 @@ def train_and_score(cell: Cell, cell_dir: Path, *, data_root, device: torch.devi
 
     # 2. every target not yet scored under the current eval settings, the record rewritten after each
     ecfg = cell.eval
-    inference = InferenceSettings.from_config(ecfg)
+    options = scoring_options(ecfg)
     record["provenance"] = provenance(device)
     for target in missing_targets(cell, cell_dir):
         if trained and target in record.get("curves", {}):  # its curve was scored under other eval settings
             del record["curves"][target]
-        ds = build_dataset(target, ecfg["split"], root=data_root)
-        classes = prepare_for_scoring(ds, ecfg)
+        ds, classes = open_target(target)
         t0 = time.perf_counter()
-        metrics = evaluate(model, ds, device=device, eval_classes=classes,
-                           workers=ecfg.get("workers", 0), batch_size=ecfg.get("batch_size", 1), settings=inference,
-                           desc=f"  test on {target}",
+        metrics = evaluate(model, ds, device=device, eval_classes=classes, **options, desc=f"  test on {target}",
                            dump_dir=cell_dir / PREDS / target, dump_count=int(ecfg.get("dump", 0) or 0),
                            per_image_path=cell_dir / CONFUSION / f"{target}.npz")
         metrics.update(eval=cell.eval_identity(), images=len(ds), seconds=time.perf_counter() - t0)

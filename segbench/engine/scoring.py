@@ -30,6 +30,13 @@ from . import distributed as dist_utils
 from .inference import predict
 
 
+def scoring_options(ecfg: dict) -> dict:
+    """`evaluate`'s keyword arguments that an `eval:` section decides: loader workers, frames per forward pass, and
+    how a frame becomes scores (the runner, periodic scoring and `segbench evaluate` all score this way)."""
+    return {"workers": ecfg.get("workers", 0), "batch_size": ecfg.get("batch_size", 1),
+            "settings": InferenceSettings.from_config(ecfg)}
+
+
 def prepare_for_scoring(dataset, ecfg: dict) -> tuple[int, ...] | None:
     """Set `dataset` up as a study scores it (`eval.size`, `eval.protocol`) and return the classes its mIoU averages
     over (`eval.classes`): the one place the runner and `segbench evaluate` decide how a target is scored."""
