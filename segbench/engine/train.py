@@ -161,7 +161,7 @@ def train(model: torch.nn.Module, dataset, transform, settings: TrainSettings, *
                 "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict() if scaler else None,
                 "rng_cpu": torch.get_rng_state(),
                 "rng_cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-                "train_seconds": before_seconds + time.perf_counter() - t0 - eval_seconds,
+                "train_seconds": before_seconds + training_seconds(),
                 "train_images": before_images + images, "launches": launches, "curves": curves,
                 "eval_seconds": before_eval_seconds + eval_seconds,
             }, keep=settings.keep_ckpts)
@@ -173,6 +173,11 @@ def train(model: torch.nn.Module, dataset, transform, settings: TrainSettings, *
     bar = tqdm(total=settings.iters, initial=start, desc=desc, unit="it", dynamic_ncols=True,
                disable=not dist_utils.is_main())
     images, t0, eval_seconds = 0, time.perf_counter(), 0.0
+
+    def training_seconds() -> float:
+        """Seconds this launch has trained: its wall time less the periodic scoring's."""
+        return time.perf_counter() - t0 - eval_seconds
+
     iteration = start
     # first iteration with a non-finite loss, kept on the device: checking it every step would sync the GPU each step
     first_bad = torch.full((), -1, dtype=torch.long, device=device)
@@ -239,7 +244,7 @@ def train(model: torch.nn.Module, dataset, transform, settings: TrainSettings, *
             else:
                 optimizer.step()
             iteration += 1
-            rate = images / max(time.perf_counter() - t0 - eval_seconds, 1e-9)
+            rate = images / max(training_seconds(), 1e-9)
             bar.update(1)
             if iteration % LOG_EVERY == 0 or iteration == settings.iters:
                 check_finite()
@@ -258,7 +263,7 @@ def train(model: torch.nn.Module, dataset, transform, settings: TrainSettings, *
         raise RuntimeError(f"{desc}: data stream ended at iteration {iteration} of {settings.iters}")
     check_finite()
     # training throughput: the one-off final save is not part of it
-    seconds, total_images = before_seconds + time.perf_counter() - t0 - eval_seconds, before_images + images
+    seconds, total_images = before_seconds + training_seconds(), before_images + images
     if start < settings.iters:
         snapshot(settings.iters)
     return {"train_seconds": seconds,
