@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .perturbation import check_feature_map, check_probability, coin_flip
+from .perturbation import check_eps, check_feature_map, check_probability, coin_flip, instance_statistics
 
 
 class DistributionUncertainty(nn.Module):
@@ -28,8 +28,7 @@ class DistributionUncertainty(nn.Module):
         check_probability("DistributionUncertainty", p)
         if not factor >= 0.0:
             raise ValueError(f"DistributionUncertainty: factor={factor} must be >= 0")
-        if not eps >= 0.0:
-            raise ValueError(f"DistributionUncertainty: eps={eps} must be >= 0")
+        check_eps("DistributionUncertainty", eps)
         self.p = p
         self.factor = factor
         self.eps = eps
@@ -46,8 +45,7 @@ class DistributionUncertainty(nn.Module):
         check_feature_map("DistributionUncertainty", x, min_batch=2, min_pixels=2)
         if not coin_flip(self.p):
             return x
-        mu = x.mean(dim=(2, 3), keepdim=True)
-        sigma = (x.var(dim=(2, 3), keepdim=True) + self.eps).sqrt()
+        mu, sigma = instance_statistics(x, self.eps)  # not detached: DSU's gradient flows through them
         beta = mu + torch.randn_like(mu) * self.factor * self._batch_spread(mu)
         gamma = sigma + torch.randn_like(sigma) * self.factor * self._batch_spread(sigma)
         return (x - mu) / sigma * gamma + beta

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .perturbation import check_feature_map, check_probability, coin_flip
+from .perturbation import check_eps, check_feature_map, check_probability, coin_flip, instance_statistics
 
 MIX_MODES = ("random", "crossdomain")
 
@@ -79,8 +79,7 @@ class MixStyle(nn.Module):
         check_probability("MixStyle", p)
         if not alpha > 0.0:
             raise ValueError(f"MixStyle: alpha={alpha} must be > 0 (the Beta(alpha, alpha) concentration)")
-        if not eps >= 0.0:
-            raise ValueError(f"MixStyle: eps={eps} must be >= 0")
+        check_eps("MixStyle", eps)
         self.p = p
         self.alpha = alpha
         self.eps = eps
@@ -108,8 +107,7 @@ class MixStyle(nn.Module):
                              "one domain label per sample of the batch (or None for the halves rule)")
         if not coin_flip(self.p):
             return x
-        mu = x.mean(dim=(2, 3), keepdim=True).detach()
-        sigma = (x.var(dim=(2, 3), keepdim=True) + self.eps).sqrt().detach()
+        mu, sigma = (stat.detach() for stat in instance_statistics(x, self.eps))
         concentration = torch.tensor(float(self.alpha))
         lam = torch.distributions.Beta(concentration, concentration).sample((batch, 1, 1, 1))
         # 1 - lam in the sampler's float32, as official, then both weights in x's dtype

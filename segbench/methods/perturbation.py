@@ -16,6 +16,17 @@ def check_probability(owner: str, p: float) -> None:
         raise ValueError(f"{owner}: p={p} is not a probability; use a value in [0, 1]")
 
 
+def check_eps(owner: str, eps: float) -> None:
+    if not eps >= 0.0:
+        raise ValueError(f"{owner}: eps={eps} must be >= 0")
+
+
+def instance_statistics(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample, per-channel mean and sqrt(unbiased variance + eps) over H x W, B x C x 1 x 1 each: the style
+    MixStyle and DSU mix and resample (Dassl mixstyle.py, DSU dsu.py)."""
+    return x.mean(dim=(2, 3), keepdim=True), (x.var(dim=(2, 3), keepdim=True) + eps).sqrt()
+
+
 def check_feature_map(owner: str, x: torch.Tensor, min_batch: int = 1, min_pixels: int = 1) -> None:
     """Unbiased variances need two samples: fewer would make NaNs, not an error."""
     if x.dim() != 4:
