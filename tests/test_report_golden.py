@@ -4,28 +4,21 @@ from __future__ import annotations
 import csv
 import json
 import os
-import shutil
 import statistics
 from collections import Counter
-from pathlib import Path
 
 import pytest
 
 from report_oracle import (MEAN_UNSEEN, assert_stats_equal, expected_dg, expected_per_class, expected_per_seed,
                            raw_records, read_stats)
-from segbench.report import build_report
+from study_files import GOLDEN, reported_golden_study
 
-GOLDEN = Path(__file__).parent / "golden"
 OUTPUTS = ("table.md", "table.csv", "dg.md", "dg.csv", "per_class.md", "per_class.csv", "per_seed.csv", "report.md")
 
 
 @pytest.fixture
 def study(tmp_path):
-    """The golden study copied under a fixed name (report.md's title is the directory name)."""
-    dst = tmp_path / "study"
-    shutil.copytree(GOLDEN / "study", dst)
-    build_report(dst, plot=False)
-    return dst
+    return reported_golden_study(tmp_path)
 
 
 @pytest.mark.parametrize("name", OUTPUTS)

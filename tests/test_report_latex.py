@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
-from pathlib import Path
 
 import pytest
 
@@ -16,8 +14,8 @@ from segbench.io import write_json
 from segbench.report import build_report
 from segbench.report.cli import main
 from segbench.report.latex import escape
+from study_files import GOLDEN, reported_golden_study
 
-GOLDEN = Path(__file__).parent / "golden"
 
 
 def well_formed(tex: str) -> None:
@@ -42,10 +40,7 @@ def well_formed(tex: str) -> None:
 
 @pytest.fixture
 def golden_study(tmp_path):
-    dst = tmp_path / "study"
-    shutil.copytree(GOLDEN / "study", dst)
-    build_report(dst, plot=False)
-    return dst
+    return reported_golden_study(tmp_path)
 
 
 @pytest.mark.parametrize("name", ["table.tex", "dg.tex"])
