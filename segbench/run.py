@@ -198,8 +198,9 @@ def method_problems(cfg: dict) -> list[str]:
 
 
 def placement_problems(cfg: dict) -> list[str]:
-    """Backbone x head x method combinations where a method cannot place its modules (a whitening layer where IBN-b
-    already has an IN): found by building each on the meta device (shapes only, instant), before any work."""
+    """Sources a method cannot train on (Method.source_problem: cross-domain MixStyle on one domain), and backbone x
+    head x method combinations where a method cannot place its modules (a whitening layer where IBN-b already has an
+    IN), found by building each on the meta device (shapes only, instant); all before any work."""
     import torch
 
     from .methods import MethodError, build_method

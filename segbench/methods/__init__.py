@@ -15,7 +15,7 @@ from .dsu import DistributionUncertainty
 from .mixstyle import MixStyle
 from .pasta import PASTA, pasta
 from .perturbation import NormalizationPerturbation
-from .places import OUTPUT_PLACES, insert_after, replace_stem_norm, resnet_of, set_post_add
+from .places import OUTPUT_PLACES, insert_after, place_channels, place_module, replace_stem_norm, resnet_of, set_post_add
 from .shade import (StyleHallucination, basis_styles, farthest_point_sampling, instance_style, retrospection_loss,
                     retrospection_mask, style_consistency_loss)
 from .switchable import SwitchWhiten2d

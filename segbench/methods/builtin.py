@@ -18,30 +18,12 @@ from .dsu import DistributionUncertainty
 from .mixstyle import MIX_MODES, MixStyle
 from .pasta import pasta
 from .perturbation import NormalizationPerturbation
-from .places import insert_after, replace_stem_norm, resnet_of, set_post_add
+from .places import insert_after, place_channels, place_module, resnet_of
 from .switchable import SwitchWhiten2d
 from .whitening import CovarianceVariance, InstanceWhitening, irw_margin, isw_mask
 
 #: RobustNet's R50 scripts: `--wt_layer 0 0 c c c 0 0` = the stem norm and the end of layer1 and layer2
 ROBUSTNET_PLACES = ["stem.norm", "layer1.post_add", "layer2.post_add"]
-
-
-def place_channels(model: nn.Module, place: str) -> int:
-    """Channels of the feature map at a place of the model's ResNet."""
-    resnet = resnet_of(model)
-    if place in ("stem", "stem.norm", "maxpool"):
-        return resnet.conv1.out_channels
-    block = getattr(resnet, place.split(".")[0])[-1]
-    return (block.bn3 if hasattr(block, "bn3") else block.bn2).num_features
-
-
-def place_module(model: nn.Module, place: str, module: nn.Module, backbone: str = "this backbone") -> nn.Module:
-    """Insert `module` at any place of places.py (after an output, in place of the stem norm, or post-addition)."""
-    if place == "stem.norm":
-        return replace_stem_norm(model, module, backbone=backbone)
-    if place.endswith(".post_add"):
-        return set_post_add(model, place.split(".")[0], module, backbone=backbone)
-    return insert_after(model, place, module)
 
 
 def whitening_modules(model: nn.Module) -> list[InstanceWhitening]:

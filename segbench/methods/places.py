@@ -58,26 +58,44 @@ def insert_after(model: nn.Module, place: str, module: nn.Module) -> nn.Module:
     return module
 
 
-def replace_stem_norm(model: nn.Module, module: nn.Module, *, backbone: str = "this backbone") -> nn.Module:
+def replace_stem_norm(model: nn.Module, module: nn.Module) -> nn.Module:
     """Put `module` in place of the stem's BatchNorm; MethodError when the stem holds something else (IBN-b's IN)."""
     resnet = resnet_of(model)
     if type(resnet.bn1) is not nn.BatchNorm2d:
-        raise MethodError(f"the stem norm of {backbone} is {type(resnet.bn1).__name__}, not BatchNorm2d: this method "
+        raise MethodError(f"the stem norm of this backbone is {type(resnet.bn1).__name__}, not BatchNorm2d: this method "
                           "replaces a BatchNorm there (use a plain ResNet or an IBN-a backbone)")
     resnet.bn1 = module
     return module
 
 
-def set_post_add(model: nn.Module, stage: str, module: nn.Module, *, backbone: str = "this backbone") -> nn.Module:
+def set_post_add(model: nn.Module, stage: str, module: nn.Module) -> nn.Module:
     """Put `module` after the residual addition of `stage`'s last block; MethodError when that slot is taken."""
     if stage not in _STAGES:
         raise MethodError(f"unknown stage {stage!r}; stages: {', '.join(_STAGES)}")
     block = getattr(resnet_of(model), stage)[-1]
     if not hasattr(block, "IN"):
-        raise MethodError(f"the blocks of {backbone} have no post-addition slot (`IN`): a segbench ResNet is needed")
+        raise MethodError("the blocks of this backbone have no post-addition slot (`IN`): a segbench ResNet is needed")
     if block.IN is not None:
-        raise MethodError(f"{stage}'s last block of {backbone} already holds {type(block.IN).__name__} after the "
+        raise MethodError(f"{stage}'s last block of this backbone already holds {type(block.IN).__name__} after the "
                           "residual addition (IBN-b): this method puts its own module there (use a plain ResNet or "
                           "an IBN-a backbone)")
     block.IN = module
     return module
+
+
+def place_module(model: nn.Module, place: str, module: nn.Module) -> nn.Module:
+    """Put `module` at any place above: after an output, in place of the stem norm, or after a stage's last addition."""
+    if place == "stem.norm":
+        return replace_stem_norm(model, module)
+    if place.endswith(".post_add"):
+        return set_post_add(model, place.split(".")[0], module)
+    return insert_after(model, place, module)
+
+
+def place_channels(model: nn.Module, place: str) -> int:
+    """Channels of the feature map at a place of the model's ResNet."""
+    resnet = resnet_of(model)
+    if place in ("stem", "stem.norm", "maxpool"):
+        return resnet.conv1.out_channels
+    block = getattr(resnet, place.split(".")[0])[-1]
+    return (block.bn3 if hasattr(block, "bn3") else block.bn2).num_features
