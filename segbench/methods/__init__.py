@@ -15,7 +15,8 @@ from .dsu import DistributionUncertainty
 from .mixstyle import MixStyle
 from .pasta import PASTA, pasta
 from .perturbation import NormalizationPerturbation
-from .places import OUTPUT_PLACES, insert_after, place_channels, place_module, replace_stem_norm, resnet_of, set_post_add
+from .places import (OUTPUT_PLACES, insert_after, place_channels, place_module, replace_stem_norm, resnet_of,
+                     set_post_add)
 from .shade import (StyleHallucination, basis_styles, farthest_point_sampling, instance_style, retrospection_loss,
                     retrospection_mask, style_consistency_loss)
 from .switchable import SwitchWhiten2d
@@ -61,6 +62,7 @@ __all__ = ["PLUGINS_ENV", "METHODS", "Method", "MethodError", "Batch", "TrainRun
            "load_plugins",
            "InstanceWhitening", "instance_whitening_loss", "isw_mask", "covariance", "CovarianceVariance",
            "SwitchWhiten2d", "MixStyle", "DistributionUncertainty", "NormalizationPerturbation", "PASTA", "pasta",
-           "OUTPUT_PLACES", "insert_after", "replace_stem_norm", "resnet_of", "set_post_add",
+           "OUTPUT_PLACES", "insert_after", "place_module", "place_channels", "replace_stem_norm", "resnet_of",
+           "set_post_add",
            "StyleHallucination", "farthest_point_sampling", "basis_styles", "instance_style", "style_consistency_loss",
            "retrospection_mask", "retrospection_loss"]
