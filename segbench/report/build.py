@@ -35,7 +35,7 @@ from .paired import paired_layout, paired_text, plot_paired
 from .protocols import card_hash, card_of, cards_section
 from .qualitative import plot_qualitative
 from .records import count_done
-from .selection import ALL, LAST, check_rule, comparison_tables, rule_note, select, selected_scores
+from .selection import ALL, LAST, check_rule, comparison_tables, rule_note, rule_scores, select
 from .stats import DEFAULT_STAT
 
 FIGURES = {"table.png": "mIoU per train/test pair", "per_class_iou.png": "IoU per class",
@@ -73,8 +73,9 @@ def build_report(results_dir: Path, plot: bool = True, stat: str = DEFAULT_STAT,
     results_dir = Path(results_dir)
     records = load_records(results_dir)
     rule = LAST if check_rule(select_rule, allow_all=True) == ALL else select_rule
-    items = selected_scores(records, rule)
-    cards = {card_hash(c): c for c in map(card_of, select(records, rule)) if c}
+    selected = select(records, rule)
+    items = rule_scores(selected, rule)
+    cards = {card_hash(c): c for c in map(card_of, selected) if c}
     paired_md, paired = "", None
     if baseline:
         paired = paired_layout(items, baseline)

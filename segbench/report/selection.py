@@ -120,10 +120,10 @@ def select(records: list[dict], rule: str) -> list[dict]:
     return out
 
 
-def selected_scores(records: list[dict], rule: str) -> list[Score]:
-    """records.scores of the selected records, each row labelled with its rule unless it is `last`, so a figure, a
-    CSV or a LaTeX table of oracle numbers says so wherever it travels."""
-    items = scores(select(records, rule))
+def rule_scores(selected: list[dict], rule: str) -> list[Score]:
+    """records.scores of records `select` returned for `rule`, each row labelled with the rule unless it is `last`,
+    so a figure, a CSV or a LaTeX table of oracle numbers says so wherever it travels."""
+    items = scores(selected)
     return items if rule == LAST else [replace(s, row=f"{s.row} ({rule})") for s in items]
 
 
