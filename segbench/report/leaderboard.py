@@ -73,8 +73,7 @@ def leaderboard_layout(studies: dict[str, list[Score]], cards: dict[str, dict], 
     csv_rows = [label + [v for c in cols for v in aggs[(k, c)].csv(stat)] for k, label in zip(keys, labels)]
     partial = any(a.n < n_max for a in aggs.values())
     seeds = seed_note(items, n_max, partial, stat, "only k seeds finished in that study")
-    # every card is printed in leaderboard.md (each study's report.md prints its own)
-    protocols = footer(items, cards).replace("report.md prints", "leaderboard.md prints")
+    protocols = footer(items, cards, printed_in="leaderboard.md")  # each study's report.md prints its own
     note = (f"mIoU (%) over the classes scored in each test set; {seeds}; rows are never merged across studies.\n"
             + protocols)
     return Layout([table], note, csv_text(csv_header, csv_rows))

@@ -66,14 +66,14 @@ def _rows_by_card(items) -> dict[str, dict[str, list[str]]]:
     return out
 
 
-def footer(items, cards: dict[str, dict]) -> str:
-    """Lines under a table: which card each source's numbers were measured under (report.md prints every card),
+def footer(items, cards: dict[str, dict], printed_in: str = "report.md") -> str:
+    """Lines under a table: which card each source's numbers were measured under (`printed_in` prints every card),
     which rows differ in protocol and in what, and how many records carry no card. Empty when none carries one."""
     by_source = _rows_by_card(items)
     if not any(h for hashes in by_source.values() for h in hashes):
         return ""
     named = [f"{h} (train {source})" for source, hashes in by_source.items() for h in hashes if h]
-    lines = [f"Protocol card{'s' if len(named) > 1 else ''}: {', '.join(named)}; report.md prints each card in full."]
+    lines = [f"Protocol card{'s' if len(named) > 1 else ''}: {', '.join(named)}; {printed_in} prints each card in full."]
     for source, hashes in by_source.items():
         carded = [h for h in hashes if h]
         for other in carded[1:]:
