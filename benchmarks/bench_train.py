@@ -66,27 +66,25 @@ def make_data(n, size, seed=0):
     return images, masks
 
 
-def bare_loop(model, images, masks, settings: TrainSettings, device) -> float:
-    """The loop a researcher would write by hand: poly lr, SGD, CE with ignore, AMP where available."""
+def bare_step(model, settings: TrainSettings, device, forward=None):
+    """One step of the loop a researcher would write by hand (poly lr, SGD, CE with ignore, AMP where available), as a
+    function of (x, y, iteration). `forward(model, x, y) -> loss` replaces the plain one (gpu_check's variants)."""
     model.to(device).train()
     if device.type == "cuda" and settings.channels_last:
         model.to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(model.parameters(), lr=settings.lr, momentum=settings.momentum,
                           weight_decay=settings.weight_decay)
     amp_ctx, scaler = autocast_for(device, settings.amp)
-    b = settings.batch_size
-    batches = [(torch.stack(images[i:i + b]), torch.stack(masks[i:i + b])) for i in range(0, len(images) - b + 1, b)]
-    sync(device)
-    t0 = time.perf_counter()
-    for it in range(settings.iters):
-        x, y = batches[it % len(batches)]
+    forward = forward or (lambda m, x, y: F.cross_entropy(m(x)["out"], y, ignore_index=IGNORE_INDEX))
+
+    def step(x, y, it):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         if device.type == "cuda" and settings.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         for group in opt.param_groups:
             group["lr"] = poly_lr(settings.lr, it, settings.iters, settings.power)
         with amp_ctx:
-            loss = F.cross_entropy(model(x)["out"], y, ignore_index=IGNORE_INDEX)
+            loss = forward(model, x, y)
         opt.zero_grad(set_to_none=True)
         if scaler:
             scaler.scale(loss).backward()
@@ -95,6 +93,27 @@ def bare_loop(model, images, masks, settings: TrainSettings, device) -> float:
         else:
             loss.backward()
             opt.step()
+
+    return step
+
+
+def batches_of(images, masks, b, device):
+    """Batches of `b`, in pinned memory for a GPU as segbench's DataLoader gives them (pin_memory=True): a pageable
+    copy to the device blocks the host and is several times slower."""
+    batches = [(torch.stack(images[i:i + b]), torch.stack(masks[i:i + b])) for i in range(0, len(images) - b + 1, b)]
+    if device.type == "cuda":
+        batches = [(x.pin_memory(), y.pin_memory()) for x, y in batches]
+    return batches
+
+
+def bare_loop(model, images, masks, settings: TrainSettings, device) -> float:
+    step = bare_step(model, settings, device)
+    b = settings.batch_size
+    batches = batches_of(images, masks, b, device)
+    sync(device)
+    t0 = time.perf_counter()
+    for it in range(settings.iters):
+        step(*batches[it % len(batches)], it)
     sync(device)
     return settings.iters * b / (time.perf_counter() - t0)
 

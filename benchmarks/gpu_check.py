@@ -15,6 +15,9 @@ Sections, in this order (--sections picks and orders them):
   data      can one process with N loader workers (N = min(8, CPUs)) feed the preset, from full-size GTA5-like PNGs
             and from their prepared 1280x720 cache? loader images/s against the train section's step images/s
   embedded  python -m segbench.run on this device: the embedded default's wall time and table
+  profile   where the preset's training step spends device time (torch.profiler, ops grouped by kind), and the
+            steady-state images/s of variants that each change one thing (batch x2, no channels_last, plain
+            ResNet-50, the loss at the head's own resolution): what would move the fraction of peak
 
 Each section is guarded: a failure is recorded (error and traceback) and the next section runs. Once --budget-s is
 spent the remaining sections are recorded as skipped. Every figure goes to one JSON file (--out), rewritten after each
@@ -50,7 +53,7 @@ import torch  # noqa: E402
 
 #: the issue's target on an H100-class card: the preset at >= 35% of peak bf16 counted as model FLOPs
 TARGET_FRACTION_OF_PEAK = 0.35
-SECTION_NAMES = ("tests", "train", "models", "methods", "data", "embedded")
+SECTION_NAMES = ("tests", "train", "models", "methods", "data", "embedded", "profile")
 #: the methods the `methods` section times (every one that works on in-memory batches alone)
 TIMED_METHODS = ("erm", "iw", "irw", "sw", "mixstyle", "dsu", "np")
 
@@ -72,6 +75,8 @@ class Profile:
     frame_size: tuple[int, int]  # (W, H), like GTA5's 1914x1052
     prepared_size: tuple[int, int]  # (W, H), like `segbench data prepare --size 1280x720`
     loader_rounds: int
+    profile_warmup: int = 5
+    profile_steps: int = 15
     embedded_args: tuple[str, ...] = ()
     synthetic_sizes: str | None = None  # SEGBENCH_SYNTHETIC_SIZES for the embedded run
     #: intra-op threads on a CPU (None: torch's default). Tiny inputs gain nothing from threads, and on a busy CI
@@ -88,6 +93,7 @@ FULL = Profile(backbone="resnet50_ibn_a", head="deeplabv3plus", crop=(768, 768),
 SMOKE = Profile(backbone="resnet18", head="fcn", crop=(64, 64), batch=2, train_iters=2, train_repeats=1,
                 ratio_backbones=("resnet18", "resnet18_ibn_a", "resnet18_ibn_b"), ratio_eval_size=(64, 128),
                 ratio_repeats=1, frames=4, frame_size=(320, 176), prepared_size=(160, 88), loader_rounds=2,
+                profile_warmup=1, profile_steps=2,
                 embedded_args=("--set", "train.iters=2", "--set", "train.batch_size=2", "--seeds", "1",
                                "--backbones", "resnet18"),
                 synthetic_sizes="train=2,val=1", cpu_threads=1)
@@ -246,8 +252,121 @@ def section_embedded(ctx: Context) -> dict:
             **({} if ok else {"output_tail": run["output_tail"]})}
 
 
+#: the profile section's grouping of the innermost aten op that ran each kernel (first match wins, else "other")
+OP_KINDS = (("resampling", ("upsample", "interpolate", "grid_sampler")),  # before "linear": upsample_bilinear2d
+            ("convolution", ("convolution", "conv2d", "mm", "matmul", "linear")),
+            ("normalisation", ("batch_norm", "instance_norm", "group_norm", "layer_norm")),
+            ("loss", ("nll_loss", "log_softmax", "cross_entropy")),
+            ("optimizer", ("_foreach", "sgd")),
+            ("copies and layout", ("copy_", "contiguous", "clone", "cat", "pad")),
+            ("elementwise and pooling", ("relu", "threshold", "add", "mul", "div", "sub", "fill", "zero", "where",
+                                         "sum", "mean", "pool", "sigmoid", "neg", "exp", "sqrt", "pow")))
+
+
+def op_kind(name: str) -> str:
+    op = name.split("::")[-1].lower()
+    return next((kind for kind, fragments in OP_KINDS if any(f in op for f in fragments)), "other")
+
+
+def step_breakdown(step, batches, steps: int, device: torch.device) -> dict:
+    """Self device time (CPU time on a CPU) of every op over `steps` steps, per step, grouped by OP_KINDS. Only the
+    ops' own rows are summed: a kernel's row repeats the time of the op that launched it."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities, record_shapes=True, acc_events=True) as prof:
+        for it in range(steps):
+            step(*batches[it % len(batches)], it)
+        sync(device)
+    ops = {}
+    for evt in prof.key_averages():
+        if evt.device_type != torch.autograd.DeviceType.CPU or evt.key.startswith(("autograd::", "ProfilerStep")):
+            continue
+        us = evt.self_device_time_total if device.type == "cuda" else evt.self_cpu_time_total
+        if us > 0:
+            ops[evt.key] = ops.get(evt.key, 0.0) + us / 1e3 / steps
+    total = sum(ops.values())
+    kinds = {}
+    for name, ms in ops.items():
+        kinds[op_kind(name)] = kinds.get(op_kind(name), 0.0) + ms
+    top = sorted(ops.items(), key=lambda kv: -kv[1])[:15]
+    # which tensors the copies move (input shapes), and the transfers between host and device among them
+    copies = sorted(((str(evt.input_shapes), (evt.self_device_time_total if device.type == "cuda" else
+                                              evt.self_cpu_time_total) / 1e3 / steps, evt.count // steps)
+                     for evt in prof.key_averages(group_by_input_shape=True)
+                     if evt.key == "aten::copy_" and evt.device_type == torch.autograd.DeviceType.CPU),
+                    key=lambda c: -c[1])[:10]
+    memcpy = {evt.key: evt.device_time_total / 1e3 / steps for evt in prof.key_averages()
+              if device.type == "cuda" and evt.device_type != torch.autograd.DeviceType.CPU and "Memcpy" in evt.key}
+    return {"timed": "device" if device.type == "cuda" else "cpu", "ms_per_step": total,
+            "by_kind": {k: {"ms_per_step": ms, "share": ms / total if total else 0.0}
+                        for k, ms in sorted(kinds.items(), key=lambda kv: -kv[1])},
+            "top_ops": [{"op": name, "ms_per_step": ms, "share": ms / total if total else 0.0} for name, ms in top],
+            "copies_by_shape": [{"input_shapes": shapes, "ms_per_step": ms, "calls_per_step": calls}
+                                for shapes, ms, calls in copies],
+            "memcpy_ms_per_step": memcpy}
+
+
+def loss_at_head_resolution(model, x, y):
+    """Diagnostic only (not a recipe): the loss on the head's own output against nearest-subsampled labels, which
+    leaves out the full-resolution upsampling and the loss over every pixel."""
+    logits = model.head(model.backbone(x))
+    stride = x.shape[-1] // logits.shape[-1]
+    from segbench.labels import IGNORE_INDEX
+
+    return torch.nn.functional.cross_entropy(logits, y[:, ::stride, ::stride], ignore_index=IGNORE_INDEX)
+
+
+def section_profile(ctx: Context) -> dict:
+    import bench_train
+    from segbench.config import TrainSettings
+    from segbench.models import create_model
+
+    p = ctx.profile
+    plain = p.ratio_backbones[0]
+    variants = {"preset": {}, "batches_on_device": {"on_device": True}, "batch_x2": {"batch": 2 * p.batch},
+                "no_channels_last": {"channels_last": False},
+                f"plain_{plain}": {"backbone": plain}, "loss_at_head_resolution": {"forward": loss_at_head_resolution}}
+    images, masks = bench_train.make_data(4 * p.batch, tuple(p.crop))
+    figures = {"backbone": p.backbone, "head": p.head, "crop_hw": list(p.crop), "batch": p.batch,
+               "warmup_steps": p.profile_warmup, "timed_steps": p.profile_steps, "variants": {}}
+    for name, change in variants.items():
+        batch = change.get("batch", p.batch)
+        settings = TrainSettings(iters=p.profile_warmup + p.profile_steps, batch_size=batch, workers=0, ckpt_every=0,
+                                 channels_last=change.get("channels_last", True))
+        figures["precision"] = bench_train.precision(ctx.device, settings)
+        torch.manual_seed(0)
+        model = create_model(change.get("backbone", p.backbone), p.head)
+        step = bench_train.bare_step(model, settings, ctx.device, forward=change.get("forward"))
+        batches = bench_train.batches_of(images, masks, batch, ctx.device)
+        if change.get("on_device"):
+            batches = [(x.to(ctx.device), y.to(ctx.device)) for x, y in batches]
+        for it in range(p.profile_warmup):
+            step(*batches[it % len(batches)], it)
+        sync(ctx.device)
+        t0 = time.perf_counter()
+        for it in range(p.profile_steps):
+            step(*batches[it % len(batches)], p.profile_warmup + it)
+        sync(ctx.device)
+        rate = p.profile_steps * batch / (time.perf_counter() - t0)
+        figures["variants"][name] = {"images_per_s": rate, **({"batch": batch} if batch != p.batch else {})}
+        if name == "preset":
+            figures["breakdown"] = step_breakdown(step, batches, min(p.profile_steps, 5), ctx.device)
+        del model, step
+    base = figures["variants"]["preset"]["images_per_s"]
+    for entry in figures["variants"].values():
+        entry["ratio_to_preset"] = entry["images_per_s"] / base
+    figures.update(bench_train.throughput(p.backbone, p.head, p.crop, base, device_name(ctx.device)))
+    return figures
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 SECTIONS = {"tests": section_tests, "train": section_train, "models": section_models, "methods": section_methods,
-            "data": section_data, "embedded": section_embedded}
+            "data": section_data, "embedded": section_embedded, "profile": section_profile}
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -388,6 +507,11 @@ def detail(name: str, e: dict) -> str:
                  for k in ("full_frames", "prepared")]
         step = e["step_images_per_s"]
         return f"{e['workers']} workers: " + ", ".join(parts) + (f" vs step {step:.1f} img/s" if step else "")
+    if name == "profile":
+        kinds = ", ".join(f"{k} {100 * v['share']:.0f}%" for k, v in e["breakdown"]["by_kind"].items())
+        variants = ", ".join(f"{k} x{v['ratio_to_preset']:.2f}" for k, v in e["variants"].items() if k != "preset")
+        return (f"preset {e['variants']['preset']['images_per_s']:.1f} img/s, {e['breakdown']['ms_per_step']:.1f} "
+                f"ms/step of {e['breakdown']['timed']} time: {kinds}; variants: {variants}")
     if name == "embedded":
         return f"run {e['run_wall_s']:.1f} s" + ("" if e["status"] == "ok" else f", exit {e['returncode']}")
     return ""

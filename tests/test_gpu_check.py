@@ -43,10 +43,10 @@ def test_smoke_run_on_cpu_fills_every_section(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads(out.read_text())
     s = report["sections"]
-    assert list(s) == ["tests", "train", "models", "methods", "data", "embedded"]
+    assert list(s) == ["tests", "train", "models", "methods", "data", "embedded", "profile"]
     assert report["smoke"] is True and report["environment"]["device_type"] == "cpu"
     assert s["tests"]["status"] == "skipped" and "no CUDA" in s["tests"]["reason"]
-    assert all(s[name]["status"] == "ok" for name in ("train", "models", "methods", "data", "embedded")), s
+    assert all(s[name]["status"] == "ok" for name in ("train", "models", "methods", "data", "embedded", "profile")), s
     assert set(s["methods"]["ratio_to_erm"]) == {"erm", "iw", "irw", "sw", "mixstyle", "dsu", "np"}
     assert s["methods"]["ratio_to_erm"]["erm"] == 1.0 and all(r > 0 for r in s["methods"]["images_per_s"].values())
 
@@ -59,6 +59,13 @@ def test_smoke_run_on_cpu_fills_every_section(tmp_path):
     assert data["step_images_per_s"] == train["segbench_images_per_s"]
     for source in ("full_frames", "prepared"):
         assert data[source]["images_per_s"] > 0 and isinstance(data[source]["keeps_up"], bool)
+    profile = s["profile"]
+    assert set(profile["variants"]) == {"preset", "batches_on_device", "batch_x2", "no_channels_last",
+                                        "plain_resnet18", "loss_at_head_resolution"}
+    assert profile["variants"]["preset"]["ratio_to_preset"] == 1.0
+    breakdown = profile["breakdown"]
+    assert breakdown["timed"] == "cpu" and breakdown["by_kind"]["convolution"]["ms_per_step"] > 0
+    assert sum(k["ms_per_step"] for k in breakdown["by_kind"].values()) == pytest.approx(breakdown["ms_per_step"])
     embedded = s["embedded"]
     assert embedded["returncode"] == 0 and "| resnet18 |" in embedded["table"] and embedded["run_wall_s"] > 0
     assert report["summary"][0].startswith("gpu_check on") and "embedded" in proc.stdout
@@ -133,3 +140,15 @@ def test_model_flops_count_every_head_including_image_pooling(gpu_check, head):
     per_image = bench_train.training_flops_per_image("resnet18", head, (64, 64))
     assert per_image > 0
     assert bench_train.training_flops_per_image("resnet18", head, (128, 128)) == pytest.approx(4 * per_image, rel=0.05)
+
+
+@pytest.mark.parametrize("op, kind", [("aten::cudnn_convolution", "convolution"),
+                                      ("aten::convolution_backward", "convolution"),
+                                      ("aten::native_batch_norm_backward", "normalisation"),
+                                      ("aten::upsample_bilinear2d_backward", "resampling"),
+                                      ("aten::nll_loss2d_forward", "loss"), ("aten::_foreach_add_", "optimizer"),
+                                      ("aten::copy_", "copies and layout"), ("aten::threshold_backward",
+                                                                             "elementwise and pooling"),
+                                      ("aten::empty_strided", "other")])
+def test_profile_groups_ops_by_kind(gpu_check, op, kind):
+    assert gpu_check.op_kind(op) == kind
