@@ -126,6 +126,37 @@ def test_a_two_type_mixture_follows_the_binomial_law():
     assert high - low > 5, "a wide interval: the check is not vacuous"
 
 
+def test_degenerate_inputs_one_image_a_rare_class_and_resamples_without_pixels():
+    """By hand. One image: every resample is that image N times, so the interval is the point. A class labelled in one
+    image of ten: a resample that missed the image (a share (1 - 1/10)^10 = 0.35 of them) has TP + FP + FN = 0 for it,
+    so the class is left out of that resample's mean as the point estimate would leave it out (not scored 0). An image
+    with no labelled pixel, drawn for every slot of a resample: that resample has no mIoU and is dropped (not a 0);
+    no labelled pixel in any image: no interval."""
+    one = random_counts(np.random.default_rng(5), 2, 4)[1:]
+    assert bootstrap_miou(one, n_boot=50) == pytest.approx((loop_miou(one[0]),) * 2, abs=1e-12)
+
+    common = np.zeros((3, 4), np.int64)
+    common[0, :2], common[1, :2] = (8, 2), (1, 9)  # class 0: IoU 8/11, class 1: IoU 9/12; class 2 nowhere
+    rare = common.copy()
+    rare[2, 2] = 10  # class 2 labelled and predicted here only: IoU 1
+    per_image = np.stack([common] * 9 + [rare])
+    without, with_rare = 100 * (8 / 11 + 9 / 12) / 2, 100 * (8 / 11 + 9 / 12 + 1) / 3
+    indices = resample_indices(10, 400, seed=1)
+    missed = ~(indices == 9).any(1)
+    assert 0.25 < missed.mean() < 0.45  # about (1 - 1/10)^10: both kinds of resample occur
+    expected = np.where(missed, without, with_rare)
+    np.testing.assert_allclose(mious_of_resamples(per_image, None, indices), expected, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(loop_resample_mious(per_image, None, indices), expected, rtol=0, atol=1e-12)
+    low, high = bootstrap_miou(per_image, n_boot=400, seed=1)
+    assert (low, high) == pytest.approx((without, with_rare), abs=1e-12)
+
+    empty = np.zeros_like(common)
+    labelled = np.stack([empty, common])
+    # about 1/4 of the resamples draw [empty, empty]: dropped, so every other one gives `without`
+    assert bootstrap_miou(labelled, n_boot=400) == pytest.approx((without, without), abs=1e-12)
+    assert all(np.isnan(bootstrap_miou(np.stack([empty, empty]), n_boot=20)))
+
+
 def test_1000_resamples_of_500_images_are_fast():
     import time
 

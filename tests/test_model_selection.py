@@ -71,6 +71,15 @@ def test_ties_go_to_the_earliest_iteration():
     assert oracle["results"]["photo"] == {"iteration": 4, "miou": 30.0}
 
 
+def test_an_undefined_point_never_wins():
+    """A curve point can be NaN (no scored class labelled or predicted in that evaluation): it is skipped, even first
+    on the curve, where max() over raw floats would return NaN and match no iteration."""
+    curves = {"sim": [[2, float("nan")], [4, 50.0], [6, 45.0]], "photo": [[2, float("nan")], [4, 20.0], [6, 30.0]]}
+    assert source_val_iteration(_record(curves=curves)) == (4, 50.0)
+    (oracle,) = select([_record(curves=curves)], "oracle")
+    assert oracle["results"]["photo"] == {"iteration": 6, "miou": 30.0}
+
+
 def test_multi_source_selects_on_the_mean_of_the_parts():
     # gta5 alone would pick iteration 1 (60); the mean (gta5 + synthia) / 2 is 45 at 1 and 50 at 2
     curves = {"gta5": [[1, 60.0], [2, 50.0]], "synthia": [[1, 30.0], [2, 50.0]],

@@ -8,8 +8,13 @@ facebookresearch/DomainBed domainbed/model_selection.py: IIDAccuracySelectionMet
 - last: the weights at the end of training (record["results"]): what every table shows by default.
 - source-val: the iteration whose in-domain score is best (the source's held-out split, `eval.split`; for a union of
   sources the mean over its parts; ties go to the earliest iteration), and every target's mIoU at that iteration.
+  DomainBed's training-domain validation over the checkpoints of one run (its Query.argmax is Python's max: the first,
+  i.e. earliest, step on ties).
 - oracle: per target, the best mIoU over its own curve. It selects on the test set itself: an upper bound on what any
-  rule could pick, never a result, and never shown in a table beside the other rules' numbers.
+  rule could pick, never a result, and never averaged with the other rules' numbers (selection.md shows it beside
+  them, labelled). It is NOT DomainBed's OracleSelectionMethod (test-domain validation), which keeps the last
+  checkpoint (no early stopping) and uses a held-out part of the test domain only to choose hyperparameters, reporting
+  the other part; this rule picks the iteration on the very numbers it reports, so it is at least the `last` number.
 
 A selected record carries its rule in its protocol card (`checkpoint`), so rows under different rules never average.
 """

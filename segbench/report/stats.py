@@ -3,6 +3,8 @@ written in a table; paired differences against a baseline over the seeds both sh
 
 Standard error is the default spread (DomainBed reports mean ± standard error over trials): std describes how runs
 scatter, se how precisely the mean is known, ci95 (t_{0.975, n-1} * s / sqrt(n)) the interval a reviewer checks.
+se is the textbook s / sqrt(n) with the sample std s (ddof=1); DomainBed's collect_results divides np.std (ddof=0)
+by sqrt(n), smaller by sqrt((n-1)/n) (0.82 for 3 seeds), so its ± and ours differ for the same numbers.
 """
 from __future__ import annotations
 
