@@ -292,17 +292,67 @@ def read_record(path: Path) -> dict:
     if missing or not isinstance(record.get("config"), dict) or "model" not in record["config"]:
         raise RecordError(f"{path}: missing {', '.join(missing) or 'config.model'}; expected a segbench cell record "
                           f"with {', '.join(REQUIRED_FIELDS)} and config.model")
+    problem = record_type_problem(record)
+    if problem:
+        raise RecordError(f"{path}: {problem}; the file was edited or damaged: restore it, or delete it to have the "
+                          "cell evaluated again")
     return record
 
 
+def _is_number(x) -> bool:
+    return x is None or (isinstance(x, (int, float)) and not isinstance(x, bool))
+
+
+def record_type_problem(record: dict) -> str | None:
+    """The first field of a record, among those the report reads, whose value has the wrong type (a hand edit, a
+    damaged file), as 'FIELD=VALUE: expected ...'; None when all are well formed."""
+    def shown(value) -> str:
+        text = json.dumps(value)
+        return text if len(text) <= 60 else text[:57] + "..."
+
+    for key in ("cell_id", "backbone", "head", "source"):
+        if not isinstance(record[key], str):
+            return f"{key}={shown(record[key])}: expected a string"
+    if not isinstance(record["seed"], int) or isinstance(record["seed"], bool):
+        return f"seed={shown(record['seed'])}: expected an integer"
+    method = record.get("method")
+    if method is not None and not (isinstance(method, dict) and isinstance(method.get("name", ""), str)
+                                   and isinstance(method.get("options") or {}, dict)):
+        return f"method={shown(method)}: expected {{\"name\": NAME, \"options\": {{...}}}}"
+    if not isinstance(record["results"], dict):
+        return f"results={shown(record['results'])}: expected {{TARGET: {{\"miou\": ...}}}}"
+    for target, m in record["results"].items():
+        if not isinstance(m, dict):
+            return f"results.{target}={shown(m)}: expected an object with miou"
+        for key in ("miou", "pixel_acc"):
+            if not _is_number(m.get(key)):
+                return f"results.{target}.{key}={shown(m.get(key))}: expected a number or null"
+        per_class = m.get("per_class_iou")
+        if per_class is not None and not (isinstance(per_class, dict) and all(map(_is_number, per_class.values()))):
+            return f"results.{target}.per_class_iou={shown(per_class)}: expected {{CLASS: number or null}}"
+    curves = record.get("curves")
+    if curves is not None:
+        if not isinstance(curves, dict):
+            return f"curves={shown(curves)}: expected {{TARGET: [[iteration, miou], ...]}}"
+        for target, points in curves.items():
+            if not isinstance(points, list) or not all(
+                    isinstance(p, list) and len(p) == 2 and isinstance(p[0], int) and not isinstance(p[0], bool)
+                    and _is_number(p[1]) for p in points):
+                return f"curves.{target}={shown(points)}: expected [[iteration, miou], ...]"
+    return None
+
+
 def read_record_or_none(cell_dir: Path) -> dict | None:
-    """The lenient reader, for deciding what to run: no record, or an unreadable one, means nothing is done yet."""
+    """The lenient reader, for deciding what to run: no record, or an unreadable or malformed one (the strict reader
+    would refuse it), means nothing is done yet."""
     path = Path(cell_dir) / RECORD
     try:
         record = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-    return record if isinstance(record, dict) else None
+    if not isinstance(record, dict):
+        return None
+    return None if all(k in record for k in REQUIRED_FIELDS) and record_type_problem(record) else record
 
 
 def missing_targets(cell: Cell, cell_dir: Path) -> list[str]:

@@ -33,6 +33,7 @@ USER_ERROR_TYPES = (
     ("segbench.engine.checkpoint", "CheckpointError"),
     ("segbench.engine.checkpoint", "CheckpointMismatch"),
     ("segbench.engine.scoring", "PredictionError"),
+    ("segbench.methods.base", "MethodError"),
     ("segbench.models.pretrained", "PretrainedWeightsError"),
 )
 #: what the operating system refuses for a reason the user can fix; the message names the path

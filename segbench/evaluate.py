@@ -56,6 +56,19 @@ def eval_settings(overrides: list[str], recorded: dict | None = None) -> dict:
     return validate(apply_overrides({"eval": ecfg}, overrides), sections=("eval",))["eval"]
 
 
+def check_outputs(output: Path | None, save_preds: Path | None) -> None:
+    """Where --output and --save-preds write, checked before the scoring, not after it."""
+    from .io import check_writable
+
+    if output is not None:
+        if output.is_dir():
+            raise ConfigError(f"--output {output}: a directory; give the path of the JSON file to write, e.g. "
+                              f"{output / 'result.json'}")
+        check_writable(output.parent)
+    if save_preds is not None:
+        check_writable(save_preds)
+
+
 @command("segbench evaluate")
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
@@ -64,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     if (args.checkpoint is None) == (args.preds is None):
         print("segbench evaluate: give either a CHECKPOINT or --preds DIR", file=sys.stderr)
         return 2
+    check_outputs(args.output, args.save_preds)
     if args.preds is not None:
         from .engine.scoring import score_prediction_dir
 

@@ -117,6 +117,10 @@ def _atomic(path: Path, write: Callable[[Any], None], mode: str) -> None:
                                                        "or permissions); make it writable or write elsewhere") from e
         if e.errno in NO_SPACE:
             raise _disk_full(path, _free_bytes(path.parent)) from e
+        if e.errno in (errno.EEXIST, errno.ENOTDIR):  # a file where a directory of the path should be
+            where = next((p for p in path.parents if p.exists() and not p.is_dir()), path.parent)
+            raise _os_error(NotADirectoryError, errno.ENOTDIR, f"cannot write {path}: {where} is a file, not a "
+                                                               "directory; write elsewhere, or move that file") from e
         raise
     try:
         with os.fdopen(fd, mode) as f:

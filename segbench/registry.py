@@ -17,9 +17,14 @@ _LOADED_ENTRY_POINTS: set[str] = set()  # "group:name=value" of every entry poin
 
 
 class Registry:
-    def __init__(self, kind: str):
+    def __init__(self, kind: str, hint: str = ""):
         self.kind = kind
+        self.hint = hint  # appended to an unknown name's message: where names from outside the package come from
         self._entries: dict[str, Callable] = {}
+
+    def listing(self) -> str:
+        """The registered names, then the hint: what an unknown name's message lists."""
+        return ", ".join(self.names()) + (f"; {self.hint}" if self.hint else "")
 
     def register(self, name: str | None = None, *, override: bool = False) -> Callable[[T], T]:
         """Decorator: `@REG.register("name")` (or bare name taken from `__name__`)."""
@@ -27,7 +32,10 @@ class Registry:
         def wrap(obj: T) -> T:
             key = name or obj.__name__  # type: ignore[attr-defined]
             if key in self._entries and not override and self._entries[key] is not obj:
-                raise KeyError(f"{self.kind} {key!r} is already registered; pass override=True to replace it")
+                taken = self._entries[key]
+                by = f"{getattr(taken, '__module__', '?')}.{getattr(taken, '__qualname__', type(taken).__name__)}"
+                raise KeyError(f"{self.kind} {key!r} is already registered (by {by}); register it under another name, "
+                               "or pass override=True to replace it")
             self._entries[key] = obj
             return obj
 
@@ -40,7 +48,7 @@ class Registry:
         try:
             return self._entries[name]
         except KeyError:
-            valid = ", ".join(self.names()) or "(none registered)"
+            valid = self.listing() if self._entries else "(none registered)"
             raise KeyError(f"unknown {self.kind} {name!r}; valid names: {valid}") from None
 
     def names(self, pattern: str = "*") -> list[str]:
@@ -54,7 +62,7 @@ class Registry:
             if any(ch in pattern for ch in "*?["):
                 matches = self.names(pattern)
                 if not matches:
-                    raise KeyError(f"no {self.kind} matches {pattern!r}; valid names: {', '.join(self.names())}")
+                    raise KeyError(f"no {self.kind} matches {pattern!r}; valid names: {self.listing()}")
             else:
                 self.get(pattern)  # raises with the valid names
                 matches = [pattern]

@@ -183,7 +183,7 @@ def method_problems(cfg: dict) -> list[str]:
     settings = cfg["method"] if isinstance(cfg["method"], dict) else {}
     for name, options in settings.items():
         if name not in METHODS:
-            problems.append(f"method.{name}: unknown method; valid names: {', '.join(METHODS.names())}")
+            problems.append(f"method.{name}: unknown method; valid names: {METHODS.listing()}")
             continue
         defaults = METHODS.get(name).defaults
         for option, value in (options if isinstance(options, dict) else {}).items():
@@ -203,11 +203,15 @@ def placement_problems(cfg: dict) -> list[str]:
     IN), found by building each on the meta device (shapes only, instant); all before any work."""
     import torch
 
-    from .methods import MethodError, build_method
+    from .methods import METHODS, MethodError, OptionError, build_method, method_options
     from .models import BACKBONES, HEADS, create_model
 
-    methods = study_methods(cfg)
-    problems = []
+    problems, methods = [], {}
+    for name in METHODS.expand(cfg["methods"]):
+        try:  # a method's own checks of its option values (ShadeMethod, PASTAMethod)
+            methods[name] = method_options(name, cfg["method"].get(name))
+        except ValueError as e:
+            problems.append(option_problem(name, e))
     for transfer in parse_specs(cfg["specs"]):
         for name, options in methods.items():
             problem = build_method(name, options).source_problem(list(source_parts(transfer.source)))
@@ -223,9 +227,21 @@ def placement_problems(cfg: dict) -> list[str]:
                     try:
                         build_method(name, options).build(model)
                     except MethodError as e:
-                        problems.append(f"methods: {name} on {backbone} + {head}: {e}; leave that backbone or "
-                                        "method out, or run them as separate studies")
-    return problems
+                        if isinstance(e, OptionError):  # an unknown place or mode: wrong on every backbone
+                            problems.append(option_problem(name, e))
+                        else:
+                            problems.append(f"methods: {name} on {backbone} + {head}: {e}; leave that backbone or "
+                                            "method out, or run them as separate studies")
+                    except ValueError as e:  # a layer refusing an option value (p=5, std=-1): not the backbone's
+                        problems.append(option_problem(name, e))
+    return list(dict.fromkeys(problems))
+
+
+def option_problem(name: str, error: ValueError) -> str:
+    """An option value a method refuses: the method's message, and where the option is set."""
+    text = str(error)
+    return ("" if text.startswith(f"method.{name}.") else f"method.{name}: ") + (
+        f"{text}; change that option (--set method.{name}.OPTION=VALUE; `segbench methods {name}` lists its defaults)")
 
 
 def study_methods(cfg: dict) -> dict[str, dict]:

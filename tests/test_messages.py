@@ -97,6 +97,36 @@ def test_report_names_a_corrupt_record(corrupt_study, capsys):
     assert code == 2 and first.startswith("segbench report: ") and "delete it" in first
 
 
+GOOD_RECORD = {"cell_id": "abc", "backbone": "resnet18", "head": "fcn", "source": "sim", "seed": 0,
+               "config": {"model": {}}, "results": {"sim": {"miou": 40.0, "per_class_iou": {"road": 80.0}}},
+               "curves": {"sim": [[2, 30.0], [4, 40.0]]}}
+
+
+@pytest.mark.parametrize("field, value, named", [
+    ("results", [1], "results=[1]"), ("seed", "x", 'seed="x"'), ("source", 5, "source=5"),
+    ("results", {"sim": {"miou": "abc"}}, 'results.sim.miou="abc"'), ("results", {"sim": 5}, "results.sim=5"),
+    ("curves", {"sim": [[2]]}, "curves.sim=[[2]]"), ("method", "isw", 'method="isw"'),
+])
+def test_report_names_a_record_field_of_the_wrong_type(tmp_path, capsys, field, value, named):
+    from segbench.cells import read_record_or_none
+
+    record = tmp_path / "study" / "cells" / "sim__resnet18__fcn__s0__abc" / "record.json"
+    write_record(record.parent, {**GOOD_RECORD, field: value})
+    for select in ("last", "oracle"):
+        code, _, err = _segbench(capsys, "report", tmp_path / "study", "--no-plot", "--select", select)
+        first = _one_clean_line(err, record, named)
+        assert code == 2 and "delete it to have the cell evaluated again" in first
+    assert read_record_or_none(record.parent) is None  # the runner redoes such a cell instead of failing on it
+    write_record(record.parent, GOOD_RECORD)
+    assert read_record_or_none(record.parent) == GOOD_RECORD
+
+
+def test_a_study_without_cells_yet_says_so_for_a_baseline(tmp_path, capsys):
+    (tmp_path / "study" / "cells").mkdir(parents=True)
+    code, _, err = _segbench(capsys, "report", tmp_path / "study", "--no-plot", "--baseline", "erm")
+    assert code == 2 and "no scored cell yet" in _one_clean_line(err, "--baseline erm")
+
+
 def test_debug_shows_the_traceback(corrupt_study, capsys, monkeypatch):
     study, record = corrupt_study
     code, _, err = _segbench(capsys, "report", study, "--no-plot", "--debug")
@@ -133,6 +163,18 @@ def test_evaluate_and_analyze_refuse_an_unsafe_checkpoint(unsafe_cell, capsys, c
     code, out, err = _segbench(capsys, *[unsafe_cell if word == "CELL" else word for word in command])
     first = _one_clean_line(err, unsafe_cell / "model_final.pt")
     assert code == 2 and "not a segbench checkpoint" in first and "ran code" not in out
+
+
+@pytest.mark.parametrize("flag, where", [("--output", "BLOCKER/out.json"), ("--save-preds", "BLOCKER"),
+                                         ("--output", "DIR")])
+def test_evaluate_checks_where_it_writes_before_scoring(unsafe_cell, tmp_path, capsys, flag, where):
+    blocker = tmp_path / "notes.txt"
+    blocker.write_text("mine")
+    path = where.replace("BLOCKER", str(blocker)).replace("DIR", str(tmp_path))
+    code, _, err = _segbench(capsys, "evaluate", unsafe_cell, "--dataset", "sim", flag, path)
+    named = blocker if "BLOCKER" in where else f"--output {tmp_path}: a directory"
+    first = _one_clean_line(err, named)  # refused before the (unsafe) checkpoint is even opened
+    assert code == 2 and "not a segbench checkpoint" not in first and blocker.read_text() == "mine"
 
 
 # -- data ------------------------------------------------------------------------------------------------------------

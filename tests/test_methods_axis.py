@@ -264,6 +264,52 @@ def test_a_missing_plugin_file_is_named(monkeypatch, tmp_path, capsys):
     assert f"{tmp_path / 'nope.py'} does not exist" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("content, words", [
+    ("def broken(:\n", "SyntaxError at line 1"),
+    ("import no_such_module_for_segbench\n", "No module named 'no_such_module_for_segbench'"),
+    ("from segbench.methods import METHODS, Method\n@METHODS.register('isw')\nclass Mine(Method):\n    pass\n",
+     "method 'isw' is already registered (by segbench.methods.builtin."),
+])
+def test_a_plugin_that_fails_to_import_is_named_with_the_fix(monkeypatch, tmp_path, capsys, content, words):
+    from segbench.methods.cli import main
+
+    plugin = tmp_path / "my_method.py"
+    plugin.write_text(content)
+    monkeypatch.setenv(PLUGINS_ENV, str(plugin))
+    with METHODS.scoped():
+        assert main([]) == 2  # `segbench methods`: no traceback
+        err = capsys.readouterr().err
+        assert "Traceback" not in err and str(plugin) in err and words in err
+        assert f"take it out of ${PLUGINS_ENV}" in err
+        assert run.main(["--dry-run", "--results", str(tmp_path)]) == 2
+        assert str(plugin) in capsys.readouterr().err
+
+
+def test_a_method_unknown_to_segbench_points_at_the_plugin_variable(tmp_path, capsys):
+    assert run.main(["--dry-run", "--results", str(tmp_path), "--methods", "featnoise"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown method 'featnoise'" in err and f"${PLUGINS_ENV}" in err
+
+
+@pytest.mark.parametrize("setting, words", [
+    ("method.isw.places=[layer9]", "method.isw: unknown place 'layer9'; places: stem, maxpool"),
+    ("method.shade.place=stem.norm", "method.shade: unknown place 'stem.norm'; places after an output"),
+    ("method.mixstyle.p=5", "method.mixstyle: MixStyle: p=5 is not a probability"),
+    ("method.np.std=-1", "method.np: NormalizationPerturbation: std=-1 must be >= 0"),
+    ("method.pasta.alpha=-1", "method.pasta: PASTA: alpha=-1 must be >= 0"),
+    ("method.isw.trials=0", "method.isw.trials=0: the selection pass needs at least 1"),
+    ("method.shade.basis_epochs=0", "method.shade.basis_epochs=0: the basis is recomputed"),
+])
+def test_an_option_value_a_method_refuses_is_named_once_before_any_work(tmp_path, capsys, setting, words):
+    name = setting.split(".")[1]
+    assert run.main(["--dry-run", "--results", str(tmp_path), "--methods", name, "--set", setting,
+                     "--set", "method.shade.retrospection=0", "--backbones", "resnet18", "resnet18_ibn_a"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and words in err, err
+    assert f"change that option (--set method.{name}.OPTION=VALUE" in err
+    assert err.count(words) == 1 and "leave that backbone" not in err  # the option's fault, not a backbone's
+
+
 def test_segbench_methods_lists_every_method_with_paper_and_defaults(capsys):
     from segbench.methods.cli import main
 

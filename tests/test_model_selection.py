@@ -160,6 +160,14 @@ def test_report_command_refuses_source_val_without_curves(tmp_path, capsys):
     assert "--set eval.every=N" in capsys.readouterr().err
 
 
+def test_select_all_without_curves_names_all_and_writes_nothing(tmp_path, capsys):
+    study = _study(tmp_path, [{k: v for k, v in r.items() if k != "curves"} for r in TWO_SEEDS])
+    assert report_cli.main([str(study), "--no-plot", "--select", "all", "--baseline", "resnet18"]) == 2
+    err = capsys.readouterr().err
+    assert "--select all needs the mIoU curves" in err and "--set eval.every=N" in err
+    assert sorted(p.name for p in study.iterdir()) == ["cells"]  # no report half rebuilt (paired.md) before it
+
+
 # --- eval.every in the configuration and the cell id -----------------------------------------------------------
 
 def test_eval_every_is_validated_and_leaves_ids_and_scores_alone(tmp_path):

@@ -105,11 +105,22 @@ def test_mistakes_are_refused_with_the_fix(studies, tmp_path, capsys):
     for argv, words in (([a, b], "add --out BOARD"), ([a, tmp_path / "nowhere", "--out", tmp_path / "o"], "cells/"),
                         ([a, a, "--out", tmp_path / "o"], "more than once"),
                         ([a, b, "--out", tmp_path / "o", "--baseline", "r18"], "--baseline applies to one study"),
-                        ([a, b, "--out", tmp_path / "o", "--format", "latex"], "--format latex applies")):
+                        ([a, b, "--out", tmp_path / "o", "--format", "latex"], "--format latex applies"),
+                        ([a, b, "--out", tmp_path / "o", "--select", "oracle"], "--select oracle applies")):
         with pytest.raises(SystemExit) as e:
             main([str(x) for x in argv])
         assert e.value.code == 2 and words in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_out_naming_an_existing_file_is_refused_and_the_file_kept(studies, tmp_path, capsys):
+    a, b = studies
+    taken = tmp_path / "notes.txt"
+    taken.write_text("mine")
+    assert main([str(a), str(b), "--out", str(taken)]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and f"{taken} is a file, not a directory; write elsewhere" in err
+    assert taken.read_text() == "mine"
 
 
 def test_studies_that_share_a_directory_name_are_named_by_path(tmp_path):

@@ -176,14 +176,15 @@ def load_trained_model(path: Path, device: torch.device | str = "cpu") -> tuple[
     except RecordError as e:
         raise CheckpointError(str(e)) from None
     cfg = record["config"]["model"]
+    method = record.get("method") or {"name": ERM, "options": {}}
     try:
         model = create_model(record["backbone"], head=record["head"], output_stride=cfg.get("output_stride"),
                              pretrained=None, aux=cfg.get("aux", False))
-        method = record.get("method") or {"name": ERM, "options": {}}
         build_method(method["name"], method.get("options")).build(model)  # its modules hold trained weights too
     except (KeyError, ValueError) as e:
+        text = e.args[0] if isinstance(e, KeyError) and e.args else e  # a KeyError's str() quotes its message
         raise CheckpointError(f"{record_path}: cannot build backbone {record['backbone']!r} head "
-                              f"{record['head']!r}: {e}") from None
+                              f"{record['head']!r} method {method.get('name')!r}: {text}") from None
     state = load_checkpoint(weights)
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         state = state["model"]  # a training checkpoint rather than the final state dict

@@ -10,7 +10,8 @@ import os
 import sys
 from pathlib import Path
 
-from .base import ENTRY_POINT_GROUP, METHODS, Batch, Method, MethodError, TrainRun, build_method, method_options
+from .base import (ENTRY_POINT_GROUP, METHODS, Batch, Method, MethodError, OptionError, TrainRun, build_method,
+                   method_options)
 from .dsu import DistributionUncertainty
 from .mixstyle import MixStyle
 from .pasta import PASTA, pasta
@@ -29,6 +30,17 @@ PLUGINS_ENV = "SEGBENCH_METHODS"
 _imported: dict[str, object] = {}
 
 
+def _failure(where: str, e: BaseException) -> MethodError:
+    """A plug-in that failed on import (a syntax error, a missing import, a method name already taken): one
+    message naming the file or module, the error and the fix; `--debug` shows the traceback."""
+    if isinstance(e, SyntaxError):
+        what = f"SyntaxError at line {e.lineno}: {e.msg}"
+    else:
+        what = f"{type(e).__name__}: {e.args[0] if isinstance(e, KeyError) and e.args else e}"
+    return MethodError(f"${PLUGINS_ENV}: importing {where} failed ({what}); fix it, or take it out of "
+                       f"${PLUGINS_ENV}")
+
+
 def _import_file_or_module(spec: str):
     if spec.endswith(".py"):
         path = Path(spec).expanduser().resolve()
@@ -37,13 +49,22 @@ def _import_file_or_module(spec: str):
         module_spec = importlib.util.spec_from_file_location(f"segbench_method_plugin_{path.stem}", path)
         module = importlib.util.module_from_spec(module_spec)
         sys.modules[module_spec.name] = module
-        module_spec.loader.exec_module(module)
+        try:
+            module_spec.loader.exec_module(module)
+        except Exception as e:
+            del sys.modules[module_spec.name]
+            raise _failure(str(path), e) from e
         return module
+    if os.sep in spec or (os.altsep and os.altsep in spec):
+        raise MethodError(f"${PLUGINS_ENV}: {spec!r} is neither a module name nor a .py file; name a module "
+                          "(my_lab.methods) or the path of a .py file")
     try:
         return importlib.import_module(spec)
     except ImportError as e:
         raise MethodError(f"${PLUGINS_ENV}: cannot import {spec!r} ({e}); give an importable module name or the "
                           "path of a .py file") from None
+    except Exception as e:
+        raise _failure(f"module {spec!r}", e) from e
 
 
 def load_plugins() -> list[str]:
@@ -58,8 +79,8 @@ def load_plugins() -> list[str]:
     return sorted(set(METHODS.names()) - before)
 
 
-__all__ = ["PLUGINS_ENV", "METHODS", "Method", "MethodError", "Batch", "TrainRun", "build_method", "method_options",
-           "load_plugins",
+__all__ = ["PLUGINS_ENV", "METHODS", "Method", "MethodError", "OptionError", "Batch", "TrainRun", "build_method",
+           "method_options", "load_plugins",
            "InstanceWhitening", "instance_whitening_loss", "isw_mask", "covariance", "CovarianceVariance",
            "SwitchWhiten2d", "MixStyle", "DistributionUncertainty", "NormalizationPerturbation", "PASTA", "pasta",
            "OUTPUT_PLACES", "insert_after", "place_module", "place_channels", "replace_stem_norm", "resnet_of",

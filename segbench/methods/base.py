@@ -28,7 +28,9 @@ from torch import nn
 from ..cells import ERM
 from ..registry import Registry
 
-METHODS = Registry("method")
+#: an unknown name's message says where methods from outside segbench come from
+METHODS = Registry("method", hint="a method defined outside segbench is found once its module or .py file is named "
+                                  "in $SEGBENCH_METHODS (or its package declares a segbench.methods entry point)")
 
 #: entry points a separately installed package declares to add methods (like `segbench.datasets`)
 ENTRY_POINT_GROUP = "segbench.methods"
@@ -61,6 +63,10 @@ class TrainRun:
 
 class MethodError(ValueError):
     """A method that cannot run as configured (a bad option, a backbone it cannot be placed in); says the fix."""
+
+
+class OptionError(MethodError):
+    """An option value a method cannot use on any backbone (an unknown place or mode): the option is to change."""
 
 
 class Method:

@@ -13,10 +13,10 @@ from tqdm.auto import tqdm
 from ..data.multisource import source_datasets
 from ..data.transforms import Photometric
 from ..engine import distributed as dist_utils
-from .base import METHODS, Batch, Method, MethodError, TrainRun
+from .base import METHODS, Batch, Method, MethodError, OptionError, TrainRun
 from .dsu import DistributionUncertainty
 from .mixstyle import MIX_MODES, MixStyle
-from .pasta import pasta
+from .pasta import PASTA, pasta
 from .perturbation import NormalizationPerturbation
 from .places import insert_after, place_channels, place_module, resnet_of
 from .switchable import SwitchWhiten2d
@@ -93,6 +93,13 @@ class InstanceSelectiveWhiteningMethod(_Whitening):
     paper = "Choi et al., RobustNet, CVPR 2021 (ISW: instance selective whitening)"
     defaults = {"weight": 0.6, "places": ROBUSTNET_PLACES, "stat_epochs": 5.0, "stat_images": 500, "trials": 10,
                 "clusters": 3}
+
+    def __init__(self, **options):
+        super().__init__(**options)
+        for key in ("trials", "stat_images"):  # 0 would select every entry (trials) or none (images), silently
+            if not self.options[key] >= 1:
+                raise OptionError(f"method.isw.{key}={self.options[key]!r}: the selection pass needs at least 1 "
+                                  f"(official: {self.defaults[key]})")
 
     def active(self, module: InstanceWhitening) -> bool:
         return bool(module.mask_selected)
@@ -192,7 +199,7 @@ class MixStyleMethod(_AfterOutputs):
 
     def build(self, model: nn.Module) -> None:
         if self.options["mix"] not in MIX_MODES:
-            raise MethodError(f"method.mixstyle.mix={self.options['mix']!r} is unknown; use one of {MIX_MODES}")
+            raise OptionError(f"method.mixstyle.mix={self.options['mix']!r} is unknown; use one of {MIX_MODES}")
         super().build(model)
 
     def make(self) -> nn.Module:
@@ -252,6 +259,10 @@ class PASTAMethod(Method):
     paper = "Chattopadhyay et al., PASTA: Proportional Amplitude Spectrum Training Augmentation, ICCV 2023"
     code = "prithv1/PASTA; ksarangmath/PASTA_robustnet datasets/pasta.py"
     defaults = {"alpha": 3.0, "k": 2, "beta": 0.25}
+
+    def __init__(self, **options):
+        super().__init__(**options)
+        PASTA(**self.options)  # its checks, here and not first in a data-loader worker
 
     def transform_image(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         return pasta(image, rng, alpha=self.options["alpha"], k=self.options["k"], beta=self.options["beta"])

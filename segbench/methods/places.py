@@ -16,11 +16,20 @@ from __future__ import annotations
 
 from torch import nn
 
-from .base import MethodError
+from .base import MethodError, OptionError
 
 OUTPUT_PLACES = ("stem", "maxpool", "layer1", "layer2", "layer3", "layer4")
 _STAGES = ("layer1", "layer2", "layer3", "layer4")
 _RESNET_PARTS = ("conv1", "bn1", "relu", "maxpool", *_STAGES)
+#: every place a method option may name
+PLACES = (*OUTPUT_PLACES, "stem.norm", *(f"{stage}.post_add" for stage in _STAGES))
+
+
+def check_place(place: object) -> str:
+    """`place` when it is one of PLACES, else OptionError naming it and the valid ones."""
+    if place not in PLACES:
+        raise OptionError(f"unknown place {place!r}; places: {', '.join(PLACES)}")
+    return place
 
 
 def resnet_of(model: nn.Module) -> nn.Module:
@@ -46,7 +55,7 @@ class _RunAfter:
 def insert_after(model: nn.Module, place: str, module: nn.Module) -> nn.Module:
     """Run `module` on the output at `place` (one of OUTPUT_PLACES); returns `module`."""
     if place not in OUTPUT_PLACES:
-        raise MethodError(f"unknown place {place!r}; places after an output: {', '.join(OUTPUT_PLACES)}")
+        raise OptionError(f"unknown place {place!r}; places after an output: {', '.join(OUTPUT_PLACES)}")
     resnet = resnet_of(model)
     if not hasattr(model, "method_modules"):
         model.method_modules = nn.ModuleDict()
@@ -71,7 +80,7 @@ def replace_stem_norm(model: nn.Module, module: nn.Module) -> nn.Module:
 def set_post_add(model: nn.Module, stage: str, module: nn.Module) -> nn.Module:
     """Put `module` after the residual addition of `stage`'s last block; MethodError when that slot is taken."""
     if stage not in _STAGES:
-        raise MethodError(f"unknown stage {stage!r}; stages: {', '.join(_STAGES)}")
+        raise OptionError(f"unknown stage {stage!r}; stages: {', '.join(_STAGES)}")
     block = getattr(resnet_of(model), stage)[-1]
     if not hasattr(block, "IN"):
         raise MethodError("the blocks of this backbone have no post-addition slot (`IN`): a segbench ResNet is needed")
@@ -85,6 +94,7 @@ def set_post_add(model: nn.Module, stage: str, module: nn.Module) -> nn.Module:
 
 def place_module(model: nn.Module, place: str, module: nn.Module) -> nn.Module:
     """Put `module` at any place above: after an output, in place of the stem norm, or after a stage's last addition."""
+    check_place(place)
     if place == "stem.norm":
         return replace_stem_norm(model, module)
     if place.endswith(".post_add"):
@@ -94,6 +104,7 @@ def place_module(model: nn.Module, place: str, module: nn.Module) -> nn.Module:
 
 def place_channels(model: nn.Module, place: str) -> int:
     """Channels of the feature map at a place of the model's ResNet."""
+    check_place(place)
     resnet = resnet_of(model)
     if place in ("stem", "stem.norm", "maxpool"):
         return resnet.conv1.out_channels

@@ -76,6 +76,9 @@ def build_report(results_dir: Path, plot: bool = True, stat: str = DEFAULT_STAT,
     selected = select(records, rule)
     items = rule_scores(selected, rule)
     cards = {card_hash(c): c for c in map(card_of, selected) if c}
+    selection_md = selection_csv = ""
+    if select_rule == ALL:  # before any file is written: a cell without curves stops the report here
+        selection_md, selection_csv = comparison_tables(records, stat)
     paired_md, paired = "", None
     if baseline:
         paired = paired_layout(items, baseline)
@@ -93,9 +96,7 @@ def build_report(results_dir: Path, plot: bool = True, stat: str = DEFAULT_STAT,
     if rule != LAST:
         note = rule_note(rule)
         paper_md, dg_md, pc_md = (f"{note}\n{md}\n{note}" for md in (paper_md, dg_md, pc_md))
-    selection_md = ""
     if select_rule == ALL:
-        selection_md, selection_csv = comparison_tables(records, stat)
         write_text(results_dir / "selection.md", selection_md)
         write_text(results_dir / "selection.csv", selection_csv)
     write_text(results_dir / "table.md", paper_md)

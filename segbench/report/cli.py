@@ -58,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def leaderboard(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    for flag, given in (("--baseline", args.baseline), ("--format latex", args.format == "latex")):
+    for flag, given in (("--baseline", args.baseline), ("--format latex", args.format == "latex"),
+                        (f"--select {args.select}", args.select != LAST)):  # a board shows the last weights
         if given:
             parser.error(f"{flag} applies to one study's report, not to a leaderboard (--out): drop it, or run "
                          "`segbench report DIR` per study")

@@ -50,6 +50,9 @@ def comparisons(items: list[Score], baseline: str) -> Comparisons:
     domain-generalization table's (in-domain, unseen targets, their mean). Raises ConfigError for a baseline that
     is neither a backbone nor a method of these records."""
     backbones, methods = {s.backbone for s in items}, {s.method for s in items if s.method}
+    if not items:
+        raise ConfigError(f"--baseline {baseline}: this study has no scored cell yet to compare; rerun the report "
+                          "once cells have finished, or drop --baseline")
     if baseline not in backbones | methods:
         have = ", ".join(sorted(backbones)) + (f"; methods: {', '.join(sorted(methods))}" if methods else "")
         raise ConfigError(f"--baseline {baseline}: no record of that backbone or method here (backbones: {have})")

@@ -144,6 +144,8 @@ def rule_note(rule: str) -> str:
 def comparison_tables(records: list[dict], stat: str = DEFAULT_STAT) -> tuple[str, str]:
     """(markdown, csv): per source, row and target, each rule's mean ± `stat` over seeds with n, and the gaps of last
     and source-val to oracle (per-seed differences, then aggregated as the tables aggregate seeds)."""
+    for record in records:  # a cell without curves is named under the rule the user gave
+        _curves(record, ALL)
     last = scores(records)
     by_rule = {rule: {(s.cell_id, s.target): s.miou for s in scores(select(records, rule))} for rule in RULES}
     cells = scores_by_cell(last)
