@@ -33,7 +33,8 @@ class Agg:
 
     @classmethod
     def of(cls, values) -> "Agg":
-        """NaNs (undefined IoUs) are left out; std is the sample std (n-1), 0 for a single seed."""
+        """NaNs (undefined IoUs) are left out; std is the sample std (n-1), 0 for a single seed (its CSV cell stays
+        empty)."""
         vals = [float(v) for v in values if v is not None and not math.isnan(v)]
         if not vals:
             return cls(math.nan, math.nan, 0)
@@ -63,11 +64,12 @@ class Agg:
         return text
 
     def csv(self, stat: str = DEFAULT_STAT) -> list[str]:
-        """mean, std, n, and the table's statistic when it is not the std (so the CSV says what the table shows)."""
+        """mean, std, n, and the table's statistic when it is not the std (so the CSV says what the table shows). A
+        single seed has no sample std: its spread columns are empty, not 0."""
         extra = [] if stat == "std" else [f"{self.spread(stat):.2f}" if self.n > 1 else ""]
         if self.n == 0:
             return ["", "", *extra, "0"]
-        return [f"{self.mean:.2f}", f"{self.std:.2f}", *extra, str(self.n)]
+        return [f"{self.mean:.2f}", f"{self.std:.2f}" if self.n > 1 else "", *extra, str(self.n)]
 
 
 def csv_fields(stat: str) -> list[str]:
