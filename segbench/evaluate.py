@@ -40,7 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "Sizes are [H, W] lists, e.g. --set 'eval.size=[512,1024]'")
     p.add_argument("--save-preds", type=Path, help="write every prediction here as a trainId PNG")
     p.add_argument("--overlay", action="store_true", help="with --save-preds: also palette overlays")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                   help="auto (default): cuda when a GPU is visible, else cpu")
     p.add_argument("--output", type=Path, help="also write the JSON here")
     return p
 

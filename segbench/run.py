@@ -43,7 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="launcher option, repeatable: jobs=2 (local: cells at once, threads split); gpus=0,1 per_cell=2 "
                         "(gpus); nproc=4 (torchrun); "
                         "partition=gpu gpus_per_cell=4 timeout_min=1440 wait=false (slurm)")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                   help="auto (default): cuda when a GPU is visible, else cpu")
     p.add_argument("--dry-run", action="store_true", help="print the plan (cells, ids, done or not) and exit")
     p.add_argument("--analyze", default="", metavar="KINDS",
                    help="after the report, comma list of shift,divergence on the first seed's finished cells "

@@ -40,3 +40,20 @@ def test_batched_evaluation_gives_the_one_at_a_time_matrices_image_by_image(tmp_
 def test_a_loader_batch_splits_where_the_size_changes():
     items = [(i, torch.zeros(3, *size), torch.zeros(size)) for i, size in enumerate([(2, 3), (2, 3), (4, 4), (2, 3)])]
     assert [[i for i, _, _ in run] for run in _same_size_runs(items)] == [[0, 1], [2], [3]]
+
+
+def test_the_progress_bar_counts_images_not_batches_times_the_batch_size(monkeypatch):
+    """7 frames in batches of 4 are 7 images (the old bar scaled 2 batches by 4 and reached 8)."""
+    import segbench.engine.scoring as scoring
+
+    bars = []
+
+    class Recorded(scoring.tqdm):
+        def close(self):
+            bars.append((self.n, self.total))
+            super().close()
+
+    monkeypatch.setattr(scoring, "tqdm", Recorded)
+    model = create_model("resnet18", "fcn", output_stride=8)
+    evaluate(model, Frames(), device=torch.device("cpu"), workers=0, batch_size=4)
+    assert bars[0] == (7, 7)  # images done, images in all

@@ -1,4 +1,4 @@
-"""`segbench analyze shift|divergence CHECKPOINT... [options]`: the analyses of `runner` from the command line.
+"""`segbench analyze shift|divergence CHECKPOINT... [options]`: IBN-Net's analyses of trained models.
 
 A CHECKPOINT is a finished cell directory (`results/STUDY/cells/NAME/`) or its `model_final.pt`.
 """
@@ -21,8 +21,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="kind", required=True)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("checkpoints", nargs="+", help="cell directories or their model_final.pt")
-    common.add_argument("--split", default="val")
-    common.add_argument("--data-root", default=None)
+    common.add_argument("--split", default="val", help="the dataset split the images come from (default val)")
+    common.add_argument("--data-root", default=None,
+                        help="directory holding the datasets (default: $SEGBENCH_DATA or ./datasets)")
     common.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 or auto")
     common.add_argument("--out", type=Path, default=None, help="output directory (default: the study's directory, "
                         "results/STUDY/, when all checkpoints share one; ./analysis/ otherwise)")
@@ -35,11 +36,11 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--style-images", type=int, default=DEFAULT_STYLE_IMAGES,
                         help="images the style statistics are averaged over")
     s = sub.add_parser("shift", parents=[common], help="mIoU under appearance transforms")
-    s.add_argument("--dataset", required=True)
+    s.add_argument("--dataset", required=True, help="dataset whose images are transformed and scored")
     s.add_argument("--transforms", default=",".join(TRANSFORMS), help=f"comma list of: {', '.join(TRANSFORMS)}")
     s.add_argument("--style-from", default=None, help="dataset whose colour statistics 'style' transfers "
                                                       "(default: the other embedded domain)")
-    s.add_argument("--batch-size", type=int, default=1)
+    s.add_argument("--batch-size", type=int, default=1, help="images per forward pass (default 1)")
     d = sub.add_parser("divergence", parents=[common], help="layer-wise feature divergence (IBN-Net Sec. 3)")
     d.add_argument("--domains", required=True, help="A or A,B")
     d.add_argument("--appearance", default="style",
@@ -47,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "embedded domain's) colour statistics")
     d.add_argument("--content-class", default=DEFAULT_CONTENT_CLASS,
                    help="class whose pixel fraction splits A into the content pair ('' to skip)")
-    d.add_argument("--batch-size", type=int, default=4)
+    d.add_argument("--batch-size", type=int, default=4, help="images per forward pass (default 4)")
     return parser
 
 

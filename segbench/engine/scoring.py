@@ -146,8 +146,11 @@ def evaluate(model: torch.nn.Module, dataset, *, device: torch.device, eval_clas
         len(range(0, len(dataset), world)), cm.num_classes, cm.num_classes + 1, dtype=torch.int64, device=device)
     samples = []
     pairs = getattr(dataset, "pairs", None)
-    for batch in tqdm(loader, desc=desc, unit="img", unit_scale=batch_size, dynamic_ncols=True, leave=False,
-                      disable=not dist_utils.is_main()):
+    # counted in images: a last batch may be short, so the bar advances by each batch's length
+    bar = tqdm(total=len(shard), desc=desc, unit="img", dynamic_ncols=True, leave=False,
+               disable=not dist_utils.is_main())
+    for batch in loader:
+        bar.update(len(batch))
         for index, mask, pred in _predict_batch(model, batch, device, settings):
             added = cm.update(mask, pred)
             if per_image is not None:
@@ -164,6 +167,7 @@ def evaluate(model: torch.nn.Module, dataset, *, device: torch.device, eval_clas
                                 "gt": str(rel / f"{name}_gt.png")})
             if save_dir is not None:
                 save_prediction(Path(save_dir) / f"{name}.png", pred[0].cpu().numpy(), image_path, overlay)
+    bar.close()
     cm.all_reduce()
     if per_image is not None:
         counts = _in_dataset_order(per_image, len(dataset)).cpu().numpy()

@@ -25,8 +25,8 @@ def main(argv: list[str] | None = None) -> int:
                              "with more than one results_dir")
     parser.add_argument("--no-plot", action="store_true", help="tables only (no matplotlib)")
     parser.add_argument("--stat", choices=STATS, default=DEFAULT_STAT,
-                        help="spread after ±: " + "; ".join(f"{k}: {v}" for k, v in STAT_NAMES.items())
-                        + f" (default {DEFAULT_STAT})")
+                        help="spread after ±: " + "; ".join(f"{k}: {v}" for k, v in STAT_NAMES.items()).replace(
+                            "%", "%%") + f" (default {DEFAULT_STAT})")  # argparse formats help with %
     parser.add_argument("--baseline", metavar="BACKBONE|METHOD",
                         help="add paired.md/.csv/.png: per row and target, the mean per-seed difference to this "
                              "backbone's row, or to this method's row on the same backbone (--baseline erm), of the "
