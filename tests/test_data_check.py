@@ -91,6 +91,8 @@ def test_prepare_writes_resized_cache_that_build_dataset_opens(broken_gta5, caps
     w, h = 40, 20  # 64x32 -> 40x20: a factor of 1.6, so nearest skips some source rows and columns, unevenly
     code, out, err = run_cli(capsys, "prepare", "gta5", "--size", f"{w}x{h}", "--data-root", str(data_root), "--quiet")
     assert code == 1 and f"gta5@{w}x{h}" in out  # pairs were left out: said, and non-zero
+    # where `data check` finds them: the RobustNet split lists name frames this copy lacks, which `all` never sees
+    assert "`segbench data check gta5 --split SPLIT` explains (SPLIT: all, train)" in err
     ds = build_dataset(f"gta5@{w}x{h}", "all", root=data_root)
     assert [p[0].name for p in ds.pairs] == ["images__00001.png", "images__00003.png"]  # 00006: id 40, left out
     image, label = ds[0]
@@ -105,6 +107,8 @@ def test_prepare_writes_resized_cache_that_build_dataset_opens(broken_gta5, caps
     # the RobustNet lists name frames this miniature copy lacks: recorded as such, not silently dropped
     assert {p["kind"] for p in manifest["left_out"]} == {"missing image", "missing label", "size mismatch", "unreadable",
                                                          "label values outside the mapping"}
+    splits_of = {p["path"].rsplit("/", 1)[-1]: p["splits"] for p in manifest["left_out"]}
+    assert set(splits_of["00006.png"]) == {"all", "train"} and all(splits_of.values())  # each in the splits holding it
 
 
 def test_prepare_keeps_eval_classes_and_resumes(tmp_path, capsys):

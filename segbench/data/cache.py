@@ -173,10 +173,13 @@ def write_cache(name: str, size: tuple[int, int], splits: Mapping[str, Segmentat
     keys: dict[str, list[str]] = {}
     union: dict[Path, tuple[Path, Path]] = {}
     problems: dict[str, Problem] = {}
+    problem_splits: dict[str, list[str]] = {}  # which splits each left-out pair belongs to: where `data check` finds it
     for split, ds in splits.items():
         keys[split] = [pair_key(ds, image) for image, _ in ds.pairs]
         union.update({image: (image, label) for image, label in ds.pairs})
-        problems.update({p.path: p for p in ds.skipped})
+        for p in ds.skipped:
+            problems[p.path] = p
+            problem_splits.setdefault(p.path, []).append(split)
     reader.pairs = list(union.values())
     jobs = []
     for index, (image, _) in enumerate(reader.pairs):
@@ -206,6 +209,9 @@ def write_cache(name: str, size: tuple[int, int], splits: Mapping[str, Segmentat
     bar.close()
 
     bad_keys = {pair_key(reader, reader.pairs[i][0]) for i in failed}
+    for i in failed:
+        key = pair_key(reader, reader.pairs[i][0])
+        problem_splits[str(reader.pairs[i][0])] = [split for split, ks in keys.items() if key in ks]
     manifest = {
         "name": prepared_name(name, size),
         "source": name,
@@ -213,7 +219,8 @@ def write_cache(name: str, size: tuple[int, int], splits: Mapping[str, Segmentat
         "size": list(size),
         "eval_classes": list(first.eval_classes),
         "splits": {split: [k for k in ks if k not in bad_keys] for split, ks in keys.items()},
-        "left_out": [{"kind": p.kind, "path": p.path, "detail": p.detail} for p in problems.values()],
+        "left_out": [{"kind": p.kind, "path": p.path, "detail": p.detail, "splits": problem_splits.get(key, [])}
+                     for key, p in problems.items()],
     }
     tmp = out / (MANIFEST + ".tmp")
     tmp.write_text(json.dumps(manifest, indent=1))

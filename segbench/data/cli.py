@@ -10,7 +10,7 @@ import sys
 import warnings
 
 from .base import DatasetError, DatasetWarning
-from .cache import parse_size
+from .cache import MANIFEST, parse_size
 from .check import check_dataset
 from .factory import build_dataset, dataset_splits, open_every_split, prepare_dataset
 from .plugins import load_plugins
@@ -89,7 +89,13 @@ def cmd_prepare(args) -> int:
         )
     print(f"prepared {args.name}@{args.size} in {out}; use it as dataset name {args.name}@{args.size}")
     if left_out:
-        print(f"{len(left_out)} pairs left out (listed in {out}/manifest.json); `segbench data check {args.name}` explains", file=sys.stderr)
+        # `data check` scans one split: name the splits the left-out pairs belong to (GTA5's train/val/test lists
+        # name frames a partial download lacks, which its `all` split, made of the files present, never sees)
+        entries = json.loads((out / MANIFEST).read_text())["left_out"]
+        splits = sorted({split for entry in entries for split in entry.get("splits", [])})
+        how = f"`segbench data check {args.name}" + (f" --split SPLIT` explains (SPLIT: {', '.join(splits)})"
+                                                      if splits else "` explains")
+        print(f"{len(left_out)} pairs left out (listed in {out}/manifest.json); {how}", file=sys.stderr)
     return 1 if left_out else 0
 
 
