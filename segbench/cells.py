@@ -207,6 +207,20 @@ def _resolution(name: str) -> str:
     return name.partition("@")[2] or "native"
 
 
+def with_resolved_output_stride(model: dict, head) -> dict:
+    """`output_stride: None` means the head's default (models.create_model): a card states the number, so a study
+    that never sets it and one that writes the default describe one network with one card. The cell id keeps the
+    setting as given (ids of finished cells do not move). A head not registered here (a plug-in not loaded) keeps
+    None; the models (torch) are imported only for a None. Returns `model` itself when nothing changes."""
+    if "output_stride" not in model or model["output_stride"] is not None:
+        return model
+    from .models import HEADS
+
+    if not (isinstance(head, str) and head in HEADS):
+        return model
+    return {**model, "output_stride": HEADS.get(head).default_output_stride}
+
+
 def protocol_card(cell: Cell, targets: dict[str, dict]) -> dict:
     """The protocol a cell's numbers were measured under: its training recipe and, per scored target (`targets`:
     target_protocol of each), how it was scored. Settings enter as in the cell id: no speed knobs, none at the value
@@ -219,7 +233,8 @@ def protocol_card(cell: Cell, targets: dict[str, dict]) -> dict:
         card["source_weights"] = weights if weights is not None else "proportional to size"
         card["training_classes"] = list(cell.training_classes) if cell.training_classes else "all"
     card.update({"global_batch": train.pop("batch_size", None), "iterations": train.pop("iters", None),
-                 "train": train, "model": identity_view("model", cell.model), "eval": cell.eval_identity(),
+                 "train": train, "model": with_resolved_output_stride(identity_view("model", cell.model), cell.head),
+                 "eval": cell.eval_identity(),
                  "targets": {t: targets[t] for t in cell.eval_targets if t in targets},
                  "checkpoint": CHECKPOINT_RULE})
     return card

@@ -7,13 +7,14 @@ import json
 import warnings
 from types import SimpleNamespace
 
-
 import minitrees as mt
+import pytest
 from segbench.cells import CHECKPOINT_RULE, is_done, new_record, plan, protocol_card, target_protocol, write_record
 from segbench.config import EMBEDDED_DEFAULT, load_config
 from segbench.data import build_dataset
 from segbench.data.transforms import eval_transform_for
 from segbench.io import write_json
+from segbench.models import create_model
 from segbench.report import build_report
 from segbench.report.protocols import card_hash, differences
 from segbench.spec import parse_specs
@@ -186,3 +187,29 @@ def test_the_card_is_json_and_hashes_stably():
     card = protocol_card(robustnet_cell(), {})
     assert json.loads(json.dumps(card)) == card
     assert card_hash(json.loads(json.dumps(card, sort_keys=True))) == card_hash(card)  # as a record stores it
+
+
+@pytest.mark.parametrize("head, default", [("fcn", 8), ("deeplabv3plus", 16)])
+def test_an_unset_output_stride_is_carded_as_the_heads_default(head, default):
+    """A spec-only study leaves model.output_stride unset (None); the card states the stride the network was built
+    with (models.create_model's default for the head), and the id keeps the setting as given."""
+    cfg = load_config(None)
+    assert cfg["model"]["output_stride"] is None
+    (unset,) = plan(cfg, parse_specs(["gta5->cityscapes"]), ["resnet50"], [head])
+    cfg["model"]["output_stride"] = default
+    (written,) = plan(cfg, parse_specs(["gta5->cityscapes"]), ["resnet50"], [head])
+    assert create_model("resnet50", head).backbone.output_stride == default  # what "unset" builds
+    assert protocol_card(unset, {})["model"]["output_stride"] == default
+    assert protocol_card(unset, {}) == protocol_card(written, {})
+    assert unset.cell_id != written.cell_id  # finished cells keep their ids
+
+
+def test_a_record_carded_before_strides_were_resolved_shares_the_card_of_one_written_since(tmp_path):
+    old, new = carded("resnet50", 0, {"cityscapes": 30.0}), carded("resnet50", 1, {"cityscapes": 32.0})
+    old["protocol"]["model"]["output_stride"] = None  # as cards were written before
+    assert new["protocol"]["model"]["output_stride"] == 8
+    study = write_study(tmp_path / "study", [old, new])
+    build_report(study, plot=False)
+    table = (study / "table.md").read_text()
+    assert "| resnet50 | 31.0 ± 1.0 |" in table and "differ in protocol" not in table
+    assert f"Protocol card: {card_hash(new['protocol'])} (train gta5)" in table

@@ -14,14 +14,24 @@ from collections import defaultdict
 
 import yaml
 
+from ..cells import with_resolved_output_stride
 from ..labels import CLASS_NAMES
 
 HASH_CHARS = 8
 
 
 def card_of(record: dict) -> dict | None:
+    """The record's card; one written before cards stated the head's default output stride gets it here, so it
+    matches the cards written since (cells.with_resolved_output_stride)."""
     card = record.get("protocol")
-    return card if isinstance(card, dict) and card else None
+    if not (isinstance(card, dict) and card):
+        return None
+    model = card.get("model")
+    if isinstance(model, dict):
+        resolved = with_resolved_output_stride(model, record.get("head"))
+        if resolved is not model:
+            card = {**card, "model": resolved}
+    return card
 
 
 def card_hash(card: dict | None) -> str:
