@@ -106,16 +106,20 @@ def batches_of(images, masks, b, device):
     return batches
 
 
-def bare_loop(model, images, masks, settings: TrainSettings, device) -> float:
-    step = bare_step(model, settings, device)
-    b = settings.batch_size
-    batches = batches_of(images, masks, b, device)
+def timed_images_per_s(step, batches, steps: int, device, first: int = 0) -> float:
+    """Images/s of `steps` calls of `step` (iterations first, first + 1, ...), cycling through `batches`, timed
+    between device synchronisations."""
     sync(device)
     t0 = time.perf_counter()
-    for it in range(settings.iters):
+    for it in range(first, first + steps):
         step(*batches[it % len(batches)], it)
     sync(device)
-    return settings.iters * b / (time.perf_counter() - t0)
+    return steps * len(batches[0][0]) / (time.perf_counter() - t0)
+
+
+def bare_loop(model, images, masks, settings: TrainSettings, device) -> float:
+    step = bare_step(model, settings, device)
+    return timed_images_per_s(step, batches_of(images, masks, settings.batch_size, device), settings.iters, device)
 
 
 def segbench_loop(model, images, masks, settings: TrainSettings, device) -> float:

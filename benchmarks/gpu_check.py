@@ -271,6 +271,7 @@ def op_kind(name: str) -> str:
 def step_breakdown(step, batches, steps: int, device: torch.device) -> dict:
     """Self device time (CPU time on a CPU) of every op over `steps` steps, per step, grouped by OP_KINDS. Only the
     ops' own rows are summed: a kernel's row repeats the time of the op that launched it."""
+    from bench_train import sync
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
@@ -310,10 +311,10 @@ def step_breakdown(step, batches, steps: int, device: torch.device) -> dict:
 def loss_at_head_resolution(model, x, y):
     """Diagnostic only (not a recipe): the loss on the head's own output against nearest-subsampled labels, which
     leaves out the full-resolution upsampling and the loss over every pixel."""
-    logits = model.head(model.backbone(x))
-    stride = x.shape[-1] // logits.shape[-1]
     from segbench.labels import IGNORE_INDEX
 
+    logits = model.head(model.backbone(x))
+    stride = x.shape[-1] // logits.shape[-1]
     return torch.nn.functional.cross_entropy(logits, y[:, ::stride, ::stride], ignore_index=IGNORE_INDEX)
 
 
@@ -341,14 +342,8 @@ def section_profile(ctx: Context) -> dict:
         batches = bench_train.batches_of(images, masks, batch, ctx.device)
         if change.get("on_device"):
             batches = [(x.to(ctx.device), y.to(ctx.device)) for x, y in batches]
-        for it in range(p.profile_warmup):
-            step(*batches[it % len(batches)], it)
-        sync(ctx.device)
-        t0 = time.perf_counter()
-        for it in range(p.profile_steps):
-            step(*batches[it % len(batches)], p.profile_warmup + it)
-        sync(ctx.device)
-        rate = p.profile_steps * batch / (time.perf_counter() - t0)
+        bench_train.timed_images_per_s(step, batches, p.profile_warmup, ctx.device)  # warm-up, not kept
+        rate = bench_train.timed_images_per_s(step, batches, p.profile_steps, ctx.device, first=p.profile_warmup)
         figures["variants"][name] = {"images_per_s": rate, **({"batch": batch} if batch != p.batch else {})}
         if name == "preset":
             figures["breakdown"] = step_breakdown(step, batches, min(p.profile_steps, 5), ctx.device)
@@ -358,11 +353,6 @@ def section_profile(ctx: Context) -> dict:
         entry["ratio_to_preset"] = entry["images_per_s"] / base
     figures.update(bench_train.throughput(p.backbone, p.head, p.crop, base, device_name(ctx.device)))
     return figures
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 SECTIONS = {"tests": section_tests, "train": section_train, "models": section_models, "methods": section_methods,

@@ -279,7 +279,8 @@ def target_protocol(dataset, classes) -> dict:
 def new_record(cell: Cell) -> dict:
     """The record of a cell that has not been scored on anything yet."""
     return {"cell_id": cell.cell_id, "backbone": cell.backbone, "head": cell.head, "source": cell.source,
-            "seed": cell.seed, "method": {"name": cell.method, "options": cell.method_options}, "targets": list(cell.eval_targets),
+            "seed": cell.seed, "method": {"name": cell.method, "options": cell.method_options},
+            "targets": list(cell.eval_targets),
             "config": {"model": cell.model, "train": cell.train, "eval": cell.eval}, "results": {}}
 
 

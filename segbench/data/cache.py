@@ -208,9 +208,10 @@ def write_cache(name: str, size: tuple[int, int], splits: Mapping[str, Segmentat
                 problems[str(reader.pairs[index][0])] = problem
     bar.close()
 
-    bad_keys = {pair_key(reader, reader.pairs[i][0]) for i in failed}
+    bad_keys = set()
     for i in failed:
         key = pair_key(reader, reader.pairs[i][0])
+        bad_keys.add(key)
         problem_splits[str(reader.pairs[i][0])] = [split for split, ks in keys.items() if key in ks]
     manifest = {
         "name": prepared_name(name, size),

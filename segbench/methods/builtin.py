@@ -1,9 +1,11 @@
 """segbench's own methods, each with the defaults of its official GTA5 -> Cityscapes setting.
 
 Each class is glue: the modules and functions it places are plain PyTorch in this package (whitening.py,
-switchable.py, mixstyle.py, dsu.py, perturbation.py, pasta.py), usable in any network.
+switchable.py, mixstyle.py, dsu.py, perturbation.py, pasta.py, shade.py), usable in any network.
 """
 from __future__ import annotations
+
+import copy
 
 import numpy as np
 import torch
@@ -19,6 +21,8 @@ from .mixstyle import MIX_MODES, MixStyle
 from .pasta import PASTA, pasta
 from .perturbation import NormalizationPerturbation
 from .places import insert_after, place_channels, place_module, resnet_of
+from .shade import (RETROSPECTION_CLASSES, BackboneTap, StyleHallucination, basis_styles, features_at, instance_style,
+                    retrospection_loss, retrospection_mask, style_consistency_loss)
 from .switchable import SwitchWhiten2d
 from .whitening import CovarianceVariance, InstanceWhitening, irw_margin, isw_mask
 
@@ -268,12 +272,6 @@ class PASTAMethod(Method):
         return pasta(image, rng, alpha=self.options["alpha"], k=self.options["k"], beta=self.options["beta"])
 
 
-# --- SHADE (appended with its imports, so the lines above stay as they were) ---------------------------------------
-import copy  # noqa: E402
-
-from .shade import (RETROSPECTION_CLASSES, BackboneTap, StyleHallucination, basis_styles, features_at,  # noqa: E402
-                    instance_style, retrospection_loss, retrospection_mask, style_consistency_loss)
-
 
 @METHODS.register("shade")
 class ShadeMethod(Method):
@@ -322,10 +320,10 @@ class ShadeMethod(Method):
     def __init__(self, **options):
         super().__init__(**options)
         if not self.options["basis_epochs"] > 0:
-            raise MethodError(f"method.shade.basis_epochs={self.options['basis_epochs']!r}: the basis is recomputed "
+            raise OptionError(f"method.shade.basis_epochs={self.options['basis_epochs']!r}: the basis is recomputed "
                               "every that many epochs, so it must be > 0 (official: 3)")
         if self.options["basis_images"] < 0:
-            raise MethodError(f"method.shade.basis_images={self.options['basis_images']!r}: give a count of images, "
+            raise OptionError(f"method.shade.basis_images={self.options['basis_images']!r}: give a count of images, "
                               "or 0 for all of them (official)")
         self.frozen_backbone: nn.Module | None = None  # the ImageNet backbone, outside the model (see build)
         self._tap = BackboneTap()
