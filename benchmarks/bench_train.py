@@ -34,8 +34,19 @@ PEAK_BF16_TFLOPS = (("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.0), 
                     ("L40S", 362.0), ("A10", 125.0), ("RTX 4090", 165.0))
 
 
+# Peak memory bandwidth in TB/s, from the same data sheets (H100 SXM5 80 GB HBM3 3.35, H100 PCIe 2.0, H100 NVL 3.9,
+# H200 4.8, A100 80 GB SXM 2.039 / PCIe 1.935, A100 40 GB 1.555): what bounds the normalisation and elementwise work.
+PEAK_MEMORY_TB_PER_S = (("H100 PCIe", 2.0), ("H100 NVL", 3.9), ("H100", 3.35), ("H200", 4.8),
+                        ("A100-SXM4-80GB", 2.039), ("A100 80GB PCIe", 1.935), ("A100", 1.555), ("L40S", 0.864),
+                        ("A10", 0.6), ("RTX 4090", 1.008))
+
+
 def peak_bf16_tflops(device_name: str) -> float | None:
     return next((peak for fragment, peak in PEAK_BF16_TFLOPS if fragment in device_name), None)
+
+
+def peak_memory_tb_per_s(device_name: str) -> float | None:
+    return next((peak for fragment, peak in PEAK_MEMORY_TB_PER_S if fragment in device_name), None)
 
 
 class InMemory(torch.utils.data.Dataset):

@@ -17,7 +17,9 @@ Sections, in this order (--sections picks and orders them):
   embedded  python -m segbench.run on this device: the embedded default's wall time and table
   profile   where the preset's training step spends device time (torch.profiler, ops grouped by kind), and the
             steady-state images/s of variants that each change one thing (batch x2, no channels_last, plain
-            ResNet-50, the loss at the head's own resolution): what would move the fraction of peak
+            ResNet-50, the loss at the head's own resolution): what would move the fraction of peak; and a
+            roofline: the least traffic each kind of op moves in one step, and the fraction of peak the step could
+            reach if convolutions kept their time and every other op ran at the card's peak memory bandwidth
 
 Each section is guarded: a failure is recorded (error and traceback) and the next section runs. Once --budget-s is
 spent the remaining sections are recorded as skipped. Every figure goes to one JSON file (--out), rewritten after each
@@ -50,6 +52,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(Path(__file__).resolve().parent)]
 
 import torch  # noqa: E402
+from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
+from torch.utils._pytree import tree_flatten  # noqa: E402
 
 #: the issue's target on an H100-class card: the preset at >= 35% of peak bf16 counted as model FLOPs
 TARGET_FRACTION_OF_PEAK = 0.35
@@ -308,6 +312,83 @@ def step_breakdown(step, batches, steps: int, device: torch.device) -> dict:
             "memcpy_ms_per_step": memcpy}
 
 
+#: ops that move no tensor data (views and allocations), and ops whose first argument they only write
+NO_TRAFFIC = ("_unsafe_view", "alias", "detach", "lift_fresh", "empty", "empty_like", "empty_strided", "new_empty",
+              "new_empty_strided", "set_")
+WRITE_ONLY_FIRST = ("copy_", "fill_", "zero_")
+
+
+def tensor_bytes(t: torch.Tensor) -> int:
+    """Bytes a kernel must touch to read or write `t` once: its elements, or its memory span when fewer (an
+    expanded tensor repeats one element along stride-0 dimensions)."""
+    if t.numel() == 0:
+        return 0
+    span = 1 + sum((size - 1) * stride for size, stride in zip(t.shape, t.stride()))
+    return min(t.numel(), span) * t.element_size()
+
+
+class TrafficCounter(TorchDispatchMode):
+    """Bytes per aten op that its tensor arguments and results on `device` hold, each read or written once: the
+    least that op can move as a kernel of its own. Kernels that read their input twice (a norm's statistics pass,
+    then the normalisation) move more, so this is a floor of what the eager step moves."""
+
+    def __init__(self, device: torch.device):
+        super().__init__()
+        self.device_type = device.type
+        self.bytes: dict[str, int] = {}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        name = func.overloadpacket.__name__
+        if func.is_view or name in NO_TRAFFIC:
+            return out
+        inputs = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
+        if name in WRITE_ONLY_FIRST:
+            inputs = inputs[1:]
+        outputs = [t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)]
+        moved = sum(tensor_bytes(t) for t in inputs + outputs if t.device.type == self.device_type)
+        self.bytes[name] = self.bytes.get(name, 0) + moved
+        return out
+
+
+def step_traffic(step, batch, iteration: int, device: torch.device) -> dict:
+    """GB per training step that each kind of op must at least read and write on the device (TrafficCounter over
+    one step), for a roofline of the step: the bandwidth that non-convolution work needs."""
+    from bench_train import sync
+
+    with TrafficCounter(device) as counter:
+        step(*batch, iteration)
+        sync(device)
+    kinds: dict[str, float] = {}
+    for name, moved in counter.bytes.items():
+        kinds[op_kind(name)] = kinds.get(op_kind(name), 0.0) + moved / 1e9
+    return dict(sorted(kinds.items(), key=lambda kv: -kv[1]))
+
+
+def bandwidth_bound(ms_by_kind: dict, gb_by_kind: dict, gflop_per_step: float, peak_tflops: float | None,
+                    peak_tb_per_s: float | None, target: float = TARGET_FRACTION_OF_PEAK) -> dict:
+    """Roofline of one step: convolutions keep their measured time, every other op moves its least traffic at the
+    card's peak bandwidth. `fraction_of_peak_bf16_bound` is the most this op sequence can reach without fusing ops
+    (fewer bytes) or faster convolutions; `other_gb_allowed_by_target` is what the non-convolution work may move
+    for the step to reach `target`."""
+    conv_ms = ms_by_kind.get("convolution", 0.0)
+    other_ms = sum(ms for kind, ms in ms_by_kind.items() if kind != "convolution")
+    other_gb = sum(gb for kind, gb in gb_by_kind.items() if kind != "convolution")
+    bound = {"convolution_ms": conv_ms, "other_ms": other_ms, "other_gb": other_gb,
+             "other_tb_per_s": other_gb / other_ms if other_ms else None, "peak_tb_per_s": peak_tb_per_s,
+             "tb_per_s_by_kind": {kind: gb / ms_by_kind[kind] for kind, gb in gb_by_kind.items()
+                                  if ms_by_kind.get(kind)}}
+    if peak_tflops and peak_tb_per_s:
+        floor_ms = other_gb / peak_tb_per_s  # GB / (TB/s) = ms
+        allowed_ms = gflop_per_step / (target * peak_tflops) - conv_ms  # GFLOP / (TFLOP/s) = ms
+        bound.update({"other_ms_at_peak_bandwidth": floor_ms,
+                      "fraction_of_peak_bf16_bound": gflop_per_step / (conv_ms + floor_ms) / peak_tflops,
+                      "target_fraction_of_peak_bf16": target, "other_ms_allowed_by_target": allowed_ms,
+                      "other_gb_allowed_by_target": max(allowed_ms, 0.0) * peak_tb_per_s})
+    return bound
+
+
 def loss_at_head_resolution(model, x, y):
     """Diagnostic only (not a recipe): the loss on the head's own output against nearest-subsampled labels, which
     leaves out the full-resolution upsampling and the loss over every pixel."""
@@ -347,11 +428,19 @@ def section_profile(ctx: Context) -> dict:
         figures["variants"][name] = {"images_per_s": rate, **({"batch": batch} if batch != p.batch else {})}
         if name == "preset":
             figures["breakdown"] = step_breakdown(step, batches, min(p.profile_steps, 5), ctx.device)
+            figures["traffic_gb_per_step"] = step_traffic(step, batches[0], p.profile_warmup + p.profile_steps,
+                                                          ctx.device)
         del model, step
     base = figures["variants"]["preset"]["images_per_s"]
     for entry in figures["variants"].values():
         entry["ratio_to_preset"] = entry["images_per_s"] / base
-    figures.update(bench_train.throughput(p.backbone, p.head, p.crop, base, device_name(ctx.device)))
+    name = device_name(ctx.device)
+    figures.update(bench_train.throughput(p.backbone, p.head, p.crop, base, name))
+    ms_by_kind = {kind: v["ms_per_step"] for kind, v in figures["breakdown"]["by_kind"].items()}
+    figures["bandwidth_bound"] = bandwidth_bound(ms_by_kind, figures["traffic_gb_per_step"],
+                                                 figures["training_gflop_per_image"] * p.batch,
+                                                 bench_train.peak_bf16_tflops(name),
+                                                 bench_train.peak_memory_tb_per_s(name))
     return figures
 
 
@@ -500,8 +589,14 @@ def detail(name: str, e: dict) -> str:
     if name == "profile":
         kinds = ", ".join(f"{k} {100 * v['share']:.0f}%" for k, v in e["breakdown"]["by_kind"].items())
         variants = ", ".join(f"{k} x{v['ratio_to_preset']:.2f}" for k, v in e["variants"].items() if k != "preset")
-        return (f"preset {e['variants']['preset']['images_per_s']:.1f} img/s, {e['breakdown']['ms_per_step']:.1f} "
+        text = (f"preset {e['variants']['preset']['images_per_s']:.1f} img/s, {e['breakdown']['ms_per_step']:.1f} "
                 f"ms/step of {e['breakdown']['timed']} time: {kinds}; variants: {variants}")
+        bound = e["bandwidth_bound"]
+        text += f"; non-convolution ops move >= {bound['other_gb']:.1f} GB/step"
+        if bound.get("fraction_of_peak_bf16_bound") is not None:
+            text += (f" ({bound['other_tb_per_s']:.2f} TB/s of {bound['peak_tb_per_s']:.2f}): at peak bandwidth the "
+                     f"step could reach {100 * bound['fraction_of_peak_bf16_bound']:.1f}% of peak bf16")
+        return text
     if name == "embedded":
         return f"run {e['run_wall_s']:.1f} s" + ("" if e["status"] == "ok" else f", exit {e['returncode']}")
     return ""

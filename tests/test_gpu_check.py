@@ -66,6 +66,10 @@ def test_smoke_run_on_cpu_fills_every_section(tmp_path):
     breakdown = profile["breakdown"]
     assert breakdown["timed"] == "cpu" and breakdown["by_kind"]["convolution"]["ms_per_step"] > 0
     assert sum(k["ms_per_step"] for k in breakdown["by_kind"].values()) == pytest.approx(breakdown["ms_per_step"])
+    traffic, bound = profile["traffic_gb_per_step"], profile["bandwidth_bound"]
+    assert traffic["convolution"] > 0 and traffic["normalisation"] > 0
+    assert bound["other_gb"] == pytest.approx(sum(gb for kind, gb in traffic.items() if kind != "convolution"))
+    assert bound["peak_tb_per_s"] is None and "fraction_of_peak_bf16_bound" not in bound  # no roofline for a CPU
     embedded = s["embedded"]
     assert embedded["returncode"] == 0 and "| resnet18 |" in embedded["table"] and embedded["run_wall_s"] > 0
     assert report["summary"][0].startswith("gpu_check on") and "embedded" in proc.stdout
@@ -152,3 +156,52 @@ def test_model_flops_count_every_head_including_image_pooling(gpu_check, head):
                                       ("aten::empty_strided", "other")])
 def test_profile_groups_ops_by_kind(gpu_check, op, kind):
     assert gpu_check.op_kind(op) == kind
+
+
+def test_traffic_counts_each_tensor_once_and_views_not_at_all(gpu_check):
+    """Bytes against sizes worked out by hand: a 1000-float ReLU reads 4000 and writes 4000 bytes; a copy reads its
+    source and writes its destination; a fill only writes; a view moves nothing; an expanded operand is read once."""
+    x, dst = torch.randn(10, 100), torch.empty(10, 100)
+    row = torch.randn(1, 100)
+    with gpu_check.TrafficCounter(torch.device("cpu")) as counter:
+        torch.relu(x)
+        dst.copy_(x)
+        dst.fill_(1.0)
+        x.view(100, 10).t()
+        x + row.expand(10, 100)
+    assert counter.bytes == {"relu": 8000, "copy_": 8000, "fill_": 4000, "add": 4000 + 400 + 4000}
+
+
+def test_conv_traffic_counts_input_weight_and_output(gpu_check):
+    conv = torch.nn.Conv2d(3, 8, 3, padding=1, bias=False)
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad(), gpu_check.TrafficCounter(torch.device("cpu")) as counter:
+        conv(x)
+    assert counter.bytes == {"convolution": 4 * (2 * 3 * 16 * 16 + 8 * 3 * 3 * 3 + 2 * 8 * 16 * 16)}
+
+
+def test_bandwidth_bound_is_the_roofline_of_the_step(gpu_check):
+    """100 GFLOP a step, convolutions 0.5 ms, 2 GB of other traffic that takes 3 ms: at 4 TB/s the other work takes
+    0.5 ms, so the step could run 1 ms = 100 TFLOP/s = 10% of a 1000 TFLOP/s card; 35% of peak leaves
+    100 / 350 - 0.5 ms for the other work."""
+    bound = gpu_check.bandwidth_bound({"convolution": 0.5, "normalisation": 2.0, "copies and layout": 1.0},
+                                      {"convolution": 9.0, "normalisation": 1.5, "copies and layout": 0.5},
+                                      gflop_per_step=100.0, peak_tflops=1000.0, peak_tb_per_s=4.0, target=0.35)
+    assert bound["other_gb"] == 2.0 and bound["other_ms"] == 3.0
+    assert bound["other_tb_per_s"] == pytest.approx(2.0 / 3.0)
+    assert bound["tb_per_s_by_kind"] == pytest.approx({"convolution": 18.0, "normalisation": 0.75,
+                                                       "copies and layout": 0.5})
+    assert bound["other_ms_at_peak_bandwidth"] == pytest.approx(0.5)
+    assert bound["fraction_of_peak_bf16_bound"] == pytest.approx(0.10)
+    assert bound["other_ms_allowed_by_target"] == pytest.approx(100 / 350 - 0.5)
+    assert bound["other_gb_allowed_by_target"] == 0.0  # negative time allowed: no traffic fits
+
+
+def test_card_tables_pick_the_specific_name_first(gpu_check):
+    import bench_train
+
+    assert bench_train.peak_memory_tb_per_s("NVIDIA H100 PCIe") == 2.0
+    assert bench_train.peak_memory_tb_per_s("NVIDIA H100 80GB HBM3") == 3.35
+    assert bench_train.peak_memory_tb_per_s("NVIDIA A100-SXM4-40GB") == 1.555
+    assert bench_train.peak_memory_tb_per_s("NVIDIA A10") == 0.6
+    assert bench_train.peak_memory_tb_per_s("Intel Xeon") is None
