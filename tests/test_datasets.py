@@ -1,6 +1,7 @@
 """Each real-dataset adapter against a miniature tree in the official layout and file format."""
 from __future__ import annotations
 
+import hashlib
 import warnings
 
 import numpy as np
@@ -122,6 +123,18 @@ def test_gta5_robustnet_splits_are_shipped_and_disjoint():
     assert unused == {12160, 12166, 12167, 12191, 12192, 12193, 12195, *range(12202, 12209), 19993}
 
 
+def test_gta5_robustnet_split_lists_are_the_upstream_files():
+    """Byte for byte shachoi/RobustNet `split_data/gtav_split_{train,val,test}.txt` (commit c6ee8ce): SHA-256 of the
+    upstream files, so an edited or re-transcribed list cannot pass for RobustNet's split."""
+    upstream = {
+        "train": "44e8f5f3891907c1693f4c8422b3822b79eb44f643bde4397a12362c5f1cc10e",
+        "val": "c5647af8f75ec9dbaf7ca07c899aa0fa675ccc9a4e887f7a72e560bd7da27837",
+        "test": "d38ff2920f6ff852829e6fccd2db556b71c56a158f4f76084b29d4fc3fd172e2",
+    }
+    shipped = {s: hashlib.sha256((gta5.SPLIT_DIR / f).read_bytes()).hexdigest() for s, f in gta5.ROBUSTNET_SPLITS.items()}
+    assert shipped == upstream
+
+
 def test_gta5_split_selects_listed_frames_and_reports_listed_but_absent(tmp_path, monkeypatch):
     mt.make_gta5(tmp_path, count=4)
     (tmp_path / "lists").mkdir()
@@ -225,6 +238,19 @@ def test_acdc_per_condition_and_all(tmp_path):
         ds = open_quietly(f"acdc-{condition}", tmp_path, "val")
         assert len(ds) == 1 and f"/{condition}/" in str(ds.pairs[0][0])
         assert_decodes(ds, {k: v for k, v in truth.items() if f"/{condition}/val/" in str(k)})
+
+
+def test_acdc_reference_frames_are_not_taken_as_frames(tmp_path):
+    """ACDC's clear-weather references (`rgb_anon/COND/{train,val}_ref/SEQ/NAME_rgb_ref_anon.png`, no labels) are not
+    frames of the condition, wherever an unpacked copy puts them."""
+    truth = mt.make_acdc(tmp_path, conditions=("fog",))
+    for seq_dir in (tmp_path / "rgb_anon/fog/val").iterdir():
+        stem = next(seq_dir.glob("*_rgb_anon.png")).name[: -len("_rgb_anon.png")]
+        mt.write_rgb(tmp_path / "rgb_anon/fog/val_ref" / seq_dir.name / f"{stem}_rgb_ref_anon.png", mt.image(7))
+        mt.write_rgb(seq_dir / f"{stem}_rgb_ref_anon.png", mt.image(7))  # references unpacked beside the frames
+    ds = open_quietly("acdc-fog", tmp_path, "val")
+    assert [p[0].name.endswith("_rgb_anon.png") for p in ds.pairs] == [True]
+    assert_decodes(ds, {k: v for k, v in truth.items() if "/val/" in str(k)})
 
 
 def test_acdc_label_ids_files_decode_through_the_cityscapes_table(tmp_path):

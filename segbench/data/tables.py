@@ -12,8 +12,9 @@ from ..labels import IGNORE_INDEX, NUM_CLASSES, make_lut
 TRAINID_LUT = make_lut({i: i for i in range(NUM_CLASSES)})
 TRAINID_KNOWN = tuple(range(NUM_CLASSES)) + (IGNORE_INDEX,)
 
-#: Cityscapes label ids 0..33 (cityscapesScripts `helpers/labels.py`); the license plate's -1 is stored as 255 in
-#: 8-bit files
+#: Cityscapes label ids 0..33 (cityscapesScripts `helpers/labels.py`), and 255 (decoded as ignored): -1 cast to 8 bits.
+#: The official files never hold 255: cityscapesScripts `preparation/json2labelImg.py` skips polygons with a negative
+#: id, so the license plate (-1) is never drawn and its pixels keep the class beneath (usually car).
 CITYSCAPES_KNOWN = tuple(range(34)) + (255,)
 
 #: Colours of the Cityscapes classes that have no trainId (unlabeled and the other void classes, parking, rail track,
