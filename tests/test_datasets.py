@@ -123,6 +123,25 @@ def test_gta5_robustnet_splits_are_shipped_and_disjoint():
     assert unused == {12160, 12166, 12167, 12191, 12192, 12193, 12195, *range(12202, 12209), 19993}
 
 
+def test_jpeg_with_an_exif_orientation_is_read_as_stored(tmp_path):
+    """A JPEG tagged "rotate 90" (EXIF Orientation 6) reads as its stored pixels, as PIL gives them to RobustNet's
+    loaders and as its label PNG was drawn: OpenCV's plain IMREAD_COLOR would turn it to 64x32 and the pair would
+    no longer line up."""
+    from PIL import Image
+
+    truth = mt.make_mapillary(tmp_path, n={"validation": 1})
+    (path,) = truth
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.open(path).save(path, quality=95, exif=exif)
+    ds = open_quietly("mapillary", tmp_path, "val")
+    image, label = ds[0]
+    assert image.shape == (mt.H, mt.W, 3)
+    stored = np.asarray(Image.open(path).convert("RGB"), dtype=np.int16)
+    assert np.abs(image.astype(np.int16) - stored).mean() < 2  # the same pixels, up to the two decoders' rounding
+    np.testing.assert_array_equal(label, truth[path])
+
+
 def test_gta5_robustnet_split_lists_are_the_upstream_files():
     """Byte for byte shachoi/RobustNet `split_data/gtav_split_{train,val,test}.txt` (commit c6ee8ce): SHA-256 of the
     upstream files, so an edited or re-transcribed list cannot pass for RobustNet's split."""

@@ -94,8 +94,13 @@ def known_mask(values: Sequence[int]) -> np.ndarray:
     return known
 
 
+#: colour pixels as stored: OpenCV's IMREAD_COLOR alone turns a JPEG by its EXIF orientation, which PIL (RobustNet's
+#: reader, `datasets/mapillary.py` and `bdd100k.py`) and the label PNGs drawn on the stored pixels do not
+COLOR_AS_STORED = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
+
+
 def read_rgb(path: Path) -> np.ndarray:
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    image = cv2.imread(str(path), COLOR_AS_STORED)
     if image is None:
         raise DatasetError(f"cannot read image {path}: missing, truncated or not an image file; re-extract it from the download")
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)

@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from .base import DatasetError, read_gray
+from .base import COLOR_AS_STORED, DatasetError, read_gray
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PNG_PALETTE = 3  # IHDR colour type of indexed images
@@ -78,7 +78,7 @@ def read_label_channel(path: Path, channel: str) -> np.ndarray:
 
 def read_color_label(path: Path) -> np.ndarray:
     """RGB colour label packed into one int32 per pixel (R<<16 | G<<8 | B), so colours can be looked up like ids."""
-    bgr = read_gray(path, cv2.IMREAD_COLOR)
+    bgr = read_gray(path, COLOR_AS_STORED)
     bgr = bgr.astype(np.int32)
     return (bgr[:, :, 2] << 16) | (bgr[:, :, 1] << 8) | bgr[:, :, 0]
 
