@@ -337,7 +337,30 @@ def test_dataloader_with_workers_and_transform(tmp_path):
     assert image.shape == (1, 3, mt.H, mt.W) and mask.dtype == torch.long
 
 
-def test_synthia_split_lists_from_dataset_root_or_a_clear_error(tmp_path):
+def test_synthia_robustnet_split_lists_are_the_upstream_files():
+    """shachoi/RobustNet `split_data/synthia_split_{train,val}.txt` (commit c6ee8ce), byte for byte: train 6580 and
+    val 2820 frames, disjoint, together every frame 0000000..0009399 of SYNTHIA-RAND-CITYSCAPES."""
+    upstream = {"train": "98d60bf5438fcc00deb068a15daf873afbf3cd5fab1cb5ca7f3579b79af9619f",
+                "val": "26ea99f4da25965a69850aad04aa10142882b0376de62f22e53e7f1df29958b0"}
+    files = {s: synthia.SPLIT_DIR / f for s, f in synthia.ROBUSTNET_SPLITS.items()}
+    assert {s: hashlib.sha256(f.read_bytes()).hexdigest() for s, f in files.items()} == upstream
+    names = {s: f.read_text().split() for s, f in files.items()}
+    assert (len(names["train"]), len(names["val"])) == (6580, 2820)
+    assert sorted(names["train"] + names["val"]) == [f"{i:07d}.png" for i in range(9400)]
+
+
+def test_synthia_val_selects_the_shipped_list_frames(tmp_path):
+    """Frames 0000000..0000003 of a copy: RobustNet's val list holds 0000000 and 0000003, its train list the other two."""
+    mt.make_synthia(tmp_path, count=4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DatasetWarning)  # the thousands of listed frames this miniature lacks
+        assert [p[0].name for p in synthia.Synthia(tmp_path, "val").pairs] == ["0000000.png", "0000003.png"]
+        assert [p[0].name for p in synthia.Synthia(tmp_path, "train").pairs] == ["0000001.png", "0000002.png"]
+
+
+def test_synthia_split_lists_from_dataset_root_or_a_clear_error(tmp_path, monkeypatch):
+    """Without the shipped lists (a trimmed install), RobustNet's own files under the dataset root are read."""
+    monkeypatch.setattr(synthia, "SPLIT_DIR", tmp_path / "no-lists")
     mt.make_synthia(tmp_path, count=4)
     with pytest.raises(DatasetError, match=r"(?s)split list not found.*split_data/synthia_split_val.txt"):
         synthia.Synthia(tmp_path, "val")

@@ -27,8 +27,8 @@ SYNTHIA_ID_TO_TRAINID = {
 SYNTHIA_LUT = make_lut(SYNTHIA_ID_TO_TRAINID, size=1 << 16)
 SYNTHIA_KNOWN = tuple(range(23))
 
-#: RobustNet's split of the 9400 frames (val 2820). Not shipped yet: segbench looks for it in its splits folder, then
-#: for RobustNet's own file names under the dataset root (copy RobustNet's `split_data/` folder there).
+#: RobustNet's split of the 9400 frames (train 6580, val 2820), shipped in segbench's splits folder (copies of RobustNet's
+#: `split_data/synthia_split_{train,val}.txt`); RobustNet's own files under the dataset root are read when those are absent.
 ROBUSTNET_SPLITS = {"train": "synthia_robustnet_train.txt", "val": "synthia_robustnet_val.txt"}
 UPSTREAM_NAMES = {"train": "split_data/synthia_split_train.txt", "val": "split_data/synthia_split_val.txt"}
 FRAME_DIGITS = 7
@@ -39,8 +39,7 @@ class Synthia(SegmentationDataset):
     default_dir = "synthia"
     layout = (
         "  RGB/0000000.png ... 0009399.png        (1280x760 RGB)\n"
-        "  GT/LABELS/0000000.png ...              (16-bit multi-channel PNG, class id in the R channel)\n"
-        "  split_data/synthia_split_{train,val}.txt  (optional: RobustNet's split lists, for the train/val splits)"
+        "  GT/LABELS/0000000.png ...              (16-bit multi-channel PNG, class id in the R channel)"
     )
     splits = ("all", *ROBUSTNET_SPLITS)
     label_lut = SYNTHIA_LUT
