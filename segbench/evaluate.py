@@ -70,6 +70,18 @@ def check_outputs(output: Path | None, save_preds: Path | None) -> None:
         check_writable(save_preds)
 
 
+def check_preds_protocol(dataset, protocol: str) -> None:
+    """--preds are scored against the label as stored: refuse a protocol that resizes or crops this target's label
+    (`robustnet` and `rein` on Mapillary), which the result would otherwise record without having applied it."""
+    from .data.eval_protocols import ImageResize, ReinRescale, geometry_for
+
+    if not isinstance(geometry_for(dataset, protocol), (ImageResize, ReinRescale)):  # these leave the label alone
+        raise ConfigError(f"--preds with eval.protocol={protocol!r}: that protocol resizes or crops the "
+                          f"{getattr(dataset, 'dataset_name', 'target')} label, and --preds scores each prediction "
+                          "against the label at its native resolution; drop --set eval.protocol (predictions at "
+                          "label resolution), or score the checkpoint under that protocol instead")
+
+
 @command("segbench evaluate")
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
@@ -84,7 +96,9 @@ def main(argv: list[str] | None = None) -> int:
 
         ecfg = eval_settings(args.overrides)
         dataset = build_dataset(args.dataset, ecfg["split"], root=args.data_root)
-        # predictions are scored at the label's native resolution: eval.protocol does not apply, eval.classes does
+        # predictions are scored at the label's native resolution: eval.classes applies, eval.protocol only where it
+        # leaves the label alone
+        check_preds_protocol(dataset, ecfg["protocol"])
         result = score_prediction_dir(dataset, args.preds, args.encoding,
                                       scored_classes(getattr(dataset, "eval_classes", None), ecfg["classes"]))
         result["source"] = {"preds": str(args.preds), "encoding": args.encoding}

@@ -162,6 +162,10 @@ def write_text(path: Path, text: str) -> None:
     _atomic(path, lambda f: f.write(text), "w")
 
 
+def write_bytes(path: Path, data: bytes) -> None:
+    _atomic(path, lambda f: f.write(data), "wb")
+
+
 def write_json(path: Path, obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=True, allow_nan=True) + "\n")
 

@@ -1,5 +1,6 @@
 """Engine: inference presets, prediction-directory scoring, non-finite losses, checkpoint identity."""
 import json
+import shutil
 
 import cv2
 import numpy as np
@@ -17,6 +18,7 @@ from segbench.engine.inference import predict, slide_logits
 from segbench.engine.train import NonFiniteLoss, train
 from segbench.labels import CITYSCAPES_ID_TO_TRAINID
 from segbench.models import create_model
+import minitrees as mt
 from tiny_models import PixelModel
 
 
@@ -128,6 +130,43 @@ def test_missing_and_misshapen_predictions_are_named(tiny_photo, tmp_path, capsy
     first.unlink()
     code = evaluate_cli.main(["--preds", str(preds), "--dataset", "photo", "--data-root", str(tmp_path / "data")])
     assert code == 2 and "1 of 3 images have no prediction" in capsys.readouterr().err
+
+
+def test_predictions_named_like_cityscapes_label_files_are_found(tmp_path):
+    """`CITY_SEQ_FRAME_gtFine_labelIds.png`, cityscapesScripts' name for a label-id image (its evaluation finds a
+    prediction by CITY_SEQ_FRAME alone: cityscapesscripts/evaluation/evalPixelLevelSemanticLabeling.py getPrediction),
+    is one of PRED_SUFFIXES: the ground truth's own files, scored as predictions, must be found and score 100."""
+    mt.make_cityscapes(tmp_path / "cityscapes", n={"val": 2})
+    preds = tmp_path / "preds"
+    preds.mkdir()
+    for label in (tmp_path / "cityscapes" / "gtFine" / "val").rglob("*_gtFine_labelIds.png"):
+        shutil.copy(label, preds / label.name)
+    result = scoring.score_prediction_dir(build_dataset("cityscapes", "val", root=tmp_path), preds, "cityscapes")
+    assert result["miou"] == pytest.approx(100.0)
+
+
+def test_preds_refuse_a_protocol_that_resizes_the_label(tmp_path, capsys):
+    """--preds scores each PNG against the label as stored; under `robustnet` Mapillary's scored label is resized and
+    cropped (data/eval_protocols.py), so the result would record a protocol that was never applied."""
+    truth = mt.make_mapillary(tmp_path / "mapillary", n={"validation": 1})
+    preds = tmp_path / "preds"
+    preds.mkdir()
+    for image, tids in truth.items():
+        cv2.imwrite(str(preds / f"{image.stem}.png"), tids)
+    base = ["--preds", str(preds), "--dataset", "mapillary", "--data-root", str(tmp_path)]
+    assert evaluate_cli.main(base + ["--set", "eval.protocol=robustnet"]) == 2
+    assert "eval.protocol='robustnet'" in capsys.readouterr().err
+    assert evaluate_cli.main(base) == 0  # native: the label as stored
+    assert json.loads(capsys.readouterr().out)["miou"] == pytest.approx(100.0)
+
+
+def test_a_prediction_that_cannot_be_written_is_an_error(tmp_path):
+    """cv2.imwrite reports failure by returning False: a lost --save-preds file must not pass silently."""
+    (tmp_path / "taken.png").mkdir()  # a directory where the PNG should go
+    with pytest.raises(OSError, match="taken.png"):
+        scoring.save_prediction(tmp_path / "taken.png", np.zeros((4, 4), np.uint8))
+    scoring.save_prediction(tmp_path / "ok.png", np.full((4, 4), 7, np.uint8))
+    assert (cv2.imread(str(tmp_path / "ok.png"), cv2.IMREAD_UNCHANGED) == 7).all()
 
 
 # -- training loop safety -------------------------------------------------------------------------------------------

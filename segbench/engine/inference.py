@@ -49,7 +49,8 @@ def _logits_at(model, image, settings: InferenceSettings) -> torch.Tensor:
 @torch.no_grad()
 def predict(model: torch.nn.Module, image: torch.Tensor, out_size: tuple[int, int],
             settings: InferenceSettings = InferenceSettings()) -> torch.Tensor:
-    """Class scores N x C x out_size. Plain logits without TTA; averaged softmax probabilities with it."""
+    """Class scores N x C x out_size. Plain logits without TTA; with it, the softmax probabilities of the views summed
+    (their average times the number of views: the same argmax)."""
     tta = settings.flip or tuple(settings.scales) != (1.0,)
     total = None
     h, w = image.shape[-2:]

@@ -18,12 +18,12 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from ..config import InferenceSettings
-from ..data.base import DatasetError
+from ..data.base import DatasetError, read_rgb
 from ..data.eval_protocols import DEFAULT_PROTOCOL
 from ..data.readers import PNG_PALETTE, png_header
 from ..data.transforms import eval_transform_for
 from ..data.workers import worker_init_fn
-from ..io import save_npz
+from ..io import save_npz, write_bytes
 from ..labels import IGNORE_INDEX, NUM_CLASSES, colorize, ids_to_train_ids, scored_classes
 from ..metrics import ConfusionMatrix
 from . import distributed as dist_utils
@@ -87,17 +87,24 @@ def _in_dataset_order(mine: torch.Tensor, n_images: int) -> torch.Tensor:
     return mine[:n_images]
 
 
+def _write_png(path: Path, array: np.ndarray) -> None:
+    """Encoded in memory, written atomically: cv2.imwrite only returns False when it fails."""
+    ok, data = cv2.imencode(".png", array)
+    if not ok:
+        raise ValueError(f"cannot encode {path} as a PNG (array {array.dtype} {array.shape})")
+    write_bytes(path, data.tobytes())
+
+
 def save_prediction(path: Path, pred: np.ndarray, image_path: Path | None = None, overlay: bool = False) -> None:
     """trainId PNG (what `segbench evaluate --preds` reads back), plus a palette overlay on the image if asked."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    cv2.imwrite(str(path), pred.astype(np.uint8))
+    _write_png(path, pred.astype(np.uint8))
     if overlay:
         color = colorize(pred.astype(np.uint8))
         if image_path is not None:
-            image = cv2.cvtColor(cv2.imread(str(image_path), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+            image = read_rgb(image_path)
             if image.shape[:2] == color.shape[:2]:
                 color = (0.5 * image + 0.5 * color).astype(np.uint8)
-        cv2.imwrite(str(path.with_name(path.stem + "_overlay.png")), cv2.cvtColor(color, cv2.COLOR_RGB2BGR))
+        _write_png(path.with_name(path.stem + "_overlay.png"), cv2.cvtColor(color, cv2.COLOR_RGB2BGR))
 
 
 @torch.no_grad()
@@ -187,8 +194,8 @@ class PredictionError(ValueError):
 # Suffixes other frameworks append to the image stem when naming prediction files.
 PRED_SUFFIXES = ("_pred", "_prediction", "_trainIds", "_labelTrainIds", "_labelIds", "_gtFine_labelIds")
 IMAGE_SUFFIXES = ("_leftImg8bit", "_rgb_anon")
-#: Cityscapes label ids: 0..33, plus -1 (license plate), which an 8-bit PNG stores as 255 (cityscapesScripts,
-#: cityscapesscripts/helpers/labels.py)
+#: Cityscapes label ids 0..33 (cityscapesScripts `helpers/labels.py`); a prediction may also hold 255, void (the
+#: license plate's -1 in 8 bits, which the official label files never hold: `preparation/json2labelImg.py` skips it)
 CITYSCAPES_IDS = range(34)
 #: --encoding -> (the class values a prediction may hold besides IGNORE_INDEX, what they are)
 ENCODINGS = {
@@ -198,7 +205,8 @@ ENCODINGS = {
 
 
 def _normalise_stem(stem: str, suffixes) -> str:
-    for suffix in suffixes:
+    """`stem` less the longest suffix it ends with (`_gtFine_labelIds` before `_labelIds`)."""
+    for suffix in sorted(suffixes, key=len, reverse=True):
         if stem.endswith(suffix):
             return stem[: -len(suffix)]
     return stem
