@@ -137,6 +137,27 @@ def test_deeplab_aspp_rates_follow_output_stride():
         assert head.low_level[0].out_channels == 48
 
 
+def test_deeplabv3plus_names_where_it_differs_from_robustnet():
+    """RobustNet's DeepR50V3PlusD (shachoi/RobustNet `network/deepv3.py`, variant D16; `network/mynn.py` Upsample and
+    initialize_weights) has no dropout in bot_aspp, Kaiming-normal init, align_corners=True and dilation 2 in every
+    layer4 conv2. segbench's head differs on each; each difference must hold of the model AND be in the docstring."""
+    from segbench.models.heads import DeepLabV3PlusHead
+    from segbench.models.segmenter import upsample_to
+
+    with torch.device("meta"):
+        model = M.create_model("resnet50", "deeplabv3plus")
+    assert model.backbone.output_stride == 16
+    assert [block.conv2.dilation for block in model.backbone.layer4] == [(1, 1), (2, 2), (2, 2)]  # RobustNet: all 2
+    assert [m.p for m in model.head.modules() if isinstance(m, nn.Dropout)] == [0.5]  # RobustNet: none
+    x = torch.arange(4.0).view(1, 1, 2, 2)
+    assert not torch.allclose(upsample_to(x, (4, 4)), torch.nn.functional.interpolate(x, (4, 4), mode="bilinear",
+                                                                                      align_corners=True))
+    doc = " ".join(DeepLabV3PlusHead.__doc__.split())
+    for stated in ("Dropout(0.5)", "initialize_weights", "align_corners=False", "align_corners=True",
+                   "layer4.0.conv2 dilation 1 at OS16", "every layer4 conv2 dilation 2"):
+        assert stated in doc, stated
+
+
 def _norm_layout(model: nn.Module) -> tuple[set, set]:
     ibn = {n for n, m in model.named_modules() if isinstance(m, IBN)}
     inorm = {n for n, m in model.named_modules() if isinstance(m, nn.InstanceNorm2d)}
@@ -162,6 +183,26 @@ def _check_ibn_placement(name: str, bb: nn.Module) -> None:
         assert bb.layer2[-1].IN.num_features == bb.out_channels[1]
     else:
         assert ibn == set() and inorm == set()
+
+
+def test_ibn_b_never_in_a_stages_first_block():
+    """Official rule (XingangPan/IBN-Net `ibnnet/resnet_ibn.py` ResNet_IBN._make_layer): block 0 gets
+    `None if ibn == 'b' else ibn`, block i > 0 gets `None if (ibn == 'b' and i < blocks-1) else ibn`; so a one-block
+    IBN-b stage has no post-add IN at all."""
+    from segbench.models.resnet import IBN_B, BasicBlock, ResNet
+
+    layers = (1, 2, 1, 1)
+    expected = {"bn1"}  # IBN-b's stem IN
+    for s, blocks in enumerate(layers):
+        for i in range(blocks):
+            block_ibn = (None if IBN_B[s] == "b" else IBN_B[s]) if i == 0 else \
+                (None if IBN_B[s] == "b" and i < blocks - 1 else IBN_B[s])
+            if block_ibn == "b":
+                expected.add(f"layer{s + 1}.{i}.IN")
+    assert expected == {"bn1", "layer2.1.IN"}
+    with torch.device("meta"):
+        bb = ResNet(BasicBlock, layers, ibn_cfg=IBN_B)
+    assert _norm_layout(bb)[1] == expected
 
 
 def test_ibn_forward_normalises_first_half_per_instance():

@@ -60,7 +60,19 @@ class DeepLabV3Head(nn.Module):
 
 class DeepLabV3PlusHead(nn.Module):
     """DeepLabV3+ decoder: ASPP(layer4) upsampled to layer1's size, concatenated with a 48-channel 1x1 projection of
-    layer1, two 3x3 conv-BN-ReLU (256), 1x1 classifier. Output at stride 4."""
+    layer1, two 3x3 conv-BN-ReLU (256), 1x1 classifier. Output at stride 4.
+
+    The layout of RobustNet's DeepV3Plus (shachoi/RobustNet `network/deepv3.py`: aspp, bot_aspp, bot_fine, final1,
+    final2), which the robustnet_* experiments compare with, but not the same network. Where it differs:
+    - the ASPP is torchvision's, whose 1x1 projection ends in Dropout(0.5); RobustNet's bot_aspp has no dropout;
+    - PyTorch's default init; RobustNet runs `network/mynn.py` initialize_weights (Kaiming-normal, zero bias) on
+      aspp, bot_*, final* (RobustNetAuxHead does follow it);
+    - bilinear upsampling here and in the Segmenter uses align_corners=False; RobustNet's `mynn.Upsample` uses
+      align_corners=True;
+    - the backbone dilates as torchvision does, the first block of a dilated stage at the previous dilation
+      (layer4.0.conv2 dilation 1 at OS16); RobustNet's variant D16 gives every layer4 conv2 dilation 2 (variant D,
+      OS8: every layer3 conv2 2, every layer4 conv2 4).
+    The ASPP branch and skip concatenation orders differ too, which only permutes weights."""
 
     def __init__(self, in_channels: Sequence[int], num_classes: int, output_stride: int):
         super().__init__()
@@ -132,4 +144,5 @@ HEADS.add("fcn", HeadSpec(_native(FCNHead), 8, (8, 16, 32),
                           "IBN-Net paper: dilated backbone, PSPNet head without pyramid pooling, x8 bilinear"))
 HEADS.add("deeplabv3", HeadSpec(_native(DeepLabV3Head), 8, (8, 16, 32), "ASPP on layer4"))
 HEADS.add("deeplabv3plus", HeadSpec(_native(DeepLabV3PlusHead), 16, (8, 16, 32),
-                                    "ASPP rates 6/12/18 at OS16 + 48-channel layer1 skip (RobustNet protocol)"))
+                                    "ASPP rates 6/12/18 at OS16 + 48-channel layer1 skip (RobustNet's layout, "
+                                    "not its exact network)"))

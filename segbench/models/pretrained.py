@@ -1,9 +1,14 @@
 """ImageNet / local weights for backbones: official files, hub cache, hash check, strict loading, fail-fast offline.
 
-`pretrained='imagenet'` uses torchvision's IMAGENET1K_V1 files for plain ResNets (the weights IBN-Net compared with) and
-the official IBN-Net release for IBN variants. Files live where torch.hub keeps them (`torch.hub.get_dir()/checkpoints`),
-named `NAME-HASHPREFIX.pth`; the prefix of the file's sha256 must match (torch.hub's check_hash convention), checked on
-every load so a truncated or wrong file never trains silently.
+`pretrained='imagenet'` uses torchvision's IMAGENET1K_V1 files for plain ResNets and the official IBN-Net release for
+IBN variants. The "re-implementation" column of XingangPan/IBN-Net `README.md` compares ResNet-18/34 with exactly these
+torchvision weights (top-1/5 error 30.24/10.92, 26.70/8.58) but ResNet-50/101 with its own unreleased retraining
+(24.27/7.08, 22.48/6.23; torchvision's IMAGENET1K_V1 meta: 23.87/7.14, 22.63/6.45), so a plain resnet50/101 here is
+not the ImageNet baseline of that table.
+
+Files live where torch.hub keeps them (`torch.hub.get_dir()/checkpoints`), named `NAME-HASHPREFIX.pth`; the prefix of
+the file's sha256 must match (torch.hub's check_hash convention), checked on every load so a truncated or wrong file
+never trains silently.
 
 `pretrained='torchvision'` is the one partial load: a plain or IBN-b ResNet initialised from torchvision's ImageNet
 ResNet of its depth; for IBN-b that is the network of RobustNet's "IBN-Net" row (see `torchvision_init`).

@@ -110,9 +110,10 @@ class Bottleneck(nn.Module):
 
 
 def _block_ibn(stage_ibn: str | None, index: int, blocks: int) -> str | None:
-    """Official placement: IBN-a in every block of the stage; IBN-b only in the stage's LAST block."""
+    """Official placement (XingangPan/IBN-Net `ibnnet/resnet_ibn.py` ResNet_IBN._make_layer): IBN-a in every block of
+    the stage; IBN-b only in the stage's last block, and never in its first (a one-block stage gets none)."""
     if stage_ibn == "b":
-        return "b" if index == blocks - 1 else None
+        return "b" if 0 < index == blocks - 1 else None
     return stage_ibn
 
 
