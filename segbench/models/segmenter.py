@@ -15,11 +15,12 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def upsample_to(x: torch.Tensor, size: tuple[int, int] | torch.Size) -> torch.Tensor:
-    """Bilinear resize of logits (align_corners=False, as torchvision's segmentation models)."""
+def upsample_to(x: torch.Tensor, size: tuple[int, int] | torch.Size, align_corners: bool = False) -> torch.Tensor:
+    """Bilinear resize of logits (align_corners=False, as torchvision's segmentation models; a head that follows
+    RobustNet's `mynn.Upsample` asks for True)."""
     if tuple(x.shape[-2:]) == tuple(size):
         return x
-    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
+    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=align_corners)
 
 
 def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
@@ -30,7 +31,8 @@ def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
 
 
 class Segmenter(nn.Module):
-    """`backbone` (list of 4 stage maps) -> `head` logits at low resolution -> bilinear upsampling to input size.
+    """`backbone` (list of 4 stage maps) -> `head` logits at low resolution -> bilinear upsampling to input size
+    (with the head's `align_corners` when it has one).
 
     The attribute names fix the checkpoint key prefixes: `backbone.*`, `head.*`, `aux_head.*`.
     """
@@ -46,7 +48,8 @@ class Segmenter(nn.Module):
         h, w = x.shape[-2:]
         padded = pad_to_multiple(x, self.size_divisor)
         feats = self.backbone(padded)
-        out = {"out": upsample_to(self.head(feats), padded.shape[-2:])[..., :h, :w]}
+        align_corners = getattr(self.head, "align_corners", False)
+        out = {"out": upsample_to(self.head(feats), padded.shape[-2:], align_corners)[..., :h, :w]}
         if self.aux_head is not None and self.training:
             aux = self.aux_head(feats)
             if getattr(self.aux_head, "scored_at_own_resolution", False):
