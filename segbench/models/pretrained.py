@@ -89,7 +89,8 @@ def check_hash(path: Path) -> None:
     if not digest.startswith(match.group(1)):
         raise PretrainedWeightsError(
             f"{path} is corrupt or not the official file: its sha256 starts with {digest[:len(match.group(1))]}, "
-            f"the name promises {match.group(1)}. Delete it and download again.")
+            f"the name promises {match.group(1)}. Delete it and download again; if a fresh download fails the same "
+            f"way, pass the file as model.pretrained={path} (a local path is loaded without this check).")
 
 
 def download(url: str, dst: Path, timeout: float = DOWNLOAD_TIMEOUT_S) -> None:
