@@ -18,7 +18,7 @@ import torch
 from . import __version__
 from .cells import CHECKPOINTS, CONFIG, CONFUSION, DONE, FINAL_WEIGHTS, PREDS, TENSORBOARD, TRAIN_LOG, Cell, CellBusy, \
     cell_lock, missing_targets, new_record, protocol_card, read_record_or_none, target_protocol, write_record
-from .config import train_settings
+from .config import identity_view, train_settings
 from .data import build_dataset
 from .data.multisource import apply_unknown_label_policy_per_source
 from .data.transforms import build_train_transform
@@ -116,6 +116,7 @@ def train_and_score(cell: Cell, cell_dir: Path, *, data_root, device: torch.devi
     """run_cell's work, once the cell is claimed."""
     main = dist_utils.is_main()
     record = read_record_or_none(cell_dir) or new_record(cell)
+    curves_eval = record["config"].get("eval")  # what a trained cell's curves were scored under, before it is replaced
     record["config"]["eval"] = cell.eval
     record["targets"] = list(cell.eval_targets)
     if main:  # the effective configuration, there from the first second of the run
@@ -157,15 +158,18 @@ def train_and_score(cell: Cell, cell_dir: Path, *, data_root, device: torch.devi
         init = init_record(cell.backbone, cell.model.get("pretrained"))  # a partial load names what it left out
         if init is not None:
             record["training"]["init"] = init
-        if main:
+        if main:  # the record first: a run killed while scoring then keeps its training statistics and curves
+            write_record(cell_dir, record)
             save_torch(final, model.state_dict())
 
     # 2. every target not yet scored under the current eval settings, the record rewritten after each
     ecfg = cell.eval
     options = scoring_options(ecfg)
     record["provenance"] = provenance(device)
+    stale = curves_eval is None or identity_view("eval", curves_eval) != cell.eval_identity()
     for target in missing_targets(cell, cell_dir):
-        if trained and target in record.get("curves", {}):  # its curve was scored under other eval settings
+        # a curve scored under other eval settings than this run's (not one a kill left unscored)
+        if trained and target in record.get("curves", {}) and (stale or target in record["results"]):
             del record["curves"][target]
         ds, classes = open_target(target)
         t0 = time.perf_counter()

@@ -347,7 +347,9 @@ def main(argv: list[str] | None = None) -> int:
                              device=device)
     except (ValueError, ImportError) as e:  # no GPU visible, submitit missing
         raise ConfigError(f"--launcher {args.launcher}: {e}") from None
-    if not dist_utils.is_main():
+    main_rank = dist_utils.is_main()
+    dist_utils.leave()  # on every rank: the cells were the last collective work
+    if not main_rank:
         return 0
     md = build_report(results_dir)
     print()

@@ -23,7 +23,10 @@ from .launchers import Job, Launched, last_line
 from .pipeline import run_cell
 
 # Options of the study's command line that a worker must not inherit: value count (-1 = all following non-options).
-PARENT_ONLY_OPTIONS = {"--only": -1, "--launcher": 1, "--launcher-opt": 1, "--dry-run": 0}
+# --analyze runs once, in the study's process, over every finished cell: a worker would analyse its one cell and
+# overwrite the study's shift_*/divergence_* tables with it.
+PARENT_ONLY_OPTIONS = {"--only": -1, "--launcher": 1, "--launcher-opt": 1, "--dry-run": 0, "--analyze": 1,
+                       "--analyze-images": 1}
 
 
 def cell_argv(argv: Sequence[str], cell_id: str) -> list[str]:

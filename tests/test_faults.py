@@ -217,6 +217,48 @@ def test_a_damaged_model_final_is_set_aside_and_rebuilt_from_the_last_checkpoint
     assert all(torch.equal(loaded[k], weights[k]) for k in weights)
 
 
+@pytest.mark.parametrize("rescored_flip", [False, True], ids=["same-eval", "other-eval"])
+def test_a_cell_killed_while_scoring_keeps_its_training_statistics_and_curves(tmp_path, tiny_model, tiny_sim,
+                                                                              monkeypatch, rescored_flip):
+    """Scoring after training can outlast many iterations (a full-size test set), and a kill there leaves
+    model_final.pt, so the rerun only scores. Its record must still carry what training measured: the statistics and
+    the eval.every curves that --select needs (report/selection.py), as an uninterrupted run's record does; unless
+    the rerun scores under other eval settings, which the curves no longer describe."""
+    import dataclasses
+    import json
+
+    cfg = load_config(EMBEDDED_DEFAULT)
+    cfg["train"].update(iters=2, batch_size=2, workers=0, ckpt_every=1, crop=[32, 32])
+    cfg["model"]["pretrained"] = None
+    cfg["eval"].update(every=1, workers=0)
+    cfg["seeds"] = [0]
+    (cell,) = plan(cfg, parse_specs(["sim->sim"]), ["resnet18"], ["fcn"])
+    cell_dir = cell.directory(tmp_path / "results")
+    scoring = pipeline.evaluate
+
+    def killed_in_final_scoring(*args, **kwargs):
+        if kwargs.get("dump_dir") is not None:  # the final scoring; periodic scoring writes no predictions
+            raise KeyboardInterrupt("killed")
+        return scoring(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "evaluate", killed_in_final_scoring)
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.run_cell(cell, cell_dir, data_root=tiny_sim, device=torch.device("cpu"))
+    assert (cell_dir / FINAL_WEIGHTS).is_file() and not (cell_dir / DONE).exists()
+    monkeypatch.setattr(pipeline, "evaluate", scoring)
+    rerun = dataclasses.replace(cell, eval={**cell.eval, "flip": rescored_flip})
+    assert rerun.cell_id == cell.cell_id
+    pipeline.run_cell(rerun, cell_dir, data_root=tiny_sim, device=torch.device("cpu"))
+    record = json.loads((cell_dir / RECORD).read_text())
+    assert record["results"]["sim"]["eval"]["flip"] is rescored_flip
+    assert record["training"]["resumed_from"] == 0 and record["training"]["train_seconds"] > 0
+    if rescored_flip:
+        assert "sim" not in record.get("curves", {})
+    else:
+        assert [it for it, _ in record["curves"]["sim"]] == [1, 2]
+        assert record["curves"]["sim"][-1][1] == record["results"]["sim"]["miou"]  # same weights, same scoring
+
+
 # -- 6. read-only results ------------------------------------------------------------------------------------------
 
 def _cells(n_seeds=1):

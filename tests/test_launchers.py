@@ -77,6 +77,58 @@ def test_cell_argv_strips_parent_only_options_and_runs_one_cell_locally():
                                          "--launcher", "local", "--only", "c0ffee"]
 
 
+def test_a_worker_leaves_the_analyses_to_the_study():
+    """run.py runs --analyze once, after every cell, over all finished ones; a worker that inherited it would analyse
+    its one cell and write the study's shift_*/divergence_* tables from it (Slurm with wait=false: the last task's)."""
+    from segbench import run
+
+    argv = ["sim->photo", "--analyze", "shift,divergence", "--analyze-images", "4", "--seeds", "2",
+            "--analyze=shift"]
+    worker = run.build_parser().parse_args(cell_argv(argv, "c0ffee"))
+    assert worker.analyze == "" and worker.analyze_images is None
+    assert worker.seeds == 2 and worker.only == ["c0ffee"] and worker.specs == ["sim->photo"]
+
+
+def test_every_rank_leaves_its_process_group_before_rank_0_reports(tmp_path, monkeypatch):
+    """Under torchrun the other ranks return once the cells are done, while rank 0 goes on to the report and
+    --analyze, whose scoring all_reduces over the group (engine/scoring.py evaluate): still in the group, rank 0 waits
+    on ranks that have exited (gloo: 'Connection closed by peer'; NCCL: a hang). PyTorch asks every process to
+    destroy its group at its end (pytorch/pytorch torch/distributed/distributed_c10d.py destroy_process_group).
+    A one-process gloo group stands in for torchrun's."""
+    import socket
+
+    import torch.distributed as dist
+
+    from segbench import analysis, report, run, study
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for key, value in {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": "0", "LOCAL_RANK": "0",
+                       "WORLD_SIZE": "1"}.items():
+        monkeypatch.setenv(key, value)
+    in_group = {}
+
+    def noting(name, result):
+        def call(*args, **kwargs):
+            in_group[name] = dist.is_initialized()
+            return result
+        return call
+
+    monkeypatch.setattr(run, "check_datasets", lambda *a: None)  # nothing here needs the data
+    monkeypatch.setattr(study, "run_study", noting("cells", []))
+    monkeypatch.setattr(report, "build_report", noting("report", ""))
+    monkeypatch.setattr(analysis, "run_analyses", noting("analyses", []))
+    try:
+        assert run.main(["sim->photo", "--backbones", "resnet18", "--device", "cpu", "--results", str(tmp_path),
+                         "--set", "model.pretrained=null", "--analyze", "shift"]) == 0
+        assert in_group == {"cells": True, "report": False, "analyses": False}
+        assert not dist.is_initialized()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
 def test_torchrun_command_uses_this_interpreter_and_standalone_rendezvous(tmp_path):
     job = Job("cell", worker_args(["sim->photo"], "abc"), tmp_path / "launcher.log")
     assert launchers.python_command(job) == [sys.executable, "-m", "segbench.run", "sim->photo", "--launcher", "local",

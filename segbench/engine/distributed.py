@@ -52,6 +52,14 @@ def init_from_env(device_type: str | None = None) -> torch.device:
     return torch.device("cpu")
 
 
+def leave() -> None:
+    """Destroy this process's group, if it joined one: every process should once its last collective is done
+    (pytorch/pytorch torch/distributed/distributed_c10d.py, destroy_process_group), and rank 0's work after that (the
+    report, --analyze) then scores alone instead of waiting in an all_reduce on ranks that have exited."""
+    if is_dist():
+        dist.destroy_process_group()
+
+
 def wrap_ddp(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     """DDP + SyncBatchNorm when several processes train; SyncBN converts only BatchNorm, so IN stays per-sample."""
     if not is_dist() or world_size() == 1:
