@@ -368,7 +368,9 @@ def read_record_or_none(cell_dir: Path) -> dict | None:
         return None
     if not isinstance(record, dict):
         return None
-    return None if all(k in record for k in REQUIRED_FIELDS) and record_type_problem(record) else record
+    if not all(k in record for k in REQUIRED_FIELDS) or record_type_problem(record):
+        return None
+    return record
 
 
 def missing_targets(cell: Cell, cell_dir: Path) -> list[str]:

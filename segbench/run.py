@@ -20,6 +20,9 @@ from .spec import GRAMMAR, SpecError, parse_specs, source_parts
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m segbench.run", formatter_class=argparse.RawDescriptionHelpFormatter,
+        # whole option names only: study.cell_argv strips parent-only options by name, and an abbreviation it missed
+        # (--launcher-op jobs=2) would have every worker launch workers of its own
+        allow_abbrev=False,
         description="Train on each source, test on every target, write the generalization table.",
         epilog=f"spec grammar:\n{GRAMMAR}\n\nexamples:\n  python -m segbench.run                       # embedded default\n"
                "  python -m segbench.run 'gta5->cityscapes'\n  python -m segbench.run gta5:cityscapes,bdd100k "

@@ -77,6 +77,16 @@ def test_cell_argv_strips_parent_only_options_and_runs_one_cell_locally():
                                          "--launcher", "local", "--only", "c0ffee"]
 
 
+def test_an_abbreviated_parent_only_option_is_refused_not_passed_to_workers(capsys):
+    """argparse takes `--launcher-op` for `--launcher-opt` by default; cell_argv strips options by full name, so a
+    worker would inherit it and launch workers itself. The study refuses abbreviations instead."""
+    from segbench import run
+
+    with pytest.raises(SystemExit) as info:
+        run.build_parser().parse_args(["sim->photo", "--launcher-op", "jobs=2"])
+    assert info.value.code == 2 and "unrecognized arguments: --launcher-op" in capsys.readouterr().err
+
+
 def test_a_worker_leaves_the_analyses_to_the_study():
     """run.py runs --analyze once, after every cell, over all finished ones; a worker that inherited it would analyse
     its one cell and write the study's shift_*/divergence_* tables from it (Slurm with wait=false: the last task's)."""

@@ -121,6 +121,16 @@ def test_report_names_a_record_field_of_the_wrong_type(tmp_path, capsys, field, 
     assert read_record_or_none(record.parent) == GOOD_RECORD
 
 
+def test_a_record_missing_a_field_is_redone_not_read(tmp_path):
+    """A record.json without `config` (cut by hand, or from another tool) is malformed like one of the wrong types: the
+    runner starts the cell afresh instead of failing on record["config"] (pipeline.train_and_score)."""
+    from segbench.cells import read_record_or_none
+
+    for field in ("config", "results"):
+        write_record(tmp_path, {k: v for k, v in GOOD_RECORD.items() if k != field})
+        assert read_record_or_none(tmp_path) is None, field
+
+
 def test_a_study_without_cells_yet_says_so_for_a_baseline(tmp_path, capsys):
     (tmp_path / "study" / "cells").mkdir(parents=True)
     code, _, err = _segbench(capsys, "report", tmp_path / "study", "--no-plot", "--baseline", "erm")

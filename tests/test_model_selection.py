@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from segbench import run
-from segbench.cells import RecordError, missing_targets, plan
+from segbench.cells import RecordError, missing_targets, new_record, plan, write_record
 from segbench.config import DEFAULTS, ConfigError, TrainSettings, apply_overrides, validate
 from segbench.data import build_dataset
 from segbench.data.adapters import synthetic
@@ -181,7 +181,7 @@ def test_eval_every_is_validated_and_leaves_ids_and_scores_alone(tmp_path):
     cell_dir = tmp_path / "cell"
     cell_dir.mkdir()
     scored = {t: {"miou": 1.0, "eval": off.eval_identity()} for t in off.eval_targets}
-    (cell_dir / "record.json").write_text(json.dumps({"results": scored}))
+    write_record(cell_dir, {**new_record(off), "results": scored})
     assert missing_targets(on, cell_dir) == []  # scores made without eval.every still count
 
 
