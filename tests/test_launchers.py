@@ -21,7 +21,7 @@ import pytest
 from segbench import launchers
 from segbench.config import EMBEDDED_DEFAULT, load_config
 from segbench.io import write_json
-from segbench.cells import DONE, RECORD, is_done, plan
+from segbench.cells import DONE, RECORD, is_done, new_record, plan
 from segbench.launchers import LAUNCHERS, Job, parse_options, visible_gpus
 from segbench.spec import parse_specs
 from segbench.study import cell_argv, run_study, worker_args
@@ -43,7 +43,7 @@ def launch(name, cells, results_dir, *, argv=ARGV, data_root=None, device=None, 
 
 def finish(cell, cell_dir: Path) -> None:
     """What a successful worker leaves behind: a record scoring every target and the done marker."""
-    write_json(cell_dir / RECORD, {"cell_id": cell.cell_id,
+    write_json(cell_dir / RECORD, {**new_record(cell),
                                    "results": {t: {"eval": cell.eval_identity()} for t in cell.eval_targets}})
     (cell_dir / DONE).touch()
 
