@@ -128,6 +128,44 @@ def test_focus_crop_contains_the_class():
         assert (t(image=image, mask=mask, focus=16)["mask"] == 16).any(), seed
 
 
+def test_focus_on_the_last_columns_below_half_scale():
+    """A GTA5-wide frame (1914 px) at s = 0.402 is 769 px (rounded) wide, and the last source column lands at
+    int(1913 * 0.402) = 769, outside it: the crop window must still be drawn (it raised ValueError) and hold the class.
+    scale_range [0.402, 0.402] is a valid setting (config: 0 < LOW <= HIGH)."""
+    image = np.zeros((6, 1914, 3), np.uint8)
+    t = build_train_transform((4, 768), scale_range=(0.402, 0.402), hflip=0.0)
+    for width in (1, 8):  # the last column alone (every draw anchors there), then a band wide enough to survive
+        mask = np.zeros((6, 1914), np.uint8)
+        mask[:, -width:] = 16
+        for seed in range(6):
+            t.set_random_seed(seed)
+            out = t(image=image, mask=mask, focus=16)
+            assert out["mask"].shape == (4, 768), seed
+            if width > 1:  # nearest downsampling by 2.5 can skip a single column, not 8
+                assert (out["mask"] == 16).any(), seed
+
+
+def test_extra_transforms_draw_independently_of_the_flip():
+    """Compose.set_random_seed seeds every transform with the same random.Random(seed): an extra VerticalFlip(p=0.5)
+    was applied exactly when the horizontal flip was. Both flips must vary independently over seeds, and adding an
+    extra transform must not change which samples are flipped horizontally."""
+    import albumentations as A
+
+    mask = np.arange(64, dtype=np.uint8).reshape(8, 8)  # corner value tells both flips apart
+    image = np.zeros((8, 8, 3), np.uint8)
+    plain = build_train_transform((8, 8), scale_range=(1.0, 1.0), hflip=0.5)
+    extra = build_train_transform((8, 8), scale_range=(1.0, 1.0), hflip=0.5, extra=[A.VerticalFlip(p=0.5)])
+    combos = {}
+    for seed in range(200):
+        plain.set_random_seed(seed)
+        extra.set_random_seed(seed)
+        corner = int(extra(image=image, mask=mask)["mask"][0, 0])
+        h_flipped, v_flipped = corner % 8 == 7, corner >= 56
+        assert h_flipped == (int(plain(image=image, mask=mask)["mask"][0, 0]) == 7), seed
+        combos[h_flipped, v_flipped] = combos.get((h_flipped, v_flipped), 0) + 1
+    assert len(combos) == 4 and min(combos.values()) >= 30, combos
+
+
 def test_class_presence_is_scanned_once_and_cached(tmp_path, monkeypatch):
     from segbench.data import build_dataset
     from segbench.data.adapters import synthetic

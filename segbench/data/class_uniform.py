@@ -1,8 +1,21 @@
 """Class-uniform sampling (RobustNet's protocol): a fraction of samples first draws a class uniformly, then an image
-containing it, and the crop is centred so that it holds a pixel of that class. Rare classes (train, motorcycle) are
-then seen as often as common ones.
+containing it, and the crop is placed at random among the windows that hold a random pixel of that class
+(transforms.RandomScaleCrop). Rare classes (train, motorcycle) are then seen as often as common ones.
 
 Which classes each image holds is scanned once per (dataset, split) and cached under ~/.cache/segbench.
+
+Where this differs from RobustNet (shachoi/RobustNet datasets/uniform.py, datasets/gtav.py GTAVUniform, run with
+`--class_uniform_pct 0.5 --class_uniform_tile 1024`):
+- RobustNet's crop holds a centroid: per image, per whole 1024 x 1024 tile (range(H // 1024) x range(W // 1024))
+  and per class in it, the class's centre of mass in that tile, which can lie off the class. A 1914 x 1052 GTA5 frame
+  has one tile, its top-left 1024 x 1024: a class found only outside it is never a focus of that frame; a 1280 x 760
+  SYNTHIA frame has none. Here every pixel of the frame counts, and the crop holds one of the class's pixels.
+- RobustNet draws from the (image, tile) entries of a class, so an image holding it in two tiles (Cityscapes'
+  2048 x 1024) is drawn twice as often; here each image holding the class counts once.
+- RobustNet rebuilds each epoch of N with exact counts (`build_epoch`): int(N * pct / 19) entries per class that has
+  any (shuffled without replacement, wrapping) and N - 19 * int(N * pct / 19) random images, so a class without
+  entries shortens the epoch. Here each stream position is class-uniform with probability `fraction`, the class
+  drawn among those some image holds: the same shares in expectation, drawn independently.
 """
 from __future__ import annotations
 

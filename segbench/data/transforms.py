@@ -5,6 +5,7 @@ padding masks with 0 (= road).
 """
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
@@ -36,9 +37,20 @@ def _to_tensors(image: np.ndarray, mask: np.ndarray) -> dict[str, torch.Tensor]:
 class RandomScaleCrop:
     """Random scale then random crop, computed in source coordinates: only the pixels that survive the crop are resized.
 
-    Equivalent to resizing the whole frame by s and cropping (what mmseg and torchvision's reference do), but at s=2 on a
-    1914x1052 GTA5 frame it resizes ~0.15 Mpx of source instead of producing 8 Mpx to throw most of it away. Where the
-    scaled frame is smaller than the crop, the whole extent is kept and the pipeline pads it (mask with IGNORE_INDEX).
+    Resizing the whole frame by s and cropping (what mmseg and torchvision's reference do), up to snapping the window
+    to whole source pixels (the window spans crop / s plus up to 2 source pixels), but at s=2 on a 1914x1052 GTA5
+    frame it resizes ~0.15 Mpx of source instead of producing 8 Mpx to throw most of it away. Where the scaled frame
+    is smaller than the crop, the whole extent is kept and the pipeline pads it (mask with IGNORE_INDEX).
+
+    Where this differs from RobustNet's RandomSizeAndCrop (shachoi/RobustNet transforms/joint_transforms.py, with its
+    defaults pre_size None, crop_nopad False): there the whole frame is resized to int(size * s) with Pillow bicubic
+    (antialiased when shrinking) and the label with Pillow nearest; here OpenCV bilinear (not antialiased) on the
+    window, the label with OpenCV nearest (source pixel floor(i / s), where the bilinear image samples at
+    (i + 0.5) / s - 0.5: when shrinking, the label's pixel lies (1 / s - 1) / 2 to (1 / s + 1) / 2 source pixels up
+    and left of the image's sample), sizes round(size * s). A frame smaller than the crop is padded there by
+    (crop - h) // 2 + 1 on each side and then randomly cropped (0 to 2 pixels of shift), here centred. With a class
+    to hold (`anchor`), RobustNet's RandomCrop draws x1 = randint(c - crop, c) and clamps it to the frame (the clamp
+    piles the draws on the frame's edges); here the start is uniform over the windows that hold the pixel.
     """
 
     def __init__(self, crop_size: Sequence[int], scale_range: Sequence[float]):
@@ -54,11 +66,14 @@ class RandomScaleCrop:
             return 0, size, scaled
         lo, hi = 0, scaled - crop
         if anchor is not None:
-            pos = int(anchor * s)
+            # `scaled` is rounded: below s = 0.5 the last row / column can land at int(anchor * s) == scaled
+            pos = min(int(anchor * s), scaled - 1)
             lo, hi = max(lo, pos - crop + 1), min(hi, pos)
         start = int(rng.integers(lo, hi + 1))
         a = int(np.floor(start / s))
         b = min(size, max(a + 1, int(np.ceil((start + crop) / s))))
+        if anchor is not None:
+            b = max(b, anchor + 1)  # the clamped case: the last window still reaches the anchor's row / column
         return a, b, crop
 
     def __call__(self, rng: np.random.Generator, image: np.ndarray, mask: np.ndarray, focus: int = -1):
@@ -196,6 +211,8 @@ class Photometric:
 
 #: the second word of the seed of a method's per-sample generator ([sample seed, METHOD_STREAM])
 METHOD_STREAM = 0x5E6B
+#: the second word of the seeds of the `extra` transforms' generators ([sample seed, EXTRA_STREAM, k])
+EXTRA_STREAM = 0xE8A
 
 
 class TrainTransform:
@@ -224,12 +241,13 @@ class TrainTransform:
         self.scale_crop = RandomScaleCrop(crop_size, scale_range)
         crop_h, crop_w = self.scale_crop.crop_h, self.scale_crop.crop_w
         self.rng = np.random.default_rng()
+        self.extra = list(extra)
         self.pipeline = A.Compose(
             [
                 A.PadIfNeeded(min_height=crop_h, min_width=crop_w, border_mode=cv2.BORDER_CONSTANT,
                               fill=0, fill_mask=IGNORE_INDEX),
                 A.HorizontalFlip(p=hflip),
-                *extra,
+                *self.extra,
             ],
             strict=True,
         )
@@ -242,6 +260,11 @@ class TrainTransform:
         # its own stream: a method's draws leave the crop and flip of every sample as plain training has them
         self.method_rng = np.random.default_rng([seed, METHOD_STREAM])
         self.pipeline.set_random_seed(seed)
+        # Compose.set_random_seed hands every transform random.Random(seed): an `extra` transform's `p` test would
+        # repeat the flip's draw (applied exactly when flipped). Each extra gets its own stream; the flip keeps its.
+        for k, transform in enumerate(self.extra, 1):
+            own = int(np.random.SeedSequence([seed, EXTRA_STREAM, k]).generate_state(1)[0])
+            transform.set_random_state(np.random.default_rng(own), random.Random(own))
 
     def __call__(self, image: np.ndarray, mask: np.ndarray, focus: int = -1) -> dict[str, torch.Tensor]:
         """`focus` >= 0: the crop must contain a pixel of that class (class-uniform sampling)."""
