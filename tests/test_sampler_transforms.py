@@ -198,3 +198,22 @@ def test_eval_height_keeps_aspect_ratio_and_explicit_size_wins(tmp_path):
     assert torch.equal(out["mask"], torch.from_numpy(mask).long())  # scored at the label's native resolution
     assert eval_transform_for(ds, size=(20, 40))(image=image, mask=mask)["image"].shape == (3, 20, 40)
     assert eval_transform_for(object())(image=image, mask=mask)["image"].shape == (3, mt.H, mt.W)
+
+
+@pytest.mark.parametrize("scale, crop", [(0.6, (22, 32)), (1.7, (63, 90))])
+def test_labels_resize_as_pillows_nearest(scale, crop):
+    """The official codes resize labels with Pillow's NEAREST (RobustNet transforms/joint_transforms.py; the 1280x720
+    GTA5 copies peers train on): a crop spanning the whole scaled 37x53 frame must hold exactly Pillow's resized
+    label, and so must the prepared cache. OpenCV's plain INTER_NEAREST took other pixels (up to one source pixel up
+    and left)."""
+    from PIL import Image
+
+    from segbench.data.cache import resize_pair
+
+    label = np.random.default_rng(0).integers(0, 19, (37, 53)).astype(np.uint8)
+    pillow = np.asarray(Image.fromarray(label).resize((crop[1], crop[0]), Image.NEAREST))
+    t = build_train_transform(crop, scale_range=(scale, scale), hflip=0.0)
+    t.set_random_seed(0)
+    np.testing.assert_array_equal(t(image=np.zeros((37, 53, 3), np.uint8), mask=label)["mask"].numpy(), pillow)
+    _, cached = resize_pair(np.zeros((37, 53, 3), np.uint8), label, (crop[1], crop[0]))
+    np.testing.assert_array_equal(cached, pillow)

@@ -99,6 +99,12 @@ def known_mask(values: Sequence[int]) -> np.ndarray:
 COLOR_AS_STORED = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
 
 
+#: labels resize with OpenCV's INTER_NEAREST_EXACT, pixel for pixel Pillow's NEAREST (the official codes' label
+#: resize): plain INTER_NEAREST takes source pixel floor(i / s) instead of the one under the output pixel's centre,
+#: a shift of up to a source pixel towards the top left when shrinking
+LABEL_NEAREST = cv2.INTER_NEAREST_EXACT
+
+
 def read_rgb(path: Path) -> np.ndarray:
     image = cv2.imread(str(path), COLOR_AS_STORED)
     if image is None:

@@ -3,11 +3,12 @@
 Layout: `<data root>/prepared/NAME@WxH/{images,labels}/KEY.png` (labels hold trainIds) and `manifest.json` listing
 the keys of every split. Writer and reader share this layout, so both live here.
 
-Writing: images are resized with INTER_AREA (INTER_LINEAR when enlarging), labels with NEAREST on the decoded
-trainIds, so the cache needs no id table. Pairs the adapter skips or cannot read, and labels holding values outside
-the table (the cache would turn them into "ignore" for good), are left out and listed in the manifest. Each file is
-written under a temporary name and renamed, and finished files are kept, so an interrupted prepare resumes where it
-stopped; the manifest is written last, so a half-finished prepare is never mistaken for a cache.
+Writing: images are resized with INTER_AREA (INTER_LINEAR when enlarging), labels with Pillow's nearest rule
+(base.LABEL_NEAREST) on the decoded trainIds, so the cache needs no id table. Pairs the adapter skips or cannot read,
+and labels holding values outside the table (the cache would turn them into "ignore" for good), are left out and
+listed in the manifest. Each file is written under a temporary name and renamed, and finished files are kept, so an
+interrupted prepare resumes where it stopped; the manifest is written last, so a half-finished prepare is never
+mistaken for a cache.
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from typing import Callable, Mapping
 import cv2
 from tqdm import tqdm
 
-from .base import DatasetError, Problem, SegmentationDataset, UnknownLabelError
+from .base import LABEL_NEAREST, DatasetError, Problem, SegmentationDataset, UnknownLabelError
 from .registry import DATASETS, data_root
 from .tables import TRAINID_KNOWN, TRAINID_LUT
 from .workers import worker_init_fn
@@ -131,7 +132,7 @@ def write_png(path: Path, array, compression: int) -> None:
 def resize_pair(image, label, size: tuple[int, int]):
     h, w = image.shape[:2]
     interpolation = cv2.INTER_AREA if size[0] * size[1] <= w * h else cv2.INTER_LINEAR
-    return cv2.resize(image, size, interpolation=interpolation), cv2.resize(label, size, interpolation=cv2.INTER_NEAREST)
+    return cv2.resize(image, size, interpolation=interpolation), cv2.resize(label, size, interpolation=LABEL_NEAREST)
 
 
 _WORKER_DATASET: SegmentationDataset | None = None

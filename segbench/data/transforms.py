@@ -20,6 +20,7 @@ import albumentations as A
 
 from ..config import PHOTOMETRIC_PRESETS, ConfigError
 from ..labels import IGNORE_INDEX
+from .base import LABEL_NEAREST
 from .eval_protocols import DEFAULT_PROTOCOL, Geometry, ImageResize, geometry_for
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -45,12 +46,11 @@ class RandomScaleCrop:
     Where this differs from RobustNet's RandomSizeAndCrop (shachoi/RobustNet transforms/joint_transforms.py, with its
     defaults pre_size None, crop_nopad False): there the whole frame is resized to int(size * s) with Pillow bicubic
     (antialiased when shrinking) and the label with Pillow nearest; here OpenCV bilinear (not antialiased) on the
-    window, the label with OpenCV nearest (source pixel floor(i / s), where the bilinear image samples at
-    (i + 0.5) / s - 0.5: when shrinking, the label's pixel lies (1 / s - 1) / 2 to (1 / s + 1) / 2 source pixels up
-    and left of the image's sample), sizes round(size * s). A frame smaller than the crop is padded there by
-    (crop - h) // 2 + 1 on each side and then randomly cropped (0 to 2 pixels of shift), here centred. With a class
-    to hold (`anchor`), RobustNet's RandomCrop draws x1 = randint(c - crop, c) and clamps it to the frame (the clamp
-    piles the draws on the frame's edges); here the start is uniform over the windows that hold the pixel.
+    window, the label with Pillow's nearest rule (base.LABEL_NEAREST) on the window, sizes round(size * s). A frame
+    smaller than the crop is padded there by (crop - h) // 2 + 1 on each side and then randomly cropped (0 to 2 pixels
+    of shift), here centred. With a class to hold (`anchor`), RobustNet's RandomCrop draws x1 = randint(c - crop, c)
+    and clamps it to the frame (the clamp piles the draws on the frame's edges); here the start is uniform over the
+    windows that hold the pixel.
     """
 
     def __init__(self, crop_size: Sequence[int], scale_range: Sequence[float]):
@@ -90,7 +90,7 @@ class RandomScaleCrop:
         image, mask = image[y0:y1, x0:x1], mask[y0:y1, x0:x1]
         if image.shape[:2] != (out_h, out_w):
             image = cv2.resize(image, (out_w, out_h), interpolation=cv2.INTER_LINEAR)
-            mask = cv2.resize(mask, (out_w, out_h), interpolation=cv2.INTER_NEAREST)
+            mask = cv2.resize(mask, (out_w, out_h), interpolation=LABEL_NEAREST)
         return image, mask
 
 
