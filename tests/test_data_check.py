@@ -98,9 +98,10 @@ def test_prepare_writes_resized_cache_that_build_dataset_opens(broken_gta5, caps
     image, label = ds[0]
     assert image.shape == (h, w, 3) and label.shape == (h, w)
     assert set(np.unique(label).tolist()) <= {0, 18, 255}, "label interpolation invented class ids"
-    # nearest neighbour as OpenCV's INTER_NEAREST defines it: output pixel i takes source pixel floor(i * src / dst)
-    rows, cols = np.arange(h) * mt.H // h, np.arange(w) * mt.W // w
-    np.testing.assert_array_equal(label, source[rows][:, cols])
+    # nearest neighbour as Pillow's NEAREST (the official codes' label resize) defines it: the source pixel under the
+    # output pixel's centre
+    from PIL import Image
+    np.testing.assert_array_equal(label, np.asarray(Image.fromarray(source).resize((w, h), Image.NEAREST)))
     manifest = json.loads((data_root / f"prepared/gta5@{w}x{h}/manifest.json").read_text())
     left_out = sorted(p["path"].rsplit("/", 1)[-1] for p in manifest["left_out"] if p["kind"] != "missing image")
     assert left_out == ["00002.png", "00004.png", "00005.png", "00006.png"] and manifest["size"] == [w, h]
