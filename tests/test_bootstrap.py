@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from pathlib import Path
 
 import numpy as np
@@ -363,6 +364,22 @@ def test_one_seed_rows_show_the_bootstrap_interval_and_others_the_spread(tmp_pat
         assert float(r["miou"]) == pytest.approx(miou, abs=1e-4)
         assert (float(r["low"]), float(r["high"])) == pytest.approx((low, high), abs=1e-4)
         assert r["images"] == "30" and r["n_boot"] == "1000"
+
+
+def test_latex_tables_show_the_bootstrap_interval_the_markdown_shows(tmp_path):
+    """README: table.tex and dg.tex hold the markdown's entries, so a one-seed row keeps its interval there too (and
+    the caption says what it is); bold marks only the mean."""
+    per_target = _study(tmp_path)
+    build_report(tmp_path, plot=False)
+    shown = {}
+    for target, (counts, miou) in per_target.items():
+        low, high = _expected_interval(counts)
+        shown[target] = f"{miou:.1f} [{low:.1f}, {high:.1f}] (n=1)"
+    for name in ("table.tex", "dg.tex"):
+        tex = re.sub(r"\\textbf\{([0-9.]+)\}", r"\1", (tmp_path / name).read_text())
+        assert f"r18 & {shown['gta']} & {shown['city']} \\\\" in tex, name
+        assert r"r50 & 60.5\,$\pm$\,0.5 & 41.0\,$\pm$\,1.0 \\" in tex, name
+        assert r"95\% percentile bootstrap interval over its test images (1000 resamples)" in tex, name
 
 
 def test_records_without_per_image_files_keep_todays_tables(tmp_path):

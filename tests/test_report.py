@@ -164,3 +164,65 @@ def test_partial_seed_marker_is_explained_only_when_used():
     assert "over 3 seeds" in md and "(n=k)" not in md
     md, _ = paper(scores(full + [record("r50", "a", 0, {"a": 60.0, "b": 30.0})]))
     assert "(n=1)" in md and "(n=k): only k seeds finished" in md
+
+
+def test_per_seed_csv_names_the_row_each_measurement_counts_in(tmp_path):
+    """Two methods on one backbone, head and seed: per_seed.csv must say which table row each number belongs to,
+    else grouping it by its other columns averages the two methods together."""
+    erm, iw = record("r18", "a", 0, {"a": 40.0}), record("r18", "a", 0, {"a": 50.0})
+    erm.update(method={"name": "erm"}, cell_id="c1")
+    iw.update(method={"name": "iw"}, cell_id="c2")
+    study = write_study(tmp_path, [erm, iw])
+    build_report(study, plot=False)
+    rows = read_csv((study / "per_seed.csv").read_text())
+    assert sorted((r["row"], r["backbone"], r["seed"], r["miou"]) for r in rows) == [
+        ("r18 + erm", "r18", "0", "40.0000"), ("r18 + iw", "r18", "0", "50.0000")]
+    table = {r["backbone"]: r["train a / test a mIoU"] for r in read_csv((study / "table.csv").read_text())}
+    assert table == {"r18 + erm": "40.00", "r18 + iw": "50.00"}
+
+
+def test_curves_legend_names_every_row_even_one_absent_from_the_first_panel(tmp_path, monkeypatch):
+    """r50 has a curve on b only: the first panel (a -> a) lacks it, yet its line in the second panel must be named."""
+    from segbench.io import pyplot
+    from segbench.report import plots
+
+    r18, r50 = record("r18", "a", 0, {"a": 50.0, "b": 30.0}), record("r50", "a", 0, {"b": 35.0})
+    r18["curves"] = {"a": [[1, 40.0], [2, 50.0]], "b": [[1, 20.0], [2, 30.0]]}
+    r50["curves"] = {"b": [[1, 25.0], [2, 35.0]]}
+    named = []
+
+    def keep_legends(fig, path):
+        named.extend(t.get_text() for ax in fig.axes if ax.get_legend() for t in ax.get_legend().get_texts())
+        pyplot().close(fig)
+        return path
+
+    monkeypatch.setattr(plots, "save_figure", keep_legends)
+    plots.plot_curves([r18, r50], tmp_path / "curves.png")
+    assert sorted(named) == ["r18", "r50"]
+
+
+def test_curves_never_average_seeds_measured_under_different_protocols():
+    """Two seeds of one row whose cards differ in how target b is scored: the tables give them two rows (records.
+    scores), and curves.png must draw two lines (30 and 50), not one line of their mean (40)."""
+    from segbench.report.plots import curve_means
+
+    recs = []
+    for seed, miou, size in ((0, 30.0, None), (1, 50.0, 512)):
+        rec = record("r18", "a", seed, {"b": miou})
+        rec.update(protocol={"sources": ["a"], "targets": {"b": {"size": size}}}, curves={"b": [[1, miou]]})
+        recs.append(rec)
+    lines = curve_means(recs)[("a", "b")]
+    assert sorted(v for line in lines.values() for _, v in line) == [30.0, 50.0]
+    assert set(lines) == {s.row for s in scores(recs)} and len(lines) == 2
+
+
+def test_a_record_without_a_target_list_keeps_the_study_order_of_columns():
+    """records.ordered_pairs: targets in the order the study named them, targets no record names last. A record
+    written before records listed their targets names none, so its targets must not jump ahead: photo, fog (named
+    in that order by the newer record), then night (named by no record)."""
+    named = record("r18", "sim", 0, {"sim": 50.0, "photo": 30.0, "fog": 20.0})
+    named["targets"] = ["sim", "photo", "fog"]
+    old = record("r50", "sim", 0, {"sim": 52.0, "photo": 31.0, "fog": 22.0, "night": 10.0})  # no "targets"
+    md, _ = paper(scores([named, old]))
+    assert md.splitlines()[0] == ("| backbone | train sim / test sim | train sim / test photo | train sim / test fog "
+                                  "| train sim / test night |")

@@ -71,6 +71,13 @@ def test_escape_makes_special_characters_print_as_written():
     assert escape("64.5 ± 0.3") == r"64.5 $\pm$ 0.3" and escape("–") == "--"
 
 
+def test_escape_prints_less_greater_and_bar_in_the_default_encoding():
+    """LaTeX's default OT1 encoding has ¡, ¿ and an em dash in the slots of <, > and | (latex3/latex2e
+    base/ltoutenc.dtx: \\DeclareTextSymbol{\\textemdash}{OT1}{124}), so typed as is they print wrongly; \\textless,
+    \\textgreater and \\textbar have defaults in every encoding (same file: \\DeclareTextSymbolDefault ... {OML}/{OMS})."""
+    assert escape("iw(tag=<a|b>)") == r"iw(tag=\textless{}a\textbar{}b\textgreater{})"
+
+
 def _record(backbone, seed, mious):
     results = {t: {"miou": m, "pixel_acc": 50.0, "per_class_iou": {"road": m}, "eval": {"split": "val", "size": None}}
                for t, m in mious.items()}

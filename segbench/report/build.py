@@ -103,7 +103,7 @@ def build_report(results_dir: Path, plot: bool = True, stat: str = DEFAULT_STAT,
     write_text(results_dir / "table.csv", paper_csv)
     write_text(results_dir / "dg.md", dg_md)
     write_text(results_dir / "dg.csv", dg_csv)
-    paper_latex, dg_latex = paper_tex(items, cards, stat), dg_tex(items, cards, stat)
+    paper_latex, dg_latex = paper_tex(items, cards, stat, intervals), dg_tex(items, cards, stat, intervals)
     write_text(results_dir / "table.tex", paper_latex)
     write_text(results_dir / "dg.tex", dg_latex)
     write_text(results_dir / "per_class.md", pc_md)

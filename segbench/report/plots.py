@@ -14,7 +14,8 @@ from pathlib import Path
 
 from ..io import pyplot, save_figure
 from ..spec import is_in_domain
-from .records import Score, ordered_pairs, ordered_rows, row_labels, scores_by_cell
+from .protocols import card_hash, card_of, target_protocol_key
+from .records import Score, _split_by_protocol, ordered_pairs, ordered_rows, row_labels, scores_by_cell
 from .stats import DEFAULT_STAT, Agg
 from .tables import col_title, per_class_aggs
 
@@ -114,13 +115,27 @@ def plot_gap(items: list[Score], path: Path, stat: str = DEFAULT_STAT) -> Path |
     return save_figure(fig, path)
 
 
+def curve_rows(records: list[dict]) -> list[tuple[Score, list]]:
+    """(Score naming the curve's row, source and target; the curve) per curve of every record: rows are named as
+    records.scores names them, `[protocol HASH]` included, so seeds measured under different protocols are never
+    averaged into one line."""
+    stubs, keys, curves = [], [], []
+    for record, row in zip(records, row_labels(records)):
+        card = card_of(record)
+        for target, curve in (record.get("curves") or {}).items():
+            stubs.append(Score(row=row, source=record["source"], target=target, seed=int(record["seed"]),
+                               miou=math.nan, pixel_acc=math.nan, per_class={}, card=card_hash(card)))
+            keys.append(target_protocol_key(card, target))
+            curves.append(curve)
+    return list(zip(_split_by_protocol(stubs, keys), curves))
+
+
 def curve_means(records: list[dict]) -> dict[tuple[str, str], dict[str, list[tuple[int, float]]]]:
     """(source, target) -> row -> [(iteration, mean mIoU over the seeds scored there)], iterations ascending."""
     points: dict = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
-    for record, row in zip(records, row_labels(records)):
-        for target, curve in (record.get("curves") or {}).items():
-            for iteration, miou in curve:
-                points[(record["source"], target)][row][int(iteration)].append(float(miou))
+    for s, curve in curve_rows(records):
+        for iteration, miou in curve:
+            points[(s.source, s.target)][s.row][int(iteration)].append(float(miou))
     return {col: {row: [(it, statistics.fmean(v)) for it, v in sorted(its.items())] for row, its in rows.items()}
             for col, rows in points.items()}
 
@@ -134,7 +149,7 @@ def plot_curves(records: list[dict], path: Path) -> Path | None:
     cols = sorted(data, key=lambda c: (c[0], not is_in_domain(*c), c[1]))
     fig, axes = plt.subplots(1, len(cols), figsize=(3.6 * len(cols) + 1.0, 3.2), squeeze=False)
     palette = plt.get_cmap("tab10").colors
-    colors = {r: palette[i % len(palette)] for i, r in enumerate(dict.fromkeys(row_labels(records)))}
+    colors = {r: palette[i % len(palette)] for i, r in enumerate(dict.fromkeys(s.row for s, _ in curve_rows(records)))}
     for ax, col in zip(axes[0], cols):
         for row, line in data[col].items():
             ax.plot([it for it, _ in line], [m for _, m in line], marker=".", label=row, color=colors[row])
@@ -142,6 +157,8 @@ def plot_curves(records: list[dict], path: Path) -> Path | None:
         ax.set_xlabel("iteration")
         ax.set_ylabel("mIoU (%)")
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=8)
+    # one legend naming every row: the first panel alone may lack rows that other panels draw
+    lines = {line.get_label(): line for ax in axes[0] for line in ax.get_lines()}
+    axes[0][0].legend([lines[r] for r in colors if r in lines], [r for r in colors if r in lines], fontsize=8)
     fig.tight_layout()
     return save_figure(fig, path)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -33,8 +34,13 @@ class Score:
     head: str = ""
     backbone: str = ""
     method: str = ""  # the DG method, when the study has any ("" for a study of plain training only)
-    position: int = 0  # where the study named this target (records without a target list: after the named ones)
+    position: int = 0  # where the study named this target (UNNAMED where the record names no such target)
     card: str = ""  # hash of the record's protocol card ("" for a record without one)
+
+
+#: Score.position of a target its record does not name (a record written before records listed their targets names
+#: none): after every named one, so such a record cannot pull its targets ahead of the study's order
+UNNAMED = sys.maxsize
 
 
 def count_done(records: list[dict]) -> int:
@@ -115,7 +121,7 @@ def scores(records: list[dict]) -> list[Score]:
                              miou=_number(m.get("miou")), pixel_acc=_number(m.get("pixel_acc")), per_class=per_class,
                              cell_id=rec.get("cell_id", ""), head=rec.get("head", ""), backbone=rec["backbone"],
                              method=method,
-                             position=named.index(target) if target in named else len(named), card=card_hash(card)))
+                             position=named.index(target) if target in named else UNNAMED, card=card_hash(card)))
             keys.append(target_protocol_key(card, target))
     return _split_by_protocol(out, keys)
 

@@ -248,7 +248,8 @@ def per_class(items: list[Score], stat: str = DEFAULT_STAT) -> tuple[str, str]:
 
 
 def per_seed(items: list[Score]) -> str:
-    """Every measurement, unaggregated: what the tables are computed from."""
-    rows = [[s.backbone, s.head, s.source, s.target, s.seed, f"{s.miou:.4f}", f"{s.pixel_acc:.4f}", s.cell_id]
+    """Every measurement, unaggregated: what the tables are computed from. `row` names the table row it counts in:
+    backbone, head, source, target and seed alone do not tell two methods or two settings of one backbone apart."""
+    rows = [[s.backbone, s.head, s.source, s.target, s.seed, f"{s.miou:.4f}", f"{s.pixel_acc:.4f}", s.cell_id, s.row]
             for s in items]
-    return csv_text(["backbone", "head", "source", "target", "seed", "miou", "pixel_acc", "cell_id"], rows)
+    return csv_text(["backbone", "head", "source", "target", "seed", "miou", "pixel_acc", "cell_id", "row"], rows)
