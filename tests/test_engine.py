@@ -225,6 +225,91 @@ def test_auxiliary_loss_is_added_with_its_weight():
     torch.testing.assert_close(both - plain, 0.4 * expected)
 
 
+def _official_ce_and_grads(logits, target, weight=1.0):
+    """shachoi/RobustNet loss.py get_loss: nn.CrossEntropyLoss(reduction='mean', ignore_index=255), and its gradient."""
+    x = logits.detach().clone().requires_grad_(True)
+    value = torch.nn.CrossEntropyLoss(reduction="mean", ignore_index=255)(x, target)
+    (weight * value).backward()
+    return value.detach(), x.grad
+
+
+def test_a_batch_without_labelled_pixels_adds_nothing_and_is_not_nan():
+    """The official criterion over zero labelled pixels is 0/0 = NaN with a zero gradient, and RobustNet's train.py
+    steps on; here the term is 0 with that same zero gradient, so the NaN guard does not stop a healthy run."""
+    from segbench.engine.train import segmentation_loss
+
+    torch.manual_seed(0)
+    main = torch.randn(2, 19, 8, 8, requires_grad=True)
+    empty = torch.full((2, 8, 8), 255)
+    loss = segmentation_loss({"out": main}, empty, aux_weight=0.4)
+    loss.backward()
+    value, official_grad = _official_ce_and_grads(main, empty)
+    assert value.isnan() and torch.isfinite(loss) and loss.item() == 0.0
+    torch.testing.assert_close(main.grad, official_grad, rtol=0, atol=0)
+
+    # labelled pixels in the main label, none left in the aux label at 1/4 (nearest keeps rows/cols 0 and 4)
+    target = torch.full((2, 8, 8), 255)
+    target[:, 1:4, 1:4] = 3
+    main = torch.randn(2, 19, 8, 8, requires_grad=True)
+    aux = torch.randn(2, 19, 2, 2, requires_grad=True)
+    loss = segmentation_loss({"out": main, "aux": aux}, target, aux_weight=0.4)
+    loss.backward()
+    main_value, main_grad = _official_ce_and_grads(main, target)
+    aux_value, aux_grad = _official_ce_and_grads(aux, target[:, ::4, ::4], weight=0.4)
+    assert aux_value.isnan() and loss.item() == main_value.item()
+    torch.testing.assert_close(main.grad, main_grad, rtol=0, atol=0)
+    torch.testing.assert_close(aux.grad, aux_grad, rtol=0, atol=0)
+
+
+def test_one_labelled_pixel_is_the_official_mean_over_the_whole_batch():
+    """The mean is over the labelled pixels of the whole batch (not per image): one image with 1 labelled pixel and
+    one with 63 weigh their pixels, not themselves, equally."""
+    from segbench.engine.train import segmentation_loss
+
+    torch.manual_seed(1)
+    target = torch.randint(0, 19, (2, 8, 8))
+    target[0] = 255
+    target[0, 5, 2] = 7
+    target[1, 0, 0] = 255
+    main = torch.randn(2, 19, 8, 8, requires_grad=True)
+    loss = segmentation_loss({"out": main}, target, aux_weight=0.4)
+    loss.backward()
+    value, grad = _official_ce_and_grads(main, target)
+    logp = torch.log_softmax(main.detach(), 1).permute(0, 2, 3, 1)[target != 255]
+    by_hand = -logp[torch.arange(len(logp)), target[target != 255]].sum() / 64
+    torch.testing.assert_close(loss.detach(), value, rtol=0, atol=0)
+    torch.testing.assert_close(loss.detach(), by_hand)
+    torch.testing.assert_close(main.grad, grad, rtol=0, atol=0)
+
+
+class UnlabelledSource:
+    """One 16x16 frame whose every pixel is ignored (255): `len` and `load_pair` are all `train()` reads."""
+
+    def __len__(self):
+        return 1
+
+    def load_pair(self, index):
+        return np.full((16, 16, 3), 128, np.uint8), np.full((16, 16), 255, np.uint8)
+
+
+def test_training_steps_on_over_a_frame_without_labels(tmp_path, one_thread):
+    """Such a step is weight decay and momentum only (torch.optim.SGD, dampening 0: d = g + wd p, buf = momentum buf
+    + d, p -= lr buf, here with g = 0), as in RobustNet's train.py: not a NaN loss that stops the run."""
+    torch.manual_seed(0)
+    model = PixelModel()
+    p0 = [p.detach().clone() for p in model.parameters()]
+    settings = TrainSettings(iters=2, batch_size=1, lr=0.05, momentum=0.5, weight_decay=0.1, power=0.9, workers=0,
+                             ckpt_every=0, crop=(16, 16), scale_range=(1.0, 1.0), amp=False)
+    train(model, UnlabelledSource(), build_train_transform((16, 16), (1.0, 1.0)), settings, seed=0,
+          device=torch.device("cpu"), ckpt_dir=tmp_path / "ckpt", identity={})
+    for p, final in zip(p0, model.parameters()):
+        buf = 0.1 * p
+        p1 = p - 0.05 * buf
+        buf = 0.5 * buf + 0.1 * p1
+        p2 = p1 - 0.05 * (1 / 2) ** 0.9 * buf
+        torch.testing.assert_close(final.detach(), p2)
+
+
 # -- scoring a model end to end against a known answer ---------------------------------------------------------------
 KNOWN_YAML = """\
 segbench_dataset: 1

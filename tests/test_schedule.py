@@ -90,3 +90,21 @@ def test_config_lr_momentum_weight_decay_and_power_reach_sgd(tmp_path, one_threa
             params[i] = p - expected_lr[k] * bufs[i]
     for p, final in zip(params, model.parameters()):
         torch.testing.assert_close(final.detach(), p)
+
+
+# RobustNet's training recipe typed from its source (shachoi/RobustNet): scripts/train_r50os16_gtav_base.sh
+# (torch.distributed.launch --nproc_per_node=4, --bs_mult 4, --lr 0.01, --poly_exp 0.9, --max_iter 40000,
+# --crop_size 768, --scale_min 0.5, --scale_max 2.0, --class_uniform_pct 0.5, --color_aug 0.5 --gblur, no --fp16),
+# optimizer.py get_optimizer (SGD over every parameter, weight_decay=5e-4 hard-coded, momentum=args.momentum whose
+# train.py default is 0.9, nesterov=False), train.py (total_loss = main_loss + 0.4 * aux_loss) and
+# transforms/joint_transforms.py RandomHorizontallyFlip (p 0.5).
+ROBUSTNET_TRAIN = {"iters": 40000, "batch_size": 4 * 4, "accumulate": 1, "lr": 0.01, "momentum": 0.9,
+                   "weight_decay": 5e-4, "power": 0.9, "aux_weight": 0.4, "crop": [768, 768], "scale_range": [0.5, 2.0],
+                   "hflip": 0.5, "class_uniform": 0.5, "photometric": "robustnet", "amp": False}
+
+
+@pytest.mark.parametrize("experiment", ["robustnet_dg", "robustnet_methods", "synthia_dg"])
+def test_files_that_claim_robustnets_recipe_train_with_it(experiment):
+    """Full precision included: RobustNet's --fp16 (apex) is off in every script; AMP is another recipe."""
+    train = load_config(experiment)["train"]
+    assert {key: train[key] for key in ROBUSTNET_TRAIN} == ROBUSTNET_TRAIN

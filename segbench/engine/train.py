@@ -52,9 +52,19 @@ def label_at(target: torch.Tensor, size: tuple[int, int] | torch.Size) -> torch.
     return F.interpolate(target.unsqueeze(1).float(), size=tuple(size), mode="nearest").squeeze(1).long()
 
 
+def labelled_ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy averaged over the batch's labelled pixels (nn.CrossEntropyLoss(ignore_index=255), RobustNet's
+    loss.py criterion), and 0 where it has none. There the official criterion is 0/0 = NaN with a zero gradient, so
+    RobustNet's train.py steps on (weight decay and momentum only); a NaN here would stop the run as diverged, at the
+    same image of the seeded stream on every resume. The gradient is the official one either way; no host sync."""
+    loss = F.cross_entropy(logits, target, ignore_index=IGNORE_INDEX)
+    return torch.where((target != IGNORE_INDEX).any(), loss, torch.zeros_like(loss))
+
+
 def segmentation_loss(outputs: dict, target: torch.Tensor, aux_weight: float) -> torch.Tensor:
-    """CE (ignore 255) of the main logits + aux_weight x CE of the aux logits, each against the label at the logits'
-    size: an aux head scored at its own resolution (RobustNet's) sees the label downsampled (`label_at`).
+    """CE (ignore 255, `labelled_ce`) of the main logits + aux_weight x CE of the aux logits, each against the label
+    at the logits' size: an aux head scored at its own resolution (RobustNet's) sees the label downsampled
+    (`label_at`).
 
     A network whose batch grows inside it (a method's module appending k-1 altered copies of the images, SHADE's
     hallucinated styles) returns k times as many maps as labels: the labels are repeated k times, in order."""
@@ -64,10 +74,10 @@ def segmentation_loss(outputs: dict, target: torch.Tensor, aux_weight: float) ->
                          "changed the batch size to a non-multiple of it")
     if copies > 1:
         target = target.repeat(copies, *([1] * (target.dim() - 1)))
-    loss = F.cross_entropy(outputs["out"], target, ignore_index=IGNORE_INDEX)
+    loss = labelled_ce(outputs["out"], target)
     if "aux" in outputs:
         aux = outputs["aux"]
-        loss = loss + aux_weight * F.cross_entropy(aux, label_at(target, aux.shape[-2:]), ignore_index=IGNORE_INDEX)
+        loss = loss + aux_weight * labelled_ce(aux, label_at(target, aux.shape[-2:]))
     return loss
 
 
