@@ -272,3 +272,129 @@ def test_shift_sizes_images_as_evaluate_does(tmp_path, monkeypatch, capsys):
                  "--out", str(tmp_path / "out")]) == 0, capsys.readouterr().err
     assert evaluate_main([str(cell), *common, "--device", "cpu"]) == 0, capsys.readouterr().err
     assert sizes["analyze"] == sizes["evaluate"] == {(1536, round(mt.W * 1536 / mt.H))}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# the divergence against the paper's definition, computed independently
+# --------------------------------------------------------------------------------------------------------------
+class _Frames:
+    """A bare adapter: random RGB frames of the given (H, W) sizes, all-ignore labels; native evaluation size."""
+
+    def __init__(self, sizes, seed):
+        rng = np.random.default_rng(seed)
+        self.frames = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in sizes]
+
+    def __len__(self):
+        return len(self.frames)
+
+    def load_pair(self, i):
+        return self.frames[i], np.full(self.frames[i].shape[:2], 255, np.uint8)
+
+
+def _gaussian_kl(m1, s1, m2, s2):
+    """KL(N(m1, s1^2) || N(m2, s2^2)) in closed form, log terms included."""
+    return np.log(s2 / s1) + (s1 ** 2 + (m1 - m2) ** 2) / (2 * s2 ** 2) - 0.5
+
+
+def test_divergence_matches_the_papers_definition_computed_with_numpy():
+    """IBN-Net (arXiv:1807.09441, feature-divergence appendix): per channel, a Gaussian fitted to the per-image channel
+    means of each domain, D = KL(A||B) + KL(B||A); the layer's value is the mean over channels. Checked for the stem
+    (max-pool output) and the last block, with the features taken by hand from the modules, not from the hooks."""
+    from segbench.analysis.stats import VAR_EPS
+
+    model = _random_model()
+    a, b = _Frames([(40, 56)] * 5, seed=1), _Frames([(40, 56)] * 4, seed=2)
+    b.frames = [np.clip(f.astype(int) + 40, 0, 255).astype(np.uint8) for f in b.frames]  # a brighter domain
+    rows = measure(model, a, base_b=b, content_class=None, batch_size=3, label="r18")
+    got = {r.layer: r.divergence for r in rows if r.pair == "domain"}
+
+    def means(base):
+        out = {"stem": [], "layer4.1": []}
+        net = model.backbone
+        with torch.no_grad():
+            for i in range(len(base)):
+                x = eval_transform_for(base)(image=base.load_pair(i)[0], mask=base.load_pair(i)[1])["image"][None]
+                x = net.maxpool(net.relu(net.bn1(net.conv1(x))))
+                out["stem"].append(x.double().mean(dim=(2, 3))[0].numpy())
+                out["layer4.1"].append(net.layer4(net.layer3(net.layer2(net.layer1(x)))).double().mean(dim=(2, 3))[0]
+                                       .numpy())
+        return {k: np.stack(v) for k, v in out.items()}
+
+    fa, fb = means(a), means(b)
+    for layer in ("stem", "layer4.1"):
+        m1, m2 = fa[layer].mean(0), fb[layer].mean(0)
+        s1 = np.sqrt(fa[layer].var(0, ddof=1) + VAR_EPS)
+        s2 = np.sqrt(fb[layer].var(0, ddof=1) + VAR_EPS)
+        expected = np.mean(_gaussian_kl(m1, s1, m2, s2) + _gaussian_kl(m2, s2, m1, s1))
+        assert expected > 1e-3  # the check has something to compare
+        assert got[layer] == pytest.approx(expected, rel=1e-4), layer
+
+
+def test_divergence_takes_frames_of_different_sizes():
+    """Mapillary frames keep their aspect ratio at the 1536 evaluation height, so a batch mixes widths: the per-image
+    spatial means do not need equal sizes, and the result must not depend on how frames are batched."""
+    model = _random_model()
+    a = _Frames([(40, 56), (40, 72), (40, 56), (48, 40), (40, 72)], seed=3)
+    together = measure(model, a, content_class=None, batch_size=4, label="r18")
+    alone = measure(model, a, content_class=None, batch_size=1, label="r18")
+    assert [r.divergence for r in together] == pytest.approx([r.divergence for r in alone], rel=1e-6)
+
+
+def test_divergence_plot_and_table_put_each_value_at_its_own_layer(tmp_path, monkeypatch):
+    """Models of different depths (resnet18's 2 blocks per stage, resnet34's 3-4-6-3) in one figure: every plotted
+    point must sit at the tick naming the layer it was measured at, and the table must list layers in network order."""
+    from segbench.analysis import plots
+    from segbench.analysis.divergence import DivergenceRow, divergence_markdown
+
+    def names(blocks):
+        return ["stem"] + [f"layer{s}.{b}" for s, n in enumerate(blocks, 1) for b in range(n)]
+
+    rows = []
+    for model, blocks in (("r18", (2, 2, 2, 2)), ("r34", (3, 4, 6, 3))):
+        for depth, layer in enumerate(names(blocks)):
+            rows.append(DivergenceRow(model, "domain", depth, layer, 64, 1.0 + depth + (100 if model == "r34" else 0),
+                                      4, 4, "A vs B"))
+    figures = []
+    monkeypatch.setattr(plots, "save_figure", lambda fig, path: figures.append(fig) or path)
+    plots.plot_divergence(rows, tmp_path / "d.png")
+    ax = figures[0].axes[0]
+    ticks = {round(t): label.get_text() for t, label in zip(ax.get_xticks(), ax.get_xticklabels())}
+    measured = {(r.model, r.divergence): r.layer for r in rows}
+    for line in ax.get_lines():
+        for x, y in zip(line.get_xdata(), line.get_ydata()):
+            assert ticks[round(x)] == measured[(line.get_label(), y)]
+    table = [line.split("|")[1].strip() for line in divergence_markdown(rows).splitlines() if line.startswith("| ")]
+    assert table[1:] == names((3, 4, 6, 3))
+
+
+def test_shift_scores_clean_frames_as_the_cell_was_evaluated(tmp_path, monkeypatch, capsys):
+    """A cell scored under eval.protocol=robustnet (Mapillary: 1536x1536 centre crop), eval.classes=16 and flipped
+    inference (segbench/experiments/robustnet_dg.yaml, synthia_dg.yaml): `segbench evaluate` reads that eval section
+    from record.json, so `analyze shift`'s clean row, said to be the evaluated mIoU, must be scored the same way."""
+    import segbench.engine.scoring as engine_scoring
+    from segbench.config import InferenceSettings
+    from segbench.evaluate import main as evaluate_main
+
+    data_root = tmp_path / "data"
+    mt.make_mapillary(data_root / "mapillary")
+    cell = _fake_cell(tmp_path / "results" / "toy", "resnet18")
+    record = json.loads((cell / "record.json").read_text())
+    record["config"]["eval"] = {"protocol": "robustnet", "classes": 16, "flip": True}
+    (cell / "record.json").write_text(json.dumps(record))
+    seen = {}
+
+    def fake_evaluate(model, dataset, **kwargs):  # how the frames are scored is all this test is about
+        caller = "analyze" if isinstance(dataset, ShiftedDataset) else "evaluate"
+        transform = dataset.eval_transform if caller == "analyze" else dataset.transform
+        seen.setdefault(caller, set()).add((transform.target_size(mt.H, mt.W), tuple(kwargs["eval_classes"]),
+                                            kwargs.get("settings", InferenceSettings()).flip))
+        return {"miou": 0.0}
+
+    monkeypatch.setattr(engine_scoring, "evaluate", fake_evaluate)
+    common = ["--dataset", "mapillary", "--data-root", str(data_root)]
+    assert main(["shift", str(cell), *common, "--transforms", "brightness", "--max-images", "1",
+                 "--out", str(tmp_path / "out")]) == 0, capsys.readouterr().err
+    assert evaluate_main([str(cell), *common, "--device", "cpu"]) == 0, capsys.readouterr().err
+    assert seen["analyze"] == seen["evaluate"] and len(seen["analyze"]) == 1
+    (size, classes, flip), = seen["analyze"]
+    assert size == (1536, 1536) and len(classes) == 16 and flip

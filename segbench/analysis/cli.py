@@ -29,8 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "results/STUDY/, when all checkpoints share one; ./analysis/ otherwise)")
     common.add_argument("--max-images", type=int, default=None, help="first N images of each split only")
     common.add_argument("--size", type=size_argument, default=None, metavar="WxH",
-                        help="resize images to WxH, e.g. 1024x512, before the model (default: the dataset's "
-                             "evaluation size, as `segbench evaluate` uses)")
+                        help="resize images to WxH, e.g. 1024x512, before the model (default: shift scores each "
+                             "cell as `segbench evaluate` does, under the eval settings in its record.json; "
+                             "divergence takes the dataset's native evaluation size, e.g. Mapillary at height 1536)")
     common.add_argument("--seed", type=int, default=0, help="seeds the noise and the random halves")
     common.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     common.add_argument("--style-images", type=int, default=DEFAULT_STYLE_IMAGES,

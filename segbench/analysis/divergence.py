@@ -54,6 +54,14 @@ def feature_points(backbone: torch.nn.Module) -> list[tuple[str, torch.nn.Module
     return points
 
 
+def network_order(layers) -> list[str]:
+    """Distinct layer names, stem first, then by (stage, block): models of different depths share one axis by name
+    (layer2.0 is the same place in a ResNet-18 and a ResNet-101), not by position."""
+    def key(name: str):
+        return (0, 0) if name == "stem" else tuple(int(p) for p in name[len("layer"):].split("."))
+    return sorted(set(layers), key=key)
+
+
 class FeatureMeans:
     """Forward hooks that keep, per measured layer, the (N, C) spatial means of the last forward pass."""
 
@@ -129,16 +137,24 @@ class DivergenceRow:
 
 
 def _batches(base, indices, appearance, size, batch_size):
-    """Yield (indices, clean batch, transformed batch or None), normalised and sized for evaluation."""
+    """Yield (indices, clean batch, transformed batch or None), normalised and sized for evaluation.
+
+    A batch holds at most `batch_size` consecutive frames of one size: at their evaluation size frames may differ
+    (Mapillary keeps each frame's aspect ratio), and padding them to stack would move the spatial means.
+    """
     eval_t = eval_transform_for(base, size)
-    for start in range(0, len(indices), batch_size):
-        chunk = indices[start:start + batch_size]
-        clean, shifted = [], []
-        for i in chunk:
-            image, label = base.load_pair(i)
-            clean.append(eval_t(image=image, mask=label)["image"])
-            if appearance is not None:
-                shifted.append(eval_t(image=appearance(image, i), mask=label)["image"])
+    chunk, clean, shifted = [], [], []
+    for i in indices:
+        image, label = base.load_pair(i)
+        x = eval_t(image=image, mask=label)["image"]
+        if chunk and (len(chunk) == batch_size or x.shape != clean[0].shape):
+            yield chunk, torch.stack(clean), (torch.stack(shifted) if shifted else None)
+            chunk, clean, shifted = [], [], []
+        chunk.append(i)
+        clean.append(x)
+        if appearance is not None:
+            shifted.append(eval_t(image=appearance(image, i), mask=label)["image"])
+    if chunk:
         yield chunk, torch.stack(clean), (torch.stack(shifted) if shifted else None)
 
 
@@ -159,9 +175,10 @@ def measure(model, base_a, *, base_b=None, appearance: ImageTransform | None = N
     r0, r1 = random_split(idx_a, seed)
     member = {"lo": set(lo), "hi": set(hi), "r0": set(r0), "r1": set(r1)}
     try:
-        for chunk, clean, shifted in tqdm(_batches(base_a, idx_a, appearance, size, batch_size),
-                                          total=-(-len(idx_a) // batch_size), desc=f"divergence {label} {names[0]}",
-                                          unit="batch", dynamic_ncols=True, leave=False):
+        bar = tqdm(total=len(idx_a), desc=f"divergence {label} {names[0]}", unit="img", dynamic_ncols=True,
+                   leave=False)
+        for chunk, clean, shifted in _batches(base_a, idx_a, appearance, size, batch_size):
+            bar.update(len(chunk))
             feats = hooks(clean.to(device))
             groups["A"].update(feats)
             for key, ids in member.items():
@@ -170,11 +187,15 @@ def measure(model, base_a, *, base_b=None, appearance: ImageTransform | None = N
                     groups[key].update({n: x[rows] for n, x in feats.items()})
             if shifted is not None:
                 groups["A+T"].update(hooks(shifted.to(device)))
+        bar.close()
         if base_b is not None:
             idx_b = list(range(len(base_b) if max_images is None else min(max_images, len(base_b))))
-            for _, clean, _ in tqdm(_batches(base_b, idx_b, None, size, batch_size), total=-(-len(idx_b) // batch_size),
-                                    desc=f"divergence {label} {names[1]}", unit="batch", dynamic_ncols=True, leave=False):
+            bar = tqdm(total=len(idx_b), desc=f"divergence {label} {names[1]}", unit="img", dynamic_ncols=True,
+                       leave=False)
+            for chunk, clean, _ in _batches(base_b, idx_b, None, size, batch_size):
+                bar.update(len(chunk))
                 groups["B"].update(hooks(clean.to(device)))
+            bar.close()
     finally:
         hooks.close()
     pairs = [("null", "r0", "r1", f"random halves of {names[0]}")]
@@ -208,7 +229,7 @@ def divergence_csv(rows: Sequence[DivergenceRow]) -> str:
 def divergence_markdown(rows: Sequence[DivergenceRow]) -> str:
     """Layers as rows, (model, pair) as columns."""
     cols = list(dict.fromkeys((r.model, r.pair) for r in rows))
-    layers = list(dict.fromkeys(r.layer for r in rows))
+    layers = network_order(r.layer for r in rows)
     val = {(r.model, r.pair, r.layer): r.divergence for r in rows}
     body = [[layer] + [f"{val.get((m, p, layer), float('nan')):.3g}" for m, p in cols] for layer in layers]
     return ("Feature divergence (symmetric KL of per-channel mean statistics, averaged over channels)\n\n"

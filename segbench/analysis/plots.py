@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ..io import pyplot, save_figure
+from .divergence import network_order
 
 
 def plot_shift(rows: Sequence, path: Path) -> Path:
@@ -37,14 +38,16 @@ def plot_shift(rows: Sequence, path: Path) -> Path:
 
 
 def plot_divergence(rows: Sequence, path: Path) -> Path:
-    """Divergence vs depth: one panel per pair type (content with its random-halves floor dotted), one line per model."""
+    """Divergence vs layer, placed by name in network order (`network_order`): one panel per pair type (content with
+    its random-halves floor dotted), one line per model."""
     plt = pyplot()
     models = list(dict.fromkeys(r.model for r in rows))
     pairs = [p for p in ("appearance", "content", "domain") if any(r.pair == p for r in rows)]
     if not pairs:
         pairs = ["null"]
     colors = {m: f"C{i % 10}" for i, m in enumerate(models)}
-    layers = list(dict.fromkeys(r.layer for r in rows))
+    layers = network_order(r.layer for r in rows)
+    x = {name: k for k, name in enumerate(layers)}
     fig, axes = plt.subplots(1, len(pairs), figsize=(4.2 * len(pairs), 3.4), squeeze=False)
     for ax, pair in zip(axes[0], pairs):
         shown = [pair, "null"] if pair == "content" else [pair]
@@ -56,8 +59,8 @@ def plot_divergence(rows: Sequence, path: Path) -> Path:
                     continue
                 ys = [r.divergence for r in mine]
                 positive &= all(y > 0 for y in ys)
-                ax.plot([r.depth for r in mine], ys, color=colors[m], ls=":" if p == "null" else "-", marker="o", ms=3,
-                        label=m if p != "null" else f"{m} (random halves)")
+                ax.plot([x[r.layer] for r in mine], ys, color=colors[m], ls=":" if p == "null" else "-", marker="o",
+                        ms=3, label=m if p != "null" else f"{m} (random halves)")
         detail = next((r.detail for r in rows if r.pair == pair), "")
         ax.set_title(f"{pair}: {detail}", fontsize=8)
         ax.set_xticks(range(len(layers)), layers, rotation=60, fontsize=6)

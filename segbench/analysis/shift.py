@@ -1,6 +1,7 @@
 """Appearance-shift robustness: mIoU of a model on one split, clean and under each appearance transform and level.
 
-Only the image goes through the transform; the label reaches the confusion matrix exactly as the adapter decoded it.
+Only the image goes through the transform; the label reaches the confusion matrix as `segbench evaluate` scores it
+(as the adapter decoded it, resized or cropped only where the cell's eval protocol does so to image and label alike).
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Sequence
 import torch
 from tqdm.auto import tqdm
 
+from ..data.eval_protocols import DEFAULT_PROTOCOL
 from ..data.transforms import eval_transform_for
 from ..io import csv_text, markdown_table
 from .appearance import TRANSFORMS, ImageTransform, StyleStats
@@ -57,30 +59,45 @@ class ShiftRow:
     images: int
 
 
+def scored_as_evaluated(record: dict, base, size=None):
+    """(eval transform, scored classes, inference settings) for `base` as `segbench evaluate` scores the cell of
+    `record`: the eval section it was scored under (protocol, size, classes, mode, flip, scales). An explicit `size`
+    (H, W) replaces the protocol's geometry: the image resized to it, the label scored at native resolution."""
+    from ..config import InferenceSettings
+    from ..evaluate import eval_settings
+    from ..labels import scored_classes
+
+    ecfg = eval_settings([], (record.get("config") or {}).get("eval"))
+    transform = (eval_transform_for(base, size) if size else
+                 eval_transform_for(base, ecfg.get("size"), ecfg.get("protocol", DEFAULT_PROTOCOL)))
+    return (transform, scored_classes(getattr(base, "eval_classes", None), ecfg.get("classes")),
+            InferenceSettings.from_config(ecfg))
+
+
 def run_shift(models, base, *, dataset: str, split: str, conditions: Sequence[tuple[str, float]],
               style: StyleStats | None = None, size=None, max_images: int | None = None, seed: int = 0,
               device="cpu", batch_size: int = 1) -> list[ShiftRow]:
     """Evaluate each `LoadedModel` clean and under each (transform, level) on the first `max_images` of `base`.
 
-    Images reach the model as `segbench evaluate` feeds them (`eval_transform_for`): at `size` (H, W) when given, else
-    at the dataset's protocol height (Mapillary: 1536) or native size, so clean mIoU here is the evaluated mIoU.
+    Each model is scored as `segbench evaluate` scores its cell (`scored_as_evaluated`: the record's eval section), so
+    clean mIoU here is the evaluated mIoU; `size` (H, W) resizes every image instead.
     """
     from ..engine.scoring import evaluate
 
     device = torch.device(device)
     indices = list(range(len(base) if max_images is None else min(max_images, len(base))))
-    eval_t = eval_transform_for(base, size)
     plan = [(CLEAN, None)] + list(conditions)
     rows: list[ShiftRow] = []
     bar = tqdm(total=len(models) * len(plan), desc="shift", unit="cond", dynamic_ncols=True)
     for m in models:
         clean = math.nan
+        eval_t, classes, settings = scored_as_evaluated(m.record, base, size)
         for name, level in plan:
             appearance = None if name == CLEAN else ImageTransform(name, level, seed=seed, style=style)
             ds = ShiftedDataset(base, appearance, eval_t, indices)
             bar.set_postfix_str(f"{m.label} {name} {'' if level is None else f'{level:g}'}")
-            res = evaluate(m.model, ds, device=device, eval_classes=base.eval_classes, batch_size=batch_size,
-                           workers=0, desc=f"{m.label} {name}")
+            res = evaluate(m.model, ds, device=device, eval_classes=classes, settings=settings,
+                           batch_size=batch_size, workers=0, desc=f"{m.label} {name}")
             if name == CLEAN:
                 clean = res["miou"]
             rows.append(ShiftRow(m.label, dataset, split, name, level, CLEAN if appearance is None else appearance.label,
