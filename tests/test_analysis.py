@@ -250,20 +250,27 @@ def test_size_is_width_by_height_like_every_segbench_command():
         build_parser().parse_args(["shift", "cell", "--dataset", "sim", "--size", "1024"])
 
 
-def test_shift_sizes_images_as_evaluate_does(tmp_path, monkeypatch, capsys):
-    """Mapillary is scored at its protocol height (1536): `analyze shift` must feed the model what `evaluate` does."""
+def scored_by_shift_and_evaluate(tmp_path, monkeypatch, capsys, eval_section=None) -> dict:
+    """caller ("analyze" / "evaluate") -> {(model input size, scored classes, flip)} of one Mapillary frame scored by
+    `analyze shift` and by `segbench evaluate` on a cell whose record holds `eval_section`; no forward pass."""
     import segbench.engine.scoring as engine_scoring
+    from segbench.config import InferenceSettings
     from segbench.evaluate import main as evaluate_main
 
     data_root = tmp_path / "data"
     mt.make_mapillary(data_root / "mapillary")
     cell = _fake_cell(tmp_path / "results" / "toy", "resnet18")
-    sizes = {}
+    if eval_section is not None:
+        record = json.loads((cell / "record.json").read_text())
+        record["config"]["eval"] = eval_section
+        (cell / "record.json").write_text(json.dumps(record))
+    seen = {}
 
-    def fake_evaluate(model, dataset, **kwargs):  # the transform is all this test is about: no forward pass
+    def fake_evaluate(model, dataset, **kwargs):
         caller = "analyze" if isinstance(dataset, ShiftedDataset) else "evaluate"
         transform = dataset.eval_transform if caller == "analyze" else dataset.transform
-        sizes.setdefault(caller, set()).add(transform.target_size(mt.H, mt.W))
+        seen.setdefault(caller, set()).add((transform.target_size(mt.H, mt.W), tuple(kwargs["eval_classes"]),
+                                            kwargs.get("settings", InferenceSettings()).flip))
         return {"miou": 0.0}
 
     monkeypatch.setattr(engine_scoring, "evaluate", fake_evaluate)
@@ -271,6 +278,13 @@ def test_shift_sizes_images_as_evaluate_does(tmp_path, monkeypatch, capsys):
     assert main(["shift", str(cell), *common, "--transforms", "brightness", "--max-images", "1",
                  "--out", str(tmp_path / "out")]) == 0, capsys.readouterr().err
     assert evaluate_main([str(cell), *common, "--device", "cpu"]) == 0, capsys.readouterr().err
+    return seen
+
+
+def test_shift_sizes_images_as_evaluate_does(tmp_path, monkeypatch, capsys):
+    """Mapillary is scored at its protocol height (1536): `analyze shift` must feed the model what `evaluate` does."""
+    seen = scored_by_shift_and_evaluate(tmp_path, monkeypatch, capsys)
+    sizes = {caller: {size for size, _, _ in scored} for caller, scored in seen.items()}
     assert sizes["analyze"] == sizes["evaluate"] == {(1536, round(mt.W * 1536 / mt.H))}
 
 
@@ -371,30 +385,8 @@ def test_shift_scores_clean_frames_as_the_cell_was_evaluated(tmp_path, monkeypat
     """A cell scored under eval.protocol=robustnet (Mapillary: 1536x1536 centre crop), eval.classes=16 and flipped
     inference (segbench/experiments/robustnet_dg.yaml, synthia_dg.yaml): `segbench evaluate` reads that eval section
     from record.json, so `analyze shift`'s clean row, said to be the evaluated mIoU, must be scored the same way."""
-    import segbench.engine.scoring as engine_scoring
-    from segbench.config import InferenceSettings
-    from segbench.evaluate import main as evaluate_main
-
-    data_root = tmp_path / "data"
-    mt.make_mapillary(data_root / "mapillary")
-    cell = _fake_cell(tmp_path / "results" / "toy", "resnet18")
-    record = json.loads((cell / "record.json").read_text())
-    record["config"]["eval"] = {"protocol": "robustnet", "classes": 16, "flip": True}
-    (cell / "record.json").write_text(json.dumps(record))
-    seen = {}
-
-    def fake_evaluate(model, dataset, **kwargs):  # how the frames are scored is all this test is about
-        caller = "analyze" if isinstance(dataset, ShiftedDataset) else "evaluate"
-        transform = dataset.eval_transform if caller == "analyze" else dataset.transform
-        seen.setdefault(caller, set()).add((transform.target_size(mt.H, mt.W), tuple(kwargs["eval_classes"]),
-                                            kwargs.get("settings", InferenceSettings()).flip))
-        return {"miou": 0.0}
-
-    monkeypatch.setattr(engine_scoring, "evaluate", fake_evaluate)
-    common = ["--dataset", "mapillary", "--data-root", str(data_root)]
-    assert main(["shift", str(cell), *common, "--transforms", "brightness", "--max-images", "1",
-                 "--out", str(tmp_path / "out")]) == 0, capsys.readouterr().err
-    assert evaluate_main([str(cell), *common, "--device", "cpu"]) == 0, capsys.readouterr().err
+    seen = scored_by_shift_and_evaluate(tmp_path, monkeypatch, capsys,
+                                        {"protocol": "robustnet", "classes": 16, "flip": True})
     assert seen["analyze"] == seen["evaluate"] and len(seen["analyze"]) == 1
     (size, classes, flip), = seen["analyze"]
     assert size == (1536, 1536) and len(classes) == 16 and flip
