@@ -15,7 +15,7 @@ from pathlib import Path
 from ..io import pyplot, save_figure
 from ..spec import is_in_domain
 from .protocols import card_hash, card_of, target_protocol_key
-from .records import Score, _split_by_protocol, ordered_pairs, ordered_rows, row_labels, scores_by_cell
+from .records import Score, ordered_pairs, ordered_rows, row_labels, scores_by_cell, split_by_protocol
 from .stats import DEFAULT_STAT, Agg
 from .tables import col_title, per_class_aggs
 
@@ -127,7 +127,7 @@ def curve_rows(records: list[dict]) -> list[tuple[Score, list]]:
                                miou=math.nan, pixel_acc=math.nan, per_class={}, card=card_hash(card)))
             keys.append(target_protocol_key(card, target))
             curves.append(curve)
-    return list(zip(_split_by_protocol(stubs, keys), curves))
+    return list(zip(split_by_protocol(stubs, keys), curves))
 
 
 def curve_means(records: list[dict]) -> dict[tuple[str, str], dict[str, list[tuple[int, float]]]]:

@@ -123,10 +123,10 @@ def scores(records: list[dict]) -> list[Score]:
                              method=method,
                              position=named.index(target) if target in named else UNNAMED, card=card_hash(card)))
             keys.append(target_protocol_key(card, target))
-    return _split_by_protocol(out, keys)
+    return split_by_protocol(out, keys)
 
 
-def _split_by_protocol(items: list[Score], keys: list[str]) -> list[Score]:
+def split_by_protocol(items: list[Score], keys: list[str]) -> list[Score]:
     """Scores of one table cell (row, source, target) measured under different protocols (`keys`, per target; ""
     for a record without a card, which joins any) get `[protocol HASH]` on their row, so they are never averaged."""
     seen: dict[tuple, set] = defaultdict(set)
