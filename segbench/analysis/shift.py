@@ -12,7 +12,6 @@ from typing import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from ..data.eval_protocols import DEFAULT_PROTOCOL
 from ..data.transforms import eval_transform_for
 from ..io import csv_text, markdown_table
 from .appearance import TRANSFORMS, ImageTransform, StyleStats
@@ -63,15 +62,14 @@ def scored_as_evaluated(record: dict, base, size=None):
     """(eval transform, scored classes, inference settings) for `base` as `segbench evaluate` scores the cell of
     `record`: the eval section it was scored under (protocol, size, classes, mode, flip, scales). An explicit `size`
     (H, W) replaces the protocol's geometry: the image resized to it, the label scored at native resolution."""
-    from ..config import InferenceSettings
+    from ..engine.scoring import scoring_options, scoring_transform_and_classes
     from ..evaluate import eval_settings
-    from ..labels import scored_classes
 
     ecfg = eval_settings([], (record.get("config") or {}).get("eval"))
-    transform = (eval_transform_for(base, size) if size else
-                 eval_transform_for(base, ecfg.get("size"), ecfg.get("protocol", DEFAULT_PROTOCOL)))
-    return (transform, scored_classes(getattr(base, "eval_classes", None), ecfg.get("classes")),
-            InferenceSettings.from_config(ecfg))
+    transform, classes = scoring_transform_and_classes(base, ecfg)
+    if size:
+        transform = eval_transform_for(base, size)
+    return transform, classes, scoring_options(ecfg)["settings"]
 
 
 def run_shift(models, base, *, dataset: str, split: str, conditions: Sequence[tuple[str, float]],

@@ -37,11 +37,17 @@ def scoring_options(ecfg: dict) -> dict:
             "settings": InferenceSettings.from_config(ecfg)}
 
 
+def scoring_transform_and_classes(dataset, ecfg: dict):
+    """How a study scores `dataset`: its eval transform (`eval.size`, `eval.protocol`) and the classes its mIoU
+    averages over (`eval.classes`): the one place the runner, `segbench evaluate` and `analyze shift` decide it."""
+    return (eval_transform_for(dataset, ecfg.get("size"), ecfg.get("protocol", DEFAULT_PROTOCOL)),
+            scored_classes(getattr(dataset, "eval_classes", None), ecfg.get("classes")))
+
+
 def prepare_for_scoring(dataset, ecfg: dict) -> tuple[int, ...] | None:
-    """Set `dataset` up as a study scores it (`eval.size`, `eval.protocol`) and return the classes its mIoU averages
-    over (`eval.classes`): the one place the runner and `segbench evaluate` decide how a target is scored."""
-    dataset.transform = eval_transform_for(dataset, ecfg.get("size"), ecfg.get("protocol", DEFAULT_PROTOCOL))
-    return scored_classes(getattr(dataset, "eval_classes", None), ecfg.get("classes"))
+    """Set `dataset` up as a study scores it and return its scored classes (`scoring_transform_and_classes`)."""
+    dataset.transform, classes = scoring_transform_and_classes(dataset, ecfg)
+    return classes
 
 
 class _Indexed(torch.utils.data.Dataset):

@@ -25,8 +25,10 @@ def aspp_rates(output_stride: int) -> tuple[int, ...]:
     return tuple(r * 16 // output_stride for r in ASPP_RATES_AT_OS16)
 
 
-def conv_bn_relu(cin: int, cout: int, kernel: int = 3) -> list[nn.Module]:
-    return [nn.Conv2d(cin, cout, kernel, padding=kernel // 2, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+def conv_bn_relu(cin: int, cout: int, kernel: int = 3, dilation: int = 1) -> list[nn.Module]:
+    """Bias-free conv ("same" padding) -> BN -> ReLU."""
+    return [nn.Conv2d(cin, cout, kernel, padding=dilation * (kernel // 2), dilation=dilation, bias=False),
+            nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
 
 
 class FCNHead(nn.Sequential):
@@ -110,8 +112,7 @@ class RobustNetASPP(nn.Module):
     def __init__(self, in_channels: int, output_stride: int, channels: int = ASPP_CHANNELS):
         super().__init__()
         self.features = nn.ModuleList([nn.Sequential(*conv_bn_relu(in_channels, channels, kernel=1))] + [
-            nn.Sequential(nn.Conv2d(in_channels, channels, 3, padding=r, dilation=r, bias=False),
-                          nn.BatchNorm2d(channels), nn.ReLU(inplace=True)) for r in aspp_rates(output_stride)])
+            nn.Sequential(*conv_bn_relu(in_channels, channels, dilation=r)) for r in aspp_rates(output_stride)])
         self.img_pooling = nn.AdaptiveAvgPool2d(1)
         self.img_conv = nn.Sequential(*conv_bn_relu(in_channels, channels, kernel=1))
 
@@ -130,14 +131,13 @@ class RobustNetDeepLabV3PlusHead(nn.Module):
     variants do (`robustnet_dilation`)."""
 
     align_corners = True
-    FINE_CHANNELS = LOW_LEVEL_CHANNELS
 
     def __init__(self, in_channels: Sequence[int], num_classes: int, output_stride: int):
         super().__init__()
         self.aspp = RobustNetASPP(in_channels[3], output_stride)
         self.bot_aspp = nn.Sequential(*conv_bn_relu(5 * ASPP_CHANNELS, ASPP_CHANNELS, kernel=1))
-        self.bot_fine = nn.Sequential(*conv_bn_relu(in_channels[0], self.FINE_CHANNELS, kernel=1))
-        self.final1 = nn.Sequential(*conv_bn_relu(ASPP_CHANNELS + self.FINE_CHANNELS, ASPP_CHANNELS),
+        self.bot_fine = nn.Sequential(*conv_bn_relu(in_channels[0], LOW_LEVEL_CHANNELS, kernel=1))
+        self.final1 = nn.Sequential(*conv_bn_relu(ASPP_CHANNELS + LOW_LEVEL_CHANNELS, ASPP_CHANNELS),
                                     *conv_bn_relu(ASPP_CHANNELS, ASPP_CHANNELS))
         self.final2 = nn.Sequential(nn.Conv2d(ASPP_CHANNELS, num_classes, 1, bias=True))
         robustnet_init(self)
