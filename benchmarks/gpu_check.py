@@ -272,6 +272,14 @@ def op_kind(name: str) -> str:
     return next((kind for kind, fragments in OP_KINDS if any(f in op for f in fragments)), "other")
 
 
+def summed_by_kind(per_op: dict[str, float]) -> dict[str, float]:
+    """Per-op figures summed per `op_kind`, largest first."""
+    kinds: dict[str, float] = {}
+    for name, value in per_op.items():
+        kinds[op_kind(name)] = kinds.get(op_kind(name), 0.0) + value
+    return dict(sorted(kinds.items(), key=lambda kv: -kv[1]))
+
+
 def step_breakdown(step, batches, steps: int, device: torch.device) -> dict:
     """Self device time (CPU time on a CPU) of every op over `steps` steps, per step, grouped by OP_KINDS. Only the
     ops' own rows are summed: a kernel's row repeats the time of the op that launched it."""
@@ -291,9 +299,7 @@ def step_breakdown(step, batches, steps: int, device: torch.device) -> dict:
         if us > 0:
             ops[evt.key] = ops.get(evt.key, 0.0) + us / 1e3 / steps
     total = sum(ops.values())
-    kinds = {}
-    for name, ms in ops.items():
-        kinds[op_kind(name)] = kinds.get(op_kind(name), 0.0) + ms
+    kinds = summed_by_kind(ops)
     top = sorted(ops.items(), key=lambda kv: -kv[1])[:15]
     # which tensors the copies move (input shapes), and the transfers between host and device among them
     copies = sorted(((str(evt.input_shapes), (evt.self_device_time_total if device.type == "cuda" else
@@ -305,7 +311,7 @@ def step_breakdown(step, batches, steps: int, device: torch.device) -> dict:
               if device.type == "cuda" and evt.device_type != torch.autograd.DeviceType.CPU and "Memcpy" in evt.key}
     return {"timed": "device" if device.type == "cuda" else "cpu", "ms_per_step": total,
             "by_kind": {k: {"ms_per_step": ms, "share": ms / total if total else 0.0}
-                        for k, ms in sorted(kinds.items(), key=lambda kv: -kv[1])},
+                        for k, ms in kinds.items()},
             "top_ops": [{"op": name, "ms_per_step": ms, "share": ms / total if total else 0.0} for name, ms in top],
             "copies_by_shape": [{"input_shapes": shapes, "ms_per_step": ms, "calls_per_step": calls}
                                 for shapes, ms, calls in copies],
@@ -360,10 +366,7 @@ def step_traffic(step, batch, iteration: int, device: torch.device) -> dict:
     with TrafficCounter(device) as counter:
         step(*batch, iteration)
         sync(device)
-    kinds: dict[str, float] = {}
-    for name, moved in counter.bytes.items():
-        kinds[op_kind(name)] = kinds.get(op_kind(name), 0.0) + moved / 1e9
-    return dict(sorted(kinds.items(), key=lambda kv: -kv[1]))
+    return summed_by_kind({name: moved / 1e9 for name, moved in counter.bytes.items()})
 
 
 def bandwidth_bound(ms_by_kind: dict, gb_by_kind: dict, gflop_per_step: float, peak_tflops: float | None,
