@@ -12,9 +12,9 @@ import re
 from ..spec import is_in_domain
 from .bootstrap import Interval, interval_note
 from .protocols import footer
-from .records import Score, scores_by_cell
+from .records import Score
 from .stats import DASH, DEFAULT_STAT, Agg
-from .tables import MEAN_UNSEEN, agg_md, dg_aggs, one_seed_interval, paper_aggs, seed_note
+from .tables import MEAN_UNSEEN, agg_md, dg_aggs, dg_intervals, paper_aggs, paper_intervals, seed_note
 
 # `<`, `>` and `|` are not text characters in LaTeX's default OT1 encoding: its slots 60, 62 and 124 print ¡, ¿ and an
 # em dash. \textless, \textgreater and \textbar print them in any encoding (latex3/latex2e base/ltoutenc.dtx:
@@ -87,8 +87,7 @@ def paper_tex(items: list[Score], cards: dict[str, dict] | None = None, stat: st
         return "% no results yet\n"
     n_max = max(a.n for a in aggs.values())
     partial = any(a.n < n_max for a in aggs.values())
-    cells = scores_by_cell(items)
-    shown = {(r, c): one_seed_interval(cells.get((r, *c), {}), intervals) for r in rows for c in cols}
+    shown = paper_intervals(items, rows, cols, intervals)
     header = ["backbone"] + [rf"{escape(s)} $\to$ {escape(t)}" for s, t in cols]
     caption = _caption("Cross-domain mIoU (%) over the classes scored in each test set; ", items, n_max, partial,
                        stat, cards or {}, shown)
@@ -100,12 +99,13 @@ def dg_tex(items: list[Score], cards: dict[str, dict] | None = None, stat: str =
     """The domain-generalization layout: one booktabs table per source (in-domain, unseen targets, their mean);
     `intervals` as in tables.dg_layout."""
     tables = []
-    cells = scores_by_cell(items)
-    for source, (rows, columns, table) in dg_aggs(items).items():
+    aggs = dg_aggs(items)
+    shown_all = dg_intervals(items, aggs, intervals)
+    for source, (rows, columns, table) in aggs.items():
         mine = [s for s in items if s.source == source]
         n_max = max(a.n for a in table.values())
         partial = any(a.n < n_max for a in table.values())
-        shown = {(r, c): one_seed_interval(cells.get((r, source, c), {}), intervals) for r in rows for c in columns}
+        shown = {(r, c): shown_all[(source, r, c)] for r in rows for c in columns}
         header = ["backbone"] + [escape(f"{c} (in-domain)" if is_in_domain(source, c) else c) for c in columns]
         mean_note = (f"{MEAN_UNSEEN} = average over the targets other than the source, taken per seed; "
                      if MEAN_UNSEEN in columns else "")

@@ -105,6 +105,13 @@ def paper_aggs(items: list[Score]) -> tuple[list[str], list[tuple[str, str]], di
     return rows, cols, {(r, c): Agg.of(s.miou for s in cells.get((r, *c), {}).values()) for r in rows for c in cols}
 
 
+def paper_intervals(items: list[Score], rows: list[str], cols: list[tuple[str, str]],
+                    intervals: dict[tuple[str, str], Interval] | None) -> dict:
+    """(row, column) -> the bootstrap interval the paper layout shows there (one-seed cells), in every format."""
+    cells = scores_by_cell(items)
+    return {(r, c): one_seed_interval(cells.get((r, *c), {}), intervals) for r in rows for c in cols}
+
+
 def paper_layout(items: list[Score], cards: dict[str, dict] | None = None, stat: str = DEFAULT_STAT,
                  intervals: dict[tuple[str, str], Interval] | None = None) -> Layout:
     """The paper layout; the CSV keeps mean, std (and `stat`) and n per column as numbers.
@@ -114,8 +121,7 @@ def paper_layout(items: list[Score], cards: dict[str, dict] | None = None, stat:
     if not rows:
         return Layout()
     n_max = max(a.n for a in aggs.values())
-    cells = scores_by_cell(items)
-    shown = {(r, c): one_seed_interval(cells.get((r, *c), {}), intervals) for r in rows for c in cols}
+    shown = paper_intervals(items, rows, cols, intervals)
     boot = interval_fields(shown.values())
     md_rows = [[r] + [agg_md(aggs[(r, c)], stat, n_max, shown[(r, c)]) for c in cols] for r in rows]
     csv_header = ["backbone"] + [f"{col_title(c)} {k}" for c in cols for k in ("mIoU", *csv_fields(stat), *boot)]
@@ -165,14 +171,19 @@ def dg_aggs(items: list[Score]) -> dict[str, tuple[list[str], list[str], dict]]:
     return out
 
 
+def dg_intervals(items: list[Score], aggs: dict, intervals: dict[tuple[str, str], Interval] | None) -> dict:
+    """(source, row, column) -> the bootstrap interval the DG layout (`aggs`: dg_aggs) shows there, in every format."""
+    cells = scores_by_cell(items)
+    return {(source, r, c): one_seed_interval(cells.get((r, source, c), {}), intervals)
+            for source, (rows, columns, _) in aggs.items() for r in rows for c in columns}
+
+
 def dg_layout(items: list[Score], cards: dict[str, dict] | None = None, stat: str = DEFAULT_STAT,
               intervals: dict[tuple[str, str], Interval] | None = None) -> Layout:
     """The DG layout; `intervals` as in `paper_layout` (none for the mean over unseen targets)."""
     tables, n_all, partial = [], 0, False
     aggs = dg_aggs(items)
-    cells = scores_by_cell(items)
-    shown = {(source, r, c): one_seed_interval(cells.get((r, source, c), {}), intervals)
-             for source, (rows, columns, _) in aggs.items() for r in rows for c in columns}
+    shown = dg_intervals(items, aggs, intervals)
     boot = interval_fields(shown.values())
     csv_rows = []
     for source, (rows, columns, table) in aggs.items():
