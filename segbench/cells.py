@@ -100,6 +100,13 @@ class Cell:
     data_version: str | None = None  # generated data (the embedded domains): a new generator means new weights
     method: str = ERM  # the domain-generalization method (segbench.methods)
     method_options: dict = field(default_factory=dict)  # its effective options (defaults + the study's settings)
+    method_revision: int = 1  # its Method.revision: a fix that changes what it trains under the same options
+
+    @property
+    def method_block(self) -> dict:
+        """The method as ids and records name it: {name, options}, with the revision once it is above 1."""
+        block = {"name": self.method, "options": self.method_options}
+        return block if self.method_revision == 1 else {**block, "revision": self.method_revision}
 
     def training_identity(self) -> dict:
         """Everything that decides the trained weights (not which targets are scored, not speed knobs)."""
@@ -108,7 +115,7 @@ class Cell:
         if self.data_version is not None:
             ident["data_version"] = self.data_version
         if self.method != ERM:  # plain training adds nothing, so studies from before methods keep their ids
-            ident["method"] = {"name": self.method, "options": self.method_options}
+            ident["method"] = self.method_block
         if self.training_classes is not None:  # an eval setting that, for a union, decides the training labels
             ident["training_classes"] = list(self.training_classes)
         return ident
@@ -183,15 +190,18 @@ def source_train_settings(train: dict, source: str) -> dict:
 
 
 def plan(cfg: dict, transfers: list[Transfer], backbones: list[str], heads: list[str],
-         methods: dict[str, dict] | None = None) -> list[Cell]:
+         methods: dict[str, dict] | None = None, revisions: dict[str, int] | None = None) -> list[Cell]:
     """The study as a list of cells, in the order they run: source, backbone, method, head, seed. `methods`: each
-    method's effective options (methods.method_options), in study order; None: plain training only."""
+    method's effective options (methods.method_options), in study order; None: plain training only. `revisions`:
+    each method's Method.revision where it is above 1."""
     versions = {t.source: _source_version(t.source) for t in transfers}
     methods = {ERM: {}} if methods is None else methods
+    revisions = revisions or {}
     return [
         Cell(backbone=b, head=h, source=t.source, targets=t.targets, seed=int(s), model=dict(cfg["model"]),
              train=source_train_settings(cfg["train"], t.source), eval=dict(cfg["eval"]),
-             data_version=versions[t.source], method=m, method_options=dict(options))
+             data_version=versions[t.source], method=m, method_options=dict(options),
+             method_revision=revisions.get(m, 1))
         for t in transfers for b in backbones for m, options in methods.items() for h in heads for s in cfg["seeds"]
     ]
 
@@ -279,7 +289,7 @@ def target_protocol(dataset, classes) -> dict:
 def new_record(cell: Cell) -> dict:
     """The record of a cell that has not been scored on anything yet."""
     return {"cell_id": cell.cell_id, "backbone": cell.backbone, "head": cell.head, "source": cell.source,
-            "seed": cell.seed, "method": {"name": cell.method, "options": cell.method_options},
+            "seed": cell.seed, "method": cell.method_block,
             "targets": list(cell.eval_targets),
             "config": {"model": cell.model, "train": cell.train, "eval": cell.eval}, "results": {}}
 
@@ -319,6 +329,10 @@ def _is_number(x) -> bool:
     return x is None or (isinstance(x, (int, float)) and not isinstance(x, bool))
 
 
+def _is_count(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and x >= 1
+
+
 def record_type_problem(record: dict) -> str | None:
     """The first field of a record, among those the report reads, whose value has the wrong type (a hand edit, a
     damaged file), as 'FIELD=VALUE: expected ...'; None when all are well formed."""
@@ -333,8 +347,10 @@ def record_type_problem(record: dict) -> str | None:
         return f"seed={shown(record['seed'])}: expected an integer"
     method = record.get("method")
     if method is not None and not (isinstance(method, dict) and isinstance(method.get("name", ""), str)
-                                   and isinstance(method.get("options") or {}, dict)):
-        return f"method={shown(method)}: expected {{\"name\": NAME, \"options\": {{...}}}}"
+                                   and isinstance(method.get("options") or {}, dict)
+                                   and _is_count(method.get("revision", 1))):
+        return (f"method={shown(method)}: expected {{\"name\": NAME, \"options\": {{...}}}} and an integer "
+                "\"revision\" if any")
     if not isinstance(record["results"], dict):
         return f"results={shown(record['results'])}: expected {{TARGET: {{\"miou\": ...}}}}"
     for target, m in record["results"].items():

@@ -255,6 +255,13 @@ def study_methods(cfg: dict) -> dict[str, dict]:
     return {name: method_options(name, cfg["method"].get(name)) for name in METHODS.expand(cfg["methods"])}
 
 
+def method_revisions(methods: dict[str, dict]) -> dict[str, int]:
+    """Each method's Method.revision (cells.plan puts it into the ids of the methods above 1)."""
+    from .methods import METHODS
+
+    return {name: METHODS.get(name).revision for name in methods}
+
+
 def parse_analyses(text: str) -> list[str]:
     from .analysis import ANALYSES
 
@@ -328,7 +335,8 @@ def main(argv: list[str] | None = None) -> int:
         launcher_opts = parse_options(args.launcher_opts, launcher)
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    cells = plan(cfg, transfers, backbones, heads, study_methods(cfg))
+    methods = study_methods(cfg)
+    cells = plan(cfg, transfers, backbones, heads, methods, method_revisions(methods))
     if args.only:
         unknown = set(args.only) - {c.cell_id for c in cells}
         if unknown:

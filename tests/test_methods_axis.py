@@ -14,7 +14,7 @@ from segbench.cells import ERM, plan
 from segbench.config import ConfigError, apply_overrides, load_config
 from segbench.data.adapters import synthetic
 from segbench.data.transforms import build_train_transform
-from segbench.methods import (METHODS, PLUGINS_ENV, InstanceWhitening, Method, MethodError, SwitchWhiten2d,
+from segbench.methods import (METHODS, PLUGINS_ENV, InstanceWhitening, Method, MethodError, SwitchWhiten2d, TrainRun,
                               build_method, method_options)
 from segbench.models import create_model
 from segbench.spec import parse_specs
@@ -49,6 +49,42 @@ def test_each_method_and_each_option_value_is_its_own_cell():
     reweighted = _plan(cfg, {**methods, "isw": method_options("isw", {"weight": 0.3})})
     changed = [a.method for a, b in zip(cells, reweighted) if a.cell_id != b.cell_id]
     assert set(changed) == {"isw"}
+
+
+def test_a_methods_revision_gives_its_cells_new_ids_and_its_records_name_it():
+    """A fix that changes what a method trains under the same options (IW's loss reading the InstanceNorm output,
+    SW's stem start) raises Method.revision: the cells trained before get other ids, so a rerun does not take them
+    for today's method, and records say which code trained them. Revision 1 leaves ids and records as they were."""
+    cfg = load_config("embedded")
+    cfg["seeds"] = [0]
+    methods = {ERM: {}, "iw": method_options("iw"), "mixstyle": method_options("mixstyle")}
+    assert run.method_revisions(methods) == {ERM: 1, "iw": 2, "mixstyle": 1}
+    cfg["backbones"] = cfg["backbones"][:1]
+    before = {c.method: c for c in _plan(cfg, methods)}
+    after = {c.method: c for c in plan(cfg, parse_specs(cfg["specs"]), cfg["backbones"], cfg["heads"], methods,
+                                       run.method_revisions(methods))}
+    assert after["iw"].cell_id != before["iw"].cell_id
+    assert after["mixstyle"].cell_id == before["mixstyle"].cell_id and after[ERM].cell_id == before[ERM].cell_id
+    assert after["iw"].training_identity()["method"]["revision"] == 2
+    assert "revision" not in after["mixstyle"].training_identity()["method"]
+    from segbench.cells import new_record, record_type_problem
+
+    record = new_record(after["iw"])
+    assert record["method"] == {"name": "iw", "options": method_options("iw"), "revision": 2}
+    assert record_type_problem(record) is None
+    assert "revision" in record_type_problem({**record, "method": {**record["method"], "revision": "2"}})
+    assert {m: METHODS.get(m).revision for m in ("iw", "irw", "isw", "sw")} == {"iw": 2, "irw": 2, "isw": 2, "sw": 2}
+
+
+def test_the_report_keeps_records_of_two_revisions_of_a_method_apart():
+    from segbench.report.records import row_labels
+
+    base = {"backbone": "resnet18", "head": "fcn", "source": "sim", "config": {}}
+    old = {**base, "method": {"name": "iw", "options": {"weight": 0.8}}}
+    new = {**base, "method": {"name": "iw", "options": {"weight": 0.8}, "revision": 2}}
+    erm = {**base, "method": {"name": "erm", "options": {}}}
+    assert row_labels([old, new, erm]) == ["resnet18 + iw(revision=1)", "resnet18 + iw(revision=2)", "resnet18 + erm"]
+    assert row_labels([new, new, erm]) == ["resnet18 + iw", "resnet18 + iw", "resnet18 + erm"]
 
 
 def test_methods_and_their_options_from_the_command_line(tmp_path, capsys):
@@ -124,7 +160,7 @@ def test_ibn_a_backbones_take_the_whitening_layers():
 
 
 @pytest.mark.parametrize("name, places", [("mixstyle", ["layer1", "layer2", "layer3"]),
-                                          ("dsu", ["stem", "maxpool", "layer1", "layer2", "layer3", "layer4"]),
+                                          ("dsu", ["conv1", "maxpool", "layer1", "layer2", "layer3", "layer4"]),
                                           ("np", ["stem", "layer1"])])
 def test_perturbations_act_after_their_places_in_training_and_vanish_in_eval(name, places):
     torch.manual_seed(0)
@@ -192,6 +228,21 @@ def test_method_loss_terms_enter_the_training_step(tmp_path, monkeypatch, one_th
               ckpt_dir=tmp_path / f"ck{i}", identity={}, method=method)
         weights.append(model.head[-1].weight.detach().clone())
     torch.testing.assert_close(weights[0] - weights[1], torch.full_like(weights[0], 0.01 * 3.0), rtol=0, atol=1e-6)
+
+
+def test_isw_selects_after_the_sixth_epoch_as_robustnets_cov_stat_epoch_5():
+    """train.py runs the pass after `train(epoch=5)`, epochs counting from 0: after six epochs, i.e. at iteration
+    6 x 12388 / 16 = 4645.5 -> 4646 of RobustNet's GTA5 run, and the loss applies from epoch 6 on."""
+
+    class Source:
+        def __len__(self):
+            return 12388
+
+    method = build_method("isw")
+    assert method.options["stat_epochs"] == 6.0
+    robustnet = TrainRun(dataset=Source(), normalize=None, device=torch.device("cpu"), seed=0, iters=40000,
+                         batch_size=16)
+    assert method.selection_iteration(robustnet) == 4646
 
 
 def test_isw_selects_its_masks_at_the_end_of_the_scheduled_epoch(tmp_path, monkeypatch, one_thread):
@@ -292,7 +343,7 @@ def test_a_method_unknown_to_segbench_points_at_the_plugin_variable(tmp_path, ca
 
 
 @pytest.mark.parametrize("setting, words", [
-    ("method.isw.places=[layer9]", "method.isw: unknown place 'layer9'; places: stem, maxpool"),
+    ("method.isw.places=[layer9]", "method.isw: unknown place 'layer9'; places: input, conv1, stem, maxpool"),
     ("method.shade.place=stem.norm", "method.shade: unknown place 'stem.norm'; places after an output"),
     ("method.mixstyle.p=5", "method.mixstyle: MixStyle: p=5 is not a probability"),
     ("method.np.std=-1", "method.np: NormalizationPerturbation: std=-1 must be >= 0"),
@@ -317,7 +368,7 @@ def test_segbench_methods_lists_every_method_with_paper_and_defaults(capsys):
     out = capsys.readouterr().out
     for name in ("erm", "iw", "irw", "isw", "sw", "mixstyle", "dsu", "np", "pasta"):
         assert f"\n{name} " in out
-    assert "stat_epochs=5.0" in out and "ICLR 2021" in out and "alpha=3.0" in out
+    assert "stat_epochs=6.0" in out and "ICLR 2021" in out and "alpha=3.0" in out
 
 
 def test_unknown_method_options_are_refused_by_the_class():

@@ -1,85 +1,16 @@
-"""`robustnet-deeplabv3plus` against RobustNet's DeepR50V3PlusD rebuilt here from its source (shachoi/RobustNet
-`network/deepv3.py` DeepV3Plus and _AtrousSpatialPyramidPoolingModule, `network/mynn.py` Upsample and
-initialize_weights): torchvision's ResNet-50 dilated the way its variants D16 / D do, and the decoder typed in."""
+"""`robustnet-deeplabv3plus` against RobustNet's DeepR50V3PlusD rebuilt from its source (`robustnet_reference.py`:
+shachoi/RobustNet `network/deepv3.py` DeepV3Plus and _AtrousSpatialPyramidPoolingModule, `network/mynn.py` Upsample
+and initialize_weights): torchvision's ResNet-50 dilated the way its variants D16 / D do, and the decoder typed in."""
 from __future__ import annotations
 
 import math
 
 import pytest
 import torch
-import torch.nn.functional as F
-import torchvision
 from torch import nn
 
+from robustnet_reference import ReferenceDeepV3Plus, segbench_state_for_reference
 from segbench.models import create_model
-
-
-def robustnet_upsample(x, size):  # mynn.Upsample
-    return F.interpolate(x, size=size, mode="bilinear", align_corners=True)
-
-
-def cbr(cin, cout, k, dilation=1):
-    return [nn.Conv2d(cin, cout, k, padding=dilation * (k // 2), dilation=dilation, bias=False), nn.BatchNorm2d(cout),
-            nn.ReLU(inplace=True)]
-
-
-class ReferenceASPP(nn.Module):
-    def __init__(self, in_dim, output_stride, rates=(6, 12, 18)):
-        super().__init__()
-        rates = {8: [2 * r for r in rates], 16: list(rates), 32: [r // 2 for r in rates]}[output_stride]
-        self.features = nn.ModuleList([nn.Sequential(*cbr(in_dim, 256, 1))] +
-                                      [nn.Sequential(*cbr(in_dim, 256, 3, r)) for r in rates])
-        self.img_pooling = nn.AdaptiveAvgPool2d(1)
-        self.img_conv = nn.Sequential(*cbr(in_dim, 256, 1))
-
-    def forward(self, x):
-        out = robustnet_upsample(self.img_conv(self.img_pooling(x)), x.shape[2:])
-        for f in self.features:
-            out = torch.cat((out, f(x)), 1)
-        return out
-
-
-class ReferenceDeepV3Plus(nn.Module):
-    """torchvision's ResNet-50 as RobustNet's `variant` loop leaves it, and RobustNet's decoder."""
-
-    def __init__(self, num_classes, output_stride):
-        super().__init__()
-        resnet = torchvision.models.resnet50()
-        self.layer0 = nn.Sequential(resnet.conv1, resnet.bn1, resnet.relu, resnet.maxpool)
-        self.layer1, self.layer2, self.layer3, self.layer4 = resnet.layer1, resnet.layer2, resnet.layer3, resnet.layer4
-        dilate = {16: {"layer4": 2}, 8: {"layer3": 2, "layer4": 4}, 32: {}}[output_stride]
-        for layer, d in dilate.items():
-            for n, m in getattr(self, layer).named_modules():
-                if "conv2" in n:
-                    m.dilation, m.padding, m.stride = (d, d), (d, d), (1, 1)
-                elif "downsample.0" in n:
-                    m.stride = (1, 1)
-        self.aspp = ReferenceASPP(2048, output_stride)
-        self.bot_fine = nn.Sequential(*cbr(256, 48, 1))
-        self.bot_aspp = nn.Sequential(*cbr(1280, 256, 1))
-        self.final1 = nn.Sequential(*cbr(304, 256, 3), *cbr(256, 256, 3))
-        self.final2 = nn.Sequential(nn.Conv2d(256, num_classes, 1, bias=True))
-
-    def forward(self, x):
-        low_level = self.layer1(self.layer0(x))
-        x_deep = self.layer4(self.layer3(self.layer2(low_level)))
-        dec0_up = robustnet_upsample(self.bot_aspp(self.aspp(x_deep)), low_level.shape[2:])
-        dec0 = torch.cat([self.bot_fine(low_level), dec0_up], 1)
-        return robustnet_upsample(self.final2(self.final1(dec0)), x.shape[2:])
-
-
-def segbench_state_for_reference(model) -> dict:
-    """segbench's keys in RobustNet's names: the backbone's are torchvision's, the head's RobustNet's own."""
-    state = {}
-    for key, value in model.state_dict().items():
-        if key.startswith("backbone."):
-            key = key[len("backbone."):]
-            for stem, ref in (("conv1.", "layer0.0."), ("bn1.", "layer0.1.")):
-                key = ref + key[len(stem):] if key.startswith(stem) else key
-        else:
-            key = key[len("head."):]
-        state[key] = value
-    return state
 
 
 @pytest.mark.parametrize("output_stride", [16, 8])

@@ -42,6 +42,7 @@ class _Whitening(Method):
 
     code = "shachoi/RobustNet network/instance_whitening.py, network/cov_settings.py, network/Resnet.py"
     relaxed = False  # IRW: margin N_M // 64
+    revision = 2  # 2: the loss reads the InstanceNorm output, not the in-place ReLU's (places.py)
 
     def build(self, model: nn.Module) -> None:
         for place in self.options["places"]:
@@ -82,8 +83,10 @@ ISW_TWIN = Photometric(jitter_p=1.0, brightness=0.8, contrast=0.8, saturation=0.
 class InstanceSelectiveWhiteningMethod(_Whitening):
     """ISW: the whitening loss only on the covariance entries that vary most under photometric change.
 
-    The entries are chosen once, at the end of training epoch `stat_epochs` (an epoch = one pass over the source at
-    the global batch): in eval mode, without gradients, the first `stat_images` images of a seeded permutation of the
+    The entries are chosen once, after `stat_epochs` epochs of training (an epoch = one pass over the source at the
+    global batch). The default, 6, is RobustNet's `--cov_stat_epoch 5`: its epochs count from 0, and the pass runs
+    after `train(epoch=5)` returns, i.e. after the sixth epoch; the loss applies from epoch 6 on (`curr_epoch > 5`,
+    train.py). The pass: in eval mode, without gradients, the first `stat_images` images of a seeded permutation of the
     source, each at full resolution with its photometric twin (ISW_TWIN); per whitened place, the variance over the
     pair of each covariance entry, averaged over the images; `isw_mask` (1-D k-means, `clusters`) per trial, masks of
     `trials` trials intersected. Before that iteration the IN layers are on and the loss is off, as in RobustNet. The
@@ -95,7 +98,7 @@ class InstanceSelectiveWhiteningMethod(_Whitening):
 
     name = "isw"
     paper = "Choi et al., RobustNet, CVPR 2021 (ISW: instance selective whitening)"
-    defaults = {"weight": 0.6, "places": ROBUSTNET_PLACES, "stat_epochs": 5.0, "stat_images": 500, "trials": 10,
+    defaults = {"weight": 0.6, "places": ROBUSTNET_PLACES, "stat_epochs": 6.0, "stat_images": 500, "trials": 10,
                 "clusters": 3}
 
     def __init__(self, **options):
@@ -109,7 +112,7 @@ class InstanceSelectiveWhiteningMethod(_Whitening):
         return bool(module.mask_selected)
 
     def selection_iteration(self, run: TrainRun) -> int:
-        """The iteration at whose start the pass runs: the end of epoch `stat_epochs`."""
+        """The iteration at whose start the pass runs: after `stat_epochs` epochs."""
         at = round(self.options["stat_epochs"] * len(run.dataset) / run.batch_size)
         if at >= run.iters:
             raise MethodError(f"isw selects its covariance entries after {self.options['stat_epochs']} epochs = "
@@ -164,18 +167,29 @@ class InstanceSelectiveWhiteningMethod(_Whitening):
 @METHODS.register("sw")
 class SwitchableWhiteningMethod(Method):
     """Switchable Whitening (Pan et al., ICCV 2019) in place of the norms RobustNet's `--wt_layer 0 0 5 5 5 0 0` puts
-    it at: the stem BN and post-addition at the end of layer1 and layer2; no whitening loss."""
+    it at: the stem BN and post-addition at the end of layer1 and layer2; no whitening loss.
+
+    The SW layer in place of the stem BN starts from that BN's weight and bias, as in RobustNet: its layer is named
+    `bn1` there, and `forgiving_state_restore` (network/mynn.py) loads the ImageNet `bn1.weight` and `bn1.bias` into
+    it (the running statistics differ in shape and are skipped). The post-addition layers start at 1 and 0."""
 
     name = "sw"
     paper = "Pan et al., Switchable Whitening for Deep Representation Learning, ICCV 2019 (RobustNet's SW row)"
-    code = "XingangPan/Switchable-Whitening; shachoi/RobustNet network/sync_switchwhiten.py"
+    code = "XingangPan/Switchable-Whitening; shachoi/RobustNet network/sync_switchwhiten.py, network/Resnet.py"
     defaults = {"places": ROBUSTNET_PLACES, "num_pergroup": 16, "T": 5}
+    revision = 2  # 2: the stem layer inherits the stem BN's affine parameters
 
     def build(self, model: nn.Module) -> None:
         for place in self.options["places"]:
+            replaced = resnet_of(model).bn1 if place == "stem.norm" else None
             # synchronised across processes, as RobustNet's SyncSwitchWhiten2d
-            place_module(model, place, SwitchWhiten2d(place_channels(model, place), sync=dist_utils.is_dist(),
-                                                      num_pergroup=self.options["num_pergroup"], T=self.options["T"]))
+            layer = place_module(model, place, SwitchWhiten2d(place_channels(model, place), sync=dist_utils.is_dist(),
+                                                              num_pergroup=self.options["num_pergroup"],
+                                                              T=self.options["T"]))
+            if replaced is not None and replaced.affine and layer.affine:
+                with torch.no_grad():
+                    layer.weight.copy_(replaced.weight)
+                    layer.bias.copy_(replaced.bias)
 
 
 class _AfterOutputs(Method):
@@ -229,12 +243,26 @@ class MixStyleMethod(_AfterOutputs):
                 module.domains = batch.domains
 
 
+#: DSU's positions 0-5 (lixiaotong97/DSU dsu.py UResNet.featuremaps, semantic-segmentation/core/models/resnet.py
+#: ResNet.forward): after conv1 (before bn1), after max pooling, after layer1, 2, 3 and 4
+DSU_PLACES = ["conv1", "maxpool", "layer1", "layer2", "layer3", "layer4"]
+
+
 @METHODS.register("dsu")
 class DSUMethod(_AfterOutputs):
+    """DSU at the six positions its code defines (`DSU_PLACES`, the default): what the paper intends.
+
+    The official segmentation run (semantic-segmentation/configs/deeplabv2_ur101_src.yaml, `POS: [0,1,2,3,4,5]`)
+    does not apply them: its backbone goes through torchvision's IntermediateLayerGetter
+    (core/models/feature_extractor.py), which calls the ResNet's children in registration order and skips
+    ResNet.forward, so the one perturbation module, registered before conv1, runs once, on the input image. That
+    reading is `--set 'method.dsu.places=[input]'`. The same config also freezes BatchNorm (`FREEZE_BN: True`), which
+    segbench does not: that is the recipe's choice, not the method's."""
+
     name = "dsu"
     paper = "Li et al., Uncertainty Modeling for Out-of-Distribution Generalization, ICLR 2022"
-    code = "lixiaotong97/DSU dsu.py, semantic-segmentation/"
-    defaults = {"p": 0.5, "factor": 1.0, "places": ["stem", "maxpool", "layer1", "layer2", "layer3", "layer4"]}
+    code = "lixiaotong97/DSU dsu.py, semantic-segmentation/core/models/resnet.py"
+    defaults = {"p": 0.5, "factor": 1.0, "places": DSU_PLACES}
 
     def make(self) -> nn.Module:
         return DistributionUncertainty(p=self.options["p"], factor=self.options["factor"])

@@ -1,6 +1,8 @@
 """Named places in a ResNet backbone where a method puts its modules, without touching the backbone's own code.
 
 Places (a segbench ResNet, an IBN variant, or an smp encoder with torchvision's module names):
+  "input"                the image the backbone receives, before conv1
+  "conv1"                output of conv1, before the stem's norm (DSU's official position 0)
   "stem"                 output of conv1-bn1-relu (before max pooling)
   "maxpool"              output of the max pooling
   "layer1" .. "layer4"   output of each stage
@@ -9,8 +11,13 @@ Places (a segbench ResNet, an IBN variant, or an smp encoder with torchvision's 
                          (RobustNet's slots 3-6: shachoi/RobustNet network/Resnet.py; where IBN-b puts its IN)
 
 Modules inserted after an output are registered under `model.method_modules` (state-dict keys
-`method_modules.<place>.*`) and run by a forward hook on the module that produces that output, so the backbone keeps
-its own keys and pretrained weights load unchanged. Replacements take the replaced module's name.
+`method_modules.<place>.*`) and run by a forward hook on the module that produces that output (a pre-hook on conv1
+for "input"), so the backbone keeps its own keys and pretrained weights load unchanged. Replacements take the
+replaced module's name.
+
+The ReLU after a replaced or post-addition slot stops working in place once a module sits there (RobustNet builds
+it with `inplace=False` for its whitening slots, network/Resnet.py): an in-place ReLU would overwrite that module's
+output, so a loss or a hook that keeps the output (IW/ISW's covariance) would read post-ReLU features instead.
 """
 from __future__ import annotations
 
@@ -18,7 +25,7 @@ from torch import nn
 
 from .base import MethodError, OptionError
 
-OUTPUT_PLACES = ("stem", "maxpool", "layer1", "layer2", "layer3", "layer4")
+OUTPUT_PLACES = ("input", "conv1", "stem", "maxpool", "layer1", "layer2", "layer3", "layer4")
 _STAGES = ("layer1", "layer2", "layer3", "layer4")
 _RESNET_PARTS = ("conv1", "bn1", "relu", "maxpool", *_STAGES)
 #: every place a method option may name
@@ -52,8 +59,19 @@ class _RunAfter:
         return self.module(output)
 
 
+class _RunBefore:
+    """A forward pre-hook that passes the hooked module's input through `module`."""
+
+    def __init__(self, module: nn.Module):
+        self.module = module
+
+    def __call__(self, _hooked: nn.Module, inputs):
+        return (self.module(inputs[0]), *inputs[1:])
+
+
 def insert_after(model: nn.Module, place: str, module: nn.Module) -> nn.Module:
-    """Run `module` on the output at `place` (one of OUTPUT_PLACES); returns `module`."""
+    """Run `module` on the output at `place` (one of OUTPUT_PLACES; "input": on the backbone's input); returns
+    `module`."""
     if place not in OUTPUT_PLACES:
         raise OptionError(f"unknown place {place!r}; places after an output: {', '.join(OUTPUT_PLACES)}")
     resnet = resnet_of(model)
@@ -62,8 +80,11 @@ def insert_after(model: nn.Module, place: str, module: nn.Module) -> nn.Module:
     if place in model.method_modules:
         raise MethodError(f"place {place!r} already holds {type(model.method_modules[place]).__name__}")
     model.method_modules[place] = module
-    producer = resnet.relu if place == "stem" else getattr(resnet, place)
-    producer.register_forward_hook(_RunAfter(module))
+    if place == "input":
+        resnet.conv1.register_forward_pre_hook(_RunBefore(module))
+    else:
+        producer = resnet.relu if place == "stem" else getattr(resnet, place)
+        producer.register_forward_hook(_RunAfter(module))
     return module
 
 
@@ -74,6 +95,7 @@ def replace_stem_norm(model: nn.Module, module: nn.Module) -> nn.Module:
         raise MethodError(f"the stem norm of this backbone is {type(resnet.bn1).__name__}, not BatchNorm2d: this method "
                           "replaces a BatchNorm there (use a plain ResNet or an IBN-a backbone)")
     resnet.bn1 = module
+    resnet.relu.inplace = False  # the stem's ReLU: see the module docstring
     return module
 
 
@@ -89,6 +111,7 @@ def set_post_add(model: nn.Module, stage: str, module: nn.Module) -> nn.Module:
                           "residual addition (IBN-b): this method puts its own module there (use a plain ResNet or "
                           "an IBN-a backbone)")
     block.IN = module
+    block.relu.inplace = False  # the block's ReLU, after the slot as after its convs: see the module docstring
     return module
 
 
@@ -106,7 +129,9 @@ def place_channels(model: nn.Module, place: str) -> int:
     """Channels of the feature map at a place of the model's ResNet."""
     check_place(place)
     resnet = resnet_of(model)
-    if place in ("stem", "stem.norm", "maxpool"):
+    if place == "input":
+        return resnet.conv1.in_channels
+    if place in ("conv1", "stem", "stem.norm", "maxpool"):
         return resnet.conv1.out_channels
     block = getattr(resnet, place.split(".")[0])[-1]
     return (block.bn3 if hasattr(block, "bn3") else block.bn2).num_features

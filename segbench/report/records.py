@@ -69,14 +69,21 @@ def method_of(rec: dict) -> str:
     return (rec.get("method") or {}).get("name") or ERM
 
 
+def _options_and_revision(rec: dict) -> dict:
+    """The record's method options with its revision (1 when unrecorded), which tells the method's code apart."""
+    method = rec.get("method") or {}
+    return {**(method.get("options") or {}), "revision": method.get("revision", 1)}
+
+
 def shown_method(records: list[dict]) -> list[str]:
     """Per record, the method its row names: every record's when any is not plain training, else none. Options
-    that differ between records of one method follow its name (`iw(weight=0)`), so two settings of a method are
-    two rows, never one row's seeds."""
+    that differ between records of one method follow its name (`iw(weight=0)`), and so does the revision of a
+    method whose records come from before and after a fix (`iw(revision=2)`), so two settings or two versions of
+    a method are two rows, never one row's seeds."""
     methods = [method_of(r) for r in records]
     if all(m == ERM for m in methods):
         return [""] * len(records)
-    options = [(r.get("method") or {}).get("options") or {} for r in records]
+    options = [_options_and_revision(r) for r in records]
     varying: dict[str, list[str]] = {}
     for name in set(methods):
         mine = [o for m, o in zip(methods, options) if m == name]
