@@ -113,6 +113,7 @@ def dataset_problems(cfg: dict, data_root) -> list[str]:
     """Datasets the specs name that are not registered (plug-ins of the data root included), and splits they lack.
     Nothing is opened: that is check_datasets' job, after the plan."""
     from .data import DATASETS, DatasetError, load_plugins
+    from .data.plugins import unknown_name_hint
     from .data.cache import parse_size
     from .data.multisource import source_weight_problems
 
@@ -139,7 +140,8 @@ def dataset_problems(cfg: dict, data_root) -> list[str]:
                 problems.append(f"specs: {name!r}: {e}")
             continue
         if name not in DATASETS:
-            problems.append(f"specs: unknown dataset {name!r}; valid names: {', '.join(DATASETS.names())}")
+            problems.append(f"specs: unknown dataset {name!r}; valid names: {', '.join(DATASETS.names())}"
+                            + unknown_name_hint(name, data_root))
             continue
         valid = DATASETS.get(name).splits
         for key, split in splits.items():

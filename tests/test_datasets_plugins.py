@@ -246,3 +246,26 @@ def test_plain_names_with_dots_digits_and_dashes_still_register(tmp_path):
     for name in ("city.v2", "2night", "my_city-1"):
         register_yaml(write_yaml(tmp_path / f"{name}.yaml", MYCITY.format(name=name) + "encoding: trainid\n"))
         assert parse_spec(f"gta5->{name}") == [Transfer("gta5", (name,))]
+
+
+# ------------------------------------------------------------------------------------------------ undeclared files
+def test_an_unknown_name_that_a_skipped_yaml_file_describes_names_the_file_and_the_line(tmp_path, capsys):
+    """A file written before the declaration existed is skipped by the scan (it could be anyone's YAML); asking for
+    the dataset it describes says which file that is and the line to add, instead of only "unknown dataset"."""
+    data = tmp_path / "data"
+    data.mkdir()
+    old = write_yaml(data / "night.yaml", MYCITY.format(name="night").replace("segbench_dataset: 1\n", "")
+                     + "encoding: trainid\n")
+    write_yaml(data / "environment.yml", "name: night-env\ndependencies: [python]\n")  # a stranger: not named
+    code = data_main(["check", "night", "--data-root", str(data), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and "unknown dataset 'night'" in err and str(old) in err and "`segbench_dataset: 1`" in err
+    assert "environment.yml" not in err
+    from segbench import run
+
+    assert run.main(["sim->night", "--data-root", str(data), "--results", str(tmp_path / "r"), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert str(old) in err and "`segbench_dataset: 1`" in err
+    old.write_text("segbench_dataset: 1\n" + old.read_text())  # the fix the message gives
+    make_mycity(data / "mycity", lambda p, t: mt.write_gray(p, t))
+    assert data_main(["check", "night", "--data-root", str(data), "--quiet"]) == 0
