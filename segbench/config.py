@@ -113,12 +113,19 @@ EVAL_PROTOCOLS = ("native", "robustnet", "rein")
 #: `eval.classes`: the class set every target's mIoU averages over (labels.CLASS_SETS); None: each dataset's own
 EVAL_CLASS_SETS = (19, 16, 13)
 
+#: `eval.missing_pairs`: a split to be scored with files that lack their partner (an image without its label, a label
+#: without its image; with --preds also a prediction without its image and an image without its prediction): "error"
+#: refuses to score it, naming the files; "skip" scores the complete pairs and records how many files were left out
+MISSING_PAIRS = ("error", "skip")
+
 #: the `eval:` section: which split is scored, under which protocol, at which size (None: the protocol's; `size` is
 #: for the native protocol only), over which classes, the loader, how many predictions are kept for the report's
-#: qualitative panel, the inference settings, and `every`: score every target each N training iterations (and at
-#: the last) for the report's model-selection rules (`segbench report --select`); 0, the default, never does
+#: qualitative panel, the inference settings, `every`: score every target each N training iterations (and at
+#: the last) for the report's model-selection rules (`segbench report --select`); 0, the default, never does; and
+#: `missing_pairs` (MISSING_PAIRS)
 EVAL_DEFAULTS: dict[str, Any] = {"split": "val", "protocol": "native", "size": None, "classes": None, "batch_size": 1,
-                                 "workers": 2, **_plain(asdict(InferenceSettings())), "dump": 4, "every": 0}
+                                 "workers": 2, **_plain(asdict(InferenceSettings())), "dump": 4, "every": 0,
+                                 "missing_pairs": "error"}
 
 DEFAULTS: dict[str, Any] = {
     "name": None,  # results sub-directory; defaults to the experiment file's stem or the specs
@@ -137,8 +144,10 @@ DEFAULTS: dict[str, Any] = {
 
 # Settings that change how fast a cell runs but not what it computes: left out of the cell id.
 NON_IDENTITY_KEYS = {"train": {"workers", "ckpt_every", "keep_ckpts", "channels_last", "compile", "unknown_labels"},
-                     # eval.every: periodic scores never touch the weights (engine/train.py forks the RNG)
-                     "eval": {"batch_size", "workers", "dump", "every"}}
+                     # eval.every: periodic scores never touch the weights (engine/train.py forks the RNG);
+                     # eval.missing_pairs: on a complete split both values score alike; a score made without some
+                     # files carries their count (result and protocol card), so it never passes for a complete one
+                     "eval": {"batch_size", "workers", "dump", "every", "missing_pairs"}}
 
 
 def experiments_dir() -> Path:
@@ -478,7 +487,8 @@ RULES: dict[str, Any] = {
              "classes": one_of(None, *EVAL_CLASS_SETS), "batch_size": integer(1), "workers": integer(0),
              "mode": one_of("whole", "slide"), "window": optional(SIZE), "stride": optional(SIZE), "flip": FLAG,
              "scales": Rule("a non-empty list of numbers > 0", _positive_numbers), "dump": integer(0),
-             "every": integer(0)},  # 0: no periodic evaluation
+             "every": integer(0),  # 0: no periodic evaluation
+             "missing_pairs": one_of(*MISSING_PAIRS)},
 }
 
 

@@ -268,15 +268,21 @@ def parse_analyses(text: str) -> list[str]:
 
 
 def check_datasets(transfers, cfg: dict, data_root) -> None:
-    """Open every split the study needs before training anything, so a missing target fails in seconds."""
+    """Open every split the study needs before training anything, so a missing target, or one with files that lack
+    their partner (`eval.missing_pairs`), fails in seconds."""
     from .data import build_dataset
+    from .engine.scoring import check_missing_pairs
 
-    needed = []
+    needed, scored = [], set()
     for t in transfers:
         needed.append((t.source, cfg["train"]["split"]))
-        needed += [(name, cfg["eval"]["split"]) for name in (*source_parts(t.source), *t.targets)]
+        targets = [(name, cfg["eval"]["split"]) for name in (*source_parts(t.source), *t.targets)]
+        needed += targets
+        scored.update(targets)
     for name, split in dict.fromkeys(needed):
-        build_dataset(name, split, root=data_root)
+        dataset = build_dataset(name, split, root=data_root)
+        if (name, split) in scored:
+            check_missing_pairs(dataset, cfg["eval"]["missing_pairs"])
 
 
 def check_pretrained(cfg: dict, backbones: list[str]) -> None:

@@ -1,5 +1,6 @@
 """Every command ends a user's mistake with one message naming the file or value, exit code 2, and no traceback
 unless --debug (or SEGBENCH_DEBUG=1) asks for one. Also: what `segbench evaluate --preds` accepts and refuses."""
+import json
 import os
 import subprocess
 import sys
@@ -329,3 +330,20 @@ def test_values_outside_the_encoding_are_refused(photo, tmp_path, encoding, valu
             scoring.score_prediction_dir(photo, tmp_path / "preds", encoding)
     else:
         scoring.score_prediction_dir(photo, tmp_path / "preds", encoding)
+
+
+def test_a_prediction_without_its_image_is_refused_or_counted(photo, tmp_path, capsys):
+    """Before, a prediction matching no image was ignored without a word; an image without a prediction was refused
+    already. eval.missing_pairs=skip scores the matched pairs and counts both kinds."""
+    labels = _labels(photo)
+    _write(tmp_path / "preds", labels[1:] + [("stray_frame", labels[0][1])])
+    with pytest.raises(scoring.PredictionError) as e:
+        scoring.score_prediction_dir(photo, tmp_path / "preds", "trainid")
+    message = str(e.value)
+    assert f"1 of 3 images have no prediction (e.g. {labels[0][0]})" in message
+    assert "1 prediction(s) match no image of photo 'val' (stray_frame.png)" in message
+    assert "eval.missing_pairs=skip" in message
+    code, out, err = _segbench(capsys, "evaluate", "--preds", tmp_path / "preds", "--dataset", "photo",
+                               "--data-root", tmp_path / "data", "--set", "eval.missing_pairs=skip")
+    assert code == 0 and json.loads(out)["missing_pairs"] == 2 and json.loads(out)["miou"] == pytest.approx(100.0)
+    assert json.loads(out)["images"] == 2  # the pairs scored

@@ -52,6 +52,10 @@ class UnknownLabelError(DatasetError):
     """A label file holds raw values its dataset's table does not know: a damaged file or a wrong table."""
 
 
+class MissingPairsError(DatasetError):
+    """A split to be scored has files without their partner; scoring it would shrink the test set without a word."""
+
+
 class DatasetWarning(UserWarning):
     """Pairs were left out at construction (one warning per dataset, naming them)."""
 
@@ -69,11 +73,20 @@ class Problem:
 
 
 PROBLEM_KINDS = ("missing label", "missing image", "unreadable", "size mismatch", "label values outside the mapping")
+#: the kinds that leave a file of the download without its partner (an image without its label or the reverse): a
+#: split missing them is smaller than the download it came from, so scoring refuses it (`eval.missing_pairs`)
+MISSING_PAIR_KINDS = ("missing label", "missing image")
 #: how many offending files a construction-time warning names before it abbreviates
 WARN_NAMES = 20
 #: what reading a label with values outside the table does: "error" refuses it (UnknownLabelError), "ignore" maps the
 #: values to IGNORE_INDEX (training only, after counting them for the record: `label_scan.apply_unknown_label_policy`)
 UNKNOWN_LABEL_POLICIES = ("error", "ignore")
+
+
+def missing_pairs(dataset) -> list[Problem]:
+    """The files of `dataset` left out because their image or label is missing (a union: those of its parts)."""
+    parts = getattr(dataset, "parts", None) or [dataset]
+    return [p for part in parts for p in getattr(part, "skipped", ()) if p.kind in MISSING_PAIR_KINDS]
 
 
 def apply_lut(raw: np.ndarray, lut: np.ndarray) -> np.ndarray:
@@ -282,6 +295,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
 
 
 __all__ = [
-    "DatasetError", "DatasetWarning", "PROBLEM_KINDS", "Problem", "SegmentationDataset", "SizeMismatchError",
-    "UNKNOWN_LABEL_POLICIES", "UnknownLabelError", "apply_lut", "known_mask", "read_gray", "read_rgb",
+    "DatasetError", "DatasetWarning", "MISSING_PAIR_KINDS", "MissingPairsError", "PROBLEM_KINDS", "Problem",
+    "SegmentationDataset", "SizeMismatchError", "UNKNOWN_LABEL_POLICIES", "UnknownLabelError", "apply_lut",
+    "known_mask", "missing_pairs", "read_gray", "read_rgb",
 ]

@@ -18,7 +18,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from ..config import InferenceSettings
-from ..data.base import DatasetError, read_rgb
+from ..data.base import DatasetError, MissingPairsError, missing_pairs, read_rgb
 from ..data.eval_protocols import DEFAULT_PROTOCOL
 from ..data.readers import PNG_PALETTE, png_header
 from ..data.transforms import eval_transform_for
@@ -45,9 +45,38 @@ def scoring_transform_and_classes(dataset, ecfg: dict):
 
 
 def prepare_for_scoring(dataset, ecfg: dict) -> tuple[int, ...] | None:
-    """Set `dataset` up as a study scores it and return its scored classes (`scoring_transform_and_classes`)."""
+    """Set `dataset` up as a study scores it and return its scored classes (`scoring_transform_and_classes`); a split
+    with files that lack their partner is refused unless `eval.missing_pairs` is "skip" (`check_missing_pairs`)."""
+    check_missing_pairs(dataset, ecfg.get("missing_pairs", "error"))
     dataset.transform, classes = scoring_transform_and_classes(dataset, ecfg)
     return classes
+
+
+#: how many file names a refusal shows before it abbreviates
+NAMES_SHOWN = 3
+#: the way out every missing-pairs refusal offers besides the fix
+SKIP_HINT = "or score the complete pairs only with --set eval.missing_pairs=skip (the count left out is recorded)"
+
+
+def _some(names: Sequence[str]) -> str:
+    """The first few names, then how many more."""
+    more = f" and {len(names) - NAMES_SHOWN} more" if len(names) > NAMES_SHOWN else ""
+    return ", ".join(names[:NAMES_SHOWN]) + more
+
+
+def check_missing_pairs(dataset, policy: str) -> int:
+    """How many files of `dataset` lack their image or label (base.missing_pairs); under `eval.missing_pairs`
+    "error" (the default) any is refused, naming them: the score would be over a smaller test set than the download's
+    without a word."""
+    problems = missing_pairs(dataset)
+    if problems and policy != "skip":
+        name = getattr(dataset, "dataset_name", type(dataset).__name__)
+        shown = _some([f"{Path(p.path).name} ({p.kind})" for p in problems])
+        raise MissingPairsError(
+            f"{name} {dataset.split!r} under {dataset.root}: {len(problems)} file(s) without their image or label, "
+            f"which scoring would leave out: {shown}; restore them (`segbench data check {name} --split "
+            f"{dataset.split}` lists each), {SKIP_HINT}")
+    return len(problems)
 
 
 class _Indexed(torch.utils.data.Dataset):
@@ -280,10 +309,9 @@ def check_values(path: Path, pred: np.ndarray, encoding: str) -> None:
     raise PredictionError(f"{path}: value {values[0]}{more} is not one of --encoding {encoding}'s {meaning}; {hint}")
 
 
-def score_prediction_dir(dataset, pred_dir: Path, encoding: str, eval_classes: Sequence[int] | None = None) -> dict:
-    """Match each (image, label) pair of `dataset` to the one `pred_dir/**/STEM*.png` and score them all."""
-    if not pred_dir.is_dir():
-        raise PredictionError(f"prediction directory {pred_dir} does not exist; pass the directory holding the PNGs")
+def match_predictions(dataset, pred_dir: Path, policy: str = "error") -> tuple[list[tuple[int, Path]], int]:
+    """([(pair index, its prediction)], how many files are left unmatched): every image of `dataset` and every
+    prediction in `pred_dir` must find its partner, or `policy` ("error": refuse, naming them; "skip": count them)."""
     index = index_predictions(pred_dir)
     matched, missing = [], []
     for i, (image_path, _) in enumerate(dataset.pairs):
@@ -292,11 +320,31 @@ def score_prediction_dir(dataset, pred_dir: Path, encoding: str, eval_classes: S
             missing.append(Path(image_path).stem)
         else:
             matched.append((i, pred))
-    if missing:
+    used = {pred for _, pred in matched}
+    every = dict.fromkeys(p for paths in index.values() for p in paths)
+    strays = [str(p.relative_to(pred_dir)) for p in every if p not in used]
+    if (missing or strays) and policy != "skip":
+        what = []
+        if missing:
+            what.append(f"{len(missing)} of {len(dataset)} images have no prediction (e.g. {_some(missing)})")
+        if strays:
+            name = getattr(dataset, "dataset_name", "the dataset")
+            what.append(f"{len(strays)} prediction(s) match no image of {name} {dataset.split!r} ({_some(strays)})")
         raise PredictionError(
-            f"{len(missing)} of {len(dataset)} images have no prediction in {pred_dir} "
-            f"(e.g. {', '.join(missing[:3])}); "
-            "name each prediction after its image (STEM.png or STEM_pred.png, any sub-directory)")
+            f"{pred_dir}: {' and '.join(what)}; name each prediction after its image (STEM.png or STEM_pred.png, any "
+            f"sub-directory) and score the split they were made for (--set eval.split=...), {SKIP_HINT}")
+    return matched, len(missing) + len(strays)
+
+
+def score_prediction_dir(dataset, pred_dir: Path, encoding: str, eval_classes: Sequence[int] | None = None,
+                         on_missing_pairs: str = "error") -> dict:
+    """Match each (image, label) pair of `dataset` to the one `pred_dir/**/STEM*.png` and score them all. Files
+    without their partner (in the dataset, or between images and predictions) are refused unless `on_missing_pairs`
+    is "skip" (`eval.missing_pairs`); then the result's `missing_pairs` counts them."""
+    if not pred_dir.is_dir():
+        raise PredictionError(f"prediction directory {pred_dir} does not exist; pass the directory holding the PNGs")
+    unpaired = check_missing_pairs(dataset, on_missing_pairs)
+    matched, unmatched = match_predictions(dataset, pred_dir, on_missing_pairs)
     cm = ConfusionMatrix()
     for i, pred_path in tqdm(matched, desc="score", unit="img", dynamic_ncols=True):
         _, label = dataset.load_pair(i)
@@ -308,4 +356,8 @@ def score_prediction_dir(dataset, pred_dir: Path, encoding: str, eval_classes: S
             raise PredictionError(f"{pred_path}: prediction is {pred.shape[1]}x{pred.shape[0]} but its label is "
                                   f"{label.shape[1]}x{label.shape[0]}; predictions must be at label resolution")
         cm.update(torch.from_numpy(label.astype(np.int64)), torch.from_numpy(pred.astype(np.int64)))
-    return cm.summary(eval_classes if eval_classes is not None else getattr(dataset, "eval_classes", None))
+    summary = cm.summary(eval_classes if eval_classes is not None else getattr(dataset, "eval_classes", None))
+    summary["images"] = len(matched)
+    if unpaired + unmatched:
+        summary["missing_pairs"] = unpaired + unmatched
+    return summary

@@ -94,7 +94,23 @@ def footer(items, cards: dict[str, dict], printed_in: str = "report.md") -> str:
         if "" in hashes and carded:
             lines.append(f"Rows {', '.join(hashes[''])} (train {source}) include records without a protocol card "
                          "(scored before cards were recorded).")
+    lines += caveats(by_source, cards)
     return "\n".join(lines) + "\n"
+
+
+def caveats(by_source: dict[str, dict[str, list[str]]], cards: dict[str, dict]) -> list[str]:
+    """What a card records that changes what a number means, said under the table: a target scored without files
+    that lack their image or label (`eval.missing_pairs: skip`)."""
+    lines = []
+    for source, hashes in by_source.items():
+        for h, rows in hashes.items():
+            card = cards.get(h) or {}
+            for target, entry in (card.get("targets") or {}).items():
+                if isinstance(entry, dict) and entry.get("missing_pairs"):
+                    lines.append(f"Rows {', '.join(rows)} (train {source}): test {target} was scored without "
+                                 f"{entry['missing_pairs']} file(s) that lack their image or label "
+                                 f"(eval.missing_pairs=skip; `segbench data check {target}` lists them).")
+    return lines
 
 
 #: the order a card is printed in (a record stores its keys sorted): what was trained on, how, how it was scored
