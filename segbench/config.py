@@ -63,6 +63,10 @@ class TrainSettings:
     #: "unknown_label_values"). Evaluation always refuses them. Not part of the cell id: a run that succeeds under
     #: "error" computes exactly what it would under "ignore".
     unknown_labels: str = "error"
+    #: train on a split that shares frames with `eval.split` (the same split, or a dataset's `all`): the in-domain
+    #: column is then scored on training images, so the study's validation refuses it unless this is true, and the
+    #: protocol card and the table footer say so. Not part of the cell id: it decides nothing about the weights.
+    allow_eval_split: bool = False
 
 
 #: named `train.photometric` settings. "robustnet": every RobustNet GTA5 run's `--color_aug 0.5 --gblur`
@@ -143,7 +147,8 @@ DEFAULTS: dict[str, Any] = {
 }
 
 # Settings that change how fast a cell runs but not what it computes: left out of the cell id.
-NON_IDENTITY_KEYS = {"train": {"workers", "ckpt_every", "keep_ckpts", "channels_last", "compile", "unknown_labels"},
+NON_IDENTITY_KEYS = {"train": {"workers", "ckpt_every", "keep_ckpts", "channels_last", "compile", "unknown_labels",
+                               "allow_eval_split"},
                      # eval.every: periodic scores never touch the weights (engine/train.py forks the RNG);
                      # eval.missing_pairs: on a complete split both values score alike; a score made without some
                      # files carries their count (result and protocol card), so it never passes for a complete one
@@ -478,7 +483,7 @@ RULES: dict[str, Any] = {
               # references/segmentation/transforms.py RandomCrop does (pad_if_smaller(target, size, fill=255))
               "crop": SIZE,
               "scale_range": Rule("[LOW, HIGH] with 0 < LOW <= HIGH", _scale_range), "hflip": number(0, 1),
-              "unknown_labels": one_of("error", "ignore"),
+              "unknown_labels": one_of("error", "ignore"), "allow_eval_split": FLAG,
               "photometric": Rule(f"null, {', '.join(map(repr, PHOTOMETRIC_PRESETS))} or a mapping {{jitter_p, "
                                   "brightness, contrast, saturation, hue, blur_sigma}", _photometric),
               "source_weights": Rule("null, a mapping {source: weight > 0} or a list of weights > 0 in source order",

@@ -147,6 +147,23 @@ def dataset_problems(cfg: dict, data_root) -> list[str]:
         for key, split in splits.items():
             if isinstance(split, str) and split not in valid:
                 problems.append(f"{key}={split!r}: {name} has no split {split!r}; its splits: {', '.join(valid)}")
+    return problems + eval_split_problems(cfg, transfers)
+
+
+def eval_split_problems(cfg: dict, transfers) -> list[str]:
+    """A source trained on a split that shares frames with the one it is scored on in-domain (cells.trained_on_scored)
+    would report training images as a test score: refused unless `train.allow_eval_split` says it is meant."""
+    from .cells import trained_on_scored
+
+    train, ecfg = cfg["train"], cfg["eval"]
+    if train.get("allow_eval_split") is True:
+        return []
+    problems = []
+    for part in dict.fromkeys(p for t in transfers for p in trained_on_scored(t.source, train["split"], ecfg["split"])):
+        problems.append(f"train.split={train['split']!r}: {part} is scored in-domain on eval.split={ecfg['split']!r}, "
+                        "which holds images of the training split, so its in-domain score would be taken on training "
+                        "images; train on another split (e.g. --set train.split=train), or --set "
+                        "train.allow_eval_split=true to do it on purpose (the table and the protocol card then say so)")
     return problems
 
 

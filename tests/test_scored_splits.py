@@ -1,6 +1,7 @@
-"""What a study's score is taken on (issue 22, item 1): every file of the scored split paired (a partly extracted
-download is refused, or scored without the missing files only when `eval.missing_pairs: skip` says so, and then
-counted in the record, on the card and under the table)."""
+"""What a study's score is taken on (issue 22, items 1 and 3): every file of the scored split paired (a partly
+extracted download is refused, or scored without the missing files only when `eval.missing_pairs: skip` says so, and
+then counted in the record, on the card and under the table), and never the images the model was trained on unless
+`train.allow_eval_split` says so, which the card and the table then say too."""
 from __future__ import annotations
 
 import json
@@ -10,7 +11,7 @@ import torch
 
 import minitrees as mt
 from segbench import pipeline, run
-from segbench.cells import FINAL_WEIGHTS, identity_view, is_done, plan
+from segbench.cells import FINAL_WEIGHTS, identity_view, is_done, new_record, plan, protocol_card, write_record
 from segbench.config import apply_overrides, load_config
 from segbench.data import build_dataset
 from segbench.data.adapters import synthetic
@@ -114,3 +115,44 @@ def test_a_prepared_copy_keeps_the_missing_files_of_its_source(short_cityscapes,
     capsys.readouterr()
     with pytest.raises(MissingPairsError, match=label.name):
         check_missing_pairs(build_dataset("cityscapes@32x16", "val", root=data), "error")
+
+
+# -- item 3: the in-domain column is not scored on training images ---------------------------------------------------
+@pytest.mark.parametrize("spec, split", [("sim->photo", "val"), ("gta5->cityscapes", "all")])
+def test_training_on_the_scored_split_is_refused_before_any_work(tmp_path, capsys, spec, split):
+    """`train.split=val` with eval.split val scored the in-domain column on training images, exit 0; so did GTA5's
+    `all` (which holds its val frames)."""
+    argv = [spec, "--data-root", str(tmp_path / "data"), "--results", str(tmp_path / "r"), "--set",
+            f"train.split={split}", "--dry-run"]
+    assert run.main(argv) == 2
+    err = capsys.readouterr().err
+    (line,) = err.strip().splitlines()
+    source = spec.partition("->")[0]
+    assert f"train.split={split!r}: {source} is scored in-domain on eval.split='val'" in line
+    assert "train.allow_eval_split=true" in line
+    assert run.main([*argv, "--set", "train.allow_eval_split=true"]) == 0
+    capsys.readouterr()
+
+
+def test_allowed_training_on_the_scored_split_is_marked_on_the_card_and_under_the_table(tmp_path):
+    cfg = apply_overrides(load_config("embedded"), ["train.split=val", "train.allow_eval_split=true"])
+    cells = plan(cfg, parse_specs(cfg["specs"]), ["resnet18"], ["fcn"])
+    plain = plan(apply_overrides(load_config("embedded"), ["train.split=val"]), parse_specs(cfg["specs"]),
+                 ["resnet18"], ["fcn"])
+    assert [c.cell_id for c in cells] == [c.cell_id for c in plain]  # the permission decides nothing about weights
+    study = tmp_path / "study"
+    for cell in cells[:1]:
+        record = new_record(cell)
+        record["results"] = {t: {"miou": 50.0, "pixel_acc": 80.0, "eval": cell.eval_identity()}
+                             for t in cell.eval_targets}
+        record["protocol"] = protocol_card(cell, {t: {"split": "val", "classes": 19} for t in cell.eval_targets})
+        assert record["protocol"]["in_domain_on_training_images"] == [cell.source]
+        write_record(cell.directory(study), record)
+    normal = protocol_card(plan(load_config("embedded"), parse_specs(cfg["specs"]), ["resnet18"], ["fcn"])[0], {})
+    assert "in_domain_on_training_images" not in normal  # the usual card is unchanged
+    build_report(study, plot=False)
+    source = cells[0].source
+    for table in ("table.md", "dg.md"):
+        assert (f"Rows resnet18 (train {source}): test {source} is scored on images the model was trained on "
+                "(train.split 'val' shares them with the eval split; train.allow_eval_split).") \
+            in (study / table).read_text()

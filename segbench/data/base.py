@@ -159,6 +159,8 @@ class SegmentationDataset(torch.utils.data.Dataset):
     eval_height: ClassVar[int | None] = None
     #: one of UNKNOWN_LABEL_POLICIES; training may set "ignore" on its own instance, everything else reads strictly
     unknown_labels: str = "error"
+    #: the split that holds the frames of every other split, where a dataset declares it (GTA5's and SYNTHIA's)
+    union_split: ClassVar[str] = "all"
 
     def __init__(self, root: str | os.PathLike, split: str = "train", transform: Callable | None = None):
         self.root = Path(root)
@@ -246,6 +248,12 @@ class SegmentationDataset(torch.utils.data.Dataset):
             f"{len(self.skipped) + len(self.pairs)} pairs; " + "; ".join(parts)
             + ". `segbench data check` lists every problem."
         )
+
+    @classmethod
+    def splits_share_frames(cls, a: str, b: str) -> bool:
+        """Whether splits `a` and `b` hold frames in common, from their names alone: the same split, or one of them
+        the dataset's union of all (`union_split`). Training on one and scoring on the other scores training images."""
+        return a == b or (cls.union_split in (a, b) and cls.union_split in cls.splits)
 
     @classmethod
     def prepare(cls, root: Path) -> None:
