@@ -61,9 +61,10 @@ RECORD_FIELDS = {
     "targets": "datasets the cell is scored on, in the order the study named them (source first)",
     "config": "the effective configuration: {model, train, eval}",
     "results": "target -> metrics: miou, per_class_iou, pixel_acc, eval (the eval settings scored under), images, "
-               "seconds, samples (prediction dumps); beside the record, confusion/TARGET.npz holds each test image's "
-               "confusion matrix (counts: images x 19 x 20 int64, rows ground truth, void column last; images: "
-               "their paths; both in dataset order), which sum to the matrix the metrics come from",
+               "seconds, samples (prediction dumps), missing_pairs (files left out for lacking their image or label, "
+               "under eval.missing_pairs=skip; absent when none were); beside the record, confusion/TARGET.npz holds "
+               "each test image's confusion matrix (counts: images x 19 x 20 int64, rows ground truth, void column "
+               "last; images: their paths; both in dataset order), which sum to the matrix the metrics come from",
     "training": "train_seconds, images_per_s (the whole run, across resumes), resumed_from (the iteration this "
                 "process resumed at; absent when the cell was only evaluated), world_size and batch_per_process "
                 "(this launch), launches (from_iteration, world_size, batch_per_process of each), init (what a "
@@ -78,7 +79,9 @@ RECORD_FIELDS = {
                 "photometric, optimiser: the train settings that decide the weights), model, eval (split, size, "
                 "mode, window, stride, flip, scales, protocol, classes: the eval settings that decide a score), "
                 "targets (per target scored: split, transform = its eval resolution and crop, classes = the "
-                "trainIds its mIoU averages over), checkpoint (which weights are scored)",
+                "trainIds its mIoU averages over, missing_pairs = files left out, when any were), "
+                "in_domain_on_training_images (the sources scored in-domain on a split they were trained on, "
+                "under train.allow_eval_split; absent otherwise), checkpoint (which weights are scored)",
 }
 REQUIRED_FIELDS = ("cell_id", "backbone", "head", "source", "seed", "config", "results")
 
@@ -157,11 +160,26 @@ class Cell:
         return identity_view("eval", self.eval)
 
 
-def _dataset_version(name: str) -> str | None:
-    """The `data_version` a dataset class declares (the embedded generator does), else None."""
+def _dataset_class(name: str):
+    """The registered class of `name` (of its source, for a prepared copy `NAME@WxH`), else None."""
     from .data import DATASETS  # here, not at the top: reading records must not load the data stack (torch)
 
-    return getattr(DATASETS.get(name), "data_version", None) if name in DATASETS else None
+    name = name.partition("@")[0]
+    return DATASETS.get(name) if name in DATASETS else None
+
+
+def _dataset_version(name: str) -> str | None:
+    """The `data_version` a dataset class declares (the embedded generator does), else None."""
+    return getattr(_dataset_class(name), "data_version", None)
+
+
+def trained_on_scored(source: str, train_split: str, eval_split: str) -> list[str]:
+    """The parts of `source` whose in-domain score would be taken on training images: trained on `train_split`,
+    scored on `eval_split`, and the two share frames (SegmentationDataset.splits_share_frames)."""
+    if not (isinstance(train_split, str) and isinstance(eval_split, str)):
+        return []
+    return [part for part in source_parts(source)
+            if (cls := _dataset_class(part)) is not None and cls.splits_share_frames(train_split, eval_split)]
 
 
 def _source_version(source: str) -> str | dict | None:
@@ -242,6 +260,9 @@ def protocol_card(cell: Cell, targets: dict[str, dict]) -> dict:
     if is_multi_source(cell.source):
         card["source_weights"] = weights if weights is not None else "proportional to size"
         card["training_classes"] = list(cell.training_classes) if cell.training_classes else "all"
+    on_training_images = trained_on_scored(cell.source, card["split"], cell.eval.get("split"))
+    if on_training_images:  # only under train.allow_eval_split (run.eval_split_problems): the table says so
+        card["in_domain_on_training_images"] = on_training_images
     card.update({"global_batch": train.pop("batch_size", None), "iterations": train.pop("iters", None),
                  "train": train, "model": with_resolved_output_stride(identity_view("model", cell.model), cell.head),
                  "eval": cell.eval_identity(),
@@ -271,19 +292,23 @@ def _plain_value(value):
     return _NOT_PLAIN
 
 
-def target_protocol(dataset, classes) -> dict:
+def target_protocol(dataset, classes, missing_pairs: int = 0) -> dict:
     """How one target is scored, read off the opened dataset: its split, the plain settings of its eval transform
     (its protocol geometry: resize, height, crop, as data/eval_protocols.py defines them; whatever the transform
-    holds as plain values or dataclasses, so a setting added there appears here), and the trainIds its mIoU averages
-    over (`classes`; None: all 19)."""
+    holds as plain values or dataclasses, so a setting added there appears here), the trainIds its mIoU averages
+    over (`classes`; None: all 19), and how many files were left out for lacking their image or label (only when
+    any were: `eval.missing_pairs: skip`)."""
     transform = {}
     for key, value in getattr(getattr(dataset, "transform", None), "__dict__", {}).items():
         plain = _plain_value(value)
         if plain is not _NOT_PLAIN and not key.startswith("_"):
             transform[key] = plain
     scored = list(range(NUM_CLASSES)) if classes is None else sorted(int(c) for c in classes)
-    return {"split": getattr(dataset, "split", None), "transform": transform,
-            "classes": NUM_CLASSES if scored == list(range(NUM_CLASSES)) else scored}
+    entry = {"split": getattr(dataset, "split", None), "transform": transform,
+             "classes": NUM_CLASSES if scored == list(range(NUM_CLASSES)) else scored}
+    if missing_pairs:
+        entry["missing_pairs"] = missing_pairs
+    return entry
 
 
 def new_record(cell: Cell) -> dict:

@@ -63,6 +63,10 @@ class TrainSettings:
     #: "unknown_label_values"). Evaluation always refuses them. Not part of the cell id: a run that succeeds under
     #: "error" computes exactly what it would under "ignore".
     unknown_labels: str = "error"
+    #: train on a split that shares frames with `eval.split` (the same split, or a dataset's `all`): the in-domain
+    #: column is then scored on training images, so the study's validation refuses it unless this is true, and the
+    #: protocol card and the table footer say so. Not part of the cell id: it decides nothing about the weights.
+    allow_eval_split: bool = False
 
 
 #: named `train.photometric` settings. "robustnet": every RobustNet GTA5 run's `--color_aug 0.5 --gblur`
@@ -113,12 +117,19 @@ EVAL_PROTOCOLS = ("native", "robustnet", "rein")
 #: `eval.classes`: the class set every target's mIoU averages over (labels.CLASS_SETS); None: each dataset's own
 EVAL_CLASS_SETS = (19, 16, 13)
 
+#: `eval.missing_pairs`: a split to be scored with files that lack their partner (an image without its label, a label
+#: without its image; with --preds also a prediction without its image and an image without its prediction): "error"
+#: refuses to score it, naming the files; "skip" scores the complete pairs and records how many files were left out
+MISSING_PAIRS = ("error", "skip")
+
 #: the `eval:` section: which split is scored, under which protocol, at which size (None: the protocol's; `size` is
 #: for the native protocol only), over which classes, the loader, how many predictions are kept for the report's
-#: qualitative panel, the inference settings, and `every`: score every target each N training iterations (and at
-#: the last) for the report's model-selection rules (`segbench report --select`); 0, the default, never does
+#: qualitative panel, the inference settings, `every`: score every target each N training iterations (and at
+#: the last) for the report's model-selection rules (`segbench report --select`); 0, the default, never does; and
+#: `missing_pairs` (MISSING_PAIRS)
 EVAL_DEFAULTS: dict[str, Any] = {"split": "val", "protocol": "native", "size": None, "classes": None, "batch_size": 1,
-                                 "workers": 2, **_plain(asdict(InferenceSettings())), "dump": 4, "every": 0}
+                                 "workers": 2, **_plain(asdict(InferenceSettings())), "dump": 4, "every": 0,
+                                 "missing_pairs": "error"}
 
 DEFAULTS: dict[str, Any] = {
     "name": None,  # results sub-directory; defaults to the experiment file's stem or the specs
@@ -136,9 +147,12 @@ DEFAULTS: dict[str, Any] = {
 }
 
 # Settings that change how fast a cell runs but not what it computes: left out of the cell id.
-NON_IDENTITY_KEYS = {"train": {"workers", "ckpt_every", "keep_ckpts", "channels_last", "compile", "unknown_labels"},
-                     # eval.every: periodic scores never touch the weights (engine/train.py forks the RNG)
-                     "eval": {"batch_size", "workers", "dump", "every"}}
+NON_IDENTITY_KEYS = {"train": {"workers", "ckpt_every", "keep_ckpts", "channels_last", "compile", "unknown_labels",
+                               "allow_eval_split"},
+                     # eval.every: periodic scores never touch the weights (engine/train.py forks the RNG);
+                     # eval.missing_pairs: on a complete split both values score alike; a score made without some
+                     # files carries their count (result and protocol card), so it never passes for a complete one
+                     "eval": {"batch_size", "workers", "dump", "every", "missing_pairs"}}
 
 
 def experiments_dir() -> Path:
@@ -469,7 +483,7 @@ RULES: dict[str, Any] = {
               # references/segmentation/transforms.py RandomCrop does (pad_if_smaller(target, size, fill=255))
               "crop": SIZE,
               "scale_range": Rule("[LOW, HIGH] with 0 < LOW <= HIGH", _scale_range), "hflip": number(0, 1),
-              "unknown_labels": one_of("error", "ignore"),
+              "unknown_labels": one_of("error", "ignore"), "allow_eval_split": FLAG,
               "photometric": Rule(f"null, {', '.join(map(repr, PHOTOMETRIC_PRESETS))} or a mapping {{jitter_p, "
                                   "brightness, contrast, saturation, hue, blur_sigma}", _photometric),
               "source_weights": Rule("null, a mapping {source: weight > 0} or a list of weights > 0 in source order",
@@ -478,7 +492,8 @@ RULES: dict[str, Any] = {
              "classes": one_of(None, *EVAL_CLASS_SETS), "batch_size": integer(1), "workers": integer(0),
              "mode": one_of("whole", "slide"), "window": optional(SIZE), "stride": optional(SIZE), "flip": FLAG,
              "scales": Rule("a non-empty list of numbers > 0", _positive_numbers), "dump": integer(0),
-             "every": integer(0)},  # 0: no periodic evaluation
+             "every": integer(0),  # 0: no periodic evaluation
+             "missing_pairs": one_of(*MISSING_PAIRS)},
 }
 
 

@@ -100,11 +100,13 @@ def main(argv: list[str] | None = None) -> int:
         # leaves the label alone
         check_preds_protocol(dataset, ecfg["protocol"])
         result = score_prediction_dir(dataset, args.preds, args.encoding,
-                                      scored_classes(getattr(dataset, "eval_classes", None), ecfg["classes"]))
+                                      scored_classes(getattr(dataset, "eval_classes", None), ecfg["classes"]),
+                                      ecfg["missing_pairs"])
         result["source"] = {"preds": str(args.preds), "encoding": args.encoding}
     else:
         from .engine.checkpoint import load_trained_model
         from .engine.distributed import init_from_env
+        from .data.base import missing_pairs
         from .engine.scoring import evaluate, prepare_for_scoring, scoring_options
 
         model, record = load_trained_model(args.checkpoint)
@@ -116,7 +118,10 @@ def main(argv: list[str] | None = None) -> int:
                           save_dir=args.save_preds, overlay=args.overlay, desc=f"evaluate on {args.dataset}")
         result["source"] = {"checkpoint": str(args.checkpoint), "cell_id": record.get("cell_id"),
                             **{k: record.get(k) for k in ("backbone", "head", "source", "seed")}}
-    result.update(dataset=args.dataset, split=ecfg["split"], images=len(dataset), eval=ecfg)
+        if missing_pairs(dataset):  # allowed by eval.missing_pairs=skip
+            result["missing_pairs"] = len(missing_pairs(dataset))
+    result.update(dataset=args.dataset, split=ecfg["split"], eval=ecfg)
+    result.setdefault("images", len(dataset))  # --preds counts the pairs it scored
     if args.output:
         write_json(args.output, result)
     print(json.dumps(result, indent=2, default=str))

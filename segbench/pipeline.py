@@ -20,6 +20,7 @@ from .cells import CHECKPOINTS, CONFIG, CONFUSION, DONE, FINAL_WEIGHTS, PREDS, T
     cell_lock, missing_targets, new_record, protocol_card, read_record_or_none, target_protocol, write_record
 from .config import identity_view, train_settings
 from .data import build_dataset
+from .data.base import missing_pairs
 from .data.multisource import apply_unknown_label_policy_per_source
 from .data.transforms import build_train_transform
 from .engine import distributed as dist_utils
@@ -177,8 +178,12 @@ def train_and_score(cell: Cell, cell_dir: Path, *, data_root, device: torch.devi
                            dump_dir=cell_dir / PREDS / target, dump_count=int(ecfg.get("dump", 0) or 0),
                            per_image_path=cell_dir / CONFUSION / f"{target}.npz")
         metrics.update(eval=cell.eval_identity(), images=len(ds), seconds=time.perf_counter() - t0)
+        left_out = len(missing_pairs(ds))  # files without their partner, scored without under eval.missing_pairs=skip
+        if left_out:
+            metrics["missing_pairs"] = left_out
         record["results"][target] = metrics
-        scored = {**(record.get("protocol") or {}).get("targets", {}), target: target_protocol(ds, classes)}
+        scored = {**(record.get("protocol") or {}).get("targets", {}),
+                  target: target_protocol(ds, classes, missing_pairs=left_out)}
         record["protocol"] = protocol_card(cell, scored)
         if main:
             write_record(cell_dir, record)

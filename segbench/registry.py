@@ -17,9 +17,11 @@ _LOADED_ENTRY_POINTS: set[str] = set()  # "group:name=value" of every entry poin
 
 
 class Registry:
-    def __init__(self, kind: str, hint: str = ""):
+    def __init__(self, kind: str, hint: str = "", name_problem: Callable[[str], str | None] | None = None):
         self.kind = kind
         self.hint = hint  # appended to an unknown name's message: where names from outside the package come from
+        #: why a name cannot be registered (None: it can); datasets name directories, so they take plain names only
+        self.name_problem = name_problem
         self._entries: dict[str, Callable] = {}
 
     def listing(self) -> str:
@@ -31,6 +33,9 @@ class Registry:
 
         def wrap(obj: T) -> T:
             key = name or obj.__name__  # type: ignore[attr-defined]
+            problem = self.name_problem(key) if self.name_problem else None
+            if problem:
+                raise ValueError(f"cannot register {self.kind} {key!r}: {problem}")
             if key in self._entries and not override and self._entries[key] is not obj:
                 taken = self._entries[key]
                 by = f"{getattr(taken, '__module__', '?')}.{getattr(taken, '__qualname__', type(taken).__name__)}"
@@ -86,6 +91,10 @@ class Registry:
                 warnings.warn(f"{where} failed to load: {type(e).__name__}: {e}; it is unavailable", warning)
                 continue
             if isinstance(obj, type) and issubclass(obj, base):
+                problem = self.name_problem(ep.name) if self.name_problem else None
+                if problem:
+                    warnings.warn(f"{where}: {problem}; skipped (rename the entry point)", warning)
+                    continue
                 if ep.name in self and self.get(ep.name) is not obj:
                     warnings.warn(f"{where}: the name is already taken by {self.get(ep.name)!r}; skipped", warning)
                     continue

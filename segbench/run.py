@@ -113,6 +113,7 @@ def dataset_problems(cfg: dict, data_root) -> list[str]:
     """Datasets the specs name that are not registered (plug-ins of the data root included), and splits they lack.
     Nothing is opened: that is check_datasets' job, after the plan."""
     from .data import DATASETS, DatasetError, load_plugins
+    from .data.plugins import unknown_name_hint
     from .data.cache import parse_size
     from .data.multisource import source_weight_problems
 
@@ -139,12 +140,30 @@ def dataset_problems(cfg: dict, data_root) -> list[str]:
                 problems.append(f"specs: {name!r}: {e}")
             continue
         if name not in DATASETS:
-            problems.append(f"specs: unknown dataset {name!r}; valid names: {', '.join(DATASETS.names())}")
+            problems.append(f"specs: unknown dataset {name!r}; valid names: {', '.join(DATASETS.names())}"
+                            + unknown_name_hint(name, data_root))
             continue
         valid = DATASETS.get(name).splits
         for key, split in splits.items():
             if isinstance(split, str) and split not in valid:
                 problems.append(f"{key}={split!r}: {name} has no split {split!r}; its splits: {', '.join(valid)}")
+    return problems + eval_split_problems(cfg, transfers)
+
+
+def eval_split_problems(cfg: dict, transfers) -> list[str]:
+    """A source trained on a split that shares frames with the one it is scored on in-domain (cells.trained_on_scored)
+    would report training images as a test score: refused unless `train.allow_eval_split` says it is meant."""
+    from .cells import trained_on_scored
+
+    train, ecfg = cfg["train"], cfg["eval"]
+    if train.get("allow_eval_split") is True:
+        return []
+    problems = []
+    for part in dict.fromkeys(p for t in transfers for p in trained_on_scored(t.source, train["split"], ecfg["split"])):
+        problems.append(f"train.split={train['split']!r}: {part} is scored in-domain on eval.split={ecfg['split']!r}, "
+                        "which holds images of the training split, so its in-domain score would be taken on training "
+                        "images; train on another split (e.g. --set train.split=train), or --set "
+                        "train.allow_eval_split=true to do it on purpose (the table and the protocol card then say so)")
     return problems
 
 
@@ -273,15 +292,21 @@ def parse_analyses(text: str) -> list[str]:
 
 
 def check_datasets(transfers, cfg: dict, data_root) -> None:
-    """Open every split the study needs before training anything, so a missing target fails in seconds."""
+    """Open every split the study needs before training anything, so a missing target, or one with files that lack
+    their partner (`eval.missing_pairs`), fails in seconds."""
     from .data import build_dataset
+    from .engine.scoring import check_missing_pairs
 
-    needed = []
+    needed, scored = [], set()
     for t in transfers:
         needed.append((t.source, cfg["train"]["split"]))
-        needed += [(name, cfg["eval"]["split"]) for name in (*source_parts(t.source), *t.targets)]
+        targets = [(name, cfg["eval"]["split"]) for name in (*source_parts(t.source), *t.targets)]
+        needed += targets
+        scored.update(targets)
     for name, split in dict.fromkeys(needed):
-        build_dataset(name, split, root=data_root)
+        dataset = build_dataset(name, split, root=data_root)
+        if (name, split) in scored:
+            check_missing_pairs(dataset, cfg["eval"]["missing_pairs"])
 
 
 def check_pretrained(cfg: dict, backbones: list[str]) -> None:

@@ -20,8 +20,23 @@ GRAMMAR = ("  'SOURCE->TARGET[,TARGET...]'   train on SOURCE, test on SOURCE and
 
 #: joins the parts of a multi-source name
 JOIN = "+"
+#: separates a dataset name from the size of its prepared copy (`gta5@1280x720`)
+PREPARED = "@"
 
-_NAME = re.compile(r"^[A-Za-z0-9_.@+-]*[A-Za-z0-9_.@+]$")
+#: what a dataset name may be, for every way one is given (a YAML file's `name`, the registry, a spec): a plain token,
+#: since it names a directory under the data root and under each cell (preds/NAME), so `.`, `..`, `/` and the
+#: characters of the spec grammar (`+ @ , : >`) cannot be part of it
+DATASET_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?")
+DATASET_NAME_RULE = ("a dataset name starts with a letter or digit and continues with letters, digits, '_', '-' or "
+                     "'.' (not ending in '-' or '.'), e.g. my_city-2")
+_SIZE = re.compile(r"[A-Za-z0-9]+")
+
+
+def dataset_name_problem(name) -> str | None:
+    """Why `name` cannot be a dataset name (DATASET_NAME_RULE), or None when it can."""
+    if isinstance(name, str) and DATASET_NAME.fullmatch(name):
+        return None
+    return f"{name!r} is not a valid dataset name: {DATASET_NAME_RULE}"
 
 
 @dataclass(frozen=True)
@@ -47,8 +62,14 @@ def is_in_domain(source: str, target: str) -> bool:
 def _names(text: str, spec: str) -> list[str]:
     names = [n.strip() for n in text.split(",")]
     for n in names:
-        if not n or not _NAME.match(n):
-            raise SpecError(f"bad dataset name {n!r} in spec {spec!r}; expected:\n{GRAMMAR}")
+        # an empty part of `a++b` is _source's to explain; `NAME@WxH` is a prepared copy of NAME
+        for part in [p for p in source_parts(n) if p] or [n]:
+            base, at, size = part.partition(PREPARED)
+            problem = dataset_name_problem(base)
+            if problem is None and at and not _SIZE.fullmatch(size):
+                problem = f"{part!r} names a prepared copy as NAME{PREPARED}WxH, e.g. gta5@1280x720"
+            if problem:
+                raise SpecError(f"bad dataset name in spec {spec!r}: {problem}; expected:\n{GRAMMAR}")
     return names
 
 

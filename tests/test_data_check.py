@@ -9,7 +9,7 @@ import pytest
 
 import label_tables as lt
 import minitrees as mt
-from segbench.data.adapters import acdc, cityscapes, gta5  # noqa: F401  (registers the adapters)
+from segbench.data.adapters import acdc, cityscapes, gta5, synthetic  # noqa: F401  (registers the adapters)
 from segbench.data.factory import build_dataset
 from segbench.data.check import check_dataset
 from segbench.data.cli import main
@@ -130,3 +130,68 @@ def test_prepared_name_without_cache_says_how_to_make_it(tmp_path):
 
     with pytest.raises(DatasetError, match="segbench data prepare gta5 --size 1280x720"):
         build_dataset("gta5@1280x720", "train", root=tmp_path)
+
+
+# -- files without their partner: every layout, through the real readers ---------------------------------------------
+MYCITY = """\
+segbench_dataset: 1
+name: mycity
+splits: [train, val]
+images: {dir: "photos/{split}", suffix: ".jpg"}
+labels: {dir: "gt/{split}", suffix: "_gt.png"}
+encoding: trainid
+"""
+
+
+def make_mycity(data_root):
+    (data_root / "mycity.yaml").write_text(MYCITY)
+    for k in range(3):
+        mt.write_rgb(data_root / "mycity/photos/val/seq1" / f"f{k}.jpg", mt.image(k))
+        mt.write_gray(data_root / "mycity/gt/val/seq1" / f"f{k}_gt.png", mt.train_ids(k))
+
+
+#: name -> (split, writer of a 3-frame tree under the data root in the official layout, label files per frame)
+LAYOUTS = {
+    # beside the labelIds files: labelTrainIds of the same frames and the colour files, which pair with nothing
+    "cityscapes": ("val", lambda d: mt.make_cityscapes(d / "cityscapes", n={"val": 3}, trainid_files=True), 2),
+    "gta5": ("all", lambda d: mt.make_gta5(d / "gta5", count=3), 1),
+    "synthia": ("all", lambda d: mt.make_synthia(d / "synthia", count=3), 1),
+    "bdd100k": ("val", lambda d: mt.make_bdd100k(d / "bdd100k", n={"val": 3}), 1),
+    "bdd100k-legacy": ("val", lambda d: mt.make_bdd100k(d / "bdd100k", legacy=True, n={"val": 3}), 1),
+    "mapillary": ("val", lambda d: mt.make_mapillary(d / "mapillary", nested=True, n={"validation": 3}), 1),
+    "acdc-fog": ("val", lambda d: mt.make_acdc(d / "acdc", conditions=("fog",), n={"val": 3},
+                                               label_files=("_gt_labelTrainIds.png", "_gt_labelIds.png")), 2),
+    "photo": ("val", lambda d: build_dataset("photo", "val", root=d), 1),  # generated on first use
+    "mycity": ("val", make_mycity, 1),  # a YAML dataset
+}
+
+
+def _label_of(name, split, data, image):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return dict(build_dataset(name, split, root=data).pairs).get(image)
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+def test_check_names_a_label_without_its_image_and_an_image_without_its_label(tmp_path, monkeypatch, capsys, layout):
+    """A partly extracted download: before, a label whose image was missing was not seen at all (and the synthetic
+    domains did not see a missing label either), so `data check` said "no problems found" and scoring used fewer
+    images without a word."""
+    monkeypatch.setattr(synthetic, "SPLIT_SIZES", {"train": 1, "val": 3})
+    name, (split, write, encodings) = layout.removesuffix("-legacy"), LAYOUTS[layout]
+    data = tmp_path / "data"
+    data.mkdir()
+    write(data)
+    argv = ["check", name, "--data-root", str(data), "--split", split, "--json", "--quiet"]
+    code, out, _ = run_cli(capsys, *argv)
+    assert code == 0 and json.loads(out)["problems"] == [] and json.loads(out)["pairs"] == 3  # clean: nothing invented
+    (image0, label0), (image1, _), _ = build_dataset(name, split, root=data).pairs
+    image0.unlink()  # an image whose label stays
+    while (label := _label_of(name, split, data, image1)) is not None:
+        label.unlink()  # every label of a frame whose image stays (Cityscapes and ACDC keep two encodings)
+    code, out, _ = run_cli(capsys, *argv)
+    report = json.loads(out)
+    assert code == 1 and report["pairs"] == 1
+    found = [(p["kind"], p["path"]) for p in report["problems"]]
+    assert ("missing image", str(label0)) in found and ("missing label", str(image1)) in found
+    assert sorted(kind for kind, _ in found) == ["missing image"] * encodings + ["missing label"]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib
+import json
 import pickle
 import sys
 import textwrap
@@ -12,10 +13,12 @@ import torch
 
 import minitrees as mt
 from segbench.data import plugins
+from segbench.data.cli import main as data_main
 from segbench.data.base import SegmentationDataset
 from segbench.data.factory import build_dataset
 from segbench.data.registry import DATASETS, register_dataset
 from segbench.data.yaml_dataset import YamlSpecError, register_yaml
+from segbench.spec import SpecError, Transfer, parse_spec
 
 MYCITY = """\
 segbench_dataset: 1
@@ -208,3 +211,61 @@ def test_decorator_is_the_registry_decorator():
         pass
 
     assert DATASETS.get("inline") is Inline
+
+
+# ------------------------------------------------------------------------------------------------ names
+@pytest.mark.parametrize("name", ["..", ".", "my_city#1", "a/b", "city@2x", "night-", ""])
+def test_a_name_that_is_not_a_plain_token_is_refused_saying_what_a_name_may_hold(tmp_path, name):
+    """A name is a directory under the data root (`root` defaults to it) and under each cell: `..` would escape them,
+    and `my_city#1` would register here only for the spec parser to refuse it later."""
+    spec = write_yaml(tmp_path / "odd.yaml", MYCITY.format(name=json.dumps(name)).replace("root: mycity\n", "")
+                      + "encoding: trainid\n")
+    with pytest.raises(YamlSpecError, match=r"odd.yaml: field 'name' .*letters, digits, '_', '-' or '.'"):
+        register_yaml(spec)
+    assert str(name) not in DATASETS
+    if name:  # no name: the decorator takes the class name
+        with pytest.raises(ValueError, match="letters, digits"):
+            register_dataset(str(name))(type("Odd", (SegmentationDataset,), {}))
+    if isinstance(name, str) and "@" not in name:  # `city@2x` is a spec's way to name a prepared copy of `city`
+        with pytest.raises(SpecError, match="letters, digits"):
+            parse_spec(f"gta5->{name}")
+
+
+def test_data_check_of_a_dotdot_dataset_names_the_file_instead_of_reading_the_parent(tmp_path, capsys):
+    """Before, `name: ".."` without a root registered and `data check ..` read the parent of the data root."""
+    data = tmp_path / "data"
+    data.mkdir()
+    spec = write_yaml(data / "up.yaml", MYCITY.format(name='".."').replace("root: mycity\n", "") + "encoding: trainid\n")
+    make_mycity(tmp_path, lambda p, t: mt.write_gray(p, t))  # a tree one level above the data root, in the layout
+    code = data_main(["check", "..", "--data-root", str(data), "--split", "val", "--quiet"])
+    out, err = capsys.readouterr()
+    assert code == 2 and out == "" and str(spec) in err and "letters, digits" in err
+
+
+def test_plain_names_with_dots_digits_and_dashes_still_register(tmp_path):
+    for name in ("city.v2", "2night", "my_city-1"):
+        register_yaml(write_yaml(tmp_path / f"{name}.yaml", MYCITY.format(name=name) + "encoding: trainid\n"))
+        assert parse_spec(f"gta5->{name}") == [Transfer("gta5", (name,))]
+
+
+# ------------------------------------------------------------------------------------------------ undeclared files
+def test_an_unknown_name_that_a_skipped_yaml_file_describes_names_the_file_and_the_line(tmp_path, capsys):
+    """A file written before the declaration existed is skipped by the scan (it could be anyone's YAML); asking for
+    the dataset it describes says which file that is and the line to add, instead of only "unknown dataset"."""
+    data = tmp_path / "data"
+    data.mkdir()
+    old = write_yaml(data / "night.yaml", MYCITY.format(name="night").replace("segbench_dataset: 1\n", "")
+                     + "encoding: trainid\n")
+    write_yaml(data / "environment.yml", "name: night-env\ndependencies: [python]\n")  # a stranger: not named
+    code = data_main(["check", "night", "--data-root", str(data), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and "unknown dataset 'night'" in err and str(old) in err and "`segbench_dataset: 1`" in err
+    assert "environment.yml" not in err
+    from segbench import run
+
+    assert run.main(["sim->night", "--data-root", str(data), "--results", str(tmp_path / "r"), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert str(old) in err and "`segbench_dataset: 1`" in err
+    old.write_text("segbench_dataset: 1\n" + old.read_text())  # the fix the message gives
+    make_mycity(data / "mycity", lambda p, t: mt.write_gray(p, t))
+    assert data_main(["check", "night", "--data-root", str(data), "--quiet"]) == 0

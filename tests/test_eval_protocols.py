@@ -223,7 +223,8 @@ def synthia_and_cityscapes(tmp_path, monkeypatch):
 def test_synthia_to_cityscapes_study_scores_16_classes(tmp_path, synthia_and_cityscapes):
     """The shipped experiments/synthia_dg.yaml (eval.classes: 16) on SYNTHIA -> Cityscapes: every target's mIoU is the
     mean over those 16 classes; changing the class set re-scores the finished cell (19 entries)."""
-    cfg = apply_overrides(load_config("synthia_dg"), ["eval.workers=0", "eval.dump=0"])
+    # the miniature lacks most frames RobustNet's val list names: scored without them, on purpose
+    cfg = apply_overrides(load_config("synthia_dg"), ["eval.workers=0", "eval.dump=0", "eval.missing_pairs=skip"])
     (cell,) = plan(cfg, parse_specs(["synthia->cityscapes"]), ["resnet50"], ["deeplabv3plus"])
     cell_dir = cell.directory(tmp_path / "results")
     cell_dir.mkdir(parents=True)

@@ -1,5 +1,6 @@
 """Every command ends a user's mistake with one message naming the file or value, exit code 2, and no traceback
 unless --debug (or SEGBENCH_DEBUG=1) asks for one. Also: what `segbench evaluate --preds` accepts and refuses."""
+import json
 import os
 import subprocess
 import sys
@@ -10,6 +11,8 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+
+import minitrees as mt
 
 from segbench import cli, errors
 from segbench.cells import write_record
@@ -329,3 +332,52 @@ def test_values_outside_the_encoding_are_refused(photo, tmp_path, encoding, valu
             scoring.score_prediction_dir(photo, tmp_path / "preds", encoding)
     else:
         scoring.score_prediction_dir(photo, tmp_path / "preds", encoding)
+
+
+def _as_cityscapes_ids(label):
+    """trainIds -> the Cityscapes label id of each class (255 stays void), from the independent table."""
+    out = np.full_like(label, 255)
+    for train_id, label_id in mt.CS_ID.items():
+        out[label == train_id] = label_id
+    return out
+
+
+def test_trainid_predictions_scored_as_cityscapes_ids_are_refused_naming_the_flag(photo, tmp_path, capsys):
+    """Perfect trainId predictions with --encoding cityscapes scored 0.0 without a word (0..18 are Cityscapes ids
+    too): read the other way they score far higher, which is said, with the flag to use. The reverse mistake comes
+    from the same check."""
+    labels = _labels(photo)
+    assert all(set(np.unique(lab).tolist()) <= {*range(19), 255} for _, lab in labels)  # trainIds, so 0..18 and void
+    _write(tmp_path / "trainids", labels)
+    with pytest.raises(scoring.PredictionError, match=r"trainids: these look like trainIds, not Cityscapes label "
+                                                      r"ids: .* score 100\.0 mIoU read with --encoding trainid against "
+                                                      r"[0-9.]+ with --encoding cityscapes; pass --encoding trainid"):
+        scoring.score_prediction_dir(photo, tmp_path / "trainids", "cityscapes")
+    code, out, err = _segbench(capsys, "evaluate", "--preds", tmp_path / "trainids", "--dataset", "photo",
+                               "--data-root", tmp_path / "data", "--encoding", "cityscapes")
+    (line,) = [line for line in err.splitlines() if "segbench evaluate:" in line]  # after the progress bar
+    assert code == 2 and out == "" and "Traceback" not in err and str(tmp_path / "trainids") in line
+    assert line.endswith("pass --encoding trainid")
+    assert scoring.score_prediction_dir(photo, tmp_path / "trainids", "trainid")["miou"] == pytest.approx(100.0)
+
+    _write(tmp_path / "ids", [(stem, _as_cityscapes_ids(lab)) for stem, lab in labels])
+    assert scoring.score_prediction_dir(photo, tmp_path / "ids", "cityscapes")["miou"] == pytest.approx(100.0)
+    with pytest.raises(scoring.PredictionError, match=r"pass --encoding cityscapes"):  # the reverse, still caught
+        scoring.score_prediction_dir(photo, tmp_path / "ids", "trainid")
+
+
+def test_a_prediction_without_its_image_is_refused_or_counted(photo, tmp_path, capsys):
+    """Before, a prediction matching no image was ignored without a word; an image without a prediction was refused
+    already. eval.missing_pairs=skip scores the matched pairs and counts both kinds."""
+    labels = _labels(photo)
+    _write(tmp_path / "preds", labels[1:] + [("stray_frame", labels[0][1])])
+    with pytest.raises(scoring.PredictionError) as e:
+        scoring.score_prediction_dir(photo, tmp_path / "preds", "trainid")
+    message = str(e.value)
+    assert f"1 of 3 images have no prediction (e.g. {labels[0][0]})" in message
+    assert "1 prediction(s) match no image of photo 'val' (stray_frame.png)" in message
+    assert "eval.missing_pairs=skip" in message
+    code, out, err = _segbench(capsys, "evaluate", "--preds", tmp_path / "preds", "--dataset", "photo",
+                               "--data-root", tmp_path / "data", "--set", "eval.missing_pairs=skip")
+    assert code == 0 and json.loads(out)["missing_pairs"] == 2 and json.loads(out)["miou"] == pytest.approx(100.0)
+    assert json.loads(out)["images"] == 2  # the pairs scored

@@ -52,6 +52,10 @@ class UnknownLabelError(DatasetError):
     """A label file holds raw values its dataset's table does not know: a damaged file or a wrong table."""
 
 
+class MissingPairsError(DatasetError):
+    """A split to be scored has files without their partner; scoring it would shrink the test set without a word."""
+
+
 class DatasetWarning(UserWarning):
     """Pairs were left out at construction (one warning per dataset, naming them)."""
 
@@ -69,11 +73,20 @@ class Problem:
 
 
 PROBLEM_KINDS = ("missing label", "missing image", "unreadable", "size mismatch", "label values outside the mapping")
+#: the kinds that leave a file of the download without its partner (an image without its label or the reverse): a
+#: split missing them is smaller than the download it came from, so scoring refuses it (`eval.missing_pairs`)
+MISSING_PAIR_KINDS = ("missing label", "missing image")
 #: how many offending files a construction-time warning names before it abbreviates
 WARN_NAMES = 20
 #: what reading a label with values outside the table does: "error" refuses it (UnknownLabelError), "ignore" maps the
 #: values to IGNORE_INDEX (training only, after counting them for the record: `label_scan.apply_unknown_label_policy`)
 UNKNOWN_LABEL_POLICIES = ("error", "ignore")
+
+
+def missing_pairs(dataset) -> list[Problem]:
+    """The files of `dataset` left out because their image or label is missing (a union: those of its parts)."""
+    parts = getattr(dataset, "parts", None) or [dataset]
+    return [p for part in parts for p in getattr(part, "skipped", ()) if p.kind in MISSING_PAIR_KINDS]
 
 
 def apply_lut(raw: np.ndarray, lut: np.ndarray) -> np.ndarray:
@@ -146,6 +159,8 @@ class SegmentationDataset(torch.utils.data.Dataset):
     eval_height: ClassVar[int | None] = None
     #: one of UNKNOWN_LABEL_POLICIES; training may set "ignore" on its own instance, everything else reads strictly
     unknown_labels: str = "error"
+    #: the split that holds the frames of every other split, where a dataset declares it (GTA5's and SYNTHIA's)
+    union_split: ClassVar[str] = "all"
 
     def __init__(self, root: str | os.PathLike, split: str = "train", transform: Callable | None = None):
         self.root = Path(root)
@@ -235,6 +250,12 @@ class SegmentationDataset(torch.utils.data.Dataset):
         )
 
     @classmethod
+    def splits_share_frames(cls, a: str, b: str) -> bool:
+        """Whether splits `a` and `b` hold frames in common, from their names alone: the same split, or one of them
+        the dataset's union of all (`union_split`). Training on one and scoring on the other scores training images."""
+        return a == b or (cls.union_split in (a, b) and cls.union_split in cls.splits)
+
+    @classmethod
     def prepare(cls, root: Path) -> None:
         """Hook for datasets that can create themselves (the embedded synthetic domains); real downloads do nothing."""
 
@@ -282,6 +303,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
 
 
 __all__ = [
-    "DatasetError", "DatasetWarning", "PROBLEM_KINDS", "Problem", "SegmentationDataset", "SizeMismatchError",
-    "UNKNOWN_LABEL_POLICIES", "UnknownLabelError", "apply_lut", "known_mask", "read_gray", "read_rgb",
+    "DatasetError", "DatasetWarning", "MISSING_PAIR_KINDS", "MissingPairsError", "PROBLEM_KINDS", "Problem",
+    "SegmentationDataset", "SizeMismatchError", "UNKNOWN_LABEL_POLICIES", "UnknownLabelError", "apply_lut",
+    "known_mask", "missing_pairs", "read_gray", "read_rgb",
 ]

@@ -24,7 +24,7 @@ from typing import Callable, Mapping
 import cv2
 from tqdm import tqdm
 
-from .base import LABEL_NEAREST, DatasetError, Problem, SegmentationDataset, UnknownLabelError
+from .base import LABEL_NEAREST, MISSING_PAIR_KINDS, DatasetError, Problem, SegmentationDataset, UnknownLabelError
 from .registry import DATASETS, data_root
 from .tables import TRAINID_KNOWN, TRAINID_LUT
 from .workers import worker_init_fn
@@ -89,6 +89,9 @@ class PreparedDataset(SegmentationDataset):
         return self.name
 
     def find_pairs(self, split: str) -> list[tuple[Path, Path]]:
+        # the source's files without their partner stay missing in the copy: scoring it refuses them as it would there
+        self.skipped += [Problem(p["kind"], p["path"], p.get("detail", "")) for p in self.manifest.get("left_out", [])
+                         if p["kind"] in MISSING_PAIR_KINDS and split in p.get("splits", ())]
         return [(self.root / "images" / f"{k}.png", self.root / "labels" / f"{k}.png") for k in self.manifest["splits"][split]]
 
 

@@ -18,7 +18,7 @@ from ..spec import source_parts
 from .base import DatasetError, Problem, SegmentationDataset
 from .cache import DEFAULT_PNG_COMPRESSION, open_prepared, prepared_path, write_cache
 from .multisource import MultiSourceDataset
-from .plugins import load_plugins
+from .plugins import dataset_class, load_plugins
 from .registry import DATASETS, data_root
 
 
@@ -37,10 +37,10 @@ def build_dataset(name: str, split: str | None = None, root: str | os.PathLike |
         return MultiSourceDataset([build_dataset(p, split, root) for p in parts], parts, classes, transform)
     if classes is not None:
         raise ValueError(f"classes={classes!r} applies to a union of datasets (A+B), not to {name!r}")
-    load_plugins(root)
     if "@" in name:
+        load_plugins(root)
         return open_prepared(name, split, root, transform, path)
-    cls = DATASETS.get(name)
+    cls = dataset_class(name, root)
     directory = Path(path) if path else data_root(root) / cls.default_dir
     cls.prepare(directory)
     return cls(directory, split=split or cls.splits[0], transform=transform)
@@ -51,8 +51,7 @@ def dataset_splits(name: str, root: str | os.PathLike | None = None,
     """The splits `name` declares (a prepared copy: those its manifest lists)."""
     if "@" in name:
         return tuple(open_prepared(name, None, root, None, path).splits)
-    load_plugins(root)
-    return tuple(DATASETS.get(name).splits)
+    return tuple(dataset_class(name, root).splits)
 
 
 def open_every_split(name: str, root: str | os.PathLike | None = None, path: str | os.PathLike | None = None,

@@ -32,8 +32,10 @@ def pair_by_suffix(
 ) -> list[tuple[Path, Path]]:
     """Pair `image_dir/REL/STEM+image_suffix` with the first existing `label_dir/REL/STEM+label_suffix`.
 
-    Images without a label are appended to `skipped` as "missing label". `only` restricts to these image file names
-    (a split list); names in it with no image become "missing image".
+    Images without a label are appended to `skipped` as "missing label", labels without an image as "missing image"
+    (a partly extracted download: the test set would shrink without a word). `only` restricts to these image file
+    names (a split list); names in it with no image become "missing image", and labels of frames outside it are not
+    looked at.
     """
     labels = set()
     for suffix in label_suffixes:
@@ -53,7 +55,26 @@ def pair_by_suffix(
             skipped.append(Problem("missing label", str(image_dir / rel), f"expected {expected}"))
             continue
         pairs.append((image_dir / rel, label_dir / label))
+    if only is None:
+        skipped.extend(labels_without_image(image_dir, image_suffix, images, label_dir, label_suffixes, labels))
     return pairs
+
+
+def labels_without_image(image_dir: Path, image_suffix: str, images: list[str], label_dir: Path,
+                         label_suffixes: Sequence[str], labels: set[str]) -> list[Problem]:
+    """A "missing image" problem for each label file (`labels`, relative to `label_dir`) whose frame has no image
+    among `images` (relative to `image_dir`). A frame with labels in two encodings (Cityscapes' labelIds and
+    labelTrainIds) is one frame; a file both listings hold (images and labels in one directory) is an image."""
+    stems = {rel[: len(rel) - len(image_suffix)] for rel in images}
+    image_files = {image_dir / rel for rel in images}
+    problems = []
+    for rel in sorted(labels):
+        suffix = next(s for s in sorted(label_suffixes, key=len, reverse=True) if rel.endswith(s))
+        stem = rel[: len(rel) - len(suffix)]
+        if stem in stems or label_dir / rel in image_files:
+            continue
+        problems.append(Problem("missing image", str(label_dir / rel), f"no image {image_dir / (stem + image_suffix)}"))
+    return problems
 
 
 def require_dir(dataset, path: Path, what: str) -> Path:

@@ -6,8 +6,10 @@ import os
 from pathlib import Path
 
 from ..registry import Registry
+from ..spec import dataset_name_problem
 
-DATASETS = Registry("dataset")
+#: names are plain tokens (spec.DATASET_NAME_RULE): the same rule as a spec's, so whatever registers can be named there
+DATASETS = Registry("dataset", name_problem=dataset_name_problem)
 
 #: decorator for code-defined datasets: `@register_dataset("mycity") class MyCity(SegmentationDataset): ...`
 register_dataset = DATASETS.register

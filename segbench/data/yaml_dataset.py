@@ -1,7 +1,7 @@
 """A dataset described by a YAML file, so a new domain needs no code. Example (all keys shown):
 
     segbench_dataset: 1              # required: declares the file a segbench dataset (format version 1)
-    name: mycity                     # registered dataset name (not one of the built-in names)
+    name: mycity                     # registered dataset name (not a built-in one): letters, digits, _ - . (spec.py)
     root: mycity                     # its directory: relative to the data root (default: the name), or absolute
     splits: [train, val]
     images: {dir: "images/{split}", suffix: ".jpg"}        # relative to root (or absolute); searched recursively
@@ -30,6 +30,7 @@ import numpy as np
 import yaml
 
 from ..labels import CITYSCAPES_LUT, IGNORE_INDEX, NUM_CLASSES, PALETTE, make_lut
+from ..spec import DATASET_NAME_RULE, dataset_name_problem
 from .base import DatasetError, SegmentationDataset
 from .pairing import pair_by_suffix, require_dir
 from .readers import pack_rgb, read_color_label, read_index_label, read_label_channel
@@ -220,9 +221,8 @@ def load_spec(path: Path) -> dict:
     for field in REQUIRED:
         if field not in spec:
             _fail(path, field, "is missing", "see the example in segbench/data/yaml_dataset.py or the README")
-    name = spec["name"]
-    if not isinstance(name, str) or not name or "@" in name or "/" in name:
-        _fail(path, "name", f"is {name!r}", "use a short name without '@' or '/', e.g. mycity")
+    if dataset_name_problem(spec["name"]):
+        _fail(path, "name", f"is {spec['name']!r}", f"rename it: {DATASET_NAME_RULE}")
     splits = spec["splits"]
     if not isinstance(splits, list) or not splits or not all(isinstance(s, str) and s for s in splits):
         _fail(path, "splits", f"is {splits!r}", "list the split names, e.g. [train, val]")

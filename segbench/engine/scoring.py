@@ -8,6 +8,7 @@ image's matrix (gathered to rank 0 in dataset order), so the report can bootstra
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Sequence
 
@@ -18,7 +19,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from ..config import InferenceSettings
-from ..data.base import DatasetError, read_rgb
+from ..data.base import DatasetError, MissingPairsError, missing_pairs, read_rgb
 from ..data.eval_protocols import DEFAULT_PROTOCOL
 from ..data.readers import PNG_PALETTE, png_header
 from ..data.transforms import eval_transform_for
@@ -45,9 +46,38 @@ def scoring_transform_and_classes(dataset, ecfg: dict):
 
 
 def prepare_for_scoring(dataset, ecfg: dict) -> tuple[int, ...] | None:
-    """Set `dataset` up as a study scores it and return its scored classes (`scoring_transform_and_classes`)."""
+    """Set `dataset` up as a study scores it and return its scored classes (`scoring_transform_and_classes`); a split
+    with files that lack their partner is refused unless `eval.missing_pairs` is "skip" (`check_missing_pairs`)."""
+    check_missing_pairs(dataset, ecfg.get("missing_pairs", "error"))
     dataset.transform, classes = scoring_transform_and_classes(dataset, ecfg)
     return classes
+
+
+#: how many file names a refusal shows before it abbreviates
+NAMES_SHOWN = 3
+#: the way out every missing-pairs refusal offers besides the fix
+SKIP_HINT = "or score the complete pairs only with --set eval.missing_pairs=skip (the count left out is recorded)"
+
+
+def _some(names: Sequence[str]) -> str:
+    """The first few names, then how many more."""
+    more = f" and {len(names) - NAMES_SHOWN} more" if len(names) > NAMES_SHOWN else ""
+    return ", ".join(names[:NAMES_SHOWN]) + more
+
+
+def check_missing_pairs(dataset, policy: str) -> int:
+    """How many files of `dataset` lack their image or label (base.missing_pairs); under `eval.missing_pairs`
+    "error" (the default) any is refused, naming them: the score would be over a smaller test set than the download's
+    without a word."""
+    problems = missing_pairs(dataset)
+    if problems and policy != "skip":
+        name = getattr(dataset, "dataset_name", type(dataset).__name__)
+        shown = _some([f"{Path(p.path).name} ({p.kind})" for p in problems])
+        raise MissingPairsError(
+            f"{name} {dataset.split!r} under {dataset.root}: {len(problems)} file(s) without their image or label, "
+            f"which scoring would leave out: {shown}; restore them (`segbench data check {name} --split "
+            f"{dataset.split}` lists each), {SKIP_HINT}")
+    return len(problems)
 
 
 class _Indexed(torch.utils.data.Dataset):
@@ -203,11 +233,20 @@ IMAGE_SUFFIXES = ("_leftImg8bit", "_rgb_anon")
 #: Cityscapes label ids 0..33 (cityscapesScripts `helpers/labels.py`); a prediction may also hold 255, void (the
 #: license plate's -1 in 8 bits, which the official label files never hold: `preparation/json2labelImg.py` skips it)
 CITYSCAPES_IDS = range(34)
-#: --encoding -> (the class values a prediction may hold besides IGNORE_INDEX, what they are)
+#: --encoding -> (the class values a prediction may hold besides IGNORE_INDEX, what they are called, the full range)
 ENCODINGS = {
-    "trainid": (range(NUM_CLASSES), f"trainIds 0..{NUM_CLASSES - 1} and {IGNORE_INDEX}"),
-    "cityscapes": (CITYSCAPES_IDS, f"Cityscapes label ids 0..{len(CITYSCAPES_IDS) - 1} and {IGNORE_INDEX} (-1)"),
+    "trainid": (range(NUM_CLASSES), "trainIds", f"trainIds 0..{NUM_CLASSES - 1} and {IGNORE_INDEX}"),
+    "cityscapes": (CITYSCAPES_IDS, "Cityscapes label ids",
+                   f"Cityscapes label ids 0..{len(CITYSCAPES_IDS) - 1} and {IGNORE_INDEX} (-1)"),
 }
+#: mIoU points by which predictions must score higher read in another encoding than --encoding says before they are
+#: taken for predictions in that encoding: read in the wrong one, the classes are permuted and score near 0
+ENCODING_MARGIN = 10.0
+
+
+def decode_prediction(pred: np.ndarray, encoding: str) -> np.ndarray:
+    """Class values as --encoding `encoding` writes them -> trainIds."""
+    return ids_to_train_ids(pred) if encoding == "cityscapes" else pred
 
 
 def _normalise_stem(stem: str, suffixes) -> str:
@@ -259,31 +298,76 @@ def read_prediction(path: Path) -> np.ndarray:
     return pred
 
 
-def check_values(path: Path, pred: np.ndarray, encoding: str) -> None:
-    """Refuse any value the encoding does not define, rather than score it as a wrong class."""
-    classes, meaning = ENCODINGS[encoding]
-    if pred.dtype not in (np.uint8, np.uint16):
-        raise PredictionError(f"{path}: {pred.dtype} pixels; save class indices as an 8-bit PNG")
+def values_outside(pred: np.ndarray, encoding: str) -> np.ndarray:
+    """The distinct values of `pred` that `encoding` does not define (sorted; empty when every value is one)."""
     valid = np.zeros(np.iinfo(pred.dtype).max + 1, bool)
-    valid[list(classes)] = True
+    valid[list(ENCODINGS[encoding][0])] = True
     valid[IGNORE_INDEX] = True
-    bad = ~valid[pred]
-    if not bad.any():
-        return
-    values = np.unique(pred[bad])
-    hint = "save the class index of each pixel"
-    if pred.dtype == np.uint16 and not (np.unique(pred) % 256).any():
-        hint = "the values look like class x 256 (a 16-bit PNG scaled for viewing): save the class index itself, 8 bit"
-    elif encoding == "trainid" and values.max() < len(CITYSCAPES_IDS):
-        hint = "if these are Cityscapes label ids, pass --encoding cityscapes"
-    more = f" (and {len(values) - 1} other value(s))" if len(values) > 1 else ""
-    raise PredictionError(f"{path}: value {values[0]}{more} is not one of --encoding {encoding}'s {meaning}; {hint}")
+    return np.unique(pred[~valid[pred]])
 
 
-def score_prediction_dir(dataset, pred_dir: Path, encoding: str, eval_classes: Sequence[int] | None = None) -> dict:
-    """Match each (image, label) pair of `dataset` to the one `pred_dir/**/STEM*.png` and score them all."""
-    if not pred_dir.is_dir():
-        raise PredictionError(f"prediction directory {pred_dir} does not exist; pass the directory holding the PNGs")
+def _points(miou: float) -> float:
+    """An mIoU to compare: NaN (no class present) counts as 0."""
+    return 0.0 if math.isnan(miou) else miou
+
+
+class EncodingCheck:
+    """Predictions read under --encoding and, while their values allow it, under every other encoding too: the one
+    place that notices predictions written in another encoding than the flag says. A value the flag's encoding does
+    not define stops at its file, naming the encoding that defines it; when every value is one both define (trainIds
+    0..18 are Cityscapes ids too), the scores under each reading decide, and a far higher one under another stops the
+    run naming its flag (trainId predictions read as Cityscapes ids score about 0 otherwise, without a word)."""
+
+    def __init__(self, encoding: str):
+        self.encoding = encoding
+        self.matrices = {e: ConfusionMatrix() for e in ENCODINGS}
+
+    def add(self, path: Path, pred: np.ndarray, label: np.ndarray) -> None:
+        if pred.dtype not in (np.uint8, np.uint16):
+            raise PredictionError(f"{path}: {pred.dtype} pixels; save class indices as an 8-bit PNG")
+        for encoding in list(self.matrices):
+            outside = values_outside(pred, encoding)
+            if len(outside) and encoding == self.encoding:
+                raise PredictionError(self._refusal(path, pred, outside))
+            if len(outside):
+                del self.matrices[encoding]  # not this encoding's predictions
+                continue
+            decoded = decode_prediction(pred, encoding)
+            if decoded.shape != label.shape:
+                raise PredictionError(f"{path}: prediction is {pred.shape[1]}x{pred.shape[0]} but its label is "
+                                      f"{label.shape[1]}x{label.shape[0]}; predictions must be at label resolution")
+            self.matrices[encoding].update(torch.from_numpy(label.astype(np.int64)),
+                                           torch.from_numpy(decoded.astype(np.int64)))
+
+    def _refusal(self, path: Path, pred: np.ndarray, outside: np.ndarray) -> str:
+        """Values the flag's encoding does not define, and the likeliest reason."""
+        hint = "save the class index of each pixel"
+        other = [e for e in ENCODINGS if e != self.encoding and not len(values_outside(pred, e))]
+        if pred.dtype == np.uint16 and not (np.unique(pred) % 256).any():
+            hint = ("the values look like class x 256 (a 16-bit PNG scaled for viewing): save the class index itself, "
+                    "8 bit")
+        elif other:
+            hint = f"if these are {ENCODINGS[other[0]][1]}, pass --encoding {other[0]}"
+        more = f" (and {len(outside) - 1} other value(s))" if len(outside) > 1 else ""
+        return (f"{path}: value {outside[0]}{more} is not one of --encoding {self.encoding}'s "
+                f"{ENCODINGS[self.encoding][2]}; {hint}")
+
+    def summary(self, pred_dir: Path, eval_classes: Sequence[int] | None) -> dict:
+        """The scores under --encoding; PredictionError when another reading of the same values scores far higher."""
+        mine = self.matrices[self.encoding].summary(eval_classes)
+        for encoding, cm in self.matrices.items():
+            other = cm.summary(eval_classes)["miou"]
+            if encoding != self.encoding and _points(other) >= _points(mine["miou"]) + ENCODING_MARGIN:
+                raise PredictionError(
+                    f"{pred_dir}: these look like {ENCODINGS[encoding][1]}, not {ENCODINGS[self.encoding][1]}: every "
+                    f"value is one both define, and they score {other:.1f} mIoU read with --encoding {encoding} "
+                    f"against {mine['miou']:.1f} with --encoding {self.encoding}; pass --encoding {encoding}")
+        return mine
+
+
+def match_predictions(dataset, pred_dir: Path, policy: str = "error") -> tuple[list[tuple[int, Path]], int]:
+    """([(pair index, its prediction)], how many files are left unmatched): every image of `dataset` and every
+    prediction in `pred_dir` must find its partner, or `policy` ("error": refuse, naming them; "skip": count them)."""
     index = index_predictions(pred_dir)
     matched, missing = [], []
     for i, (image_path, _) in enumerate(dataset.pairs):
@@ -292,20 +376,38 @@ def score_prediction_dir(dataset, pred_dir: Path, encoding: str, eval_classes: S
             missing.append(Path(image_path).stem)
         else:
             matched.append((i, pred))
-    if missing:
+    used = {pred for _, pred in matched}
+    every = dict.fromkeys(p for paths in index.values() for p in paths)
+    strays = [str(p.relative_to(pred_dir)) for p in every if p not in used]
+    if (missing or strays) and policy != "skip":
+        what = []
+        if missing:
+            what.append(f"{len(missing)} of {len(dataset)} images have no prediction (e.g. {_some(missing)})")
+        if strays:
+            name = getattr(dataset, "dataset_name", "the dataset")
+            what.append(f"{len(strays)} prediction(s) match no image of {name} {dataset.split!r} ({_some(strays)})")
         raise PredictionError(
-            f"{len(missing)} of {len(dataset)} images have no prediction in {pred_dir} "
-            f"(e.g. {', '.join(missing[:3])}); "
-            "name each prediction after its image (STEM.png or STEM_pred.png, any sub-directory)")
-    cm = ConfusionMatrix()
+            f"{pred_dir}: {' and '.join(what)}; name each prediction after its image (STEM.png or STEM_pred.png, any "
+            f"sub-directory) and score the split they were made for (--set eval.split=...), {SKIP_HINT}")
+    return matched, len(missing) + len(strays)
+
+
+def score_prediction_dir(dataset, pred_dir: Path, encoding: str, eval_classes: Sequence[int] | None = None,
+                         on_missing_pairs: str = "error") -> dict:
+    """Match each (image, label) pair of `dataset` to the one `pred_dir/**/STEM*.png` and score them all. Files
+    without their partner (in the dataset, or between images and predictions) are refused unless `on_missing_pairs`
+    is "skip" (`eval.missing_pairs`); then the result's `missing_pairs` counts them."""
+    if not pred_dir.is_dir():
+        raise PredictionError(f"prediction directory {pred_dir} does not exist; pass the directory holding the PNGs")
+    unpaired = check_missing_pairs(dataset, on_missing_pairs)
+    matched, unmatched = match_predictions(dataset, pred_dir, on_missing_pairs)
+    readings = EncodingCheck(encoding)
     for i, pred_path in tqdm(matched, desc="score", unit="img", dynamic_ncols=True):
         _, label = dataset.load_pair(i)
-        pred = read_prediction(pred_path)
-        check_values(pred_path, pred, encoding)
-        if encoding == "cityscapes":
-            pred = ids_to_train_ids(pred)
-        if pred.shape != label.shape:
-            raise PredictionError(f"{pred_path}: prediction is {pred.shape[1]}x{pred.shape[0]} but its label is "
-                                  f"{label.shape[1]}x{label.shape[0]}; predictions must be at label resolution")
-        cm.update(torch.from_numpy(label.astype(np.int64)), torch.from_numpy(pred.astype(np.int64)))
-    return cm.summary(eval_classes if eval_classes is not None else getattr(dataset, "eval_classes", None))
+        readings.add(pred_path, read_prediction(pred_path), label)
+    summary = readings.summary(pred_dir, eval_classes if eval_classes is not None
+                               else getattr(dataset, "eval_classes", None))
+    summary["images"] = len(matched)
+    if unpaired + unmatched:
+        summary["missing_pairs"] = unpaired + unmatched
+    return summary

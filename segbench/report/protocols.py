@@ -94,12 +94,34 @@ def footer(items, cards: dict[str, dict], printed_in: str = "report.md") -> str:
         if "" in hashes and carded:
             lines.append(f"Rows {', '.join(hashes[''])} (train {source}) include records without a protocol card "
                          "(scored before cards were recorded).")
+    lines += caveats(by_source, cards)
     return "\n".join(lines) + "\n"
 
 
+def caveats(by_source: dict[str, dict[str, list[str]]], cards: dict[str, dict]) -> list[str]:
+    """What a card records that changes what a number means, said under the table: a target scored without files
+    that lack their image or label (`eval.missing_pairs: skip`), an in-domain score taken on training images
+    (`train.allow_eval_split`)."""
+    lines = []
+    for source, hashes in by_source.items():
+        for h, rows in hashes.items():
+            card = cards.get(h) or {}
+            for target, entry in (card.get("targets") or {}).items():
+                if isinstance(entry, dict) and entry.get("missing_pairs"):
+                    lines.append(f"Rows {', '.join(rows)} (train {source}): test {target} was scored without "
+                                 f"{entry['missing_pairs']} file(s) that lack their image or label "
+                                 f"(eval.missing_pairs=skip; `segbench data check {target}` lists them).")
+            parts = card.get("in_domain_on_training_images")
+            if parts:
+                lines.append(f"Rows {', '.join(rows)} (train {source}): test {', '.join(parts)} is scored on images "
+                             f"the model was trained on (train.split {card.get('split')!r} shares them with the eval "
+                             "split; train.allow_eval_split).")
+    return lines
+
+
 #: the order a card is printed in (a record stores its keys sorted): what was trained on, how, how it was scored
-PRINT_ORDER = ("sources", "split", "resolution", "source_weights", "training_classes", "global_batch", "iterations",
-               "train", "model", "eval", "targets", "checkpoint")
+PRINT_ORDER = ("sources", "split", "in_domain_on_training_images", "resolution", "source_weights", "training_classes",
+               "global_batch", "iterations", "train", "model", "eval", "targets", "checkpoint")
 
 
 def readable_card(card: dict) -> dict:

@@ -33,6 +33,7 @@ import numpy as np
 
 from ...labels import IGNORE_INDEX
 from ..base import SegmentationDataset, read_gray
+from ..pairing import pair_by_suffix, require_dir
 from ..registry import register_dataset
 from ..tables import TRAINID_KNOWN, TRAINID_LUT
 
@@ -344,8 +345,9 @@ class SyntheticDomain(SegmentationDataset):
         ensure_generated(root, cls.domain)
 
     def find_pairs(self, split: str) -> list[tuple[Path, Path]]:
-        images = sorted((self.root / "images" / split).glob("*.png"))
-        return [(p, self.root / "labels" / split / p.name) for p in images]
+        images = require_dir(self, self.root / "images" / split, "image")
+        labels = require_dir(self, self.root / "labels" / split, "label")
+        return pair_by_suffix(images, ".png", labels, (".png",), self.skipped)
 
     #: the labels are trainIds: any other value (a damaged or hand-edited file) is refused like in every other dataset
     label_lut = TRAINID_LUT
