@@ -266,15 +266,28 @@ def parse_analyses(text: str) -> list[str]:
 
 
 def check_datasets(transfers, cfg: dict, data_root) -> None:
-    """Open every split the study needs before training anything, so a missing target fails in seconds."""
+    """Open every split the study needs before training anything, so a missing target fails in seconds, and check
+    that each training split holds the global batch."""
     from .data import build_dataset
 
-    needed = []
+    needed, training = [], set()
     for t in transfers:
         needed.append((t.source, cfg["train"]["split"]))
+        training.add((t.source, cfg["train"]["split"]))
         needed += [(name, cfg["eval"]["split"]) for name in (*source_parts(t.source), *t.targets)]
     for name, split in dict.fromkeys(needed):
-        build_dataset(name, split, root=data_root)
+        dataset = build_dataset(name, split, root=data_root)
+        if (name, split) in training:
+            check_batch_fits(cfg["train"]["batch_size"], len(dataset), name, split)
+
+
+def check_batch_fits(batch: int, images: int, source: str, split: str) -> None:
+    """A global batch larger than the training split is never intended: every step would draw images more than once,
+    and a typo (100000 for 100) asks for memory no machine has, ending in an OOM kill without a message."""
+    if batch > images:
+        raise ConfigError(f"train.batch_size={batch}: the global batch is larger than {source}'s {split} split "
+                          f"({images} images), so every step would draw images more than once; set "
+                          f"train.batch_size to at most {images} (e.g. --set train.batch_size={images})")
 
 
 def check_pretrained(cfg: dict, backbones: list[str]) -> None:

@@ -317,7 +317,8 @@ def test_run_and_report_on_a_read_only_results_directory_end_in_one_message(tmp_
     (results / "study" / "cells").mkdir(parents=True)
     _read_only(monkeypatch, results)
     code = run.main(["sim->sim", "--backbones", "resnet18", "--name", "study", "--results", str(results),
-                     "--data-root", str(tmp_path / "data"), "--set", "model.pretrained=null"])
+                     "--data-root", str(tmp_path / "data"), "--set", "model.pretrained=null",
+                     "--set", "train.batch_size=2"])
     err = capsys.readouterr().err
     assert code == 2 and f"{results / 'study'}: {results / 'study'} is not writable" in err and "Traceback" not in err
 

@@ -187,6 +187,34 @@ def test_evaluate_checks_where_it_writes_before_scoring(unsafe_cell, tmp_path, c
     assert code == 2 and "not a segbench checkpoint" not in first and blocker.read_text() == "mine"
 
 
+# -- run and evaluate: a device, weights or a batch the user must change -----------------------------------------------
+@pytest.fixture
+def tiny_run(tmp_path, monkeypatch):
+    """`segbench run sim->sim` on 6 training images, set to train for one iteration at a tiny crop."""
+    monkeypatch.setattr(synthetic, "SPLIT_SIZES", {"train": 6, "val": 1})
+
+    def run(capsys, *settings, device="cpu"):
+        sets = [a for s in ("train.iters=1", "train.crop=[32,32]", "train.batch_size=2", "train.workers=0",
+                            "eval.workers=0", "model.pretrained=null", *settings) for a in ("--set", s)]
+        return _segbench(capsys, "run", "sim->sim", "--backbones", "resnet18", "--results", tmp_path / "results",
+                         "--data-root", tmp_path / "data", "--device", device, *sets)
+    return run
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_device_cuda_without_a_gpu_is_one_line_with_the_fix(unsafe_cell, tiny_run, capsys):
+    code, _, err = tiny_run(capsys, device="cuda")
+    assert code == 2 and "--device cpu" in _one_clean_line(err, "--device cuda", "no CUDA GPU")
+    code, _, err = _segbench(capsys, "evaluate", unsafe_cell, "--dataset", "sim", "--device", "cuda")
+    assert code == 2 and "--device cpu" in _one_clean_line(err, "--device cuda", "no CUDA GPU")
+
+
+def test_a_global_batch_larger_than_the_training_split_is_refused_before_training(tiny_run, tmp_path, capsys):
+    code, _, err = tiny_run(capsys, "train.batch_size=12")
+    first = _one_clean_line(err, "train.batch_size=12", "6 images")
+    assert code == 2 and "--set train.batch_size=6" in first and not (tmp_path / "results").exists()
+
+
 # -- data ------------------------------------------------------------------------------------------------------------
 BUILTIN_AGAIN = """segbench_dataset: 1
 name: sim
