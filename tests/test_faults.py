@@ -517,3 +517,31 @@ def test_a_resumed_run_logs_each_iteration_once_and_counts_the_whole_run(tmp_pat
     assert stats["train_seconds"] > before["train_seconds"] > 0
     # 4 iterations x batch 2 over the whole run, not the 2 x 2 of the resumed process
     assert stats["images_per_s"] * stats["train_seconds"] == pytest.approx(8)
+
+
+# -- a payload among the checkpoints ---------------------------------------------------------------------------------
+
+class Payload:
+    def __reduce__(self):
+        return (print, ("this file ran code",))
+
+
+def test_a_payload_as_the_newest_checkpoint_is_set_aside_like_a_damaged_one(tmp_path, tiny_sim, capsys):
+    """Not a resume that fails on every rerun with advice for `evaluate`: kept aside, the run resumes before it."""
+    _train(tmp_path, tiny_sim)
+    newest = tmp_path / "ckpt" / "iter_0000004.pt"
+    torch.save({"model": Payload()}, newest)
+    with pytest.warns(UserWarning, match=r"iter_0000004\.pt: not a segbench checkpoint.*kept aside as "
+                                         r"iter_0000004\.pt\.damaged, resuming from the checkpoint before it"):
+        stats = _train(tmp_path, tiny_sim)
+    assert stats["resumed_from"] == 2 and "ran code" not in capsys.readouterr().out
+    assert (tmp_path / "ckpt" / "iter_0000004.pt.damaged").is_file()
+
+
+def test_evaluate_on_a_truncated_model_final_says_rerunning_the_study_repairs_it(tmp_path, capsys):
+    cell, cell_dir = _finished_cell(tmp_path)
+    _truncate(cell_dir / FINAL_WEIGHTS)
+    code = evaluate_cli.main([str(cell_dir), "--dataset", "sim", "--data-root", str(tmp_path / "data")])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert str(cell_dir / FINAL_WEIGHTS) in err and "rerunning the study that wrote it repairs it" in err
