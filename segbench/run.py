@@ -292,10 +292,11 @@ def check_batch_fits(batch: int, images: int, source: str, split: str) -> None:
 
 def check_pretrained(cfg: dict, backbones: list[str]) -> None:
     """Fetch (or find) every backbone's pretrained weights once, before training, so an offline machine fails in
-    seconds with the URL and cache path instead of once per cell."""
+    seconds with the URL and cache path instead of once per cell; a local file is read once (safely) for the same
+    reason."""
     import os
 
-    from .models.pretrained import PretrainedWeightsError, official_file
+    from .models.pretrained import PretrainedWeightsError, official_file, read_weights_file
 
     pretrained = cfg["model"].get("pretrained")
     if pretrained is None or os.environ.get("LOCAL_RANK", "0") != "0":
@@ -304,6 +305,7 @@ def check_pretrained(cfg: dict, backbones: list[str]) -> None:
         if not os.path.isfile(pretrained):
             raise PretrainedWeightsError(f"model.pretrained={pretrained!r}: no such file; give 'imagenet', "
                                          "'torchvision', a path to a state dict, or null to train from scratch")
+        read_weights_file(Path(pretrained))  # a file that is no state dict fails here, once, not in every cell
         return
     for name in backbones:
         official_file(name, pretrained)

@@ -209,6 +209,25 @@ def test_device_cuda_without_a_gpu_is_one_line_with_the_fix(unsafe_cell, tiny_ru
     assert code == 2 and "--device cpu" in _one_clean_line(err, "--device cuda", "no CUDA GPU")
 
 
+@pytest.mark.parametrize("content", ["payload", "yaml"])
+def test_pretrained_weights_that_are_no_state_dict_are_named_before_training(tmp_path, tiny_run, capsys, content):
+    from segbench.models import create_model
+    from segbench.models.pretrained import PretrainedWeightsError
+
+    weights = tmp_path / f"weights.{'pt' if content == 'payload' else 'yaml'}"
+    if content == "payload":
+        torch.save({"model": Payload()}, weights)
+    else:
+        weights.write_text("model:\n  backbone: resnet18\n  lr: 0.01\n")
+    code, out, err = tiny_run(capsys, f"model.pretrained={weights}")
+    first = _one_clean_line(err, f"model.pretrained='{weights}'")
+    assert code == 2 and not (tmp_path / "results").exists() and "ran code" not in out
+    assert ("not a plain state dict" if content == "payload" else "not a torch file") in first
+    assert "weights_only` set to `False`" not in err and "if you trust" not in err  # torch's advice, not followed
+    with pytest.raises(PretrainedWeightsError, match=str(weights)):  # the same message from inside a cell
+        create_model("resnet18", "fcn", pretrained=str(weights))
+
+
 def test_a_global_batch_larger_than_the_training_split_is_refused_before_training(tiny_run, tmp_path, capsys):
     code, _, err = tiny_run(capsys, "train.batch_size=12")
     first = _one_clean_line(err, "train.batch_size=12", "6 images")
