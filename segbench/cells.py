@@ -26,7 +26,7 @@ except ImportError:  # not POSIX: cells run unlocked
     fcntl = None
 
 from .config import identity_view
-from .io import write_json
+from .io import DAMAGED_SUFFIX, set_aside, write_json
 from .labels import CLASS_SETS, NUM_CLASSES
 from .spec import Transfer, is_multi_source, source_parts
 
@@ -291,6 +291,27 @@ def write_record(cell_dir: Path, record: dict) -> None:
     write_json(Path(cell_dir) / RECORD, record)
 
 
+#: how a malformed record.json is repaired; `segbench report` says so when it finds one
+RECORD_FIX = (f"restore it, or rerun the study: the run keeps it aside as {RECORD}{DAMAGED_SUFFIX}, carries over "
+              "its training statistics when they are still readable, and scores the cell again")
+
+
+def _parse_record(path: Path) -> tuple[object, str | None]:
+    """(record.json parsed, or None when it is not JSON; what makes it unusable as a record, or None). An OSError
+    reading the file is the caller's."""
+    try:
+        record = json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        return None, f"not valid JSON ({e})"
+    if not isinstance(record, dict):
+        return record, f"expected a JSON object (a segbench cell record), got {type(record).__name__}"
+    missing = [k for k in REQUIRED_FIELDS if k not in record]
+    if missing or not isinstance(record.get("config"), dict) or "model" not in record["config"]:
+        return record, (f"missing {', '.join(missing) or 'config.model'}; expected a segbench cell record with "
+                        f"{', '.join(REQUIRED_FIELDS)} and config.model")
+    return record, record_type_problem(record)
+
+
 def read_record(path: Path) -> dict:
     """The strict reader: a cell directory or its record.json -> the record; RecordError names what is wrong."""
     path = Path(path)
@@ -298,20 +319,9 @@ def read_record(path: Path) -> dict:
         path = path / RECORD
     if not path.is_file():
         raise RecordError(f"{path}: missing; a cell directory holds {RECORD} once the cell has started")
-    try:
-        record = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise RecordError(f"{path}: not valid JSON ({e}); delete it to have the cell evaluated again") from None
-    if not isinstance(record, dict):
-        raise RecordError(f"{path}: expected a JSON object (a segbench cell record), got {type(record).__name__}")
-    missing = [k for k in REQUIRED_FIELDS if k not in record]
-    if missing or not isinstance(record.get("config"), dict) or "model" not in record["config"]:
-        raise RecordError(f"{path}: missing {', '.join(missing) or 'config.model'}; expected a segbench cell record "
-                          f"with {', '.join(REQUIRED_FIELDS)} and config.model")
-    problem = record_type_problem(record)
+    record, problem = _parse_record(path)
     if problem:
-        raise RecordError(f"{path}: {problem}; the file was edited or damaged: restore it, or delete it to have the "
-                          "cell evaluated again")
+        raise RecordError(f"{path}: {problem}; {RECORD_FIX}")
     return record
 
 
@@ -322,55 +332,97 @@ def _is_number(x) -> bool:
 def record_type_problem(record: dict) -> str | None:
     """The first field of a record, among those the report reads, whose value has the wrong type (a hand edit, a
     damaged file), as 'FIELD=VALUE: expected ...'; None when all are well formed."""
-    def shown(value) -> str:
-        text = json.dumps(value)
-        return text if len(text) <= 60 else text[:57] + "..."
-
     for key in ("cell_id", "backbone", "head", "source"):
         if not isinstance(record[key], str):
-            return f"{key}={shown(record[key])}: expected a string"
+            return f"{key}={_shown(record[key])}: expected a string"
     if not isinstance(record["seed"], int) or isinstance(record["seed"], bool):
-        return f"seed={shown(record['seed'])}: expected an integer"
+        return f"seed={_shown(record['seed'])}: expected an integer"
     method = record.get("method")
     if method is not None and not (isinstance(method, dict) and isinstance(method.get("name", ""), str)
                                    and isinstance(method.get("options") or {}, dict)):
-        return f"method={shown(method)}: expected {{\"name\": NAME, \"options\": {{...}}}}"
+        return f"method={_shown(method)}: expected {{\"name\": NAME, \"options\": {{...}}}}"
     if not isinstance(record["results"], dict):
-        return f"results={shown(record['results'])}: expected {{TARGET: {{\"miou\": ...}}}}"
+        return f"results={_shown(record['results'])}: expected {{TARGET: {{\"miou\": ...}}}}"
     for target, m in record["results"].items():
         if not isinstance(m, dict):
-            return f"results.{target}={shown(m)}: expected an object with miou"
+            return f"results.{target}={_shown(m)}: expected an object with miou"
         for key in ("miou", "pixel_acc"):
             if not _is_number(m.get(key)):
-                return f"results.{target}.{key}={shown(m.get(key))}: expected a number or null"
+                return f"results.{target}.{key}={_shown(m.get(key))}: expected a number or null"
         per_class = m.get("per_class_iou")
         if per_class is not None and not (isinstance(per_class, dict) and all(map(_is_number, per_class.values()))):
-            return f"results.{target}.per_class_iou={shown(per_class)}: expected {{CLASS: number or null}}"
-    curves = record.get("curves")
-    if curves is not None:
-        if not isinstance(curves, dict):
-            return f"curves={shown(curves)}: expected {{TARGET: [[iteration, miou], ...]}}"
-        for target, points in curves.items():
-            if not isinstance(points, list) or not all(
-                    isinstance(p, list) and len(p) == 2 and isinstance(p[0], int) and not isinstance(p[0], bool)
-                    and _is_number(p[1]) for p in points):
-                return f"curves.{target}={shown(points)}: expected [[iteration, miou], ...]"
+            return f"results.{target}.per_class_iou={_shown(per_class)}: expected {{CLASS: number or null}}"
+    return None if record.get("curves") is None else _curves_problem(record["curves"])
+
+
+def _shown(value) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _curves_problem(curves) -> str | None:
+    """What is wrong with a record's `curves`, as 'curves...=VALUE: expected ...'; None when well formed."""
+    if not isinstance(curves, dict):
+        return f"curves={_shown(curves)}: expected {{TARGET: [[iteration, miou], ...]}}"
+    for target, points in curves.items():
+        if not isinstance(points, list) or not all(
+                isinstance(p, list) and len(p) == 2 and isinstance(p[0], int) and not isinstance(p[0], bool)
+                and _is_number(p[1]) for p in points):
+            return f"curves.{target}={_shown(points)}: expected [[iteration, miou], ...]"
     return None
 
 
 def read_record_or_none(cell_dir: Path) -> dict | None:
     """The lenient reader, for deciding what to run: no record, or an unreadable or malformed one (the strict reader
     would refuse it), means nothing is done yet."""
+    try:
+        record, problem = _parse_record(Path(cell_dir) / RECORD)
+    except OSError:
+        return None
+    return None if problem else record
+
+
+class DamagedRecordWarning(UserWarning):
+    """A malformed record.json was set aside, and what could still be read carried over to the cell's new record."""
+
+
+def salvage(record) -> dict:
+    """What a malformed record hands on to the record that replaces it: only what training measured and nothing
+    else can give back (the scores are computed again from model_final.pt), where it is still well formed: the
+    `training` statistics, and the `curves` with the eval settings (`config.eval`) they were scored under."""
+    if not isinstance(record, dict):
+        return {}
+    kept = {}
+    if isinstance(record.get("training"), dict):
+        kept["training"] = record["training"]
+    config = record.get("config")
+    if (record.get("curves") and _curves_problem(record["curves"]) is None and isinstance(config, dict)
+            and isinstance(config.get("eval"), dict)):
+        kept["curves"], kept["config"] = record["curves"], {"eval": config["eval"]}
+    return kept
+
+
+def cell_record(cell: Cell, cell_dir: Path, set_damaged_aside: bool = True) -> dict:
+    """The record a run of `cell` continues from: the one in `cell_dir`, else a new one. A malformed record.json
+    (truncated, a field of the wrong type) is not overwritten without a word: it is set aside as record.json.damaged
+    with a warning naming it, and what is still readable (`salvage`) is carried over. Ranks other than the first pass
+    set_damaged_aside=False (their record is never written)."""
     path = Path(cell_dir) / RECORD
     try:
-        record = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(record, dict):
-        return None
-    if not all(k in record for k in REQUIRED_FIELDS) or record_type_problem(record):
-        return None
-    return record
+        record, problem = _parse_record(path)
+    except FileNotFoundError:  # not started yet, or set aside by the first rank meanwhile
+        return new_record(cell)
+    if problem is None:
+        return record
+    kept = salvage(record)
+    fresh = new_record(cell)
+    if set_damaged_aside:
+        moved = set_aside(path)
+        carried = (f"carried over its {' and '.join(k for k in kept if k != 'config')}" if kept
+                   else "nothing in it could be read back (its training statistics are lost)")
+        warnings.warn(f"{path}: {problem}; kept aside as {moved.name}, {carried}; every target is scored again",
+                      DamagedRecordWarning, stacklevel=2)
+    return {**fresh, **kept, "config": {**fresh["config"], **kept.get("config", {})}}
 
 
 def missing_targets(cell: Cell, cell_dir: Path) -> list[str]:

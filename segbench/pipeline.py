@@ -17,7 +17,7 @@ import torch
 
 from . import __version__
 from .cells import CHECKPOINTS, CONFIG, CONFUSION, DONE, FINAL_WEIGHTS, PREDS, TENSORBOARD, TRAIN_LOG, Cell, CellBusy, \
-    cell_lock, missing_targets, new_record, protocol_card, read_record_or_none, target_protocol, write_record
+    cell_lock, cell_record, missing_targets, protocol_card, target_protocol, write_record
 from .config import identity_view, train_settings
 from .data import build_dataset
 from .data.multisource import apply_unknown_label_policy_per_source
@@ -115,7 +115,7 @@ def periodic_evaluation(cell: Cell, model: torch.nn.Module, open_target, device:
 def train_and_score(cell: Cell, cell_dir: Path, *, data_root, device: torch.device) -> dict:
     """run_cell's work, once the cell is claimed."""
     main = dist_utils.is_main()
-    record = read_record_or_none(cell_dir) or new_record(cell)
+    record = cell_record(cell, cell_dir, set_damaged_aside=main)
     curves_eval = record["config"].get("eval")  # what a trained cell's curves were scored under, before it is replaced
     record["config"]["eval"] = cell.eval
     record["targets"] = list(cell.eval_targets)

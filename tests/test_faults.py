@@ -545,3 +545,34 @@ def test_evaluate_on_a_truncated_model_final_says_rerunning_the_study_repairs_it
     err = capsys.readouterr().err
     assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert str(cell_dir / FINAL_WEIGHTS) in err and "rerunning the study that wrote it repairs it" in err
+
+
+# -- a malformed record, a damaged per-image file: kept aside, never lost without a word --------------------------
+
+TRAINING = {"train_seconds": 123.5, "images_per_s": 7.25, "resumed_from": 40, "world_size": 1,
+            "batch_per_process": 8, "launches": [{"from_iteration": 0, "world_size": 1, "batch_per_process": 8},
+                                                 {"from_iteration": 40, "world_size": 1, "batch_per_process": 8}]}
+
+
+@pytest.mark.parametrize("damage", ["wrong-type", "truncated"])
+def test_a_malformed_record_is_kept_aside_and_what_is_readable_carried_over(tmp_path, tiny_model, tiny_sim, damage):
+    import json
+
+    cell, cell_dir = _finished_cell(tmp_path)
+    record = json.loads((cell_dir / RECORD).read_text())
+    record["training"] = TRAINING
+    record["results"]["sim"]["miou"] = "fifty"  # a hand edit
+    text = json.dumps(record, indent=2, sort_keys=True)
+    if damage == "truncated":
+        text = text[: len(text) // 2]
+    (cell_dir / RECORD).write_text(text)
+    with pytest.warns(UserWarning, match=rf"{cell_dir / RECORD}: .*kept aside as record\.json\.damaged") as caught:
+        pipeline.run_cell(cell, cell_dir, data_root=tiny_sim, device=torch.device("cpu"))
+    assert (cell_dir / "record.json.damaged").read_text() == text  # nothing thrown away
+    rebuilt = json.loads((cell_dir / RECORD).read_text())
+    assert isinstance(rebuilt["results"]["sim"]["miou"], float)  # scored again from model_final.pt
+    if damage == "wrong-type":
+        assert rebuilt["training"] == TRAINING
+        assert "results.sim.miou" in str(caught[0].message) and "carried over its training" in str(caught[0].message)
+    else:
+        assert "training" not in rebuilt and "its training statistics are lost" in str(caught[0].message)

@@ -94,7 +94,7 @@ def test_report_names_a_corrupt_record(corrupt_study, capsys):
     study, record = corrupt_study
     code, _, err = _segbench(capsys, "report", study, "--no-plot")
     first = _one_clean_line(err, record)
-    assert code == 2 and first.startswith("segbench report: ") and "delete it" in first
+    assert code == 2 and first.startswith("segbench report: ") and "rerun the study" in first
 
 
 GOOD_RECORD = {"cell_id": "abc", "backbone": "resnet18", "head": "fcn", "source": "sim", "seed": 0,
@@ -115,7 +115,7 @@ def test_report_names_a_record_field_of_the_wrong_type(tmp_path, capsys, field, 
     for select in ("last", "oracle"):
         code, _, err = _segbench(capsys, "report", tmp_path / "study", "--no-plot", "--select", select)
         first = _one_clean_line(err, record, named)
-        assert code == 2 and "delete it to have the cell evaluated again" in first
+        assert code == 2 and "rerun the study: the run keeps it aside as record.json.damaged" in first
     assert read_record_or_none(record.parent) is None  # the runner redoes such a cell instead of failing on it
     write_record(record.parent, GOOD_RECORD)
     assert read_record_or_none(record.parent) == GOOD_RECORD
