@@ -61,9 +61,11 @@ RECORD_FIELDS = {
     "targets": "datasets the cell is scored on, in the order the study named them (source first)",
     "config": "the effective configuration: {model, train, eval}",
     "results": "target -> metrics: miou, per_class_iou, pixel_acc, eval (the eval settings scored under), images, "
-               "seconds, samples (prediction dumps); beside the record, confusion/TARGET.npz holds each test image's "
-               "confusion matrix (counts: images x 19 x 20 int64, rows ground truth, void column last; images: "
-               "their paths; both in dataset order), which sum to the matrix the metrics come from",
+               "seconds, samples (prediction dumps), per_image (the path, in the cell directory, of "
+               "confusion/TARGET.npz: each test image's confusion matrix (counts: images x 19 x 20 int64, rows "
+               "ground truth, void column last; images: their paths; both in dataset order), which sum to the "
+               "matrix the metrics come from; a rerun scores the target again when that file is missing or "
+               "damaged)",
     "training": "train_seconds, images_per_s (the whole run, across resumes), resumed_from (the iteration this "
                 "process resumed at; absent when the cell was only evaluated), world_size and batch_per_process "
                 "(this launch), launches (from_iteration, world_size, batch_per_process of each), init (what a "
@@ -383,7 +385,8 @@ def read_record_or_none(cell_dir: Path) -> dict | None:
 
 
 class DamagedRecordWarning(UserWarning):
-    """A malformed record.json was set aside, and what could still be read carried over to the cell's new record."""
+    """A malformed record.json (what could still be read carried over to the cell's new record) or a damaged
+    per-image confusion file (its target scored again) was set aside."""
 
 
 def salvage(record) -> dict:
@@ -425,11 +428,75 @@ def cell_record(cell: Cell, cell_dir: Path, set_damaged_aside: bool = True) -> d
     return {**fresh, **kept, "config": {**fresh["config"], **kept.get("config", {})}}
 
 
+# --- the per-image confusion files (CONFUSION/TARGET.npz) ------------------------------------------------------------
+class ConfusionFileError(RecordError):
+    """A per-image confusion file that cannot be read; the message names it and the fix."""
+
+
+def confusion_path(cell_dir: Path, target: str) -> Path:
+    return Path(cell_dir) / CONFUSION / f"{target}.npz"
+
+
+def _confusion_problem(path: Path) -> tuple[tuple | None, str | None]:
+    """((counts, image ids), None) for a well-formed file, else (None, what is wrong). Never loads object arrays."""
+    import zipfile
+    import zlib
+
+    import numpy as np
+
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            counts, images = f["counts"], f["images"]
+    except (zipfile.BadZipFile, EOFError, zlib.error) as e:
+        return None, f"truncated or damaged ({type(e).__name__}: {e})"
+    except KeyError as e:
+        return None, f"not a per-image confusion file ({e.args[0] if e.args else e})"
+    except ValueError:  # numpy's refusal of object arrays or pickled data, whose advice (load it unsafely) is not ours
+        return None, "holds object arrays or pickled data, which segbench never loads (they can run code)"
+    if (counts.ndim != 3 or counts.shape[2] != counts.shape[1] + 1 or not np.issubdtype(counts.dtype, np.integer)
+            or images.ndim != 1 or len(images) != len(counts)):
+        return None, (f"counts of shape {counts.shape} ({counts.dtype}) and {images.size} image ids; expected N x C x "
+                      "C+1 integer counts and N image ids")
+    return (counts, [str(i) for i in images]), None
+
+
+def read_confusions(path: Path) -> tuple:
+    """(N x C x C+1 per-image matrices, N image ids), as engine/scoring.py save_image_confusions wrote them;
+    ConfusionFileError naming the file and the fix when it cannot be used."""
+    path = Path(path)
+    loaded, problem = _confusion_problem(path)
+    if problem:
+        raise ConfusionFileError(f"{path}: {problem}; rerun the study to score {path.stem} again (the run keeps "
+                                 f"this file aside as {path.name}{DAMAGED_SUFFIX})")
+    return loaded
+
+
+def damaged_confusions(cell_dir: Path, target: str) -> str | None:
+    """What is wrong with the cell's per-image file for `target` when it is there but cannot be used, else None."""
+    path = confusion_path(cell_dir, target)
+    return _confusion_problem(path)[1] if path.is_file() else None
+
+
+def per_image_expected(cell_dir: Path, result: dict) -> bool:
+    """Whether a scored target should have its per-image file: its record names one, or the cell kept others (a cell
+    scored before segbench kept per-image files has no confusion/ directory at all)."""
+    return bool(result.get("per_image")) or (Path(cell_dir) / CONFUSION).is_dir()
+
+
+def _needs_scoring(cell_dir: Path, target: str, result: dict) -> bool:
+    """A scored target is scored again when its per-image file is damaged, or missing where it should be."""
+    if not confusion_path(cell_dir, target).is_file():
+        return per_image_expected(cell_dir, result)
+    return damaged_confusions(cell_dir, target) is not None
+
+
 def missing_targets(cell: Cell, cell_dir: Path) -> list[str]:
-    """Targets not yet scored under the cell's current eval settings."""
+    """Targets not yet scored under the cell's current eval settings, or whose per-image file must be written again
+    (`_needs_scoring`)."""
     results = (read_record_or_none(cell_dir) or {}).get("results", {})
     want = cell.eval_identity()
-    return [t for t in cell.eval_targets if results.get(t, {}).get("eval") != want]
+    return [t for t in cell.eval_targets
+            if results.get(t, {}).get("eval") != want or _needs_scoring(cell_dir, t, results[t])]
 
 
 def is_done(cell: Cell, cell_dir: Path) -> bool:

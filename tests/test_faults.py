@@ -576,3 +576,27 @@ def test_a_malformed_record_is_kept_aside_and_what_is_readable_carried_over(tmp_
         assert "results.sim.miou" in str(caught[0].message) and "carried over its training" in str(caught[0].message)
     else:
         assert "training" not in rebuilt and "its training statistics are lost" in str(caught[0].message)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "object-array"])
+def test_a_damaged_per_image_file_is_kept_aside_and_its_target_scored_again(tmp_path, tiny_model, tiny_sim, damage):
+    import numpy as np
+
+    from segbench.cells import CONFUSION, is_done
+    from segbench.report.bootstrap import load_image_confusions
+
+    cell, cell_dir = _finished_cell(tmp_path)
+    path = cell_dir / CONFUSION / "sim.npz"
+    path.parent.mkdir()
+    if damage == "truncated":
+        io_mod.save_npz(path, counts=np.ones((3, 19, 20), np.int64), images=np.array(["a", "b", "c"]))
+        _truncate(path, 60)
+    else:
+        np.savez(path, counts=np.array([Payload()], dtype=object), images=np.array(["a"]))
+    damaged = path.read_bytes()
+    assert not is_done(cell, cell_dir)  # the rerun does not skip the cell
+    with pytest.warns(UserWarning, match=rf"{path}: .*kept aside as sim\.npz\.damaged, sim is scored again"):
+        pipeline.run_cell(cell, cell_dir, data_root=tiny_sim, device=torch.device("cpu"))
+    assert (cell_dir / CONFUSION / "sim.npz.damaged").read_bytes() == damaged
+    counts, images = load_image_confusions(path)
+    assert counts.shape == (1, 19, 20) and len(images) == 1 and is_done(cell, cell_dir)

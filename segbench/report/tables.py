@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from ..io import csv_text, markdown_table
 from ..labels import CLASS_NAMES
 from ..spec import is_in_domain
-from .bootstrap import Interval, interval_note
+from .bootstrap import Interval, MissingInterval, interval_note
 from .protocols import footer
 from .records import Score, ordered_pairs, ordered_rows, scores_by_cell
 from .stats import DASH, DEFAULT_STAT, Agg, csv_fields, stat_phrase
@@ -73,16 +73,18 @@ def seed_note(items: list[Score], n_max: int, partial: bool, stat: str = DEFAULT
     return f"one seed ({', '.join(map(str, seeds))})"
 
 
-def one_seed_interval(seeds: dict[int, Score], intervals: dict | None) -> Interval | None:
-    """The bootstrap interval of a table cell that one seed's mIoU makes up, if that cell kept its per-image file."""
+def one_seed_interval(seeds: dict[int, Score], intervals: dict | None) -> Interval | MissingInterval | None:
+    """The bootstrap interval of a table cell that one seed's mIoU makes up, if that cell kept its per-image file
+    (MISSING where it should have one and it cannot be used)."""
     measured = [s for s in seeds.values() if not math.isnan(s.miou)]
     if not intervals or len(measured) != 1:
         return None
     return intervals.get((measured[0].cell_id, measured[0].target))
 
 
-def agg_md(agg: Agg, stat: str, n_max: int, interval: Interval | None) -> str:
-    """Agg.md, with a one-seed cell's bootstrap interval where the spread would stand: `41.2 [39.8, 42.5]`."""
+def agg_md(agg: Agg, stat: str, n_max: int, interval: Interval | MissingInterval | None) -> str:
+    """Agg.md, with a one-seed cell's bootstrap interval where the spread would stand: `41.2 [39.8, 42.5]`, or
+    `41.2 [n/a]` where it is missing."""
     if interval is None:
         return agg.md(stat, n_expected=n_max)
     return f"{agg.mean:.1f} {interval.md()}" + (f" (n={agg.n})" if agg.n != n_max else "")
@@ -90,10 +92,10 @@ def agg_md(agg: Agg, stat: str, n_max: int, interval: Interval | None) -> str:
 
 def interval_fields(shown) -> list[str]:
     """The CSV's interval columns: only in a table that shows an interval, so older studies keep their columns."""
-    return ["bootstrap low", "bootstrap high"] if any(i is not None for i in shown) else []
+    return ["bootstrap low", "bootstrap high"] if any(isinstance(i, Interval) for i in shown) else []
 
 
-def interval_csv(interval: Interval | None, fields: list[str]) -> list[str]:
+def interval_csv(interval: Interval | MissingInterval | None, fields: list[str]) -> list[str]:
     return [] if not fields else interval.csv() if interval is not None else ["", ""]
 
 
