@@ -25,7 +25,7 @@ from .data import build_dataset
 from .data.multisource import apply_unknown_label_policy_per_source
 from .data.transforms import build_train_transform
 from .engine import distributed as dist_utils
-from .engine.checkpoint import load_final_weights
+from .engine.checkpoint import load_final_weights, prune_checkpoints
 from .engine.logging import tensorboard_writer
 from .engine.scoring import evaluate, prepare_for_scoring, scoring_options
 from .engine.train import train
@@ -194,6 +194,8 @@ def train_and_score(cell: Cell, cell_dir: Path, *, data_root, device: torch.devi
                 tb.close()
     if main:
         (cell_dir / DONE).touch()
+        if not cell.train.get("keep_ckpts_when_done", False):
+            prune_checkpoints(cell_dir / CHECKPOINTS)
     return record
 
 

@@ -600,3 +600,28 @@ def test_a_damaged_per_image_file_is_kept_aside_and_its_target_scored_again(tmp_
     assert (cell_dir / CONFUSION / "sim.npz.damaged").read_bytes() == damaged
     counts, images = load_image_confusions(path)
     assert counts.shape == (1, 19, 20) and len(images) == 1 and is_done(cell, cell_dir)
+
+
+# -- a finished cell keeps no training checkpoints -------------------------------------------------------------------
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_a_finished_cell_prunes_its_training_checkpoints_unless_asked_to_keep_them(tmp_path, tiny_model, tiny_sim,
+                                                                                   keep):
+    import dataclasses
+    import json
+
+    cfg = load_config(EMBEDDED_DEFAULT)
+    cfg["train"].update(iters=2, batch_size=2, workers=0, ckpt_every=1, crop=[32, 32], keep_ckpts_when_done=keep)
+    cfg["model"]["pretrained"] = None
+    cfg["eval"].update(every=1, workers=0)
+    (cell,) = plan(cfg, parse_specs(["sim->sim"]), ["resnet18"], ["fcn"])[:1]
+    other = dataclasses.replace(cell, train={**cell.train, "keep_ckpts_when_done": not keep})
+    assert other.cell_id == cell.cell_id  # not part of the cell id: finished studies keep their cells
+    cell_dir = cell.directory(tmp_path / "results")
+    pipeline.run_cell(cell, cell_dir, data_root=tiny_sim, device=torch.device("cpu"))
+    kept = [it for it, _ in list_checkpoints(cell_dir / CHECKPOINTS)]
+    assert kept == ([1, 2] if keep else []) and (cell_dir / CHECKPOINTS).is_dir() == keep
+    record = json.loads((cell_dir / RECORD).read_text())
+    assert (cell_dir / FINAL_WEIGHTS).is_file() and (cell_dir / DONE).is_file()
+    assert [it for it, _ in record["curves"]["sim"]] == [1, 2]  # what model selection reads stays in the record
+    assert set(load_checkpoint(cell_dir / FINAL_WEIGHTS)) == set(PixelModel().state_dict())  # what evaluate reads

@@ -1,6 +1,6 @@
 """Crash-safe checkpoints: atomic writes, keep the newest K, resume only into the same configuration, from the newest
 checkpoint that loads (a damaged one, or one holding objects that are never loaded, is renamed NAME.damaged and kept,
-never deleted)."""
+never deleted); a finished cell's training checkpoints are pruned (`prune_checkpoints`)."""
 from __future__ import annotations
 
 import re
@@ -106,6 +106,20 @@ def load_final_weights(path: Path, set_damaged_aside: bool = True) -> dict | Non
         if set_damaged_aside:
             _warn_set_aside(path, e, "the cell resumes from its newest checkpoint (from the start when it has none)")
         return None
+
+
+def prune_checkpoints(directory: Path) -> list[Path]:
+    """Delete the training checkpoints (iter_*.pt) of a finished cell; returns them. Nothing a finished cell does
+    reads them: scoring, reports and `evaluate` read model_final.pt, model selection the record's curves. Files set
+    aside as damaged stay, and the directory goes once it is empty."""
+    pruned = [path for _, path in list_checkpoints(directory)]
+    for path in pruned:
+        path.unlink(missing_ok=True)
+    try:
+        Path(directory).rmdir()
+    except OSError:  # absent, or still holding files set aside
+        pass
+    return pruned
 
 
 def check_same_config(saved: dict, current: dict, path: Path) -> None:
