@@ -226,3 +226,13 @@ def test_a_record_without_a_target_list_keeps_the_study_order_of_columns():
     md, _ = paper(scores([named, old]))
     assert md.splitlines()[0] == ("| backbone | train sim / test sim | train sim / test photo | train sim / test fog "
                                   "| train sim / test night |")
+
+
+def test_a_footer_writes_a_long_run_of_seeds_as_a_range():
+    many = [record("r18", "a", s, {"a": 40.0 + s % 7}) for s in range(300)]
+    md, _ = paper(scores(many))
+    assert "over 300 seeds (0-299)." in md
+    md, _ = dg(scores([record("r18", "a", s, {"a": 40.0}) for s in (0, 1, 2, 3, 4, 5, 9, 11, 12)]))
+    assert "over 9 seeds (0-5, 9, 11, 12)." in md
+    md, _ = paper(scores([record("r18", "a", s, {"a": 40.0}) for s in (0, 1, 2)]))
+    assert "over 3 seeds (0, 1, 2)." in md  # a short list reads as well as a range

@@ -63,14 +63,26 @@ def col_title(col: tuple[str, str]) -> str:
     return f"train {col[0]} / test {col[1]}"
 
 
+def seed_list(seeds) -> str:
+    """Seeds as a footer lists them: a run of more than three consecutive seeds as FIRST-LAST ("0-299", "0, 1, 2",
+    "0-3, 7"), so a study of 300 seeds gets one short line and the short lists of small studies read as before."""
+    seeds, runs = sorted(set(seeds)), []
+    for seed in seeds:
+        if runs and seed == runs[-1][-1] + 1:
+            runs[-1].append(seed)
+        else:
+            runs.append([seed])
+    return ", ".join(f"{r[0]}-{r[-1]}" if len(r) > 3 else ", ".join(map(str, r)) for r in runs)
+
+
 def seed_note(items: list[Score], n_max: int, partial: bool, stat: str = DEFAULT_STAT,
-               why_fewer: str = "only k seeds finished") -> str:
+              why_fewer: str = "only k seeds finished") -> str:
     """`partial`: some cell has fewer seeds than n_max, so its '(n=k)' marker needs explaining (`why_fewer`)."""
-    seeds = sorted({s.seed for s in items})
+    seeds = seed_list(s.seed for s in items)
     if n_max > 1:
-        note = f"{stat_phrase(stat, n_max)} ({', '.join(map(str, seeds))})"
+        note = f"{stat_phrase(stat, n_max)} ({seeds})"
         return note + (f"; (n=k): {why_fewer}" if partial else "")
-    return f"one seed ({', '.join(map(str, seeds))})"
+    return f"one seed ({seeds})"
 
 
 def one_seed_interval(seeds: dict[int, Score], intervals: dict | None) -> Interval | MissingInterval | None:
