@@ -169,8 +169,8 @@ def dg_aggs(items: list[Score]) -> dict[str, tuple[list[str], list[str], dict]]:
     for source in sorted({s.source for s in items}):
         mine = [s for s in items if s.source == source]
         rows = ordered_rows(mine)
-        unseen = sorted({s.target for s in mine if not is_in_domain(source, s.target)})
-        columns = [c for _, c in ordered_pairs(mine) if is_in_domain(source, c)] + unseen
+        columns = [t for _, t in ordered_pairs(mine)]  # in-domain first, then the targets in the spec's order
+        unseen = [t for t in columns if not is_in_domain(source, t)]
         table = {}
         for r in rows:
             for t in columns:
