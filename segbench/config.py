@@ -140,8 +140,8 @@ DEFAULTS: dict[str, Any] = {
 }
 
 # Settings that change how fast a cell runs but not what it computes: left out of the cell id.
-NON_IDENTITY_KEYS = {"train": {"workers", "ckpt_every", "keep_ckpts", "keep_ckpts_when_done", "channels_last", "compile",
-                               "unknown_labels"},
+NON_IDENTITY_KEYS = {"train": {"workers", "ckpt_every", "keep_ckpts", "keep_ckpts_when_done", "channels_last",
+                               "compile", "unknown_labels"},
                      # eval.every: periodic scores never touch the weights (engine/train.py forks the RNG)
                      "eval": {"batch_size", "workers", "dump", "every"}}
 

@@ -449,7 +449,8 @@ def test_an_interval_is_computed_once_and_again_when_its_file_changes(tmp_path, 
     per_target = _study(tmp_path)
     computed = []
     real = bootstrap.bootstrap_miou
-    monkeypatch.setattr(bootstrap, "bootstrap_miou", lambda counts, *a: computed.append(len(counts)) or real(counts, *a))
+    monkeypatch.setattr(bootstrap, "bootstrap_miou",
+                        lambda counts, *a: computed.append(len(counts)) or real(counts, *a))
     build_report(tmp_path, plot=False)
     first = (tmp_path / "table.md").read_text()
     assert computed == [30, 30]

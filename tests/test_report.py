@@ -248,7 +248,8 @@ def test_the_dg_layout_orders_targets_as_the_spec_does_like_the_paper_layout():
     items = scores([old, new])
     paper_md, _ = paper(items)
     dg_md, dg_csv = dg(items)
-    assert paper_md.splitlines()[0].endswith("| train sim / test photo | train sim / test fog | train sim / test night |")
+    assert paper_md.splitlines()[0].endswith(
+        "| train sim / test photo | train sim / test fog | train sim / test night |")
     assert "| backbone | sim (in-domain) | photo | fog | night | mean (unseen) |" in dg_md
     assert [r["target"] for r in read_csv(dg_csv) if r["backbone"] == "r50"] == ["sim", "photo", "fog", "night",
                                                                                 "mean (unseen)"]
