@@ -106,8 +106,9 @@ def _out_of_space(error: BaseException, free: int | None) -> bool:
     return isinstance(error, (OSError, RuntimeError)) and free is not None and free < LOW_SPACE_BYTES
 
 
-def _atomic(path: Path, write: Callable[[Any], None], mode: str) -> None:
-    """mkstemp creates 0600 files: give the result the permissions a plain open() would."""
+def _atomic(path: Path, write: Callable[[Any], None], mode: str, durable: bool = True) -> None:
+    """mkstemp creates 0600 files: give the result the permissions a plain open() would. `durable=False` skips the
+    fsync, for a file that is only a shortcut (a cache): a crash may then leave it empty, never half-replaced."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -128,7 +129,8 @@ def _atomic(path: Path, write: Callable[[Any], None], mode: str) -> None:
         with os.fdopen(fd, mode) as f:
             write(f)
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException as e:
@@ -160,16 +162,16 @@ def remove_stale_temp_files(directory: Path) -> list[Path]:
     return stale
 
 
-def write_text(path: Path, text: str) -> None:
-    _atomic(path, lambda f: f.write(text), "w")
+def write_text(path: Path, text: str, durable: bool = True) -> None:
+    _atomic(path, lambda f: f.write(text), "w", durable)
 
 
 def write_bytes(path: Path, data: bytes) -> None:
     _atomic(path, lambda f: f.write(data), "wb")
 
 
-def write_json(path: Path, obj: Any) -> None:
-    write_text(path, json.dumps(obj, indent=2, sort_keys=True, allow_nan=True) + "\n")
+def write_json(path: Path, obj: Any, durable: bool = True) -> None:
+    write_text(path, json.dumps(obj, indent=2, sort_keys=True, allow_nan=True) + "\n", durable)
 
 
 def save_npz(path: Path, **arrays: Any) -> None:

@@ -180,8 +180,8 @@ def _file_interval(path: Path, classes: list[int] | None, n_boot: int, seed: int
     counts, _ = read_confusions(path)
     low, high = bootstrap_miou(counts, classes, n_boot, seed, level)
     interval = {"miou": miou_of(counts.sum(0), classes), "images": len(counts), "low": low, "high": high}
-    try:
-        write_json(cache, {"key": key, "interval": interval})
+    try:  # not durable: a cache torn by a crash is read as none and computed again
+        write_json(cache, {"key": key, "interval": interval}, durable=False)
     except OSError:
         pass
     return interval
