@@ -41,6 +41,10 @@ class TrainSettings:
     workers: int = 4
     ckpt_every: int = 2000
     keep_ckpts: int = 2
+    #: false: a finished cell deletes its training checkpoints (checkpoints/iter_*.pt, weights and optimizer state,
+    #: twice the size of model_final.pt each): nothing reads them once the cell is done (scoring, reports and
+    #: `evaluate` read model_final.pt, model selection the record's curves); true keeps them, e.g. to train further
+    keep_ckpts_when_done: bool = False
     amp: bool = True  # only takes effect on CUDA
     channels_last: bool = True  # only takes effect on CUDA
     compile: bool = False
@@ -147,8 +151,8 @@ DEFAULTS: dict[str, Any] = {
 }
 
 # Settings that change how fast a cell runs but not what it computes: left out of the cell id.
-NON_IDENTITY_KEYS = {"train": {"workers", "ckpt_every", "keep_ckpts", "channels_last", "compile", "unknown_labels",
-                               "allow_eval_split"},
+NON_IDENTITY_KEYS = {"train": {"workers", "ckpt_every", "keep_ckpts", "keep_ckpts_when_done", "channels_last",
+                               "compile", "unknown_labels", "allow_eval_split"},
                      # eval.every: periodic scores never touch the weights (engine/train.py forks the RNG);
                      # eval.missing_pairs: on a complete split both values score alike; a score made without some
                      # files carries their count (result and protocol card), so it never passes for a complete one
@@ -478,6 +482,7 @@ RULES: dict[str, Any] = {
               "aux_weight": number(0), "workers": integer(0),
               "ckpt_every": integer(0),  # 0: no periodic checkpoints
               "keep_ckpts": integer(0),  # 0: keep every checkpoint
+              "keep_ckpts_when_done": FLAG,
               "amp": FLAG, "channels_last": FLAG, "compile": FLAG, "class_uniform": number(0, 1), "split": NAME,
               # larger than a frame is fine: the train transform pads the label with ignore, as torchvision's
               # references/segmentation/transforms.py RandomCrop does (pad_if_smaller(target, size, fill=255))

@@ -109,11 +109,11 @@ def main(argv: list[str] | None = None) -> int:
         from .data.base import missing_pairs
         from .engine.scoring import evaluate, prepare_for_scoring, scoring_options
 
+        device = init_from_env(None if args.device == "auto" else args.device)
         model, record = load_trained_model(args.checkpoint)
         ecfg = eval_settings(args.overrides, record["config"].get("eval"))
         dataset = build_dataset(args.dataset, ecfg["split"], root=args.data_root)
         classes = prepare_for_scoring(dataset, ecfg)
-        device = init_from_env(None if args.device == "auto" else args.device)
         result = evaluate(model, dataset, device=device, eval_classes=classes, **scoring_options(ecfg),
                           save_dir=args.save_preds, overlay=args.overlay, desc=f"evaluate on {args.dataset}")
         result["source"] = {"checkpoint": str(args.checkpoint), "cell_id": record.get("cell_id"),

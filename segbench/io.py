@@ -3,7 +3,9 @@ renamed, so a reader never sees half a file; plus the text formats those files c
 
 A write that fails for want of space or permission says so, naming the file and the device or directory, instead of
 torch's or the OS's raw error; a temp file a killed process left behind is recognised by its name and removed when
-its cell next starts (`remove_stale_temp_files`).
+its cell next starts (`remove_stale_temp_files`). Reading back what segbench wrote is as guarded: a damaged file is
+set aside as NAME.damaged (`set_aside`), never deleted, and a torch file is only ever loaded with weights_only=True
+(`load_torch`).
 """
 from __future__ import annotations
 
@@ -104,8 +106,9 @@ def _out_of_space(error: BaseException, free: int | None) -> bool:
     return isinstance(error, (OSError, RuntimeError)) and free is not None and free < LOW_SPACE_BYTES
 
 
-def _atomic(path: Path, write: Callable[[Any], None], mode: str) -> None:
-    """mkstemp creates 0600 files: give the result the permissions a plain open() would."""
+def _atomic(path: Path, write: Callable[[Any], None], mode: str, durable: bool = True) -> None:
+    """mkstemp creates 0600 files: give the result the permissions a plain open() would. `durable=False` skips the
+    fsync, for a file that is only a shortcut (a cache): a crash may then leave it empty, never half-replaced."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -126,7 +129,8 @@ def _atomic(path: Path, write: Callable[[Any], None], mode: str) -> None:
         with os.fdopen(fd, mode) as f:
             write(f)
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException as e:
@@ -158,16 +162,16 @@ def remove_stale_temp_files(directory: Path) -> list[Path]:
     return stale
 
 
-def write_text(path: Path, text: str) -> None:
-    _atomic(path, lambda f: f.write(text), "w")
+def write_text(path: Path, text: str, durable: bool = True) -> None:
+    _atomic(path, lambda f: f.write(text), "w", durable)
 
 
 def write_bytes(path: Path, data: bytes) -> None:
     _atomic(path, lambda f: f.write(data), "wb")
 
 
-def write_json(path: Path, obj: Any) -> None:
-    write_text(path, json.dumps(obj, indent=2, sort_keys=True, allow_nan=True) + "\n")
+def write_json(path: Path, obj: Any, durable: bool = True) -> None:
+    write_text(path, json.dumps(obj, indent=2, sort_keys=True, allow_nan=True) + "\n", durable)
 
 
 def save_npz(path: Path, **arrays: Any) -> None:
@@ -181,6 +185,74 @@ def save_torch(path: Path, obj: Any) -> None:
     import torch
 
     _atomic(path, lambda f: torch.save(obj, f), "wb")
+
+
+DAMAGED_SUFFIX = ".damaged"
+
+
+def set_aside(path: Path) -> Path:
+    """Rename a damaged file to NAME.damaged (NAME.damaged.2, ... when taken): out of the way, kept for a look."""
+    path = Path(path)
+    target, n = path.with_name(path.name + DAMAGED_SUFFIX), 1
+    while target.exists():
+        n += 1
+        target = path.with_name(f"{path.name}{DAMAGED_SUFFIX}.{n}")
+    path.rename(target)
+    return target
+
+
+class DamagedFileError(ValueError):
+    """A file that is truncated, corrupt or of another format; str() says what is wrong, without the path (the
+    caller names the file with the fix that applies where it is read)."""
+
+
+class UnsafeFileError(ValueError):
+    """A torch file that holds more than tensors and plain containers (objects, code): never loaded here."""
+
+
+def _unpickler_reason(e: Exception) -> str:
+    """The informative part of torch's long weights_only refusal ("Unsupported global: GLOBAL os.system ...",
+    "Unsupported operand 149"), without its advice to load the file with weights_only=False."""
+    text = str(e)
+    if "WeightsUnpickler error:" in text:
+        words = text.split("WeightsUnpickler error:", 1)[1].strip().splitlines()
+        first = next((line.strip() for line in words if line.strip()), "")
+        return first.split(". ")[0] or type(e).__name__
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[0] if lines else type(e).__name__
+
+
+def _pickled_or_zipped(path: Path) -> bool:
+    """Whether a file starts as torch files do: a zip archive (torch.save), or a pickle of protocol 2 or later (the
+    PROTO opcode, 0x80, which no text file starts with)."""
+    with open(path, "rb") as f:
+        head = f.read(2)
+    return head == b"PK" or head[:1] == b"\x80"
+
+
+def load_torch(path: Path, map_location: Any = "cpu") -> Any:
+    """The one torch.load of segbench: weights_only=True, so a file that needs more never runs its code. Raises
+    UnsafeFileError for such a file, DamagedFileError for one that is truncated or not a torch file at all (a YAML or
+    text file makes torch's unpickler fail with IndexError or KeyError)."""
+    import pickle
+
+    import torch
+
+    not_torch = "not a torch file (no zip archive or pickle: a text or YAML file?)"
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        if not _pickled_or_zipped(path):  # a text file read as opcodes: "Unsupported operand 109"
+            raise DamagedFileError(not_torch) from None
+        raise UnsafeFileError(f"torch.load with weights_only=True refused it: {_unpickler_reason(e)}") from None
+    except EOFError:
+        raise DamagedFileError("empty or truncated (a write cut short, a copy that did not finish)") from None
+    except (IndexError, KeyError, UnicodeDecodeError):  # torch's legacy unpickler reading a text file
+        raise DamagedFileError(not_torch) from None
+    except RuntimeError as e:  # torch's zip reader: "PytorchStreamReader failed reading zip archive: ..."
+        if "PytorchStreamReader" in str(e) or "magic number" in str(e):
+            raise DamagedFileError(f"damaged or truncated ({str(e).split('. ')[0]})") from None
+        raise
 
 
 def pyplot():

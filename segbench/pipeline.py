@@ -9,6 +9,7 @@ import platform
 import subprocess
 import sys
 import time
+import warnings
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Callable
@@ -16,19 +17,20 @@ from typing import Callable
 import torch
 
 from . import __version__
-from .cells import CHECKPOINTS, CONFIG, CONFUSION, DONE, FINAL_WEIGHTS, PREDS, TENSORBOARD, TRAIN_LOG, Cell, CellBusy, \
-    cell_lock, missing_targets, new_record, protocol_card, read_record_or_none, target_protocol, write_record
+from .cells import CHECKPOINTS, CONFIG, DONE, FINAL_WEIGHTS, PREDS, TENSORBOARD, TRAIN_LOG, Cell, CellBusy, \
+    DamagedRecordWarning, cell_lock, cell_record, confusion_path, damaged_confusions, missing_targets, \
+    protocol_card, target_protocol, write_record
 from .config import identity_view, train_settings
 from .data import build_dataset
 from .data.base import missing_pairs
 from .data.multisource import apply_unknown_label_policy_per_source
 from .data.transforms import build_train_transform
 from .engine import distributed as dist_utils
-from .engine.checkpoint import load_final_weights
+from .engine.checkpoint import load_final_weights, prune_checkpoints
 from .engine.logging import tensorboard_writer
 from .engine.scoring import evaluate, prepare_for_scoring, scoring_options
 from .engine.train import train
-from .io import remove_stale_temp_files, save_torch, write_json
+from .io import remove_stale_temp_files, save_torch, set_aside, write_json
 from .methods import build_method
 from .models import create_model
 from .models.pretrained import init_record
@@ -116,7 +118,7 @@ def periodic_evaluation(cell: Cell, model: torch.nn.Module, open_target, device:
 def train_and_score(cell: Cell, cell_dir: Path, *, data_root, device: torch.device) -> dict:
     """run_cell's work, once the cell is claimed."""
     main = dist_utils.is_main()
-    record = read_record_or_none(cell_dir) or new_record(cell)
+    record = cell_record(cell, cell_dir, set_damaged_aside=main)
     curves_eval = record["config"].get("eval")  # what a trained cell's curves were scored under, before it is replaced
     record["config"]["eval"] = cell.eval
     record["targets"] = list(cell.eval_targets)
@@ -172,12 +174,16 @@ def train_and_score(cell: Cell, cell_dir: Path, *, data_root, device: torch.devi
         # a curve scored under other eval settings than this run's (not one a kill left unscored)
         if trained and target in record.get("curves", {}) and (stale or target in record["results"]):
             del record["curves"][target]
+        if main:
+            keep_damaged_confusions_aside(cell_dir, target)
         ds, classes = open_target(target)
         t0 = time.perf_counter()
+        per_image = confusion_path(cell_dir, target)
         metrics = evaluate(model, ds, device=device, eval_classes=classes, **options, desc=f"  test on {target}",
                            dump_dir=cell_dir / PREDS / target, dump_count=int(ecfg.get("dump", 0) or 0),
-                           per_image_path=cell_dir / CONFUSION / f"{target}.npz")
-        metrics.update(eval=cell.eval_identity(), images=len(ds), seconds=time.perf_counter() - t0)
+                           per_image_path=per_image)
+        metrics.update(eval=cell.eval_identity(), images=len(ds), seconds=time.perf_counter() - t0,
+                       per_image=str(per_image.relative_to(cell_dir)))
         left_out = len(missing_pairs(ds))  # files without their partner, scored without under eval.missing_pairs=skip
         if left_out:
             metrics["missing_pairs"] = left_out
@@ -193,4 +199,17 @@ def train_and_score(cell: Cell, cell_dir: Path, *, data_root, device: torch.devi
                 tb.close()
     if main:
         (cell_dir / DONE).touch()
+        if not cell.train.get("keep_ckpts_when_done", False):
+            prune_checkpoints(cell_dir / CHECKPOINTS)
     return record
+
+
+def keep_damaged_confusions_aside(cell_dir: Path, target: str) -> None:
+    """A per-image file that cannot be read is set aside as NAME.damaged with a warning (never deleted), before the
+    target is scored again and the file written anew."""
+    problem = damaged_confusions(cell_dir, target)
+    if problem is not None:
+        path = confusion_path(cell_dir, target)
+        moved = set_aside(path)
+        warnings.warn(f"{path}: {problem}; kept aside as {moved.name}, {target} is scored again", DamagedRecordWarning,
+                      stacklevel=2)

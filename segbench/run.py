@@ -293,13 +293,15 @@ def parse_analyses(text: str) -> list[str]:
 
 def check_datasets(transfers, cfg: dict, data_root) -> None:
     """Open every split the study needs before training anything, so a missing target, or one with files that lack
-    their partner (`eval.missing_pairs`), fails in seconds."""
+    their partner (`eval.missing_pairs`), fails in seconds, and check that each training split holds the global
+    batch."""
     from .data import build_dataset
     from .engine.scoring import check_missing_pairs
 
-    needed, scored = [], set()
+    needed, scored, training = [], set(), set()
     for t in transfers:
         needed.append((t.source, cfg["train"]["split"]))
+        training.add((t.source, cfg["train"]["split"]))
         targets = [(name, cfg["eval"]["split"]) for name in (*source_parts(t.source), *t.targets)]
         needed += targets
         scored.update(targets)
@@ -307,14 +309,26 @@ def check_datasets(transfers, cfg: dict, data_root) -> None:
         dataset = build_dataset(name, split, root=data_root)
         if (name, split) in scored:
             check_missing_pairs(dataset, cfg["eval"]["missing_pairs"])
+        if (name, split) in training:
+            check_batch_fits(cfg["train"]["batch_size"], len(dataset), name, split)
+
+
+def check_batch_fits(batch: int, images: int, source: str, split: str) -> None:
+    """A global batch larger than the training split is never intended: every step would draw images more than once,
+    and a typo (100000 for 100) asks for memory no machine has, ending in an OOM kill without a message."""
+    if batch > images:
+        raise ConfigError(f"train.batch_size={batch}: the global batch is larger than {source}'s {split} split "
+                          f"({images} images), so every step would draw images more than once; set "
+                          f"train.batch_size to at most {images} (e.g. --set train.batch_size={images})")
 
 
 def check_pretrained(cfg: dict, backbones: list[str]) -> None:
     """Fetch (or find) every backbone's pretrained weights once, before training, so an offline machine fails in
-    seconds with the URL and cache path instead of once per cell."""
+    seconds with the URL and cache path instead of once per cell; a local file is read once (safely) for the same
+    reason."""
     import os
 
-    from .models.pretrained import PretrainedWeightsError, official_file
+    from .models.pretrained import PretrainedWeightsError, official_file, read_weights_file
 
     pretrained = cfg["model"].get("pretrained")
     if pretrained is None or os.environ.get("LOCAL_RANK", "0") != "0":
@@ -323,6 +337,7 @@ def check_pretrained(cfg: dict, backbones: list[str]) -> None:
         if not os.path.isfile(pretrained):
             raise PretrainedWeightsError(f"model.pretrained={pretrained!r}: no such file; give 'imagenet', "
                                          "'torchvision', a path to a state dict, or null to train from scratch")
+        read_weights_file(Path(pretrained))  # a file that is no state dict fails here, once, not in every cell
         return
     for name in backbones:
         official_file(name, pretrained)

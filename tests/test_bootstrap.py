@@ -403,3 +403,64 @@ def test_a_per_image_file_that_disagrees_with_its_record_is_left_out(tmp_path):
         build_report(tmp_path, plot=False)
     boot = list(csv.DictReader(io.StringIO((tmp_path / "bootstrap.csv").read_text())))
     assert [r["target"] for r in boot] == ["city"]
+
+
+class Payload:
+    def __reduce__(self):
+        return (print, ("this file ran code",))
+
+
+@pytest.mark.parametrize("damage", ["truncated", "object-array"])
+def test_a_damaged_per_image_file_is_named_and_its_interval_marked_missing(tmp_path, capsys, damage):
+    """Not a BadZipFile traceback naming no file, and not an interval that quietly disappears."""
+    from segbench.report.cli import main
+
+    per_target = _study(tmp_path)
+    path = next((tmp_path / "cells").glob("*aaa")) / CONFUSION / "city.npz"
+    if damage == "truncated":
+        path.write_bytes(path.read_bytes()[:100])
+    else:
+        np.savez(path, counts=np.array([Payload()], dtype=object), images=np.array(["a"]))
+    with pytest.warns(UserWarning, match=rf"{path}: .*rerun the study to score city again"):
+        assert main([str(tmp_path), "--no-plot"]) == 0
+    assert "ran code" not in capsys.readouterr().out
+    gta = _expected_entries({"gta": per_target["gta"]})["gta"]
+    for name in ("table.md", "dg.md"):
+        text = (tmp_path / name).read_text()
+        assert f"| r18 | {gta} (n=1) | {per_target['city'][1]:.1f} [n/a] (n=1) |" in text, name
+        assert "[n/a]: no bootstrap interval" in text, name
+    assert "[n/a]" in (tmp_path / "table.tex").read_text()
+
+
+def test_a_per_image_file_the_record_names_and_that_is_gone_is_marked_missing(tmp_path):
+    _study(tmp_path)
+    cell = next((tmp_path / "cells").glob("*aaa"))
+    (cell / CONFUSION / "city.npz").unlink()
+    with pytest.warns(UserWarning, match=r"city\.npz: missing; rerun the study to score city again"):
+        build_report(tmp_path, plot=False)
+    assert "[n/a] (n=1)" in (tmp_path / "table.md").read_text()
+
+
+def test_an_interval_is_computed_once_and_again_when_its_file_changes(tmp_path, monkeypatch):
+    """A report over a thousand cells must not bootstrap every cell again: the interval is cached beside its file,
+    under the file's content and the bootstrap settings."""
+    from segbench.report import bootstrap
+
+    per_target = _study(tmp_path)
+    computed = []
+    real = bootstrap.bootstrap_miou
+    monkeypatch.setattr(bootstrap, "bootstrap_miou",
+                        lambda counts, *a: computed.append(len(counts)) or real(counts, *a))
+    build_report(tmp_path, plot=False)
+    first = (tmp_path / "table.md").read_text()
+    assert computed == [30, 30]
+    build_report(tmp_path, plot=False)
+    assert computed == [30, 30] and (tmp_path / "table.md").read_text() == first  # from the cache, same entries
+
+    counts = per_target["gta"][0][::-1]  # the same images in another order: same mIoU, other resamples
+    path = next((tmp_path / "cells").glob("*aaa")) / CONFUSION / "gta.npz"
+    scoring.save_image_confusions(path, counts, [f"img{i}" for i in range(len(counts))])
+    build_report(tmp_path, plot=False)
+    assert computed == [30, 30, 30]
+    low, high = _expected_interval(counts)
+    assert f"{per_target['gta'][1]:.1f} [{low:.1f}, {high:.1f}] (n=1)" in (tmp_path / "table.md").read_text()

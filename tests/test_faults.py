@@ -317,7 +317,8 @@ def test_run_and_report_on_a_read_only_results_directory_end_in_one_message(tmp_
     (results / "study" / "cells").mkdir(parents=True)
     _read_only(monkeypatch, results)
     code = run.main(["sim->sim", "--backbones", "resnet18", "--name", "study", "--results", str(results),
-                     "--data-root", str(tmp_path / "data"), "--set", "model.pretrained=null"])
+                     "--data-root", str(tmp_path / "data"), "--set", "model.pretrained=null",
+                     "--set", "train.batch_size=2"])
     err = capsys.readouterr().err
     assert code == 2 and f"{results / 'study'}: {results / 'study'} is not writable" in err and "Traceback" not in err
 
@@ -516,3 +517,111 @@ def test_a_resumed_run_logs_each_iteration_once_and_counts_the_whole_run(tmp_pat
     assert stats["train_seconds"] > before["train_seconds"] > 0
     # 4 iterations x batch 2 over the whole run, not the 2 x 2 of the resumed process
     assert stats["images_per_s"] * stats["train_seconds"] == pytest.approx(8)
+
+
+# -- a payload among the checkpoints ---------------------------------------------------------------------------------
+
+class Payload:
+    def __reduce__(self):
+        return (print, ("this file ran code",))
+
+
+def test_a_payload_as_the_newest_checkpoint_is_set_aside_like_a_damaged_one(tmp_path, tiny_sim, capsys):
+    """Not a resume that fails on every rerun with advice for `evaluate`: kept aside, the run resumes before it."""
+    _train(tmp_path, tiny_sim)
+    newest = tmp_path / "ckpt" / "iter_0000004.pt"
+    torch.save({"model": Payload()}, newest)
+    with pytest.warns(UserWarning, match=r"iter_0000004\.pt: not a segbench checkpoint.*kept aside as "
+                                         r"iter_0000004\.pt\.damaged, resuming from the checkpoint before it"):
+        stats = _train(tmp_path, tiny_sim)
+    assert stats["resumed_from"] == 2 and "ran code" not in capsys.readouterr().out
+    assert (tmp_path / "ckpt" / "iter_0000004.pt.damaged").is_file()
+
+
+def test_evaluate_on_a_truncated_model_final_says_rerunning_the_study_repairs_it(tmp_path, capsys):
+    cell, cell_dir = _finished_cell(tmp_path)
+    _truncate(cell_dir / FINAL_WEIGHTS)
+    code = evaluate_cli.main([str(cell_dir), "--dataset", "sim", "--data-root", str(tmp_path / "data")])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert str(cell_dir / FINAL_WEIGHTS) in err and "rerunning the study that wrote it repairs it" in err
+
+
+# -- a malformed record, a damaged per-image file: kept aside, never lost without a word --------------------------
+
+TRAINING = {"train_seconds": 123.5, "images_per_s": 7.25, "resumed_from": 40, "world_size": 1,
+            "batch_per_process": 8, "launches": [{"from_iteration": 0, "world_size": 1, "batch_per_process": 8},
+                                                 {"from_iteration": 40, "world_size": 1, "batch_per_process": 8}]}
+
+
+@pytest.mark.parametrize("damage", ["wrong-type", "truncated"])
+def test_a_malformed_record_is_kept_aside_and_what_is_readable_carried_over(tmp_path, tiny_model, tiny_sim, damage):
+    import json
+
+    cell, cell_dir = _finished_cell(tmp_path)
+    record = json.loads((cell_dir / RECORD).read_text())
+    record["training"] = TRAINING
+    record["results"]["sim"]["miou"] = "fifty"  # a hand edit
+    text = json.dumps(record, indent=2, sort_keys=True)
+    if damage == "truncated":
+        text = text[: len(text) // 2]
+    (cell_dir / RECORD).write_text(text)
+    with pytest.warns(UserWarning, match=rf"{cell_dir / RECORD}: .*kept aside as record\.json\.damaged") as caught:
+        pipeline.run_cell(cell, cell_dir, data_root=tiny_sim, device=torch.device("cpu"))
+    assert (cell_dir / "record.json.damaged").read_text() == text  # nothing thrown away
+    rebuilt = json.loads((cell_dir / RECORD).read_text())
+    assert isinstance(rebuilt["results"]["sim"]["miou"], float)  # scored again from model_final.pt
+    if damage == "wrong-type":
+        assert rebuilt["training"] == TRAINING
+        assert "results.sim.miou" in str(caught[0].message) and "carried over its training" in str(caught[0].message)
+    else:
+        assert "training" not in rebuilt and "its training statistics are lost" in str(caught[0].message)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "object-array"])
+def test_a_damaged_per_image_file_is_kept_aside_and_its_target_scored_again(tmp_path, tiny_model, tiny_sim, damage):
+    import numpy as np
+
+    from segbench.cells import CONFUSION, is_done
+    from segbench.report.bootstrap import load_image_confusions
+
+    cell, cell_dir = _finished_cell(tmp_path)
+    path = cell_dir / CONFUSION / "sim.npz"
+    path.parent.mkdir()
+    if damage == "truncated":
+        io_mod.save_npz(path, counts=np.ones((3, 19, 20), np.int64), images=np.array(["a", "b", "c"]))
+        _truncate(path, 60)
+    else:
+        np.savez(path, counts=np.array([Payload()], dtype=object), images=np.array(["a"]))
+    damaged = path.read_bytes()
+    assert not is_done(cell, cell_dir)  # the rerun does not skip the cell
+    with pytest.warns(UserWarning, match=rf"{path}: .*kept aside as sim\.npz\.damaged, sim is scored again"):
+        pipeline.run_cell(cell, cell_dir, data_root=tiny_sim, device=torch.device("cpu"))
+    assert (cell_dir / CONFUSION / "sim.npz.damaged").read_bytes() == damaged
+    counts, images = load_image_confusions(path)
+    assert counts.shape == (1, 19, 20) and len(images) == 1 and is_done(cell, cell_dir)
+
+
+# -- a finished cell keeps no training checkpoints -------------------------------------------------------------------
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_a_finished_cell_prunes_its_training_checkpoints_unless_asked_to_keep_them(tmp_path, tiny_model, tiny_sim,
+                                                                                   keep):
+    import dataclasses
+    import json
+
+    cfg = load_config(EMBEDDED_DEFAULT)
+    cfg["train"].update(iters=2, batch_size=2, workers=0, ckpt_every=1, crop=[32, 32], keep_ckpts_when_done=keep)
+    cfg["model"]["pretrained"] = None
+    cfg["eval"].update(every=1, workers=0)
+    (cell,) = plan(cfg, parse_specs(["sim->sim"]), ["resnet18"], ["fcn"])[:1]
+    other = dataclasses.replace(cell, train={**cell.train, "keep_ckpts_when_done": not keep})
+    assert other.cell_id == cell.cell_id  # not part of the cell id: finished studies keep their cells
+    cell_dir = cell.directory(tmp_path / "results")
+    pipeline.run_cell(cell, cell_dir, data_root=tiny_sim, device=torch.device("cpu"))
+    kept = [it for it, _ in list_checkpoints(cell_dir / CHECKPOINTS)]
+    assert kept == ([1, 2] if keep else []) and (cell_dir / CHECKPOINTS).is_dir() == keep
+    record = json.loads((cell_dir / RECORD).read_text())
+    assert (cell_dir / FINAL_WEIGHTS).is_file() and (cell_dir / DONE).is_file()
+    assert [it for it, _ in record["curves"]["sim"]] == [1, 2]  # what model selection reads stays in the record
+    assert set(load_checkpoint(cell_dir / FINAL_WEIGHTS)) == set(PixelModel().state_dict())  # what evaluate reads

@@ -97,7 +97,7 @@ def test_report_names_a_corrupt_record(corrupt_study, capsys):
     study, record = corrupt_study
     code, _, err = _segbench(capsys, "report", study, "--no-plot")
     first = _one_clean_line(err, record)
-    assert code == 2 and first.startswith("segbench report: ") and "delete it" in first
+    assert code == 2 and first.startswith("segbench report: ") and "rerun the study" in first
 
 
 GOOD_RECORD = {"cell_id": "abc", "backbone": "resnet18", "head": "fcn", "source": "sim", "seed": 0,
@@ -118,7 +118,7 @@ def test_report_names_a_record_field_of_the_wrong_type(tmp_path, capsys, field, 
     for select in ("last", "oracle"):
         code, _, err = _segbench(capsys, "report", tmp_path / "study", "--no-plot", "--select", select)
         first = _one_clean_line(err, record, named)
-        assert code == 2 and "delete it to have the cell evaluated again" in first
+        assert code == 2 and "rerun the study: the run keeps it aside as record.json.damaged" in first
     assert read_record_or_none(record.parent) is None  # the runner redoes such a cell instead of failing on it
     write_record(record.parent, GOOD_RECORD)
     assert read_record_or_none(record.parent) == GOOD_RECORD
@@ -188,6 +188,53 @@ def test_evaluate_checks_where_it_writes_before_scoring(unsafe_cell, tmp_path, c
     named = blocker if "BLOCKER" in where else f"--output {tmp_path}: a directory"
     first = _one_clean_line(err, named)  # refused before the (unsafe) checkpoint is even opened
     assert code == 2 and "not a segbench checkpoint" not in first and blocker.read_text() == "mine"
+
+
+# -- run and evaluate: a device, weights or a batch the user must change -----------------------------------------------
+@pytest.fixture
+def tiny_run(tmp_path, monkeypatch):
+    """`segbench run sim->sim` on 6 training images, set to train for one iteration at a tiny crop."""
+    monkeypatch.setattr(synthetic, "SPLIT_SIZES", {"train": 6, "val": 1})
+
+    def run(capsys, *settings, device="cpu"):
+        sets = [a for s in ("train.iters=1", "train.crop=[32,32]", "train.batch_size=2", "train.workers=0",
+                            "eval.workers=0", "model.pretrained=null", *settings) for a in ("--set", s)]
+        return _segbench(capsys, "run", "sim->sim", "--backbones", "resnet18", "--results", tmp_path / "results",
+                         "--data-root", tmp_path / "data", "--device", device, *sets)
+    return run
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_device_cuda_without_a_gpu_is_one_line_with_the_fix(unsafe_cell, tiny_run, capsys):
+    code, _, err = tiny_run(capsys, device="cuda")
+    assert code == 2 and "--device cpu" in _one_clean_line(err, "--device cuda", "no CUDA GPU")
+    code, _, err = _segbench(capsys, "evaluate", unsafe_cell, "--dataset", "sim", "--device", "cuda")
+    assert code == 2 and "--device cpu" in _one_clean_line(err, "--device cuda", "no CUDA GPU")
+
+
+@pytest.mark.parametrize("content", ["payload", "yaml"])
+def test_pretrained_weights_that_are_no_state_dict_are_named_before_training(tmp_path, tiny_run, capsys, content):
+    from segbench.models import create_model
+    from segbench.models.pretrained import PretrainedWeightsError
+
+    weights = tmp_path / f"weights.{'pt' if content == 'payload' else 'yaml'}"
+    if content == "payload":
+        torch.save({"model": Payload()}, weights)
+    else:
+        weights.write_text("model:\n  backbone: resnet18\n  lr: 0.01\n")
+    code, out, err = tiny_run(capsys, f"model.pretrained={weights}")
+    first = _one_clean_line(err, f"model.pretrained='{weights}'")
+    assert code == 2 and not (tmp_path / "results").exists() and "ran code" not in out
+    assert ("not a plain state dict" if content == "payload" else "not a torch file") in first
+    assert "weights_only` set to `False`" not in err and "if you trust" not in err  # torch's advice, not followed
+    with pytest.raises(PretrainedWeightsError, match=str(weights)):  # the same message from inside a cell
+        create_model("resnet18", "fcn", pretrained=str(weights))
+
+
+def test_a_global_batch_larger_than_the_training_split_is_refused_before_training(tiny_run, tmp_path, capsys):
+    code, _, err = tiny_run(capsys, "train.batch_size=12")
+    first = _one_clean_line(err, "train.batch_size=12", "6 images")
+    assert code == 2 and "--set train.batch_size=6" in first and not (tmp_path / "results").exists()
 
 
 # -- data ------------------------------------------------------------------------------------------------------------

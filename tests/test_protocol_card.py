@@ -150,6 +150,23 @@ def test_rows_measured_under_different_protocols_are_kept_apart_and_the_footer_s
     assert (study / "report.md").read_text().count("### card ") == 2
 
 
+def test_a_seed_that_has_not_scored_a_target_yet_is_a_missing_score_not_a_protocol(tmp_path):
+    """Its card lacks the target's entry, which is no difference in how anything was measured."""
+    recs = [carded("resnet50", 0, {"gta5": 60.0, "cityscapes": 30.0}), carded("resnet50", 1, {"gta5": 62.0})]
+    study = write_study(tmp_path / "study", recs)
+    build_report(study, plot=False)
+    running = card_hash(recs[1]["protocol"])
+    (line,) = [line for line in (study / "table.md").read_text().splitlines() if line.startswith("Rows ")]
+    assert line == (f"Rows resnet50 and resnet50 (train gta5) differ only in a missing score: cityscapes not scored "
+                    f"yet by the records of card {running}; their protocols agree otherwise.")
+    recs.append(carded("resnet50", 2, {"gta5": 61.0}, crop=(512, 512)))  # a real difference is still named as one
+    study = write_study(tmp_path / "other", recs)
+    build_report(study, plot=False)
+    lines = [line for line in (study / "dg.md").read_text().splitlines() if line.startswith("Rows ")]
+    assert any("differ in protocol: train.crop;" in line and "Also cityscapes not scored yet" in line
+               for line in lines), lines
+
+
 def test_rows_that_differ_in_training_config_name_the_setting(tmp_path):
     recs = [carded("resnet50", 0, {"cityscapes": 30.0}), carded("resnet50", 0, {"cityscapes": 35.0}, crop=(512, 512))]
     study = write_study(tmp_path / "study", recs)

@@ -226,3 +226,30 @@ def test_a_record_without_a_target_list_keeps_the_study_order_of_columns():
     md, _ = paper(scores([named, old]))
     assert md.splitlines()[0] == ("| backbone | train sim / test sim | train sim / test photo | train sim / test fog "
                                   "| train sim / test night |")
+
+
+def test_a_footer_writes_a_long_run_of_seeds_as_a_range():
+    many = [record("r18", "a", s, {"a": 40.0 + s % 7}) for s in range(300)]
+    md, _ = paper(scores(many))
+    assert "over 300 seeds (0-299)." in md
+    md, _ = dg(scores([record("r18", "a", s, {"a": 40.0}) for s in (0, 1, 2, 3, 4, 5, 9, 11, 12)]))
+    assert "over 9 seeds (0-5, 9, 11, 12)." in md
+    md, _ = paper(scores([record("r18", "a", s, {"a": 40.0}) for s in (0, 1, 2)]))
+    assert "over 3 seeds (0, 1, 2)." in md  # a short list reads as well as a range
+
+
+def test_the_dg_layout_orders_targets_as_the_spec_does_like_the_paper_layout():
+    """Targets added to a finished study (`sim->photo` became `sim->photo,fog,night`): the cells scored since name
+    all four, in the spec's order; both layouts show photo, fog, night, not fog, night, photo."""
+    old = record("r18", "sim", 0, {"sim": 50.0, "photo": 30.0})
+    old["targets"] = ["sim", "photo"]
+    new = record("r50", "sim", 0, {"sim": 52.0, "photo": 31.0, "fog": 22.0, "night": 10.0})
+    new["targets"] = ["sim", "photo", "fog", "night"]
+    items = scores([old, new])
+    paper_md, _ = paper(items)
+    dg_md, dg_csv = dg(items)
+    assert paper_md.splitlines()[0].endswith(
+        "| train sim / test photo | train sim / test fog | train sim / test night |")
+    assert "| backbone | sim (in-domain) | photo | fog | night | mean (unseen) |" in dg_md
+    assert [r["target"] for r in read_csv(dg_csv) if r["backbone"] == "r50"] == ["sim", "photo", "fog", "night",
+                                                                                "mean (unseen)"]

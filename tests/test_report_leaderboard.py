@@ -139,3 +139,21 @@ def test_a_study_name_that_would_merge_two_rows_is_refused():
     with pytest.raises(ValueError, match="rename a results directory"):
         board_items({"a": one, "a / b": other})
     assert [s.row for s in board_items({"a": one, "b": other})[0]] == ["a / b / c"] * 2 + ["b / c"] * 2
+
+
+def test_a_study_run_with_one_seed_is_not_marked_unfinished(studies, tmp_path):
+    """(n=k) says that seeds of a study did not finish: a study that simply had one seed is whole."""
+    a, _ = studies
+    single = write_study(tmp_path / "C", [record("r18", 0, 65.0, 36.0, SHARED)])
+    board = tmp_path / "board"
+    assert main([str(a), str(single), "--out", str(board)]) == 0
+    md = (board / "leaderboard.md").read_text()
+    assert f"| C | r18 | {card_hash(SHARED)} | 65.0 | 36.0 |" in md
+    assert "(n=" not in md and "seeds finished" not in md
+    assert "over each study's seeds (A: 3 (0, 1, 2); C: 1 (0))" in md
+    unfinished = write_study(tmp_path / "D", [record("r18", 0, 65.0, 36.0, SHARED)]
+                             + [record("r18_ibn_b", s, 65.0, 50.0, SHARED) for s in (0, 1)])
+    assert main([str(a), str(unfinished), "--out", str(board)]) == 0
+    md = (board / "leaderboard.md").read_text()
+    assert f"| D | r18 | {card_hash(SHARED)} | 65.0 (n=1) | 36.0 (n=1) |" in md  # its study has two seeds
+    assert "(n=k): only k seeds finished in that study" in md

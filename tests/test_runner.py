@@ -170,10 +170,11 @@ def test_missing_pretrained_weights_fail_once_before_training(tmp_path, tiny_dom
         raise urllib.error.URLError("no network")
 
     monkeypatch.setattr(P, "download", offline)
-    code = _main(tmp_path, "sim->photo", "--backbones", "resnet18_ibn_a", "--set", "model.pretrained=imagenet")
+    code = _main(tmp_path, "sim->photo", "--backbones", "resnet18_ibn_a", "--set", "model.pretrained=imagenet",
+                 "--set", "train.batch_size=2")
     err = capsys.readouterr().err
     assert code == 2 and err.count("could not download") == 1
     assert "resnet18_ibn_a" in err and str(tmp_path / "torch") in err and "pretrained=null" in err
     assert not (tmp_path / "results").exists()
-    assert _main(tmp_path, "sim->photo", "--set", "model.pretrained=/no/such.pth") == 2
+    assert _main(tmp_path, "sim->photo", "--set", "model.pretrained=/no/such.pth", "--set", "train.batch_size=2") == 2
     assert "/no/such.pth" in capsys.readouterr().err

@@ -1,8 +1,8 @@
 """Crash-safe checkpoints: atomic writes, keep the newest K, resume only into the same configuration, from the newest
-checkpoint that loads (a damaged one is renamed NAME.damaged and kept, never deleted)."""
+checkpoint that loads (a damaged one, or one holding objects that are never loaded, is renamed NAME.damaged and kept,
+never deleted); a finished cell's training checkpoints are pruned (`prune_checkpoints`)."""
 from __future__ import annotations
 
-import pickle
 import re
 import warnings
 from pathlib import Path
@@ -10,12 +10,11 @@ from pathlib import Path
 import torch
 
 from ..cells import CHECKPOINTS, ERM, FINAL_WEIGHTS, RECORD, RecordError, read_record
-from ..io import save_torch
+from ..io import DAMAGED_SUFFIX, DamagedFileError, UnsafeFileError, load_torch, save_torch, set_aside
 from ..methods import build_method
 from ..models import create_model
 
 _NAME = re.compile(r"^iter_(\d+)\.pt$")
-DAMAGED_SUFFIX = ".damaged"
 TRAINING_STATE = ("iteration", "identity", "model", "optimizer", "rng_cpu")  # what train() resumes from
 
 
@@ -43,49 +42,33 @@ def save_checkpoint(directory: Path, iteration: int, state: dict, keep: int = 2)
     return path
 
 
-def _unpickler_reason(e: pickle.UnpicklingError) -> str:
-    """The one informative sentence of torch's long refusal (e.g. "Unsupported global: GLOBAL os.system ...")."""
-    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-    for line in lines:
-        if "WeightsUnpickler error:" in line:
-            return line.split("WeightsUnpickler error:", 1)[1].strip().split(". ")[0]
-    return lines[0] if lines else type(e).__name__
-
-
 def load_checkpoint(path: Path, map_location="cpu") -> dict:
-    """Tensors and plain containers only (weights_only=True): a file that needs more never runs its code here."""
+    """Tensors and plain containers only (io.load_torch: weights_only=True): a file that needs more never runs its
+    code here. The errors say what is wrong with the file; where it is read adds the fix (`repair_hint`)."""
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as e:
-        reason = _unpickler_reason(e)
-        raise CheckpointError(
-            f"{path}: not a segbench checkpoint, or it holds objects that may be unsafe to load (torch.load with "
-            f"weights_only=True refused it: {reason}); pass a model_final.pt or iter_*.pt that segbench wrote") from None
-    except EOFError:
-        raise DamagedCheckpoint(f"{path}: empty or truncated (a write cut short, a copy that did not finish)") from None
-    except RuntimeError as e:  # torch's zip reader: "PytorchStreamReader failed reading zip archive: ..."
-        if "PytorchStreamReader" not in str(e):
-            raise
-        raise DamagedCheckpoint(f"{path}: damaged or truncated ({str(e).split('. ')[0]})") from None
+        return load_torch(path, map_location=map_location)
+    except UnsafeFileError as e:
+        raise UnsafeCheckpoint(f"{path}: not a segbench checkpoint, or it holds objects that may be unsafe to load "
+                               f"({e}); segbench never loads such a file with weights_only=False") from None
+    except DamagedFileError as e:
+        raise DamagedCheckpoint(f"{path}: {e}") from None
 
 
-def set_aside(path: Path) -> Path:
-    """Rename a damaged file to NAME.damaged (NAME.damaged.2, ... when taken): out of the way, kept for a look."""
-    path = Path(path)
-    target, n = path.with_name(path.name + DAMAGED_SUFFIX), 1
-    while target.exists():
-        n += 1
-        target = path.with_name(f"{path.name}{DAMAGED_SUFFIX}.{n}")
-    path.rename(target)
-    return target
+def repair_hint(path: Path) -> str:
+    """What to do about a weights file that cannot be loaded, given where it is."""
+    if Path(path).name == FINAL_WEIGHTS:
+        return ("rerunning the study that wrote it repairs it (the run keeps this file aside as "
+                f"{FINAL_WEIGHTS}{DAMAGED_SUFFIX} and trains the cell again)")
+    return f"pass a {FINAL_WEIGHTS} or checkpoints/iter_*.pt that segbench wrote"
 
 
 def load_latest_checkpoint(directory: Path, set_damaged_aside: bool = True) -> tuple[Path, dict] | None:
     """The newest training checkpoint that loads, with its path; None when there is none.
 
-    A damaged one (truncated by a full disk or a copy cut short) must not block the cell forever: it is set aside as
-    NAME.damaged with a warning naming it, and the one before it is tried. Ranks other than the first pass
-    set_damaged_aside=False and skip it (or find it already moved).
+    A damaged one (truncated by a full disk or a copy cut short), or one holding objects weights_only refuses (a
+    payload put there), must not block the cell forever: it is set aside as NAME.damaged with a warning naming it,
+    and the one before it is tried. Ranks other than the first pass set_damaged_aside=False and skip it (or find it
+    already moved).
     """
     for _, path in reversed(list_checkpoints(directory)):
         try:
@@ -96,7 +79,7 @@ def load_latest_checkpoint(directory: Path, set_damaged_aside: bool = True) -> t
             return path, state
         except FileNotFoundError:  # set aside by the first rank meanwhile
             continue
-        except DamagedCheckpoint as e:
+        except (DamagedCheckpoint, UnsafeCheckpoint) as e:
             if set_damaged_aside:
                 _warn_set_aside(path, e, "resuming from the checkpoint before it (if any)")
     return None
@@ -108,9 +91,10 @@ def _warn_set_aside(path: Path, error: Exception, then: str) -> None:
 
 
 def load_final_weights(path: Path, set_damaged_aside: bool = True) -> dict | None:
-    """A finished cell's state dict; None when it has none yet, or when the file is damaged: then it is set aside
-    with a warning and the cell trains again from its newest checkpoint (the final iteration's, when training had
-    ended), rather than failing until someone deletes the file."""
+    """A finished cell's state dict; None when it has none yet, or when the file is damaged (or holds objects that
+    are never loaded): then it is set aside with a warning and the cell trains again from its newest checkpoint (the
+    final iteration's, when training had ended and its checkpoints were kept; from the start once they were pruned),
+    rather than failing until someone deletes the file."""
     path = Path(path)
     if not path.is_file():
         return None
@@ -118,10 +102,24 @@ def load_final_weights(path: Path, set_damaged_aside: bool = True) -> dict | Non
         return load_checkpoint(path)
     except FileNotFoundError:  # set aside by the first rank meanwhile
         return None
-    except DamagedCheckpoint as e:
+    except (DamagedCheckpoint, UnsafeCheckpoint) as e:
         if set_damaged_aside:
-            _warn_set_aside(path, e, "the cell resumes from its newest checkpoint")
+            _warn_set_aside(path, e, "the cell resumes from its newest checkpoint (from the start when it has none)")
         return None
+
+
+def prune_checkpoints(directory: Path) -> list[Path]:
+    """Delete the training checkpoints (iter_*.pt) of a finished cell; returns them. Nothing a finished cell does
+    reads them: scoring, reports and `evaluate` read model_final.pt, model selection the record's curves. Files set
+    aside as damaged stay, and the directory goes once it is empty."""
+    pruned = [path for _, path in list_checkpoints(directory)]
+    for path in pruned:
+        path.unlink(missing_ok=True)
+    try:
+        Path(directory).rmdir()
+    except OSError:  # absent, or still holding files set aside
+        pass
+    return pruned
 
 
 def check_same_config(saved: dict, current: dict, path: Path) -> None:
@@ -144,6 +142,10 @@ class CheckpointError(ValueError):
 
 class DamagedCheckpoint(CheckpointError):
     """A checkpoint file that is truncated or corrupt (not one that is merely of another kind)."""
+
+
+class UnsafeCheckpoint(CheckpointError):
+    """A file torch.load(weights_only=True) refuses: it holds objects (maybe code), so it is never loaded."""
 
 
 class DamagedCheckpointWarning(UserWarning):
@@ -185,7 +187,10 @@ def load_trained_model(path: Path, device: torch.device | str = "cpu") -> tuple[
         text = e.args[0] if isinstance(e, KeyError) and e.args else e  # a KeyError's str() quotes its message
         raise CheckpointError(f"{record_path}: cannot build backbone {record['backbone']!r} head "
                               f"{record['head']!r} method {method.get('name')!r}: {text}") from None
-    state = load_checkpoint(weights)
+    try:
+        state = load_checkpoint(weights)
+    except (DamagedCheckpoint, UnsafeCheckpoint) as e:
+        raise CheckpointError(f"{e}; {repair_hint(weights)}") from None
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         state = state["model"]  # a training checkpoint rather than the final state dict
     result = model.load_state_dict(state, strict=False)

@@ -41,7 +41,12 @@ def batch_share(global_batch: int, world: int, accumulate: int = 1) -> int:
 
 
 def init_from_env(device_type: str | None = None) -> torch.device:
-    """Join the process group torchrun describes (if any) and return this process's device."""
+    """Join the process group torchrun describes (if any) and return this process's device. `--device cuda` where
+    no GPU is visible is the user's to fix: one line, not torch's "Found no NVIDIA driver" traceback."""
+    if device_type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda: no CUDA GPU is visible here (no NVIDIA driver, CUDA_VISIBLE_DEVICES empty, "
+                          "or a CPU-only torch build); run with --device cpu, or --device auto (the default: the GPU "
+                          "when there is one)")
     use_cuda = torch.cuda.is_available() if device_type is None else device_type == "cuda"
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ and not is_dist():
         dist.init_process_group(backend="nccl" if use_cuda else "gloo")

@@ -30,6 +30,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..io import DamagedFileError, UnsafeFileError, load_torch
+
 IBN_RELEASE = "https://github.com/XingangPan/IBN-Net/releases/download/v1.0/"
 IBN_FILES = {  # name -> sha256 prefix: XingangPan/IBN-Net release v1.0 (`ibnnet/resnet_ibn.py` model_urls)
     "resnet18_ibn_a": "2f571257", "resnet34_ibn_a": "94bc1577", "resnet50_ibn_a": "d9d0bb7b",
@@ -123,6 +125,24 @@ def fetch_imagenet(name: str) -> Path:
                 f"  Or train from scratch: {SCRATCH_HINT}") from err
     check_hash(path)
     return path
+
+
+def read_weights_file(path: Path) -> Mapping:
+    """A weights file's contents (io.load_torch: weights_only=True), or PretrainedWeightsError naming the file: one
+    that holds objects (a pickled model, maybe code) is never loaded unsafely, whatever torch's own message advises."""
+    try:
+        obj = load_torch(path)
+    except UnsafeFileError as e:
+        raise PretrainedWeightsError(
+            f"model.pretrained={str(path)!r}: not a plain state dict ({e}); it may hold code, so segbench never loads "
+            "it with weights_only=False: save the weights alone, torch.save(model.state_dict(), PATH)") from None
+    except DamagedFileError as e:
+        raise PretrainedWeightsError(f"model.pretrained={str(path)!r}: {e}; give a state dict saved with "
+                                     "torch.save(model.state_dict(), PATH), 'imagenet', or null") from None
+    if not isinstance(obj, Mapping):
+        raise PretrainedWeightsError(f"model.pretrained={str(path)!r}: holds a {type(obj).__name__}, not a state "
+                                     "dict; save it with torch.save(model.state_dict(), PATH)")
+    return obj
 
 
 def backbone_state_dict(obj: Mapping) -> dict[str, torch.Tensor]:
@@ -233,7 +253,7 @@ def load_torchvision(backbone: nn.Module, name: str) -> PartialLoad:
     rest. The file must hold exactly torchvision's tensors, so what is loaded is what `torchvision_init` says."""
     plan = torchvision_init(name)
     path = official_file(name, TORCHVISION)
-    state = backbone_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    state = backbone_state_dict(read_weights_file(path))
     expected = {k: v.shape for k, v in _torchvision_resnet(plan.source).state_dict().items() if not k.startswith("fc.")}
     wrong = sorted(k for k in expected.keys() | state.keys()
                    if k not in state or k not in expected or state[k].shape != expected[k])
@@ -262,7 +282,7 @@ def load_pretrained(backbone: nn.Module, name: str, pretrained: str | os.PathLik
             raise PretrainedWeightsError(f"pretrained file {path} does not exist (or use 'imagenet', or "
                                          f"{SCRATCH_HINT})")
         # a local file is the user's own: its name carries no hash promise (iter-040000.pth is not a sha256)
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+    obj = read_weights_file(path)
     expected = set(backbone.state_dict())
     state = backbone_state_dict(obj)
     missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)

@@ -14,6 +14,8 @@ Numpy only: the report loads no torch.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import warnings
 from dataclasses import dataclass
@@ -22,8 +24,8 @@ from typing import Sequence
 
 import numpy as np
 
-from ..cells import CONFUSION
-from ..io import csv_text
+from ..cells import ConfusionFileError, confusion_path, per_image_expected, read_confusions
+from ..io import csv_text, write_json
 from ..labels import CLASS_NAMES
 
 N_BOOT = 1000
@@ -35,9 +37,9 @@ SAME_MIOU = 1e-6
 
 
 def load_image_confusions(path: Path) -> tuple[np.ndarray, list[str]]:
-    """(N x C x C+1 int64 per-image matrices, N image ids), as engine/scoring.py save_image_confusions wrote them."""
-    with np.load(path) as f:
-        return f["counts"], [str(i) for i in f["images"]]
+    """(N x C x C+1 int64 per-image matrices, N image ids), as engine/scoring.py save_image_confusions wrote them;
+    cells.ConfusionFileError naming the file and the fix when it cannot be used (object arrays are never loaded)."""
+    return read_confusions(path)
 
 
 def _check(per_image: np.ndarray, classes: Sequence[int] | None) -> tuple[np.ndarray, list[int]]:
@@ -137,44 +139,103 @@ class Interval:
         return [f"{self.low:.2f}", f"{self.high:.2f}"]
 
 
+@dataclass(frozen=True)
+class MissingInterval:
+    """Where a cell's interval should be and cannot be: its per-image file is damaged, missing while the record
+    names one, or disagrees with the record (a warning names the file). Marked, never silently left out."""
+
+    def md(self) -> str:
+        return NO_INTERVAL
+
+    def csv(self) -> list[str]:
+        return ["", ""]
+
+
+NO_INTERVAL = "[n/a]"
+MISSING = MissingInterval()
+#: bumped when the interval a file gives changes (the resampling, the quantiles): every cached interval is then stale
+BOOTSTRAP_VERSION = 1
+CACHE_SUFFIX = ".interval.json"  # confusion/TARGET.interval.json, beside the file it was computed from
+
+
 def _scored_classes(result: dict) -> list[int] | None:
     """The trainIds a record's mIoU averages over: the classes its per-class IoUs name (None: all)."""
     names = list(result.get("per_class_iou") or {})
     return [CLASS_NAMES.index(n) for n in names] if names and set(names) <= set(CLASS_NAMES) else None
 
 
+def _file_interval(path: Path, classes: list[int] | None, n_boot: int, seed: int, level: float) -> dict:
+    """{miou, images, low, high} of one per-image file, computed once: cached beside it (`CACHE_SUFFIX`) under the
+    file's content hash and the bootstrap settings, so a rewritten file, or other settings, compute it again. The
+    cache is only a shortcut: a results directory it cannot be written to computes the interval every time."""
+    key = {"sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "classes": classes, "n_boot": n_boot,
+           "seed": seed, "level": level, "version": BOOTSTRAP_VERSION}
+    cache = path.with_name(path.stem + CACHE_SUFFIX)
+    try:
+        cached = json.loads(cache.read_text())
+        if cached["key"] == key:
+            return cached["interval"]
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    counts, _ = read_confusions(path)
+    low, high = bootstrap_miou(counts, classes, n_boot, seed, level)
+    interval = {"miou": miou_of(counts.sum(0), classes), "images": len(counts), "low": low, "high": high}
+    try:  # not durable: a cache torn by a crash is read as none and computed again
+        write_json(cache, {"key": key, "interval": interval}, durable=False)
+    except OSError:
+        pass
+    return interval
+
+
 def cell_intervals(records: list[dict], n_boot: int = N_BOOT, seed: int = 0,
-                   level: float = LEVEL) -> dict[tuple[str, str], Interval]:
+                   level: float = LEVEL) -> dict[tuple[str, str], Interval | MissingInterval]:
     """(cell_id, target) -> Interval for every scored target whose per-image file (CELL/confusion/TARGET.npz) is
-    there and agrees with the record (same image count, same mIoU); older records simply have none."""
+    there and agrees with the record (same image count, same mIoU); cells scored before per-image files existed
+    simply have none. MISSING, with a warning naming the file and the fix, where the file is damaged, disagrees with
+    the record, or is missing where it should be (cells.per_image_expected)."""
     out = {}
     for rec in records:
         for target, result in (rec.get("results") or {}).items():
-            path = Path(rec.get("_dir", "")) / CONFUSION / f"{target}.npz"
-            if "_dir" not in rec or not path.is_file():
+            if "_dir" not in rec:
                 continue
-            counts, _ = load_image_confusions(path)
-            classes = _scored_classes(result)
-            miou = miou_of(counts.sum(0), classes)
-            recorded, images = result.get("miou"), result.get("images", len(counts))
-            if recorded is None or abs(miou - recorded) > SAME_MIOU or images != len(counts):
-                warnings.warn(f"{path}: {len(counts)} images, mIoU {miou:.4f}, but the record says {images} images, "
-                              f"mIoU {recorded}; left out of the bootstrap (score the target again to rewrite it)",
-                              stacklevel=2)
+            path = confusion_path(rec["_dir"], target)
+            if not path.is_file():
+                if per_image_expected(rec["_dir"], result):
+                    warnings.warn(f"{path}: missing; rerun the study to score {target} again", stacklevel=2)
+                    out[(rec["cell_id"], target)] = MISSING
                 continue
-            low, high = bootstrap_miou(counts, classes, n_boot, seed, level)
-            out[(rec["cell_id"], target)] = Interval(miou, low, high, len(counts), n_boot, level)
+            try:
+                found = _file_interval(path, _scored_classes(result), n_boot, seed, level)
+            except ConfusionFileError as e:
+                warnings.warn(str(e), stacklevel=2)
+                out[(rec["cell_id"], target)] = MISSING
+                continue
+            miou, images = found["miou"], found["images"]
+            recorded = result.get("miou")
+            if recorded is None or abs(miou - recorded) > SAME_MIOU or result.get("images", images) != images:
+                warnings.warn(f"{path}: {images} images, mIoU {miou:.4f}, but the record says "
+                              f"{result.get('images', images)} images, mIoU {recorded}; left out of the bootstrap "
+                              f"(delete the file, then rerun the study to score {target} again)", stacklevel=2)
+                out[(rec["cell_id"], target)] = MISSING
+                continue
+            out[(rec["cell_id"], target)] = Interval(miou, found["low"], found["high"], images, n_boot, level)
     return out
 
 
-def interval_note(shown: Sequence[Interval]) -> str:
-    """The table footer's line for the intervals it shows ("" when it shows none)."""
-    if not shown:
-        return ""
-    levels, boots = sorted({i.level for i in shown}), sorted({i.n_boot for i in shown})
-    return (f"[low, high] after a single seed's mIoU: {', '.join(f'{v:.0%}' for v in levels)} percentile bootstrap "
-            f"interval over its test images ({', '.join(map(str, boots))} resamples), in place of a spread over "
-            "seeds.\n")
+def interval_note(shown: Sequence[Interval | MissingInterval]) -> str:
+    """The table footer's line for the intervals it shows ("" when it shows none), and for those it misses."""
+    found = [i for i in shown if isinstance(i, Interval)]
+    note = ""
+    if found:
+        levels, boots = sorted({i.level for i in found}), sorted({i.n_boot for i in found})
+        note = (f"[low, high] after a single seed's mIoU: {', '.join(f'{v:.0%}' for v in levels)} percentile "
+                f"bootstrap interval over its test images ({', '.join(map(str, boots))} resamples), in place of a "
+                "spread over seeds.\n")
+    if any(isinstance(i, MissingInterval) for i in shown):
+        note += (f"{NO_INTERVAL}: no bootstrap interval, its per-image file (CELL/confusion/TARGET.npz) is damaged, "
+                 "missing or disagrees with the record (the report's warning names it); rerun the study to score the "
+                 "target again.\n")
+    return note
 
 
 def _targets_in_order(rec: dict) -> list[str]:
@@ -184,12 +245,12 @@ def _targets_in_order(rec: dict) -> list[str]:
     return named + [t for t in scored if t not in named]
 
 
-def bootstrap_csv(records: list[dict], intervals: dict[tuple[str, str], Interval]) -> str:
+def bootstrap_csv(records: list[dict], intervals: dict[tuple[str, str], Interval | MissingInterval]) -> str:
     """bootstrap.csv: one row per cell and target with a per-image file, in record then study order."""
     header = ["cell_id", "backbone", "head", "source", "seed", "target", "miou", "low", "high", "images", "n_boot",
               "level"]
     rows = [[rec["cell_id"], rec["backbone"], rec["head"], rec["source"], rec["seed"], target, f"{iv.miou:.4f}",
              f"{iv.low:.4f}", f"{iv.high:.4f}", iv.images, iv.n_boot, iv.level]
             for rec in records for target in _targets_in_order(rec)
-            if (iv := intervals.get((rec["cell_id"], target))) is not None]
+            if isinstance(iv := intervals.get((rec["cell_id"], target)), Interval)]
     return csv_text(header, rows)

@@ -16,8 +16,8 @@ from ..io import csv_text, write_text
 from .html import RowDetails, Section, page
 from .protocols import card_hash, card_of, cards_section, footer
 from .records import Score, scores
-from .stats import DASH, DEFAULT_STAT, csv_fields
-from .tables import Layout, Table, col_title, paper_aggs, seed_note
+from .stats import DASH, DEFAULT_STAT, STAT_NAMES, csv_fields
+from .tables import Layout, Table, col_title, paper_aggs, seed_list, seed_note
 
 SEPARATOR = " / "  # between a study's name and its row in a leaderboard row's name
 
@@ -60,23 +60,37 @@ def leaderboard_layout(studies: dict[str, list[Score]], cards: dict[str, dict], 
     keys, cols, aggs = paper_aggs(items)
     if not keys:
         return Layout()
-    n_max = max(a.n for a in aggs.values())
+    # a row's `(n=k)` counts against its own study's seeds: a study run with one seed is whole, not unfinished
+    n_study = {study: max(aggs[(k, c)].n for k in keys if names[k][0] == study for c in cols) for study in studies
+               if any(names[k][0] == study for k in keys)}
+    n_row = {k: n_study[names[k][0]] for k in keys}
     labels = []
     for key in keys:
         hashes = dict.fromkeys(s.card for s in items if s.row == key and s.card)
         labels.append([*names[key], ", ".join(hashes) or DASH])
-    body = [label + [aggs[(k, c)].md(stat, n_expected=n_max) for c in cols] for k, label in zip(keys, labels)]
+    body = [label + [aggs[(k, c)].md(stat, n_expected=n_row[k]) for c in cols] for k, label in zip(keys, labels)]
     table = Table("", ["study", "row", "protocol"] + [col_title(c) for c in cols], body, keys, labels=3,
                   name=1)
     csv_header = ["study", "row", "protocol"] + [f"{col_title(c)} {k}" for c in cols
                                                  for k in ("mIoU", *csv_fields(stat))]
     csv_rows = [label + [v for c in cols for v in aggs[(k, c)].csv(stat)] for k, label in zip(keys, labels)]
-    partial = any(a.n < n_max for a in aggs.values())
-    seeds = seed_note(items, n_max, partial, stat, "only k seeds finished in that study")
+    partial = any(aggs[(k, c)].n < n_row[k] for k in keys for c in cols)
+    seeds = board_seed_note(studies, n_study, partial, stat)
     protocols = footer(items, cards, printed_in="leaderboard.md")  # each study's report.md prints its own
     note = (f"mIoU (%) over the classes scored in each test set; {seeds}; rows are never merged across studies.\n"
             + protocols)
     return Layout([table], note, csv_text(csv_header, csv_rows))
+
+
+def board_seed_note(studies: dict[str, list[Score]], n_study: dict[str, int], partial: bool, stat: str) -> str:
+    """The footer's words on seeds: one study's phrase when every study has the same number of seeds, else each
+    study's count and seeds."""
+    if len(set(n_study.values())) == 1:
+        mine = [s for study in n_study for s in studies[study]]
+        return seed_note(mine, next(iter(n_study.values())), partial, stat, "only k seeds finished in that study")
+    each = "; ".join(f"{study}: {n} ({seed_list(s.seed for s in studies[study])})" for study, n in n_study.items())
+    note = f"mean ± {STAT_NAMES[stat]} over each study's seeds ({each}); a study with one seed shows its mean alone"
+    return note + ("; (n=k): only k seeds finished in that study" if partial else "")
 
 
 def build_leaderboard(results_dirs: list[Path], out: Path, stat: str = DEFAULT_STAT) -> str:

@@ -15,7 +15,8 @@ from pathlib import Path
 from ..io import pyplot, save_figure
 from ..spec import is_in_domain
 from .protocols import card_hash, card_of, target_protocol_key
-from .records import Score, ordered_pairs, ordered_rows, row_labels, scores_by_cell, split_by_protocol
+from .records import Score, ordered_pairs, ordered_rows, row_labels, scores_by_cell, split_by_protocol, \
+    target_position
 from .stats import DEFAULT_STAT, Agg
 from .tables import col_title, per_class_aggs
 
@@ -124,7 +125,8 @@ def curve_rows(records: list[dict]) -> list[tuple[Score, list]]:
         card = card_of(record)
         for target, curve in (record.get("curves") or {}).items():
             stubs.append(Score(row=row, source=record["source"], target=target, seed=int(record["seed"]),
-                               miou=math.nan, pixel_acc=math.nan, per_class={}, card=card_hash(card)))
+                               miou=math.nan, pixel_acc=math.nan, per_class={}, card=card_hash(card),
+                               position=target_position(record, target)))
             keys.append(target_protocol_key(card, target))
             curves.append(curve)
     return list(zip(split_by_protocol(stubs, keys), curves))
@@ -146,7 +148,7 @@ def plot_curves(records: list[dict], path: Path) -> Path | None:
     if not data:
         return None
     plt = pyplot()
-    cols = sorted(data, key=lambda c: (c[0], not is_in_domain(*c), c[1]))
+    cols = ordered_pairs([s for s, _ in curve_rows(records)])  # the tables' order: in-domain, then the spec's
     fig, axes = plt.subplots(1, len(cols), figsize=(3.6 * len(cols) + 1.0, 3.2), squeeze=False)
     palette = plt.get_cmap("tab10").colors
     colors = {r: palette[i % len(palette)] for i, r in enumerate(dict.fromkeys(s.row for s, _ in curve_rows(records)))}

@@ -66,6 +66,27 @@ def differences(a: dict, b: dict) -> list[str]:
     return sorted(k for k in fa.keys() | fb.keys() if fa.get(k) != fb.get(k))
 
 
+def unscored_in(card: dict, other: dict) -> list[str]:
+    """Targets `other` names a scoring protocol for and `card` does not: scores its records lack, not a protocol."""
+    mine, theirs = card.get("targets") or {}, other.get("targets") or {}
+    return [t for t in theirs if t not in mine] if isinstance(mine, dict) and isinstance(theirs, dict) else []
+
+
+def difference_line(rows: str, a: tuple[str, dict], b: tuple[str, dict]) -> str:
+    """The footer's line on two cards (hash, card) of one source: the fields they differ in. A target that one card
+    scores and the other does not yet (a seed still running, a target added later) is a missing score, said so,
+    not a protocol difference."""
+    (hash_a, card_a), (hash_b, card_b) = a, b
+    unscored = {hash_a: unscored_in(card_a, card_b), hash_b: unscored_in(card_b, card_a)}
+    missing = "; ".join(f"{t} not scored yet by the records of card {h}" for h, ts in unscored.items() for t in ts)
+    skipped = tuple(f"targets.{t}." for ts in unscored.values() for t in ts)
+    diff = [k for k in differences(card_a, card_b) if not (k + ".").startswith(skipped)]
+    if missing and not diff:
+        return f"{rows} differ only in a missing score: {missing}; their protocols agree otherwise."
+    return (f"{rows} differ in protocol: {', '.join(diff) or 'nothing recorded'}; seeds are averaged only where the "
+            "cards agree on the target." + (f" Also {missing}." if missing else ""))
+
+
 def _rows_by_card(items) -> dict[str, dict[str, list[str]]]:
     """source -> card hash -> rows (first-seen order)."""
     out: dict = defaultdict(dict)
@@ -87,10 +108,9 @@ def footer(items, cards: dict[str, dict], printed_in: str = "report.md") -> str:
     for source, hashes in by_source.items():
         carded = [h for h in hashes if h]
         for other in carded[1:]:
-            diff = differences(cards.get(carded[0], {}), cards.get(other, {}))
-            lines.append(f"Rows {', '.join(hashes[carded[0]])} and {', '.join(hashes[other])} (train {source}) differ "
-                         f"in protocol: {', '.join(diff) or 'nothing recorded'}; seeds are averaged only where the "
-                         "cards agree on the target.")
+            lines.append(difference_line(f"Rows {', '.join(hashes[carded[0]])} and {', '.join(hashes[other])} "
+                                         f"(train {source})", (carded[0], cards.get(carded[0], {})),
+                                         (other, cards.get(other, {}))))
         if "" in hashes and carded:
             lines.append(f"Rows {', '.join(hashes[''])} (train {source}) include records without a protocol card "
                          "(scored before cards were recorded).")

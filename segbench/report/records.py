@@ -116,11 +116,16 @@ def _number(x) -> float:
     return math.nan if x is None else float(x)
 
 
+def target_position(rec: dict, target: str) -> int:
+    """Score.position: where the record's study named `target` (UNNAMED where it does not)."""
+    named = list(rec.get("targets") or [])
+    return named.index(target) if target in named else UNNAMED
+
+
 def scores(records: list[dict]) -> list[Score]:
     """One Score per evaluated target of every record (NaN where the metric is missing)."""
     out, keys = [], []
     for rec, row, method in zip(records, row_labels(records), shown_method(records)):
-        named = list(rec.get("targets") or [])
         card = card_of(rec)
         for target, m in rec.get("results", {}).items():
             per_class = {name: _number(v) for name, v in (m.get("per_class_iou") or {}).items()}
@@ -128,7 +133,7 @@ def scores(records: list[dict]) -> list[Score]:
                              miou=_number(m.get("miou")), pixel_acc=_number(m.get("pixel_acc")), per_class=per_class,
                              cell_id=rec.get("cell_id", ""), head=rec.get("head", ""), backbone=rec["backbone"],
                              method=method,
-                             position=named.index(target) if target in named else UNNAMED, card=card_hash(card)))
+                             position=target_position(rec, target), card=card_hash(card)))
             keys.append(target_protocol_key(card, target))
     return split_by_protocol(out, keys)
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from ..io import csv_text, markdown_table
 from ..labels import CLASS_NAMES
 from ..spec import is_in_domain
-from .bootstrap import Interval, interval_note
+from .bootstrap import Interval, MissingInterval, interval_note
 from .protocols import footer
 from .records import Score, ordered_pairs, ordered_rows, scores_by_cell
 from .stats import DASH, DEFAULT_STAT, Agg, csv_fields, stat_phrase
@@ -63,26 +63,40 @@ def col_title(col: tuple[str, str]) -> str:
     return f"train {col[0]} / test {col[1]}"
 
 
+def seed_list(seeds) -> str:
+    """Seeds as a footer lists them: a run of more than three consecutive seeds as FIRST-LAST ("0-299", "0, 1, 2",
+    "0-3, 7"), so a study of 300 seeds gets one short line and the short lists of small studies read as before."""
+    seeds, runs = sorted(set(seeds)), []
+    for seed in seeds:
+        if runs and seed == runs[-1][-1] + 1:
+            runs[-1].append(seed)
+        else:
+            runs.append([seed])
+    return ", ".join(f"{r[0]}-{r[-1]}" if len(r) > 3 else ", ".join(map(str, r)) for r in runs)
+
+
 def seed_note(items: list[Score], n_max: int, partial: bool, stat: str = DEFAULT_STAT,
-               why_fewer: str = "only k seeds finished") -> str:
+              why_fewer: str = "only k seeds finished") -> str:
     """`partial`: some cell has fewer seeds than n_max, so its '(n=k)' marker needs explaining (`why_fewer`)."""
-    seeds = sorted({s.seed for s in items})
+    seeds = seed_list(s.seed for s in items)
     if n_max > 1:
-        note = f"{stat_phrase(stat, n_max)} ({', '.join(map(str, seeds))})"
+        note = f"{stat_phrase(stat, n_max)} ({seeds})"
         return note + (f"; (n=k): {why_fewer}" if partial else "")
-    return f"one seed ({', '.join(map(str, seeds))})"
+    return f"one seed ({seeds})"
 
 
-def one_seed_interval(seeds: dict[int, Score], intervals: dict | None) -> Interval | None:
-    """The bootstrap interval of a table cell that one seed's mIoU makes up, if that cell kept its per-image file."""
+def one_seed_interval(seeds: dict[int, Score], intervals: dict | None) -> Interval | MissingInterval | None:
+    """The bootstrap interval of a table cell that one seed's mIoU makes up, if that cell kept its per-image file
+    (MISSING where it should have one and it cannot be used)."""
     measured = [s for s in seeds.values() if not math.isnan(s.miou)]
     if not intervals or len(measured) != 1:
         return None
     return intervals.get((measured[0].cell_id, measured[0].target))
 
 
-def agg_md(agg: Agg, stat: str, n_max: int, interval: Interval | None) -> str:
-    """Agg.md, with a one-seed cell's bootstrap interval where the spread would stand: `41.2 [39.8, 42.5]`."""
+def agg_md(agg: Agg, stat: str, n_max: int, interval: Interval | MissingInterval | None) -> str:
+    """Agg.md, with a one-seed cell's bootstrap interval where the spread would stand: `41.2 [39.8, 42.5]`, or
+    `41.2 [n/a]` where it is missing."""
     if interval is None:
         return agg.md(stat, n_expected=n_max)
     return f"{agg.mean:.1f} {interval.md()}" + (f" (n={agg.n})" if agg.n != n_max else "")
@@ -90,10 +104,10 @@ def agg_md(agg: Agg, stat: str, n_max: int, interval: Interval | None) -> str:
 
 def interval_fields(shown) -> list[str]:
     """The CSV's interval columns: only in a table that shows an interval, so older studies keep their columns."""
-    return ["bootstrap low", "bootstrap high"] if any(i is not None for i in shown) else []
+    return ["bootstrap low", "bootstrap high"] if any(isinstance(i, Interval) for i in shown) else []
 
 
-def interval_csv(interval: Interval | None, fields: list[str]) -> list[str]:
+def interval_csv(interval: Interval | MissingInterval | None, fields: list[str]) -> list[str]:
     return [] if not fields else interval.csv() if interval is not None else ["", ""]
 
 
@@ -155,8 +169,8 @@ def dg_aggs(items: list[Score]) -> dict[str, tuple[list[str], list[str], dict]]:
     for source in sorted({s.source for s in items}):
         mine = [s for s in items if s.source == source]
         rows = ordered_rows(mine)
-        unseen = sorted({s.target for s in mine if not is_in_domain(source, s.target)})
-        columns = [c for _, c in ordered_pairs(mine) if is_in_domain(source, c)] + unseen
+        columns = [t for _, t in ordered_pairs(mine)]  # in-domain first, then the targets in the spec's order
+        unseen = [t for t in columns if not is_in_domain(source, t)]
         table = {}
         for r in rows:
             for t in columns:
