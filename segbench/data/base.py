@@ -52,6 +52,11 @@ class UnknownLabelError(DatasetError):
     """A label file holds raw values its dataset's table does not know: a damaged file or a wrong table."""
 
 
+class SplitAbsentError(DatasetError):
+    """A split whose image directory does not exist: not downloaded (BDD100K's val alone), rather than damaged;
+    `data check --split all` lists it as absent instead of failing the check."""
+
+
 class MissingPairsError(DatasetError):
     """A split to be scored has files without their partner; scoring it would shrink the test set without a word."""
 
@@ -304,6 +309,6 @@ class SegmentationDataset(torch.utils.data.Dataset):
 
 __all__ = [
     "DatasetError", "DatasetWarning", "MISSING_PAIR_KINDS", "MissingPairsError", "PROBLEM_KINDS", "Problem",
-    "SegmentationDataset", "SizeMismatchError", "UNKNOWN_LABEL_POLICIES", "UnknownLabelError", "apply_lut",
-    "known_mask", "missing_pairs", "read_gray", "read_rgb",
+    "SegmentationDataset", "SizeMismatchError", "SplitAbsentError", "UNKNOWN_LABEL_POLICIES", "UnknownLabelError",
+    "apply_lut", "known_mask", "missing_pairs", "read_gray", "read_rgb",
 ]
