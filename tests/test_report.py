@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import io
 import statistics
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -226,3 +227,48 @@ def test_a_record_without_a_target_list_keeps_the_study_order_of_columns():
     md, _ = paper(scores([named, old]))
     assert md.splitlines()[0] == ("| backbone | train sim / test sim | train sim / test photo | train sim / test fog "
                                   "| train sim / test night |")
+
+
+# -- issue 23: figures and the per-class table -----------------------------------------------------------------------
+def _overlapping_bars(fig) -> list[str]:
+    """The bars a legend box covers, in pixels of the drawn figure, per axes that has a legend."""
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    covered = []
+    for ax in fig.axes:
+        legend = ax.get_legend()
+        if legend is None:
+            continue
+        box = legend.get_window_extent(renderer)
+        for bar in ax.patches:
+            extent = bar.get_window_extent(renderer)
+            if bar.get_height() > 0 and box.overlaps(extent):
+                covered.append(f"{ax.get_title() or 'axes'}: bar at x={bar.get_x():.2f}")
+    return covered
+
+
+def test_no_legend_covers_a_bar(tmp_path, monkeypatch):
+    """The embedded table's shape (3 backbones, in-domain and cross-domain columns, the first bar the tallest):
+    a legend inside the axes sat on the first bars of table.png and of the page's copy of it."""
+    from segbench.io import pyplot
+    from segbench.report import plots
+
+    pc = {name: None for name in CLASS_NAMES}
+    pc.update(road=90.0, sky=85.0, car=70.0)
+    means = {"resnet18": (28.8, 14.3), "resnet18_ibn_a": (26.2, 21.2), "resnet18_ibn_b": (24.5, 26.1)}
+    recs = [record(bb, "sim", s, {"sim": a + s - 1, "photo": b - s + 1}, per_class=pc) for bb, (a, b) in means.items()
+            for s in (0, 1, 2)]
+    covered = {}
+
+    def check(fig, path):
+        covered[Path(path).name] = _overlapping_bars(fig)
+        pyplot().close(fig)
+        return path
+
+    monkeypatch.setattr(plots, "save_figure", check)
+    items = scores(recs)
+    plots.plot_table(items, tmp_path / "table.png")
+    plots.plot_per_class(items, tmp_path / "per_class_iou.png")
+    plots.plot_gap(items, tmp_path / "gap.png")
+    assert covered == {"table.png": [], "per_class_iou.png": [], "gap.png": []}
+
