@@ -272,3 +272,32 @@ def test_no_legend_covers_a_bar(tmp_path, monkeypatch):
     plots.plot_gap(items, tmp_path / "gap.png")
     assert covered == {"table.png": [], "per_class_iou.png": [], "gap.png": []}
 
+
+def test_per_class_table_leaves_out_classes_absent_from_the_ground_truth_and_says_so(tmp_path):
+    """Like the embedded domains, which never draw a truck: a model that predicts a few truck pixels scores IoU 0 on
+    it, a number about the data. With the cell's per-image matrices the table leaves truck out and says why; the
+    mIoU, which counts that 0, is unchanged."""
+    from segbench.engine.scoring import save_image_confusions
+    from segbench.report.bootstrap import miou_of
+
+    road, sky, truck, n = CLASS_NAMES.index("road"), CLASS_NAMES.index("sky"), CLASS_NAMES.index("truck"), 19
+    image = np.zeros((n, n + 1), np.int64)
+    image[road, road], image[road, truck], image[sky, sky] = 90, 10, 50  # 10 road pixels predicted as truck
+    counts = np.stack([image, image])
+    miou = miou_of(counts.sum(0))
+    pc = {name: None for name in CLASS_NAMES}
+    pc.update(road=90.0, sky=100.0, truck=0.0)
+    rec = record("r18", "sim", 0, {"photo": miou}, per_class=pc)
+    rec["results"]["photo"]["images"] = 2
+    study = write_study(tmp_path / "study", [rec])
+    (cell,) = (study / "cells").iterdir()
+    save_image_confusions(cell / "confusion" / "photo.npz", counts, ["a.png", "b.png"])
+    build_report(study, plot=False)
+    md = (study / "per_class.md").read_text()
+    assert "| backbone | road | sky | mIoU |" in md and "truck |" not in md
+    (note,) = [line for line in md.splitlines() if "ground truth" in line and "truck" in line]
+    assert "test photo: truck" in note and "IoU 0" in note
+    assert f"| r18 | 90.0 | 100.0 | {miou:.1f} |" in md  # 63.3: the mean of 90, 100 and the truck's 0
+    assert "truck" not in (study / "per_class.csv").read_text()
+    assert "truck" in (study / "report.md").read_text()  # the note travels with the table
+

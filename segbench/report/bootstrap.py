@@ -18,7 +18,7 @@ import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -143,11 +143,10 @@ def _scored_classes(result: dict) -> list[int] | None:
     return [CLASS_NAMES.index(n) for n in names] if names and set(names) <= set(CLASS_NAMES) else None
 
 
-def cell_intervals(records: list[dict], n_boot: int = N_BOOT, seed: int = 0,
-                   level: float = LEVEL) -> dict[tuple[str, str], Interval]:
-    """(cell_id, target) -> Interval for every scored target whose per-image file (CELL/confusion/TARGET.npz) is
-    there and agrees with the record (same image count, same mIoU); older records simply have none."""
-    out = {}
+def per_image_files(records: list[dict]) -> Iterator[tuple[dict, str, np.ndarray, list[int] | None]]:
+    """(record, target, per-image matrices, scored classes) for every scored target whose per-image file
+    (CELL/confusion/TARGET.npz) is there and agrees with the record (same image count, same mIoU), one file at a time
+    (a large study's files together can outgrow memory); older records simply have none."""
     for rec in records:
         for target, result in (rec.get("results") or {}).items():
             path = Path(rec.get("_dir", "")) / CONFUSION / f"{target}.npz"
@@ -162,8 +161,30 @@ def cell_intervals(records: list[dict], n_boot: int = N_BOOT, seed: int = 0,
                               f"mIoU {recorded}; left out of the bootstrap (score the target again to rewrite it)",
                               stacklevel=2)
                 continue
-            low, high = bootstrap_miou(counts, classes, n_boot, seed, level)
-            out[(rec["cell_id"], target)] = Interval(miou, low, high, len(counts), n_boot, level)
+            yield rec, target, counts, classes
+
+
+def cell_intervals(records: list[dict], n_boot: int = N_BOOT, seed: int = 0,
+                   level: float = LEVEL) -> dict[tuple[str, str], Interval]:
+    """(cell_id, target) -> Interval for every scored target with a per-image file (`per_image_files`)."""
+    out = {}
+    for rec, target, counts, classes in per_image_files(records):
+        low, high = bootstrap_miou(counts, classes, n_boot, seed, level)
+        out[(rec["cell_id"], target)] = Interval(miou_of(counts.sum(0), classes), low, high, len(counts), n_boot,
+                                                 level)
+    return out
+
+
+def absent_from_ground_truth(records: list[dict]) -> dict[tuple[str, str], frozenset[str]]:
+    """(cell_id, target) -> the classes of the record's per-class IoUs that no ground-truth pixel of the test split
+    holds (the embedded domains never draw rider, truck, ...): their IoU is 0 where the model predicts them and says
+    nothing about the class. Known only where the per-image file is (`per_image_files`)."""
+    out = {}
+    for rec, target, counts, _ in per_image_files(records):
+        labelled = counts.sum((0, 2))  # ground-truth pixels per class (rows), void predictions included
+        names = (rec["results"][target].get("per_class_iou") or {})
+        out[(rec["cell_id"], target)] = frozenset(n for n in names if n in CLASS_NAMES
+                                                  and labelled[CLASS_NAMES.index(n)] == 0)
     return out
 
 

@@ -28,7 +28,7 @@ from pathlib import Path
 from ..cells import load_records
 from ..io import write_text
 from . import plots, tables
-from .bootstrap import bootstrap_csv, cell_intervals
+from .bootstrap import absent_from_ground_truth, bootstrap_csv, cell_intervals
 from .html import study_page
 from .latex import dg_tex, paper_tex
 from .paired import paired_layout, paired_text, plot_paired
@@ -90,7 +90,8 @@ def build_report(results_dir: Path, plot: bool = True, stat: str = DEFAULT_STAT,
         write_text(results_dir / "bootstrap.csv", bootstrap_csv(records, intervals))
     paper = tables.paper_layout(items, cards, stat, intervals)
     dg = tables.dg_layout(items, cards, stat, intervals)
-    pc = tables.per_class_layout(items, stat)
+    absent = absent_from_ground_truth(records)  # the test split's, whatever the rule: left out of per-class tables
+    pc = tables.per_class_layout(items, stat, absent)
     paper_md, dg_md, pc_md = paper.markdown(), dg.markdown(), pc.markdown()
     paper_csv, dg_csv, pc_csv = paper.csv, dg.csv, pc.csv
     if rule != LAST:
@@ -112,7 +113,8 @@ def build_report(results_dir: Path, plot: bool = True, stat: str = DEFAULT_STAT,
     figures = {}
     if plot:
         figures = {"table.png": plots.plot_table(items, results_dir / "table.png", stat),
-                   "per_class_iou.png": plots.plot_per_class(items, results_dir / "per_class_iou.png", stat),
+                   "per_class_iou.png": plots.plot_per_class(items, results_dir / "per_class_iou.png", stat,
+                                                           absent),
                    "gap.png": plots.plot_gap(items, results_dir / "gap.png", stat),
                    "qualitative.png": plot_qualitative(records, results_dir / "qualitative.png")}
         if baseline:

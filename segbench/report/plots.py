@@ -56,9 +56,10 @@ def plot_table(items: list[Score], path: Path, stat: str = DEFAULT_STAT) -> Path
     return save_figure(fig, path)
 
 
-def plot_per_class(items: list[Score], path: Path, stat: str = DEFAULT_STAT) -> Path | None:
-    """One panel per train/test pair: bars per class, one colour per backbone."""
-    tables = {c: t for c, t in per_class_aggs(items).items() if t[1]}
+def plot_per_class(items: list[Score], path: Path, stat: str = DEFAULT_STAT, absent: dict | None = None) -> Path | None:
+    """One panel per train/test pair: bars per class, one colour per backbone; the classes of per_class.md (`absent`:
+    classes absent from a target's ground truth, left out as there)."""
+    tables = {c: t for c, t in per_class_aggs(items, absent).items() if t[1]}
     if not tables:
         return None
     plt = pyplot()
