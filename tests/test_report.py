@@ -301,3 +301,20 @@ def test_per_class_table_leaves_out_classes_absent_from_the_ground_truth_and_say
     assert "truck" not in (study / "per_class.csv").read_text()
     assert "truck" in (study / "report.md").read_text()  # the note travels with the table
 
+
+def test_a_report_is_one_consistent_set_of_files(tmp_path, capsys):
+    """A report with --baseline, then one without: paired.md/.csv/.png of the first must not stay beside the second's
+    report.md, which no longer mentions them; --no-plot likewise leaves no figure of an earlier run."""
+    recs = [record(bb, "a", s, {"a": 50.0 + s + i, "b": 30.0 + 2 * s + i}) for i, bb in enumerate(("r18", "r18_ibn_b"))
+            for s in (0, 1)]
+    study = write_study(tmp_path / "study", recs)
+    assert main([str(study), "--baseline", "r18"]) == 0
+    assert all((study / f).is_file() for f in ("paired.md", "paired.csv", "paired.png"))
+    assert main([str(study), "--stat", "ci95"]) == 0
+    assert not any((study / f).exists() for f in ("paired.md", "paired.csv", "paired.png"))
+    assert "Paired" not in (study / "report.md").read_text() and "paired" not in (study / "report.html").read_text()
+    assert "95% t interval" in (study / "table.md").read_text()
+    assert (study / "table.png").is_file()
+    assert main([str(study), "--no-plot"]) == 0
+    assert not list(study.glob("*.png")) and "![" not in (study / "report.md").read_text()
+    assert (study / "table.md").is_file() and (study / "cells").is_dir()
