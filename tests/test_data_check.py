@@ -236,3 +236,21 @@ def test_prepare_names_a_split_it_leaves_out_in_full(tmp_path, capsys):
     code, _, err = run_cli(capsys, "prepare", "cityscapes", "--size", "16x8", "--data-root", str(tmp_path), "--quiet")
     (line,) = [ln for ln in err.splitlines() if "split 'val'" in ln]
     assert code == 0 and str(first_image) in line and line.count("(") == line.count(")")
+
+
+def test_list_shows_the_data_root_where_it_came_from_and_what_is_there(tmp_path, monkeypatch, capsys):
+    mt.make_cityscapes(tmp_path / "cityscapes")
+    monkeypatch.delenv("SEGBENCH_DATA", raising=False)
+    code, out, _ = run_cli(capsys, "list", "--data-root", str(tmp_path))
+    lines = out.splitlines()
+    assert code == 0 and lines[0] == f"data root: {tmp_path.resolve()} (from --data-root)"
+    status = {ln.split()[0]: ln for ln in lines[1:]}
+    assert " present " in status["cityscapes"] and " missing " in status["gta5"]
+    assert "generated on first use" in status["sim"]  # the embedded domains write themselves
+    monkeypatch.setenv("SEGBENCH_DATA", str(tmp_path))
+    code, out, _ = run_cli(capsys, "list")
+    assert out.splitlines()[0] == f"data root: {tmp_path.resolve()} (from $SEGBENCH_DATA)"
+    monkeypatch.delenv("SEGBENCH_DATA")
+    monkeypatch.chdir(tmp_path)
+    code, out, _ = run_cli(capsys, "list")
+    assert out.splitlines()[0] == f"data root: {(tmp_path / 'datasets').resolve()} (from the default ./datasets)"

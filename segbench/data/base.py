@@ -166,6 +166,8 @@ class SegmentationDataset(torch.utils.data.Dataset):
     unknown_labels: str = "error"
     #: the split that holds the frames of every other split, where a dataset declares it (GTA5's and SYNTHIA's)
     union_split: ClassVar[str] = "all"
+    #: the adapter writes its own files on first use (`prepare`: the embedded domains), so it is never missing
+    generated: ClassVar[bool] = False
 
     def __init__(self, root: str | os.PathLike, split: str = "train", transform: Callable | None = None):
         self.root = Path(root)

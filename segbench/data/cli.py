@@ -11,11 +11,11 @@ import sys
 import warnings
 
 from .base import DatasetError, DatasetWarning
-from .cache import MANIFEST, parse_size
+from .cache import MANIFEST, PREPARED_DIR, parse_size
 from .check import check_dataset
-from .factory import build_dataset, dataset_splits, open_every_split, prepare_dataset
+from .factory import build_dataset, dataset_presence, dataset_splits, open_every_split, prepare_dataset
 from .plugins import load_plugins
-from .registry import DATASETS
+from .registry import DATASETS, data_root, data_root_origin
 
 #: `data check --split all`: every split of the dataset
 EVERY_SPLIT = "all"
@@ -35,7 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--workers", type=int, default=0, help="reader processes (0: read in this process)")
         p.add_argument("--quiet", action="store_true", help="no progress bar")
 
-    sub.add_parser("list", parents=[where], help="registered datasets, their directories and splits")
+    sub.add_parser("list", parents=[where], help="the data root in use and where it came from; registered datasets, "
+                                                 "their directories, whether each is there, and their splits")
     check = sub.add_parser(
         "check", parents=[where], help="read every pair as training does and report problems",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -59,9 +60,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_list(args) -> int:
     load_plugins(args.data_root)
+    print(f"data root: {data_root(args.data_root).resolve()} (from {data_root_origin(args.data_root)})")
     for name in DATASETS.names():
         cls = DATASETS.get(name)
-        print(f"{name:<14} {getattr(cls, 'default_dir', ''):<18} splits: {', '.join(getattr(cls, 'splits', ()))}")
+        print(f"{name:<14} {getattr(cls, 'default_dir', ''):<18} {dataset_presence(name, args.data_root):<22} "
+              f"splits: {', '.join(getattr(cls, 'splits', ()))}")
+    prepared = sorted(p.parent.name for p in (data_root(args.data_root) / PREPARED_DIR).glob(f"*@*/{MANIFEST}"))
+    if prepared:
+        print(f"prepared copies ({PREPARED_DIR}/): {', '.join(prepared)}")
     return 0
 
 

@@ -16,7 +16,7 @@ from typing import Callable, Sequence
 
 from ..spec import source_parts
 from .base import DatasetError, Problem, SegmentationDataset, SplitAbsentError
-from .cache import DEFAULT_PNG_COMPRESSION, open_prepared, prepared_path, write_cache
+from .cache import DEFAULT_PNG_COMPRESSION, MANIFEST, open_prepared, parse_size, prepared_path, write_cache
 from .multisource import MultiSourceDataset
 from .plugins import dataset_class, load_plugins
 from .registry import DATASETS, data_root
@@ -44,6 +44,26 @@ def build_dataset(name: str, split: str | None = None, root: str | os.PathLike |
     directory = Path(path) if path else data_root(root) / cls.default_dir
     cls.prepare(directory)
     return cls(directory, split=split or cls.splits[0], transform=transform)
+
+
+PRESENT, MISSING, GENERATED = "present", "missing", "generated on first use"
+
+
+def dataset_directory(name: str, root: str | os.PathLike | None = None) -> Path:
+    """Where `name` (a registered name or NAME@WxH) is opened from under the data root `root`."""
+    if "@" in name:
+        source, _, size = name.partition("@")
+        return prepared_path(source, parse_size(size), root)
+    return data_root(root) / dataset_class(name, root).default_dir
+
+
+def dataset_presence(name: str, root: str | os.PathLike | None = None) -> str:
+    """PRESENT (its directory exists; a prepared copy: its manifest), GENERATED (missing, but the adapter writes it on
+    first use) or MISSING. A look at the directory only: `segbench data check` reads the files."""
+    directory = dataset_directory(name, root)
+    if (directory / MANIFEST).is_file() if "@" in name else directory.is_dir():
+        return PRESENT
+    return GENERATED if "@" not in name and dataset_class(name, root).generated else MISSING
 
 
 def dataset_splits(name: str, root: str | os.PathLike | None = None,

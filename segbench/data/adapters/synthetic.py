@@ -335,6 +335,7 @@ class SyntheticDomain(SegmentationDataset):
     """Adapter for a generated domain: `images/{split}/NNNNN.png` + `labels/{split}/NNNNN.png` (8-bit trainIds)."""
 
     domain: str = ""
+    generated = True
     data_version = GENERATOR_VERSION  # part of a cell's id: results of an older generator are not reused
     splits = ("train", "val")
     layout = "  images/{train,val}/00000.png   (RGB)\n  labels/{train,val}/00000.png   (8-bit trainIds, 255 = ignore)\n" \
