@@ -318,3 +318,15 @@ def test_a_report_is_one_consistent_set_of_files(tmp_path, capsys):
     assert main([str(study), "--no-plot"]) == 0
     assert not list(study.glob("*.png")) and "![" not in (study / "report.md").read_text()
     assert (study / "table.md").is_file() and (study / "cells").is_dir()
+
+
+def test_per_class_note_names_the_classes_no_model_gets_right():
+    """The embedded default's per-class tables have columns of 0.0 in every row (thin classes after 80 iterations):
+    the note says which, so a reader does not take them for missing data."""
+    pc = {name: None for name in CLASS_NAMES}
+    pc.update(road=80.0, pole=0.0, car=10.0)
+    recs = [record(bb, "sim", 0, {"photo": 30.0}, per_class={**pc, "car": 10.0 + i}) for i, bb in enumerate(("a", "b"))]
+    md, _ = per_class(scores(recs))
+    assert "| a | 80.0 | 0.0 | 10.0 | 30.0 |" in md
+    (note,) = [line for line in md.splitlines() if line.startswith("0.0 in every row")]
+    assert "(test photo: pole)" in note and "car" not in note and "labelled" not in note  # no per-image file here

@@ -266,11 +266,34 @@ def absent_note(items: list[Score], absent: dict | None) -> str:
             "counts in the mIoU, at IoU 0.\n")
 
 
+def zero_note(items: list[Score], aggs: dict, absent: dict | None) -> str:
+    """The line under the per-class tables naming the classes at 0.0 in every row of a table: in the test split's
+    ground truth (where the per-image files say so), yet no model predicted one pixel of them right (thin or rare
+    classes after a short training: the embedded default's 80 iterations from scratch)."""
+    by_classes: dict[tuple[str, ...], list[str]] = {}
+    for (_, target), (rows, classes, table) in aggs.items():
+        zeros = tuple(c for c in classes if all(table[(r, c)].n and table[(r, c)].mean == 0 for r in rows))
+        if zeros and target not in by_classes.setdefault(zeros, []):
+            by_classes[zeros].append(target)
+    if not by_classes:
+        return ""
+    parts = "; ".join(f"test {', '.join(targets)}: {', '.join(classes)}" for classes, targets in by_classes.items())
+    known = absent_classes(items, absent)  # the columns whose ground truth the per-image files describe
+    if all(col in known for col in aggs):
+        why = "labelled in the test split, yet no model predicted a pixel of them right (thin or rare classes after " \
+              "a short training)"
+    else:
+        why = "no model predicted a pixel of them right, or they are absent from the test split's ground truth yet " \
+              "predicted (without the cells' confusion/*.npz files the report cannot tell which)"
+    return f"0.0 in every row ({parts}): {why}; the mIoU averages them in.\n"
+
+
 def per_class_layout(items: list[Score], stat: str = DEFAULT_STAT, absent: dict | None = None) -> Layout:
     """Same statistic as the other tables; (n=k) marks a class defined in fewer of the row's seeds than usual.
     `absent`: classes absent from a target's ground truth (`per_class_aggs`), named in the note."""
     tables, csv_rows, n_all, partial = [], [], 0, False
-    for col, (rows, classes, table) in per_class_aggs(items, absent).items():
+    aggs = per_class_aggs(items, absent)
+    for col, (rows, classes, table) in aggs.items():
         n_max = max(a.n for a in table.values())
         n_all = max(n_all, n_max)
         partial = partial or any(0 < a.n < n_max for a in table.values())
@@ -283,7 +306,7 @@ def per_class_layout(items: list[Score], stat: str = DEFAULT_STAT, absent: dict 
         return Layout()
     seeds = seed_note(items, n_all, partial, stat, "only k seeds finished or define the class")
     note = f"IoU (%) per class; {seeds}; {DASH} = class absent from both ground truth and prediction.\n"
-    return Layout(tables, note + absent_note(items, absent),
+    return Layout(tables, note + absent_note(items, absent) + zero_note(items, aggs, absent),
                   csv_text(["source", "target", "backbone", "class", "IoU", *csv_fields(stat)], csv_rows))
 
 
