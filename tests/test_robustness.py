@@ -310,6 +310,7 @@ def test_unrelated_yaml_in_the_data_root_is_ignored_without_a_word(tmp_path, cap
         warnings.simplefilter("error")
         assert plugins.load_plugins(root) == []
         build_dataset("sim", "val", root=root)
+    capsys.readouterr()  # what generating sim said: not about the YAML files
     code, out, err = data_cli(capsys, "list", "--data-root", str(root))
     assert code == 0 and err == "" and "myenv" not in out and "sim" in out
 
