@@ -13,9 +13,10 @@ COMMANDS = {
     "run": ("segbench.run", "train and evaluate a study (same as python -m segbench.run)"),
     "report": ("segbench.report.cli", "rebuild tables and plots from the records in a results directory"),
     "evaluate": ("segbench.evaluate", "score a checkpoint or a directory of prediction PNGs (JSON, per-class IoU)"),
+    "predict": ("segbench.predict", "segment an image or a folder with a trained cell (trainId PNGs, --overlay)"),
     "analyze": ("segbench.analysis.cli", "appearance-shift robustness and layer-wise feature divergence"),
-    "data": ("segbench.data.cli", "inspect or prepare datasets: data check NAME, data prepare NAME"),
-    "models": ("segbench.models.cli", "list backbones and heads with parameter counts"),
+    "data": ("segbench.data.cli", "inspect or prepare datasets: data list, data check NAME, data prepare NAME"),
+    "models": ("segbench.models.cli", "list backbones (parameters, ImageNet weights on disk or not) and heads"),
     "methods": ("segbench.methods.cli", "list domain-generalization methods with their paper and defaults"),
 }
 
