@@ -385,14 +385,14 @@ def crop_warnings(cfg: dict, sources: dict[str, object]) -> list[str]:
     top = max(cfg["train"]["scale_range"])
     out = []
     for source, dataset in sources.items():
-        for part in getattr(dataset, "parts", None) or [dataset]:
+        for name, part in zip(source_parts(source), getattr(dataset, "parts", None) or [dataset]):
             pairs = part.pairs
             picked = sorted({i * len(pairs) // SIZE_SAMPLE for i in range(SIZE_SAMPLE)}) if pairs else []
             sizes = [image_size(Path(pairs[i][0]))[::-1] for i in picked]  # (h, w)
             if sizes and all(crop_h > h * top or crop_w > w * top for h, w in sizes):
                 h, w = min(h for h, _ in sizes), min(w for _, w in sizes)
                 out.append(f"warning: train.crop=[{crop_h}, {crop_w}] is larger than every training image of "
-                           f"{part.dataset_name} read ({len(sizes)} of {len(pairs)}, the smallest {h}x{w}, scaled "
+                           f"{name} read ({len(sizes)} of {len(pairs)}, the smallest {h}x{w}, scaled "
                            f"x{top} at most by train.scale_range): most of each crop is padding; e.g. --set "
                            f"'train.crop=[{h},{w}]'")
     return out

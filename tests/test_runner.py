@@ -245,3 +245,29 @@ def test_a_study_says_what_it_runs_as_it_starts(tmp_path, tiny_domains, capsys):
     assert "[1/1] sim__resnet18__fcn__s0__" in err and ": done after " in err
     assert _main(tmp_path, *args) == 0
     assert "1 done, 0 to run" in capsys.readouterr().err
+
+
+def test_the_crop_warning_names_a_yaml_dataset_by_its_name_and_stays_quiet_when_the_crop_fits(tmp_path):
+    """The issue's case: 'sim->mycity' style studies on small frames of one's own, under the real-data recipe."""
+    import cv2
+    import numpy as np
+
+    from segbench.config import load_config
+    from segbench.data import build_dataset
+
+    data = tmp_path / "data"
+    for split in ("train", "val"):
+        for i in range(2):
+            for kind, array in (("images", np.zeros((32, 64, 3), np.uint8)), ("labels", np.zeros((32, 64), np.uint8))):
+                (data / "mycity" / kind / split).mkdir(parents=True, exist_ok=True)
+                cv2.imwrite(str(data / "mycity" / kind / split / f"{i}.png"), array)
+    (data / "mycity.yaml").write_text("segbench_dataset: 1\nname: mycity\nsplits: [train, val]\nencoding: trainid\n"
+                                      "images: {dir: 'images/{split}', suffix: .png}\n"
+                                      "labels: {dir: 'labels/{split}', suffix: .png}\n")
+    cfg = load_config(None)
+    train = build_dataset("mycity", "train", root=data)
+    (line,) = run.crop_warnings(cfg, {"mycity": train})
+    assert line.startswith("warning: train.crop=[768, 768] is larger than every training image of mycity read "
+                           "(2 of 2, the smallest 32x64, scaled x2.0 at most by train.scale_range)")
+    cfg["train"]["crop"] = [64, 128]  # fits a 32x64 frame scaled x2
+    assert run.crop_warnings(cfg, {"mycity": train}) == []
