@@ -90,6 +90,25 @@ def last_line(log: Path | None) -> str:
     return lines[-1][:200] if lines else ""
 
 
+def duration(seconds: float) -> str:
+    """`45 s`, `3 min 20 s`, `2 h 05 min`: how progress lines give times."""
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+
+
+def time_left(finished: Sequence[float], left: int, at_once: int = 1) -> str:
+    """The rough estimate a progress line may honestly give: the cells still to run, at the mean time of the ones
+    this run finished (cells of one study are alike), `at_once` side by side; "" when nothing is left."""
+    if not left or not finished:
+        return ""
+    rounds = -(-left // max(1, at_once))
+    return f"; about {duration(rounds * sum(finished) / len(finished))} left for {left} more"
+
+
 def option_keys(launcher: Callable) -> dict[str, str]:
     """`--launcher-opt` key -> the keyword it is passed as. Keys are a launcher's keyword parameters (less the test
     seams `runner` and `executor`) and the fields of its `options` dataclass when it declares one (slurm); a launcher
@@ -146,6 +165,7 @@ def _run_workers(jobs: list[Job], slots: list[Slot], command: Callable[[Job], li
     for slot in slots:
         free.put(slot)
     lock = threading.Lock()
+    finished: list[float] = []  # seconds of each job done so far, for the time left
 
     def work(index: int, job: Job) -> Launched:
         slot = free.get()
@@ -161,8 +181,12 @@ def _run_workers(jobs: list[Job], slots: list[Slot], command: Callable[[Job], li
                     f.write(f"could not start {cmd[0]}: {e}\n")
                 rc = 127
             seconds = time.perf_counter() - t0
+            with lock:
+                finished.append(seconds)
+                left = len(jobs) - len(finished)
             _say(f"[{index}/{len(jobs)}] {job.name}: exit code {rc} after {seconds:.0f}s"
-                 + (f" ({last_line(job.log)}; log: {job.log})" if rc else ""), lock)
+                 + (f" ({last_line(job.log)}; log: {job.log})" if rc else "")
+                 + time_left(finished, left, len(slots)), lock)
             return Launched(rc, seconds)
         finally:
             free.put(slot)
@@ -232,6 +256,8 @@ def launch_local(jobs: list[Job], workdir: Path | None = None, *, jobs_at_once: 
                 f.write(traceback.format_exc())
             out.append(Launched(1, time.perf_counter() - t0, error=f"{type(e).__name__}: {e}"))
             _say(f"  FAILED: {type(e).__name__}: {e}\n  (traceback in {job.log})")
+        _say(f"[{i}/{len(jobs)}] {job.name}: {'done' if out[-1].rc == 0 else 'failed'} after "
+             f"{duration(out[-1].seconds)}" + time_left([o.seconds for o in out], len(jobs) - i))
     return out
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from segbench.cli import COMMANDS, main
+from segbench.cli import COMMANDS, main, usage
 
 SUBCOMMANDS = [["data", "list"], ["data", "check"], ["data", "prepare"], ["analyze", "shift"],
                ["analyze", "divergence"]]
@@ -23,3 +23,11 @@ def test_top_level_help_lists_every_command(capsys):
     assert main(["--help"]) == 0
     out = capsys.readouterr().out
     assert all(f"  {name} " in out for name in COMMANDS)
+
+
+def test_version_prints_the_package_version(capsys):
+    from segbench import __version__
+
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out == f"segbench {__version__}\n"
+    assert "--version" in usage()

@@ -195,3 +195,62 @@ def test_check_names_a_label_without_its_image_and_an_image_without_its_label(tm
     found = [(p["kind"], p["path"]) for p in report["problems"]]
     assert ("missing image", str(label0)) in found and ("missing label", str(image1)) in found
     assert sorted(kind for kind, _ in found) == ["missing image"] * encodings + ["missing label"]
+
+
+# -- issue 23: what `data check` and `data prepare` say about splits --------------------------------------------------
+def test_check_calls_pairs_usable_whatever_the_split_is_for(tmp_path, capsys):
+    """A val split's pairs are scored, not trained on: the report says they are usable, not "usable for training"."""
+    mt.make_cityscapes(tmp_path / "cityscapes")
+    code, out, _ = run_cli(capsys, "check", "cityscapes", "--data-root", str(tmp_path), "--split", "val", "--quiet")
+    first = out.splitlines()[0]
+    assert code == 0 and "split 'val'" in first and "2 pairs usable" in first and "training" not in first
+
+
+def test_check_split_all_lists_an_absent_split_and_passes(tmp_path, capsys):
+    """BDD100K with its val split only: the train split is absent (not downloaded), which is no problem of the copy."""
+    mt.make_bdd100k(tmp_path / "bdd100k", n={"val": 2})
+    code, out, _ = run_cli(capsys, "check", "bdd100k", "--data-root", str(tmp_path), "--split", "all", "--quiet")
+    assert code == 0, out
+    assert "split 'val'" in out and "split 'train' absent" in out and "cannot be opened" not in out
+    assert str(tmp_path / "bdd100k" / "images/10k/train") in out
+    code, out, _ = run_cli(capsys, "check", "bdd100k", "--data-root", str(tmp_path), "--split", "all", "--quiet",
+                           "--json")
+    report = json.loads(out)
+    assert code == 0 and report["ok"] and [r["split"] for r in report["splits"]] == ["val"]
+    assert list(report["absent"]) == ["train"] and report["unavailable"] == {}
+
+
+def test_check_split_all_with_no_split_present_exits_2(tmp_path, capsys):
+    (tmp_path / "bdd100k").mkdir()
+    code, _, err = run_cli(capsys, "check", "bdd100k", "--data-root", str(tmp_path), "--split", "all", "--quiet")
+    assert code == 2 and "no split of bdd100k could be opened" in err and "images/10k/val" in err
+
+
+def test_prepare_names_a_split_it_leaves_out_in_full(tmp_path, capsys):
+    """The val split's images have no labels at all: the message names the first image by its whole path, not
+    the first 120 characters of the message."""
+    mt.make_cityscapes(tmp_path / "cityscapes")
+    for label in (tmp_path / "cityscapes/gtFine/val").rglob("*.png"):
+        label.unlink()
+    first_image = sorted((tmp_path / "cityscapes/leftImg8bit/val").rglob("*.png"))[0]
+    code, _, err = run_cli(capsys, "prepare", "cityscapes", "--size", "16x8", "--data-root", str(tmp_path), "--quiet")
+    (line,) = [ln for ln in err.splitlines() if "split 'val'" in ln]
+    assert code == 0 and str(first_image) in line and line.count("(") == line.count(")")
+
+
+def test_list_shows_the_data_root_where_it_came_from_and_what_is_there(tmp_path, monkeypatch, capsys):
+    mt.make_cityscapes(tmp_path / "cityscapes")
+    monkeypatch.delenv("SEGBENCH_DATA", raising=False)
+    code, out, _ = run_cli(capsys, "list", "--data-root", str(tmp_path))
+    lines = out.splitlines()
+    assert code == 0 and lines[0] == f"data root: {tmp_path.resolve()} (from --data-root)"
+    status = {ln.split()[0]: ln for ln in lines[1:]}
+    assert " present " in status["cityscapes"] and " missing " in status["gta5"]
+    assert "generated on first use" in status["sim"]  # the embedded domains write themselves
+    monkeypatch.setenv("SEGBENCH_DATA", str(tmp_path))
+    code, out, _ = run_cli(capsys, "list")
+    assert out.splitlines()[0] == f"data root: {tmp_path.resolve()} (from $SEGBENCH_DATA)"
+    monkeypatch.delenv("SEGBENCH_DATA")
+    monkeypatch.chdir(tmp_path)
+    code, out, _ = run_cli(capsys, "list")
+    assert out.splitlines()[0] == f"data root: {(tmp_path / 'datasets').resolve()} (from the default ./datasets)"

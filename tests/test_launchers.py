@@ -125,7 +125,7 @@ def test_every_rank_leaves_its_process_group_before_rank_0_reports(tmp_path, mon
             return result
         return call
 
-    monkeypatch.setattr(run, "check_datasets", lambda *a: None)  # nothing here needs the data
+    monkeypatch.setattr(run, "check_datasets", lambda *a: {})  # nothing here needs the data
     monkeypatch.setattr(study, "run_study", noting("cells", []))
     monkeypatch.setattr(report, "build_report", noting("report", ""))
     monkeypatch.setattr(analysis, "run_analyses", noting("analyses", []))
@@ -546,3 +546,16 @@ def test_two_processes_generating_one_domain_at_once_build_it_once(tmp_path):
         assert len(list((root / "labels" / split).glob("*.png"))) == n
     assert json.loads((root / "meta.json").read_text())["splits"] == sizes
     assert sorted(p.name for p in root.parent.iterdir()) == [".sim.lock", "sim"]  # no temp trees left behind
+
+
+def test_progress_lines_give_each_cell_its_time_and_the_time_left(tmp_path, capsys):
+    """After each cell, how long it took and, from the mean of the cells done so far, roughly how long the rest
+    will take: an estimate made from measured cells, not promised before any ran."""
+    jobs = [Job(name, [], tmp_path / f"{name}.log", call=lambda: None) for name in ("a", "b", "c")]
+    assert [r.rc for r in launchers.launch_local(jobs)] == [0, 0, 0]
+    err = capsys.readouterr().err
+    assert "[1/3] a: done after 0 s; about 0 s left for 2 more" in err
+    assert "[3/3] c: done after 0 s\n" in err
+    assert launchers.time_left([10.0, 20.0], 3) == "; about 45 s left for 3 more"
+    assert launchers.time_left([100.0], 3, at_once=2) == "; about 3 min 20 s left for 3 more"
+    assert launchers.duration(7500) == "2 h 05 min" and launchers.time_left([5.0], 0) == ""

@@ -391,3 +391,21 @@ def test_cli_lists_backbones_with_counts(capsys):
     assert rows["resnet18"] == rows["resnet18_ibn_a"] == f"{_resnet_params(18) / 1e6:.2f}"
     assert "resnet50" not in text.split("head")[0]
     assert main(["nothing*"]) == 2  # a pattern that matches nothing is a bad input (errors.py)
+
+
+def test_cli_says_which_official_weights_are_in_the_hub_cache_and_where(tmp_path, monkeypatch, capsys):
+    """`segbench models` names each backbone's ImageNet file, whether it is where the study will look, and where."""
+    from segbench.models.cli import main
+    from segbench.models.pretrained import cache_path, imagenet_url
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    present = cache_path(imagenet_url("resnet18_ibn_b"))
+    present.parent.mkdir(parents=True)
+    present.write_bytes(b"weights")
+    assert main(["resnet18*", "--heads", "fcn"]) == 0
+    text = capsys.readouterr().out
+    rows = {line.split()[0]: line.split()[3:] for line in text.splitlines() if line.startswith("resnet18")}
+    assert rows["resnet18_ibn_b"] == [present.name, "yes"]
+    assert rows["resnet18"] == [cache_path(imagenet_url("resnet18")).name, "no"]
+    assert rows["resnet18_ibn_a"][1] == "no" and rows["resnet18_ibn_a"][0].startswith("resnet18_ibn_a-")
+    assert str(tmp_path / "hub" / "checkpoints") in text and "TORCH_HOME" in text

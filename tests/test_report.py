@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import io
 import statistics
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -253,3 +254,106 @@ def test_the_dg_layout_orders_targets_as_the_spec_does_like_the_paper_layout():
     assert "| backbone | sim (in-domain) | photo | fog | night | mean (unseen) |" in dg_md
     assert [r["target"] for r in read_csv(dg_csv) if r["backbone"] == "r50"] == ["sim", "photo", "fog", "night",
                                                                                 "mean (unseen)"]
+
+
+# -- issue 23: figures and the per-class table -----------------------------------------------------------------------
+def _overlapping_bars(fig) -> list[str]:
+    """The bars a legend box covers, in pixels of the drawn figure, per axes that has a legend."""
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    covered = []
+    for ax in fig.axes:
+        legend = ax.get_legend()
+        if legend is None:
+            continue
+        box = legend.get_window_extent(renderer)
+        for bar in ax.patches:
+            extent = bar.get_window_extent(renderer)
+            if bar.get_height() > 0 and box.overlaps(extent):
+                covered.append(f"{ax.get_title() or 'axes'}: bar at x={bar.get_x():.2f}")
+    return covered
+
+
+def test_no_legend_covers_a_bar(tmp_path, monkeypatch):
+    """The embedded table's shape (3 backbones, in-domain and cross-domain columns, the first bar the tallest):
+    a legend inside the axes sat on the first bars of table.png and of the page's copy of it."""
+    from segbench.io import pyplot
+    from segbench.report import plots
+
+    pc = {name: None for name in CLASS_NAMES}
+    pc.update(road=90.0, sky=85.0, car=70.0)
+    means = {"resnet18": (28.8, 14.3), "resnet18_ibn_a": (26.2, 21.2), "resnet18_ibn_b": (24.5, 26.1)}
+    recs = [record(bb, "sim", s, {"sim": a + s - 1, "photo": b - s + 1}, per_class=pc) for bb, (a, b) in means.items()
+            for s in (0, 1, 2)]
+    covered = {}
+
+    def check(fig, path):
+        covered[Path(path).name] = _overlapping_bars(fig)
+        pyplot().close(fig)
+        return path
+
+    monkeypatch.setattr(plots, "save_figure", check)
+    items = scores(recs)
+    plots.plot_table(items, tmp_path / "table.png")
+    plots.plot_per_class(items, tmp_path / "per_class_iou.png")
+    plots.plot_gap(items, tmp_path / "gap.png")
+    assert covered == {"table.png": [], "per_class_iou.png": [], "gap.png": []}
+
+
+def test_per_class_table_leaves_out_classes_absent_from_the_ground_truth_and_says_so(tmp_path):
+    """Like the embedded domains, which never draw a truck: a model that predicts a few truck pixels scores IoU 0 on
+    it, a number about the data. With the cell's per-image matrices the table leaves truck out and says why; the
+    mIoU, which counts that 0, is unchanged."""
+    from segbench.engine.scoring import save_image_confusions
+    from segbench.report.bootstrap import miou_of
+
+    road, sky, truck, n = CLASS_NAMES.index("road"), CLASS_NAMES.index("sky"), CLASS_NAMES.index("truck"), 19
+    image = np.zeros((n, n + 1), np.int64)
+    image[road, road], image[road, truck], image[sky, sky] = 90, 10, 50  # 10 road pixels predicted as truck
+    counts = np.stack([image, image])
+    miou = miou_of(counts.sum(0))
+    pc = {name: None for name in CLASS_NAMES}
+    pc.update(road=90.0, sky=100.0, truck=0.0)
+    rec = record("r18", "sim", 0, {"photo": miou}, per_class=pc)
+    rec["results"]["photo"]["images"] = 2
+    study = write_study(tmp_path / "study", [rec])
+    (cell,) = (study / "cells").iterdir()
+    save_image_confusions(cell / "confusion" / "photo.npz", counts, ["a.png", "b.png"])
+    build_report(study, plot=False)
+    md = (study / "per_class.md").read_text()
+    assert "| backbone | road | sky | mIoU |" in md and "truck |" not in md
+    (note,) = [line for line in md.splitlines() if "ground truth" in line and "truck" in line]
+    assert "test photo: truck" in note and "IoU 0" in note
+    assert f"| r18 | 90.0 | 100.0 | {miou:.1f} |" in md  # 63.3: the mean of 90, 100 and the truck's 0
+    assert "truck" not in (study / "per_class.csv").read_text()
+    assert "truck" in (study / "report.md").read_text()  # the note travels with the table
+
+
+def test_a_report_is_one_consistent_set_of_files(tmp_path, capsys):
+    """A report with --baseline, then one without: paired.md/.csv/.png of the first must not stay beside the second's
+    report.md, which no longer mentions them; --no-plot likewise leaves no figure of an earlier run."""
+    recs = [record(bb, "a", s, {"a": 50.0 + s + i, "b": 30.0 + 2 * s + i}) for i, bb in enumerate(("r18", "r18_ibn_b"))
+            for s in (0, 1)]
+    study = write_study(tmp_path / "study", recs)
+    assert main([str(study), "--baseline", "r18"]) == 0
+    assert all((study / f).is_file() for f in ("paired.md", "paired.csv", "paired.png"))
+    assert main([str(study), "--stat", "ci95"]) == 0
+    assert not any((study / f).exists() for f in ("paired.md", "paired.csv", "paired.png"))
+    assert "Paired" not in (study / "report.md").read_text() and "paired" not in (study / "report.html").read_text()
+    assert "95% t interval" in (study / "table.md").read_text()
+    assert (study / "table.png").is_file()
+    assert main([str(study), "--no-plot"]) == 0
+    assert not list(study.glob("*.png")) and "![" not in (study / "report.md").read_text()
+    assert (study / "table.md").is_file() and (study / "cells").is_dir()
+
+
+def test_per_class_note_names_the_classes_no_model_gets_right():
+    """The embedded default's per-class tables have columns of 0.0 in every row (thin classes after 80 iterations):
+    the note says which, so a reader does not take them for missing data."""
+    pc = {name: None for name in CLASS_NAMES}
+    pc.update(road=80.0, pole=0.0, car=10.0)
+    recs = [record(bb, "sim", 0, {"photo": 30.0}, per_class={**pc, "car": 10.0 + i}) for i, bb in enumerate(("a", "b"))]
+    md, _ = per_class(scores(recs))
+    assert "| a | 80.0 | 0.0 | 10.0 | 30.0 |" in md
+    (note,) = [line for line in md.splitlines() if line.startswith("0.0 in every row")]
+    assert "(test photo: pole)" in note and "car" not in note and "labelled" not in note  # no per-image file here

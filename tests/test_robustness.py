@@ -310,6 +310,7 @@ def test_unrelated_yaml_in_the_data_root_is_ignored_without_a_word(tmp_path, cap
         warnings.simplefilter("error")
         assert plugins.load_plugins(root) == []
         build_dataset("sim", "val", root=root)
+    capsys.readouterr()  # what generating sim said: not about the YAML files
     code, out, err = data_cli(capsys, "list", "--data-root", str(root))
     assert code == 0 and err == "" and "myenv" not in out and "sim" in out
 
@@ -405,10 +406,15 @@ def test_check_split_all_checks_every_split(tmp_path, capsys):
 
 
 def test_check_split_all_names_a_split_that_cannot_be_opened(tmp_path, capsys):
+    """val's images are there but its label directory is not: a damaged copy (a split with no image directory at
+    all is merely absent: tests/test_data_check.py)."""
+    import shutil
+
     root = tmp_path / "data"
-    mt.make_cityscapes(root / "cityscapes", n={"train": 2})
+    mt.make_cityscapes(root / "cityscapes")
+    shutil.rmtree(root / "cityscapes/gtFine/val")
     code, out, _ = data_cli(capsys, "check", "cityscapes", "--data-root", str(root), "--split", "all", "--quiet")
-    assert code == 1 and "split 'val' cannot be opened" in out and "cityscapes/leftImg8bit/val" in out
+    assert code == 1 and "split 'val' cannot be opened" in out and "cityscapes/gtFine/val" in out
 
 
 def test_check_split_all_uses_a_datasets_own_all_split(tmp_path, capsys):

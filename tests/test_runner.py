@@ -178,3 +178,97 @@ def test_missing_pretrained_weights_fail_once_before_training(tmp_path, tiny_dom
     assert not (tmp_path / "results").exists()
     assert _main(tmp_path, "sim->photo", "--set", "model.pretrained=/no/such.pth", "--set", "train.batch_size=2") == 2
     assert "/no/such.pth" in capsys.readouterr().err
+
+
+# -- issue 23: what a study says about itself as it starts ------------------------------------------------------------
+def _ids(out: str) -> list[str]:
+    return [line.split()[0] for line in out.splitlines() if line.startswith("  ")]
+
+
+def test_a_spec_of_embedded_domains_takes_the_embedded_recipe_and_says_so(tmp_path, capsys):
+    """A bare 'sim->photo' used to train on 768 x 768 crops of 96 x 192 frames (segbench's real-data defaults): it
+    now takes embedded.yaml's recipe, says so, and plans the embedded default's own cells."""
+    assert _main(tmp_path, "sim->photo", "--backbones", "resnet18", "--dry-run") == 0
+    out, err = capsys.readouterr()
+    first = err.splitlines()[0]
+    assert first.startswith("settings: the model/train/eval recipe of ") and "embedded.yaml" in first
+    assert "(sim, photo)" in first
+    assert _main(tmp_path, "--config", "embedded", "--backbones", "resnet18", "--seeds", "1", "--dry-run") == 0
+    assert _ids(out) == _ids(capsys.readouterr().out)  # the same cells as the embedded default's
+
+
+def test_a_spec_with_a_real_dataset_names_the_real_data_recipe_and_what_is_missing(tmp_path, capsys):
+    from segbench.launchers import usable_cores
+
+    cores = usable_cores()
+    assert _main(tmp_path, "sim->gta5", "--backbones", "resnet18", "--dry-run",
+                 "--set", f"train.workers={cores + 1}", "--set", f"eval.workers={cores}") == 0
+    out, err = capsys.readouterr()
+    assert err.splitlines()[0].startswith("settings: segbench's defaults, the real-data recipe (train.crop=[768, 768]")
+    assert f"warning: train.workers={cores + 1} loader processes on {cores} usable CPU core(s)" in err
+    assert "eval.workers" not in err  # as many as the cores: no warning
+    (line,) = [ln for ln in out.splitlines() if ln.startswith("datasets under")]
+    assert f"MISSING: gta5 (expected at {tmp_path / 'data' / 'gta5'})" in line and "generated on first use: sim" in line
+    assert "(from --data-root)" in line
+
+
+def test_print_config_prints_the_yaml_that_runs(tmp_path, capsys):
+    """--print-config's output, given back with --config, plans exactly the cells of the command that printed it."""
+    args = ["sim->photo", "--backbones", "resnet18", "resnet18_ibn_b", "--seeds", "2", "--set", "train.iters=3",
+            "--name", "mine"]
+    assert _main(tmp_path, *args, "--print-config") == 0
+    printed = capsys.readouterr().out
+    assert "train.iters=3" in printed.splitlines()[0] and "iters: 3" in printed and "name: mine" in printed
+    config = tmp_path / "mine.yaml"
+    config.write_text(printed)
+    assert _main(tmp_path, *args, "--dry-run") == 0
+    planned = capsys.readouterr().out
+    assert _main(tmp_path, "--config", str(config), "--dry-run") == 0
+    again = capsys.readouterr().out
+    assert len(_ids(planned)) == 4 and _ids(again) == _ids(planned)
+    assert again.splitlines()[0] == planned.splitlines()[0]  # same study directory: results/mine
+
+
+@pytest.mark.slow
+def test_a_study_says_what_it_runs_as_it_starts(tmp_path, tiny_domains, capsys):
+    """The settings it took, the embedded data being generated, how many cells run and how many are done, a crop no
+    training image holds, and after each cell how long it took."""
+    args = ["sim->photo", "--backbones", "resnet18", "--name", "start", "--set", "train.iters=1",
+            "--set", "train.batch_size=1", "--set", "train.crop=[100,200]"]
+    assert _main(tmp_path, *args) == 0
+    err = capsys.readouterr().err
+    assert err.startswith("settings: the model/train/eval recipe of ")
+    assert "generated the embedded domain 'sim': 4 train, 2 val images" in err
+    assert f"1 cells -> {tmp_path / 'results' / 'start'}: 0 done, 1 to run" in err
+    assert ("warning: train.crop=[100, 200] is larger than every training image of sim read (4 of 4, the smallest "
+            "96x192, scaled x1.0 at most by train.scale_range)") in err
+    assert err.index("1 to run") < err.index("generated the embedded domain")  # said before the wait
+    assert "[1/1] sim__resnet18__fcn__s0__" in err and ": done after " in err
+    assert _main(tmp_path, *args) == 0
+    assert "1 done, 0 to run" in capsys.readouterr().err
+
+
+def test_the_crop_warning_names_a_yaml_dataset_by_its_name_and_stays_quiet_when_the_crop_fits(tmp_path):
+    """The issue's case: 'sim->mycity' style studies on small frames of one's own, under the real-data recipe."""
+    import cv2
+    import numpy as np
+
+    from segbench.config import load_config
+    from segbench.data import build_dataset
+
+    data = tmp_path / "data"
+    for split in ("train", "val"):
+        for i in range(2):
+            for kind, array in (("images", np.zeros((32, 64, 3), np.uint8)), ("labels", np.zeros((32, 64), np.uint8))):
+                (data / "mycity" / kind / split).mkdir(parents=True, exist_ok=True)
+                cv2.imwrite(str(data / "mycity" / kind / split / f"{i}.png"), array)
+    (data / "mycity.yaml").write_text("segbench_dataset: 1\nname: mycity\nsplits: [train, val]\nencoding: trainid\n"
+                                      "images: {dir: 'images/{split}', suffix: .png}\n"
+                                      "labels: {dir: 'labels/{split}', suffix: .png}\n")
+    cfg = load_config(None)
+    train = build_dataset("mycity", "train", root=data)
+    (line,) = run.crop_warnings(cfg, {"mycity": train})
+    assert line.startswith("warning: train.crop=[768, 768] is larger than every training image of mycity read "
+                           "(2 of 2, the smallest 32x64, scaled x2.0 at most by train.scale_range)")
+    cfg["train"]["crop"] = [64, 128]  # fits a 32x64 frame scaled x2
+    assert run.crop_warnings(cfg, {"mycity": train}) == []

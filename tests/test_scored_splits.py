@@ -48,7 +48,9 @@ def test_a_study_refuses_a_target_with_a_missing_image_before_training(tmp_path,
                      str(tmp_path / "results"), "--name", "short", *TINY])
     err = capsys.readouterr().err
     assert code == 2 and "Traceback" not in err
-    (line,) = err.strip().splitlines()
+    *said, line = err.strip().splitlines()  # what the study said as it started, then the one-line refusal
+    assert said[0].startswith("settings: ") and said[-1].startswith("1 cells -> ")
+    assert all(s.startswith("warning: ") for s in said[1:-1])  # loader workers beyond this machine's cores, if so
     assert "cityscapes 'val'" in line and label.name in line and "missing image" in line
     assert "`segbench data check cityscapes --split val`" in line and "eval.missing_pairs=skip" in line
     assert not (tmp_path / "results" / "short" / "cells").exists()  # refused before any training

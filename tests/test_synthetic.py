@@ -84,3 +84,14 @@ def test_unknown_split_names_the_valid_ones(tmp_path, monkeypatch):
     monkeypatch.setattr(synthetic, "SPLIT_SIZES", {"train": 1, "val": 1})
     with pytest.raises(DatasetError, match="unknown split 'test'.*valid splits: train, val"):
         build_dataset("sim", "test", root=tmp_path)
+
+
+def test_generation_says_what_it_writes(tmp_path, monkeypatch, capsys):
+    """Generating the embedded domains takes about 15 s before the first cell: a line names the domain, the sizes
+    and the place; a tree already there is read silently."""
+    monkeypatch.setenv(synthetic.SIZES_ENV, "train=2,val=1")
+    assert ensure_generated(tmp_path / "sim", "sim")
+    err = capsys.readouterr().err
+    assert f"generated the embedded domain 'sim': 2 train, 1 val images in {tmp_path / 'sim'}" in err
+    assert not ensure_generated(tmp_path / "sim", "sim")
+    assert capsys.readouterr().err == ""

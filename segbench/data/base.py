@@ -52,6 +52,11 @@ class UnknownLabelError(DatasetError):
     """A label file holds raw values its dataset's table does not know: a damaged file or a wrong table."""
 
 
+class SplitAbsentError(DatasetError):
+    """A split whose image directory does not exist: not downloaded (BDD100K's val alone), rather than damaged;
+    `data check --split all` lists it as absent instead of failing the check."""
+
+
 class MissingPairsError(DatasetError):
     """A split to be scored has files without their partner; scoring it would shrink the test set without a word."""
 
@@ -161,6 +166,8 @@ class SegmentationDataset(torch.utils.data.Dataset):
     unknown_labels: str = "error"
     #: the split that holds the frames of every other split, where a dataset declares it (GTA5's and SYNTHIA's)
     union_split: ClassVar[str] = "all"
+    #: the adapter writes its own files on first use (`prepare`: the embedded domains), so it is never missing
+    generated: ClassVar[bool] = False
 
     def __init__(self, root: str | os.PathLike, split: str = "train", transform: Callable | None = None):
         self.root = Path(root)
@@ -304,6 +311,6 @@ class SegmentationDataset(torch.utils.data.Dataset):
 
 __all__ = [
     "DatasetError", "DatasetWarning", "MISSING_PAIR_KINDS", "MissingPairsError", "PROBLEM_KINDS", "Problem",
-    "SegmentationDataset", "SizeMismatchError", "UNKNOWN_LABEL_POLICIES", "UnknownLabelError", "apply_lut",
-    "known_mask", "missing_pairs", "read_gray", "read_rgb",
+    "SegmentationDataset", "SizeMismatchError", "SplitAbsentError", "UNKNOWN_LABEL_POLICIES", "UnknownLabelError",
+    "apply_lut", "known_mask", "missing_pairs", "read_gray", "read_rgb",
 ]

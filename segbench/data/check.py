@@ -27,7 +27,7 @@ class CheckReport:
     dataset: str
     split: str
     root: str
-    pairs: int  # pairs training can read (readable, every label value in the table)
+    pairs: int  # pairs training and scoring can read (readable, every label value in the table)
     problems: list[Problem] = field(default_factory=list)
     pixels: np.ndarray = field(default_factory=lambda: np.zeros(NUM_CLASSES + 1, dtype=np.int64))  # 19 classes + ignored
     unknown_values: dict[str, int] = field(default_factory=dict)  # raw value as shown -> pixels, over the whole split
@@ -56,7 +56,9 @@ class CheckReport:
         }
 
     def to_text(self) -> str:
-        lines = [f"{self.dataset} split {self.split!r} under {self.root}: {self.pairs} pairs usable for training"]
+        # "usable" whatever the split is for: training and scoring read a pair alike and refuse the same ones
+        lines = [f"{self.dataset} split {self.split!r} under {self.root}: {self.pairs} pairs usable (readable, every "
+                 "label value in the table)"]
         if self.ok:
             lines.append("no problems found")
         else:

@@ -1,6 +1,7 @@
 """`segbench data list | check NAME | prepare NAME --size WxH`, each with --data-root.
 
 Exit codes: 0 fine, 1 problems found (check) or pairs left out (prepare), 2 the dataset cannot be opened at all.
+`check --split all` lists a split that is absent (no image directory: not downloaded) without counting it a problem.
 """
 from __future__ import annotations
 
@@ -10,11 +11,11 @@ import sys
 import warnings
 
 from .base import DatasetError, DatasetWarning
-from .cache import MANIFEST, parse_size
+from .cache import MANIFEST, PREPARED_DIR, parse_size
 from .check import check_dataset
-from .factory import build_dataset, dataset_splits, open_every_split, prepare_dataset
+from .factory import build_dataset, dataset_presence, dataset_splits, open_every_split, prepare_dataset
 from .plugins import load_plugins
-from .registry import DATASETS
+from .registry import DATASETS, data_root, data_root_origin
 
 #: `data check --split all`: every split of the dataset
 EVERY_SPLIT = "all"
@@ -34,8 +35,15 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--workers", type=int, default=0, help="reader processes (0: read in this process)")
         p.add_argument("--quiet", action="store_true", help="no progress bar")
 
-    sub.add_parser("list", parents=[where], help="registered datasets, their directories and splits")
-    check = sub.add_parser("check", parents=[where], help="read every pair as training does and report problems")
+    sub.add_parser("list", parents=[where], help="the data root in use and where it came from; registered datasets, "
+                                                 "their directories, whether each is there, and their splits")
+    check = sub.add_parser(
+        "check", parents=[where], help="read every pair as training does and report problems",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=f"exit codes: 0 every split checked is clean; 1 problems found, or a split present (its image "
+               f"directory exists)\nthat cannot be opened; 2 the dataset cannot be opened at all. With --split "
+               f"{EVERY_SPLIT}, a split whose image\ndirectory does not exist (not downloaded, e.g. BDD100K's train "
+               f"beside its val) is listed as absent,\nnot a problem, as long as one split is present.")
     common(check)
     check.add_argument("--split", help=f"split to scan (default: the dataset's first split); `{EVERY_SPLIT}`: every "
                                        f"split (a dataset with its own `{EVERY_SPLIT}` split, the union of the others "
@@ -52,9 +60,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_list(args) -> int:
     load_plugins(args.data_root)
+    print(f"data root: {data_root(args.data_root).resolve()} (from {data_root_origin(args.data_root)})")
     for name in DATASETS.names():
         cls = DATASETS.get(name)
-        print(f"{name:<14} {getattr(cls, 'default_dir', ''):<18} splits: {', '.join(getattr(cls, 'splits', ()))}")
+        print(f"{name:<14} {getattr(cls, 'default_dir', ''):<18} {dataset_presence(name, args.data_root):<22} "
+              f"splits: {', '.join(getattr(cls, 'splits', ()))}")
+    prepared = sorted(p.parent.name for p in (data_root(args.data_root) / PREPARED_DIR).glob(f"*@*/{MANIFEST}"))
+    if prepared:
+        print(f"prepared copies ({PREPARED_DIR}/): {', '.join(prepared)}")
     return 0
 
 
@@ -63,18 +76,21 @@ def cmd_check(args) -> int:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DatasetWarning)  # the report lists what the warning would
         if every:
-            datasets, unavailable = open_every_split(args.name, args.data_root, path=args.root)
+            datasets, unavailable, absent = open_every_split(args.name, args.data_root, path=args.root)
         else:
-            datasets, unavailable = {args.split: build_dataset(args.name, args.split, args.data_root, path=args.root)}, {}
+            split_only = build_dataset(args.name, args.split, args.data_root, path=args.root)
+            datasets, unavailable, absent = {args.split: split_only}, {}, {}
     reports = [check_dataset(ds, name=args.name, workers=args.workers, progress=not args.quiet) for ds in datasets.values()]
     ok = all(r.ok for r in reports) and not unavailable
     if not every:
         print(json.dumps(reports[0].to_json(), indent=1) if args.json else reports[0].to_text())
     elif args.json:
         print(json.dumps({"dataset": args.name, "ok": ok, "splits": [r.to_json() for r in reports],
-                          "unavailable": unavailable}, indent=1))
+                          "unavailable": unavailable, "absent": absent}, indent=1))
     else:
         print("\n\n".join(r.to_text() for r in reports))
+        for split, message in absent.items():
+            print(f"\nsplit {split!r} absent (not downloaded?), not checked: {message}")
         for split, message in unavailable.items():
             print(f"\nPROBLEM: split {split!r} cannot be opened: {message}")
     return 0 if ok else 1

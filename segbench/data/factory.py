@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from ..spec import source_parts
-from .base import DatasetError, Problem, SegmentationDataset
-from .cache import DEFAULT_PNG_COMPRESSION, open_prepared, prepared_path, write_cache
+from .base import DatasetError, Problem, SegmentationDataset, SplitAbsentError
+from .cache import DEFAULT_PNG_COMPRESSION, MANIFEST, open_prepared, parse_size, prepared_path, write_cache
 from .multisource import MultiSourceDataset
 from .plugins import dataset_class, load_plugins
 from .registry import DATASETS, data_root
@@ -46,6 +46,26 @@ def build_dataset(name: str, split: str | None = None, root: str | os.PathLike |
     return cls(directory, split=split or cls.splits[0], transform=transform)
 
 
+PRESENT, MISSING, GENERATED = "present", "missing", "generated on first use"
+
+
+def dataset_directory(name: str, root: str | os.PathLike | None = None) -> Path:
+    """Where `name` (a registered name or NAME@WxH) is opened from under the data root `root`."""
+    if "@" in name:
+        source, _, size = name.partition("@")
+        return prepared_path(source, parse_size(size), root)
+    return data_root(root) / dataset_class(name, root).default_dir
+
+
+def dataset_presence(name: str, root: str | os.PathLike | None = None) -> str:
+    """PRESENT (its directory exists; a prepared copy: its manifest), GENERATED (missing, but the adapter writes it on
+    first use) or MISSING. A look at the directory only: `segbench data check` reads the files."""
+    directory = dataset_directory(name, root)
+    if (directory / MANIFEST).is_file() if "@" in name else directory.is_dir():
+        return PRESENT
+    return GENERATED if "@" not in name and dataset_class(name, root).generated else MISSING
+
+
 def dataset_splits(name: str, root: str | os.PathLike | None = None,
                    path: str | os.PathLike | None = None) -> tuple[str, ...]:
     """The splits `name` declares (a prepared copy: those its manifest lists)."""
@@ -55,19 +75,24 @@ def dataset_splits(name: str, root: str | os.PathLike | None = None,
 
 
 def open_every_split(name: str, root: str | os.PathLike | None = None, path: str | os.PathLike | None = None,
-                     ) -> tuple[dict[str, SegmentationDataset], dict[str, str]]:
-    """(every split of `name` that can be opened here, {split: why not} for the others: e.g. GTA5's official-* need
-    split.mat). Fails only when no split opens."""
-    opened, errors = {}, {}
+                     ) -> tuple[dict[str, SegmentationDataset], dict[str, str], dict[str, str]]:
+    """(every split of `name` that can be opened here, {split: why not} for those present that cannot (e.g. GTA5's
+    official-* need split.mat), {split: why} for those absent: no image directory, not downloaded). Fails only when
+    no split opens."""
+    opened, errors, absent = {}, {}, {}
     for split in dataset_splits(name, root, path):
         try:
             opened[split] = build_dataset(name, split, root, path=path)
+        except SplitAbsentError as e:
+            absent[split] = str(e).splitlines()[0]
         except DatasetError as e:
             errors[split] = str(e).splitlines()[0]
     if not opened:
         where = path or (data_root(root) / DATASETS.get(name).default_dir if name in DATASETS else name)
-        raise DatasetError(f"no split of {name} could be opened under {where}:\n" + "\n".join(f"  {s}: {m}" for s, m in errors.items()))
-    return opened, errors
+        why = {**absent, **errors}
+        raise DatasetError(f"no split of {name} could be opened under {where}:\n"
+                           + "\n".join(f"  {s}: {m}" for s, m in why.items()))
+    return opened, errors, absent
 
 
 def prepare_dataset(name: str, size: tuple[int, int], path: str | os.PathLike | None = None,
@@ -78,8 +103,8 @@ def prepare_dataset(name: str, size: tuple[int, int], path: str | os.PathLike | 
     and the pairs left out."""
     if "@" in name:
         raise DatasetError(f"{name!r} is already a prepared copy; prepare its source dataset {name.partition('@')[0]!r}")
-    splits, unavailable = open_every_split(name, data_root_dir, path)
-    for split, message in unavailable.items():
-        print(f"prepare: split {split!r} not available here, left out ({message[:120]})", file=sys.stderr)
+    splits, unavailable, absent = open_every_split(name, data_root_dir, path)
+    for split, message in {**absent, **unavailable}.items():  # whole: a cut path names no file
+        print(f"prepare: split {split!r} not available here, left out: {message}", file=sys.stderr)
     out_dir = Path(out) if out else prepared_path(name, size, data_root_dir)
     return out_dir, write_cache(name, size, splits, out_dir, workers, progress, png_compression)

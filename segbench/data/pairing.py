@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Collection, Sequence
 
-from .base import DatasetError, Problem
+from .base import DatasetError, Problem, SplitAbsentError
 
 
 def list_files(directory: Path, suffix: str) -> list[str]:
@@ -78,7 +78,9 @@ def labels_without_image(image_dir: Path, image_suffix: str, images: list[str], 
 
 
 def require_dir(dataset, path: Path, what: str) -> Path:
-    """Fail early, naming the missing directory and the layout the adapter expects."""
+    """Fail early, naming the missing directory and the layout the adapter expects. A missing image directory means
+    the split is absent (SplitAbsentError); a missing label directory beside its images, a damaged download."""
     if not path.is_dir():
-        raise DatasetError(dataset.missing_message(f"{what} directory {path} does not exist"))
+        error = SplitAbsentError if what == "image" else DatasetError
+        raise error(dataset.missing_message(f"{what} directory {path} does not exist"))
     return path

@@ -23,6 +23,13 @@ def data_root(explicit: str | os.PathLike | None = None) -> Path:
     return Path(explicit or os.environ.get(DATA_ROOT_ENV) or DEFAULT_DATA_ROOT)
 
 
+def data_root_origin(explicit: str | os.PathLike | None = None) -> str:
+    """Which of data_root's three sources gave the data root, as messages name it."""
+    if explicit:
+        return "--data-root"
+    return f"${DATA_ROOT_ENV}" if os.environ.get(DATA_ROOT_ENV) else f"the default ./{DEFAULT_DATA_ROOT}"
+
+
 CACHE_ENV = "SEGBENCH_CACHE"
 
 

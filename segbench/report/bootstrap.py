@@ -164,10 +164,11 @@ def _scored_classes(result: dict) -> list[int] | None:
     return [CLASS_NAMES.index(n) for n in names] if names and set(names) <= set(CLASS_NAMES) else None
 
 
-def _file_interval(path: Path, classes: list[int] | None, n_boot: int, seed: int, level: float) -> dict:
-    """{miou, images, low, high} of one per-image file, computed once: cached beside it (`CACHE_SUFFIX`) under the
-    file's content hash and the bootstrap settings, so a rewritten file, or other settings, compute it again. The
-    cache is only a shortcut: a results directory it cannot be written to computes the interval every time."""
+def _file_summary(path: Path, classes: list[int] | None, n_boot: int, seed: int, level: float) -> dict:
+    """{miou, images, low, high, labelled} of one per-image file (labelled: ground-truth pixels per class), computed
+    once: cached beside it (`CACHE_SUFFIX`) under the file's content hash and the bootstrap settings, so a rewritten
+    file, or other settings, compute it again. The cache is only a shortcut: a results directory it cannot be
+    written to computes the interval every time."""
     key = {"sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "classes": classes, "n_boot": n_boot,
            "seed": seed, "level": level, "version": BOOTSTRAP_VERSION}
     cache = path.with_name(path.stem + CACHE_SUFFIX)
@@ -179,21 +180,21 @@ def _file_interval(path: Path, classes: list[int] | None, n_boot: int, seed: int
         pass
     counts, _ = read_confusions(path)
     low, high = bootstrap_miou(counts, classes, n_boot, seed, level)
-    interval = {"miou": miou_of(counts.sum(0), classes), "images": len(counts), "low": low, "high": high}
+    summary = {"miou": miou_of(counts.sum(0), classes), "images": len(counts), "low": low, "high": high,
+               "labelled": counts.sum((0, 2)).tolist()}  # ground-truth pixels per class (rows), void included
     try:  # not durable: a cache torn by a crash is read as none and computed again
-        write_json(cache, {"key": key, "interval": interval}, durable=False)
+        write_json(cache, {"key": key, "interval": summary}, durable=False)
     except OSError:
         pass
-    return interval
+    return summary
 
 
-def cell_intervals(records: list[dict], n_boot: int = N_BOOT, seed: int = 0,
-                   level: float = LEVEL) -> dict[tuple[str, str], Interval | MissingInterval]:
-    """(cell_id, target) -> Interval for every scored target whose per-image file (CELL/confusion/TARGET.npz) is
-    there and agrees with the record (same image count, same mIoU); cells scored before per-image files existed
+def _summaries(records: list[dict], n_boot: int, seed: int, level: float, warn: bool = True):
+    """(record, target, summary or MISSING) for every scored target whose per-image file (CELL/confusion/TARGET.npz)
+    is there and agrees with the record (same image count, same mIoU); cells scored before per-image files existed
     simply have none. MISSING, with a warning naming the file and the fix, where the file is damaged, disagrees with
     the record, or is missing where it should be (cells.per_image_expected)."""
-    out = {}
+    say = (lambda text: warnings.warn(text, stacklevel=3)) if warn else (lambda text: None)
     for rec in records:
         for target, result in (rec.get("results") or {}).items():
             if "_dir" not in rec:
@@ -201,24 +202,49 @@ def cell_intervals(records: list[dict], n_boot: int = N_BOOT, seed: int = 0,
             path = confusion_path(rec["_dir"], target)
             if not path.is_file():
                 if per_image_expected(rec["_dir"], result):
-                    warnings.warn(f"{path}: missing; rerun the study to score {target} again", stacklevel=2)
-                    out[(rec["cell_id"], target)] = MISSING
+                    say(f"{path}: missing; rerun the study to score {target} again")
+                    yield rec, target, MISSING
                 continue
             try:
-                found = _file_interval(path, _scored_classes(result), n_boot, seed, level)
+                found = _file_summary(path, _scored_classes(result), n_boot, seed, level)
             except ConfusionFileError as e:
-                warnings.warn(str(e), stacklevel=2)
-                out[(rec["cell_id"], target)] = MISSING
+                say(str(e))
+                yield rec, target, MISSING
                 continue
             miou, images = found["miou"], found["images"]
             recorded = result.get("miou")
             if recorded is None or abs(miou - recorded) > SAME_MIOU or result.get("images", images) != images:
-                warnings.warn(f"{path}: {images} images, mIoU {miou:.4f}, but the record says "
-                              f"{result.get('images', images)} images, mIoU {recorded}; left out of the bootstrap "
-                              f"(delete the file, then rerun the study to score {target} again)", stacklevel=2)
-                out[(rec["cell_id"], target)] = MISSING
+                say(f"{path}: {images} images, mIoU {miou:.4f}, but the record says {result.get('images', images)} "
+                    f"images, mIoU {recorded}; left out of the bootstrap (delete the file, then rerun the study to "
+                    f"score {target} again)")
+                yield rec, target, MISSING
                 continue
-            out[(rec["cell_id"], target)] = Interval(miou, found["low"], found["high"], images, n_boot, level)
+            yield rec, target, found
+
+
+def cell_intervals(records: list[dict], n_boot: int = N_BOOT, seed: int = 0,
+                   level: float = LEVEL) -> dict[tuple[str, str], Interval | MissingInterval]:
+    """(cell_id, target) -> Interval for every scored target with a usable per-image file (`_summaries`), MISSING
+    where that file is damaged, missing or disagrees with the record."""
+    out = {}
+    for rec, target, found in _summaries(records, n_boot, seed, level):
+        out[(rec["cell_id"], target)] = found if found is MISSING else Interval(
+            found["miou"], found["low"], found["high"], found["images"], n_boot, level)
+    return out
+
+
+def absent_from_ground_truth(records: list[dict]) -> dict[tuple[str, str], frozenset[str]]:
+    """(cell_id, target) -> the classes of the record's per-class IoUs that no ground-truth pixel of the test split
+    holds (the embedded domains never draw rider, truck, ...): their IoU is 0 where the model predicts them and says
+    nothing about the class. Known only where the per-image file is (read from the same cache as the intervals; its
+    warnings are cell_intervals')."""
+    out = {}
+    for rec, target, found in _summaries(records, N_BOOT, 0, LEVEL, warn=False):
+        if found is MISSING:
+            continue
+        names = (rec["results"][target].get("per_class_iou") or {})
+        out[(rec["cell_id"], target)] = frozenset(n for n in names if n in CLASS_NAMES
+                                                  and found["labelled"][CLASS_NAMES.index(n)] == 0)
     return out
 
 

@@ -19,6 +19,10 @@ Files written under RESULTS_DIR:
   selection.md/.csv    with select="all": the model-selection rules side by side (report/selection.py)
 Under select="source-val" or "oracle" every table reports that rule's checkpoint and says so in its title, footer
 and row labels.
+
+Each build writes one consistent set: a file of this list that an earlier build wrote and this one does not (paired.*
+without a baseline, selection.* without select="all", a figure without data or with plot=False, bootstrap.csv without
+per-image files) is removed, so nothing on disk disagrees with report.md.
 """
 from __future__ import annotations
 
@@ -28,7 +32,7 @@ from pathlib import Path
 from ..cells import load_records
 from ..io import write_text
 from . import plots, tables
-from .bootstrap import bootstrap_csv, cell_intervals
+from .bootstrap import absent_from_ground_truth, bootstrap_csv, cell_intervals
 from .html import study_page
 from .latex import dg_tex, paper_tex
 from .paired import paired_layout, paired_text, plot_paired
@@ -38,6 +42,10 @@ from .records import count_done
 from .selection import ALL, LAST, check_rule, comparison_tables, rule_note, rule_scores, select
 from .stats import DEFAULT_STAT
 
+#: every table file a build may write (FIGURES: every figure)
+TABLE_FILES = ("table.md", "table.csv", "table.tex", "dg.md", "dg.csv", "dg.tex", "per_class.md", "per_class.csv",
+               "per_seed.csv", "bootstrap.csv", "paired.md", "paired.csv", "selection.md", "selection.csv", "report.md",
+               "report.html")
 FIGURES = {"table.png": "mIoU per train/test pair", "per_class_iou.png": "IoU per class",
            "gap.png": "in-domain vs cross-domain mIoU", "qualitative.png": "qualitative results",
            "paired.png": "paired differences to the baseline", "curves.png": "mIoU during training"}
@@ -72,6 +80,12 @@ def build_report(results_dir: Path, plot: bool = True, stat: str = DEFAULT_STAT,
     (selection.RULES), or "all" for `last` tables plus selection.md."""
     results_dir = Path(results_dir)
     records = load_records(results_dir)
+    written: set[str] = set()
+
+    def put(name: str, text: str) -> None:
+        write_text(results_dir / name, text)
+        written.add(name)
+
     rule = LAST if check_rule(select_rule, allow_all=True) == ALL else select_rule
     selected = select(records, rule)
     items = rule_scores(selected, rule)
@@ -83,36 +97,38 @@ def build_report(results_dir: Path, plot: bool = True, stat: str = DEFAULT_STAT,
     if baseline:
         paired = paired_layout(items, baseline)
         paired_md, paired_csv = paired_text(paired, baseline)
-        write_text(results_dir / "paired.md", paired_md)
-        write_text(results_dir / "paired.csv", paired_csv)
+        put("paired.md", paired_md)
+        put("paired.csv", paired_csv)
     intervals = cell_intervals(records) if rule == LAST else {}  # per-image matrices are the last weights'
     if intervals:
-        write_text(results_dir / "bootstrap.csv", bootstrap_csv(records, intervals))
+        put("bootstrap.csv", bootstrap_csv(records, intervals))
     paper = tables.paper_layout(items, cards, stat, intervals)
     dg = tables.dg_layout(items, cards, stat, intervals)
-    pc = tables.per_class_layout(items, stat)
+    absent = absent_from_ground_truth(records)  # the test split's, whatever the rule: left out of per-class tables
+    pc = tables.per_class_layout(items, stat, absent)
     paper_md, dg_md, pc_md = paper.markdown(), dg.markdown(), pc.markdown()
     paper_csv, dg_csv, pc_csv = paper.csv, dg.csv, pc.csv
     if rule != LAST:
         note = rule_note(rule)
         paper_md, dg_md, pc_md = (f"{note}\n{md}\n{note}" for md in (paper_md, dg_md, pc_md))
     if select_rule == ALL:
-        write_text(results_dir / "selection.md", selection_md)
-        write_text(results_dir / "selection.csv", selection_csv)
-    write_text(results_dir / "table.md", paper_md)
-    write_text(results_dir / "table.csv", paper_csv)
-    write_text(results_dir / "dg.md", dg_md)
-    write_text(results_dir / "dg.csv", dg_csv)
+        put("selection.md", selection_md)
+        put("selection.csv", selection_csv)
+    put("table.md", paper_md)
+    put("table.csv", paper_csv)
+    put("dg.md", dg_md)
+    put("dg.csv", dg_csv)
     paper_latex, dg_latex = paper_tex(items, cards, stat, intervals), dg_tex(items, cards, stat, intervals)
-    write_text(results_dir / "table.tex", paper_latex)
-    write_text(results_dir / "dg.tex", dg_latex)
-    write_text(results_dir / "per_class.md", pc_md)
-    write_text(results_dir / "per_class.csv", pc_csv)
-    write_text(results_dir / "per_seed.csv", tables.per_seed(items))
+    put("table.tex", paper_latex)
+    put("dg.tex", dg_latex)
+    put("per_class.md", pc_md)
+    put("per_class.csv", pc_csv)
+    put("per_seed.csv", tables.per_seed(items))
     figures = {}
     if plot:
         figures = {"table.png": plots.plot_table(items, results_dir / "table.png", stat),
-                   "per_class_iou.png": plots.plot_per_class(items, results_dir / "per_class_iou.png", stat),
+                   "per_class_iou.png": plots.plot_per_class(items, results_dir / "per_class_iou.png", stat,
+                                                           absent),
                    "gap.png": plots.plot_gap(items, results_dir / "gap.png", stat),
                    "qualitative.png": plot_qualitative(records, results_dir / "qualitative.png")}
         if baseline:
@@ -123,17 +139,27 @@ def build_report(results_dir: Path, plot: bool = True, stat: str = DEFAULT_STAT,
                              paired_md, baseline)
     if selection_md:
         report += "\n## Model selection\n\n" + selection_md.replace("### ", "#### ")
-    write_text(results_dir / "report.md", report)
+    put("report.md", report)
     layouts = [("Cross-domain (paper layout)", paper), ("Domain generalization", dg)]
     if paired is not None:
         layouts.append((f"Paired comparison with {baseline}", paired))
     layouts.append(("Per-class IoU", pc))
     shown = {FIGURES[f]: p for f, p in figures.items() if p is not None}
-    write_text(results_dir / "report.html", study_page(results_dir, records, items, cards, layouts,
-                                                       status_line(records), shown, provenance_summary(records)))
+    put("report.html", study_page(results_dir, records, items, cards, layouts, status_line(records), shown,
+                                  provenance_summary(records)))
+    written.update(f for f, p in figures.items() if p is not None)
+    remove_stale(results_dir, written)
     if fmt == "latex":
         return paper_latex + "\n" + dg_latex
     return paper_md + (f"\nPaired comparison with {baseline}:\n\n{paired_md}" if baseline else "")
+
+
+def remove_stale(results_dir: Path, written: set[str]) -> list[str]:
+    """Remove the report files an earlier build wrote and this one did not (module docstring); returns their names."""
+    stale = [name for name in (*TABLE_FILES, *FIGURES) if name not in written and (results_dir / name).is_file()]
+    for name in stale:
+        (results_dir / name).unlink()
+    return stale
 
 
 def status_line(records: list[dict]) -> str:

@@ -17,7 +17,11 @@ from .stats import DEFAULT_STAT, STAT_NAMES, STATS
 
 @command("segbench report")
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="segbench report", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="segbench report", description=__doc__.splitlines()[0],
+        epilog="Each run rewrites the report as one set, under the options given: a file an earlier run wrote that "
+               "this one does not (paired.* without --baseline, selection.* without --select all, the figures with "
+               "--no-plot) is removed. Keep a variant apart by copying the folder first.")
     parser.add_argument("results_dirs", type=Path, nargs="+", metavar="results_dir")
     parser.add_argument("--out", type=Path, metavar="BOARD",
                         help="write a leaderboard over every results_dir (BOARD/leaderboard.md/.csv/.html: one row per "

@@ -37,22 +37,30 @@ def _bars(ax, groups: list[str], series: dict[str, list[Agg]], ylabel: str, colo
     ax.grid(axis="y", alpha=0.3)
 
 
+def legend_outside(ax) -> None:
+    """The legend to the right of the axes, where no bar can be: inside them, matplotlib's 'best' spot still sat
+    on the first bars of the embedded table (tight_layout makes room for it)."""
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
+
+
 def plot_table(items: list[Score], path: Path, stat: str = DEFAULT_STAT) -> Path | None:
     rows, cols, cells = ordered_rows(items), ordered_pairs(items), scores_by_cell(items)
     if not rows:
         return None
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(max(5.0, 0.8 * len(cols) * max(2, len(rows))), 3.6))
+    # + 1.5 in: the legend's column beside the axes
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.8 * len(cols) * max(2, len(rows))) + 1.5, 3.6))
     series = {r: [Agg.of(s.miou for s in cells.get((r, *c), {}).values()) for c in cols] for r in rows}
     _bars(ax, [col_title(c) for c in cols], series, "mIoU (%)", stat=stat)
-    ax.legend(fontsize=8)
+    legend_outside(ax)
     fig.tight_layout()
     return save_figure(fig, path)
 
 
-def plot_per_class(items: list[Score], path: Path, stat: str = DEFAULT_STAT) -> Path | None:
-    """One panel per train/test pair: bars per class, one colour per backbone."""
-    tables = {c: t for c, t in per_class_aggs(items).items() if t[1]}
+def plot_per_class(items: list[Score], path: Path, stat: str = DEFAULT_STAT, absent: dict | None = None) -> Path | None:
+    """One panel per train/test pair: bars per class, one colour per backbone; the classes of per_class.md (`absent`:
+    classes absent from a target's ground truth, left out as there)."""
+    tables = {c: t for c, t in per_class_aggs(items, absent).items() if t[1]}
     if not tables:
         return None
     plt = pyplot()
@@ -64,7 +72,7 @@ def plot_per_class(items: list[Score], path: Path, stat: str = DEFAULT_STAT) -> 
         _bars(ax, classes, {r: [table[(r, c)] for c in classes] for r in rows}, "IoU (%)", colors, stat)
         ax.set_title(col_title(col), fontsize=10)
         ax.tick_params(axis="x", labelrotation=45, labelsize=8)
-        ax.legend(fontsize=8, ncol=min(4, len(rows)))
+        legend_outside(ax)
     fig.tight_layout()
     return save_figure(fig, path)
 
@@ -111,7 +119,7 @@ def plot_gap(items: list[Score], path: Path, stat: str = DEFAULT_STAT) -> Path |
                             ha="center", va="bottom", fontsize=8, xytext=(0, 4), textcoords="offset points")
         ax.set_title(f"trained on {source}", fontsize=10)
         ax.tick_params(axis="x", labelrotation=20, labelsize=8)
-        ax.legend(fontsize=8)
+        legend_outside(ax)
     fig.tight_layout()
     return save_figure(fig, path)
 

@@ -231,26 +231,83 @@ def class_order(items: list[Score]) -> list[str]:
     return [c for c in CLASS_NAMES if c in names] + sorted(names - set(CLASS_NAMES))
 
 
-def per_class_aggs(items: list[Score]) -> dict[tuple[str, str], tuple[list[str], list[str], dict]]:
-    """(source, target) -> (rows, classes scored there, {(row, class): Agg}); unscored classes dropped."""
+def absent_classes(items: list[Score], absent: dict | None) -> dict[tuple[str, str], list[str]]:
+    """(source, target) -> the classes no ground-truth pixel of the target holds, for every score of the column
+    (`absent`: (cell_id, target) -> class names, bootstrap.absent_from_ground_truth; a score it does not know keeps
+    every class in its column)."""
+    out = {}
+    for col in ordered_pairs(items):
+        known = [absent.get((s.cell_id, s.target)) for s in items if (s.source, s.target) == col] if absent else [None]
+        if all(k is not None for k in known):
+            out[col] = [c for c in class_order(items) if all(c in k for k in known)]
+    return out
+
+
+def per_class_aggs(items: list[Score], absent: dict | None = None,
+                   ) -> dict[tuple[str, str], tuple[list[str], list[str], dict]]:
+    """(source, target) -> (rows, classes scored there, {(row, class): Agg}); unscored classes dropped, and classes
+    absent from the target's ground truth (`absent_classes`): a model that predicts one scores IoU 0 on it, a number
+    about the data, not about the class."""
     cells = scores_by_cell(items)
+    unlabelled = absent_classes(items, absent)
     out = {}
     for col in ordered_pairs(items):
         mine = [s for s in items if (s.source, s.target) == col]
         rows = ordered_rows(mine)
         table = {(r, c): Agg.of(s.per_class.get(c, math.nan) for s in cells.get((r, *col), {}).values())
                  for r in rows for c in class_order(mine)}
-        classes = [c for c in class_order(mine) if any(table[(r, c)].n for r in rows)]
+        classes = [c for c in class_order(mine) if any(table[(r, c)].n for r in rows)
+                   and c not in unlabelled.get(col, ())]
         for r in rows:
             table[(r, "mIoU")] = Agg.of(s.miou for s in cells.get((r, *col), {}).values())
         out[col] = (rows, classes, table)
     return out
 
 
-def per_class_layout(items: list[Score], stat: str = DEFAULT_STAT) -> Layout:
-    """Same statistic as the other tables; (n=k) marks a class defined in fewer of the row's seeds than usual."""
+def absent_note(items: list[Score], absent: dict | None) -> str:
+    """The line under the per-class tables naming the classes left out as absent from a target's ground truth (only
+    those some score has a number for: the others were never in a table)."""
+    scored = {(s.source, s.target, c) for s in items for c, v in s.per_class.items() if not math.isnan(v)}
+    by_classes: dict[tuple[str, ...], list[str]] = {}
+    for (source, target), classes in absent_classes(items, absent).items():
+        shown = tuple(c for c in classes if (source, target, c) in scored)
+        if shown and target not in by_classes.setdefault(shown, []):
+            by_classes[shown].append(target)
+    if not by_classes:
+        return ""
+    parts = "; ".join(f"test {', '.join(targets)}: {', '.join(classes)}" for classes, targets in by_classes.items())
+    return (f"Not in the test split's ground truth, so left out ({parts}); a pixel predicted as one of them still "
+            "counts in the mIoU, at IoU 0.\n")
+
+
+def zero_note(items: list[Score], aggs: dict, absent: dict | None) -> str:
+    """The line under the per-class tables naming the classes at 0.0 in every row of a table: in the test split's
+    ground truth (where the per-image files say so), yet no model predicted one pixel of them right (thin or rare
+    classes after a short training: the embedded default's 80 iterations from scratch)."""
+    by_classes: dict[tuple[str, ...], list[str]] = {}
+    for (_, target), (rows, classes, table) in aggs.items():
+        zeros = tuple(c for c in classes if all(table[(r, c)].n and table[(r, c)].mean == 0 for r in rows))
+        if zeros and target not in by_classes.setdefault(zeros, []):
+            by_classes[zeros].append(target)
+    if not by_classes:
+        return ""
+    parts = "; ".join(f"test {', '.join(targets)}: {', '.join(classes)}" for classes, targets in by_classes.items())
+    known = absent_classes(items, absent)  # the columns whose ground truth the per-image files describe
+    if all(col in known for col in aggs):
+        why = "labelled in the test split, yet no model predicted a pixel of them right (thin or rare classes after " \
+              "a short training)"
+    else:
+        why = "no model predicted a pixel of them right, or they are absent from the test split's ground truth yet " \
+              "predicted (without the cells' confusion/*.npz files the report cannot tell which)"
+    return f"0.0 in every row ({parts}): {why}; the mIoU averages them in.\n"
+
+
+def per_class_layout(items: list[Score], stat: str = DEFAULT_STAT, absent: dict | None = None) -> Layout:
+    """Same statistic as the other tables; (n=k) marks a class defined in fewer of the row's seeds than usual.
+    `absent`: classes absent from a target's ground truth (`per_class_aggs`), named in the note."""
     tables, csv_rows, n_all, partial = [], [], 0, False
-    for col, (rows, classes, table) in per_class_aggs(items).items():
+    aggs = per_class_aggs(items, absent)
+    for col, (rows, classes, table) in aggs.items():
         n_max = max(a.n for a in table.values())
         n_all = max(n_all, n_max)
         partial = partial or any(0 < a.n < n_max for a in table.values())
@@ -263,12 +320,12 @@ def per_class_layout(items: list[Score], stat: str = DEFAULT_STAT) -> Layout:
         return Layout()
     seeds = seed_note(items, n_all, partial, stat, "only k seeds finished or define the class")
     note = f"IoU (%) per class; {seeds}; {DASH} = class absent from both ground truth and prediction.\n"
-    return Layout(tables, note, csv_text(["source", "target", "backbone", "class", "IoU", *csv_fields(stat)],
-                                         csv_rows))
+    return Layout(tables, note + absent_note(items, absent) + zero_note(items, aggs, absent),
+                  csv_text(["source", "target", "backbone", "class", "IoU", *csv_fields(stat)], csv_rows))
 
 
-def per_class(items: list[Score], stat: str = DEFAULT_STAT) -> tuple[str, str]:
-    layout = per_class_layout(items, stat)
+def per_class(items: list[Score], stat: str = DEFAULT_STAT, absent: dict | None = None) -> tuple[str, str]:
+    layout = per_class_layout(items, stat, absent)
     return layout.markdown(), layout.csv
 
 
