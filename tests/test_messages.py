@@ -37,9 +37,10 @@ def _segbench(capsys, *argv):
 
 
 def _one_clean_line(err, *names):
-    """stderr is one message (a first line naming every one of `names`), with no traceback."""
+    """stderr ends in one message (a line naming every one of `names`), with no traceback; what a study prints
+    before it (the recipe it runs, the cells it plans, warnings) is information, not the message."""
     assert "Traceback" not in err, err
-    first = err.strip().splitlines()[0]
+    first = err.strip().splitlines()[-1]
     for name in names:
         assert str(name) in first, (name, err)
     return first
