@@ -93,6 +93,13 @@ def test_the_readme_is_short():
     assert lines < README_MAX_LINES, f"README.md has {lines} lines; move reference text to a page under docs/"
 
 
+def test_the_readme_prints_the_command_ci_runs():
+    """.ci/run runs the README's test command verbatim; the README still shows that very line."""
+    (command,) = [ln for ln in (ROOT / ".ci" / "run").read_text().splitlines() if ln.startswith("bash .ci/setup")]
+    assert command in README.read_text()
+    assert "bash .ci/setup && .venv/bin/python -m segbench.run" in README.read_text()
+
+
 def test_every_link_of_the_readme_resolves():
     """Relative links and images of README.md point at files that exist; an anchor into a page at one of its
     headings."""
