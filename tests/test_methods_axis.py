@@ -274,18 +274,18 @@ def test_isw_selects_its_masks_at_the_end_of_the_scheduled_epoch(tmp_path, monke
 
 
 # --- methods from outside segbench ---------------------------------------------------------------------------------
-def readme_method() -> str:
-    """The README's worked example of a method defined outside segbench, as printed there."""
-    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+def documented_method() -> str:
+    """The documentation's worked example of a method defined outside segbench (docs/methods.md), as printed there."""
+    text = (Path(__file__).resolve().parent.parent / "docs" / "methods.md").read_text()
     block = text.split("<!-- method-example -->", 1)[1]
     return block.split("```python", 1)[1].split("```", 1)[0]
 
 
 @pytest.mark.slow
 def test_a_method_defined_outside_segbench_runs_in_a_study(tmp_path, monkeypatch, capsys, one_thread):
-    """The README's worked example, verbatim: a file named in $SEGBENCH_METHODS, a study over erm and it."""
+    """The worked example of docs/methods.md, verbatim: a file named in $SEGBENCH_METHODS, a study over erm and it."""
     plugin = tmp_path / "my_method.py"
-    plugin.write_text(readme_method())
+    plugin.write_text(documented_method())
     monkeypatch.setenv(PLUGINS_ENV, str(plugin))
     monkeypatch.setattr(synthetic, "SPLIT_SIZES", {"train": 4, "val": 2})
     with METHODS.scoped():
@@ -375,7 +375,7 @@ def test_unknown_method_options_are_refused_by_the_class():
     with pytest.raises(MethodError, match=r"method 'mixstyle' has no option 'beta'; its options: p, alpha"):
         build_method("mixstyle", {"beta": 1})
     assert isinstance(build_method(ERM), Method) and build_method(ERM).options == {}
-    assert nn  # imported for the README example's namespace
+    assert nn  # imported for the documented example's namespace
 
 
 def test_a_study_pairing_a_whitening_method_with_ibn_b_fails_before_any_work(tmp_path, capsys):

@@ -210,7 +210,7 @@ def load_spec(path: Path) -> dict:
     if not isinstance(spec, dict) or DECLARATION not in spec:
         raise YamlSpecError(
             f"{path} is not a segbench dataset file: it lacks the top-level line `{DECLARATION}: {FORMAT_VERSION}` "
-            "that declares one (see the example in segbench/data/yaml_dataset.py or the README, 'Adding a dataset')"
+            "that declares one (see the example in segbench/data/yaml_dataset.py or docs/plugins.md, 'Adding a dataset')"
         )
     if spec[DECLARATION] != FORMAT_VERSION:
         _fail(path, DECLARATION, f"is {spec[DECLARATION]!r}", f"this segbench reads format {FORMAT_VERSION}: write "
@@ -220,7 +220,7 @@ def load_spec(path: Path) -> dict:
         _fail(path, unknown[0], "is not a known field", f"valid fields: {', '.join(FIELDS)}")
     for field in REQUIRED:
         if field not in spec:
-            _fail(path, field, "is missing", "see the example in segbench/data/yaml_dataset.py or the README")
+            _fail(path, field, "is missing", "see the example in segbench/data/yaml_dataset.py or docs/plugins.md")
     if dataset_name_problem(spec["name"]):
         _fail(path, "name", f"is {spec['name']!r}", f"rename it: {DATASET_NAME_RULE}")
     splits = spec["splits"]

@@ -180,7 +180,7 @@ def report_markdown(name: str, records: list[dict], paper_md: str, dg_md: str, p
         parts.append("## Figures\n\n" + "\n\n".join(shown) + "\n")
     if protocols_md:
         parts.append("## Protocol cards\n\nWhat the numbers above were measured under; a table footer names each "
-                     "source's card by its hash (README, \"Protocols\").\n\n" + protocols_md)
+                     "source's card by its hash (docs/experiments.md, \"Protocols\").\n\n" + protocols_md)
     if records:
         parts.append("## Provenance\n\n" + provenance_summary(records))
     return "\n".join(parts)
