@@ -1,10 +1,12 @@
 """Published rows beside measured ones (report/reproduced.py) on hand-built studies: every column pinned against values
-worked out by hand, a row measured under another protocol flagged with the fields named, the `--published` rule. The cards are built by cells.protocol_card from the shipped recipe, so the field names the data
+worked out by hand, a row measured under another protocol flagged with the fields named, the leaderboard, the
+`--published` rule. The cards are built by cells.protocol_card from the shipped recipe, so the field names the data
 files use are the ones real records carry."""
 from __future__ import annotations
 
 import copy
 import csv
+import io
 
 import numpy as np
 import pytest
@@ -179,3 +181,21 @@ def test_the_published_option_none_auto_and_a_bad_name(tmp_path, capsys):
     assert main([str(study), "--no-plot", "--published", "nosuch"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--published nosuch: no such file" in err and "robustnet" in err
+
+
+def test_a_leaderboard_includes_each_studys_published_rows(tmp_path):
+    a = write_study(tmp_path / "robustnet_dg", BASELINE)
+    b = write_study(tmp_path / "robustnet_methods", BASELINE[:2])
+    board = tmp_path / "board"
+    assert main([str(a), str(b), "--out", str(board)]) == 0
+    md = (board / "leaderboard.md").read_text()
+    assert "## Published numbers" in md and "### robustnet_dg: Choi et al., CVPR 2021, Table 1" in md
+    assert "### robustnet_methods: Choi et al., CVPR 2021, Table 1" in md
+    rows = {(r["study"], r["paper_row"], r["target"]): r for r in csv.DictReader(io.StringIO(
+        (board / "published.csv").read_text()))}
+    assert rows[("robustnet_dg", "Baseline", "cityscapes")]["n"] == "3"
+    # two seeds: 29.12, 30.12 -> mean 29.62, +0.67 from 28.95
+    assert (rows[("robustnet_methods", "Baseline", "cityscapes")]["n"],
+            rows[("robustnet_methods", "Baseline", "cityscapes")]["delta"]) == ("2", "0.67")
+    page = (board / "leaderboard.html").read_text()
+    assert "Published, robustnet_methods: Choi et al." in page and "protocol card" in page

@@ -74,6 +74,6 @@ def leaderboard(parser: argparse.ArgumentParser, args: argparse.Namespace) -> in
         check_dirs(args.results_dirs)
     except ValueError as e:
         parser.error(str(e))
-    print(build_leaderboard(args.results_dirs, args.out, stat=args.stat))
+    print(build_leaderboard(args.results_dirs, args.out, stat=args.stat, published=args.published))
     print(f"leaderboard: {args.out / 'leaderboard.md'} (and .csv, .html)")
     return 0
