@@ -1,5 +1,6 @@
 """The published numbers on file (experiments/published/*.yaml): each file loads, a bad one is refused in one line that
-names the file, the field and the fix, and the numbers hold together (each average is the mean of its columns)."""
+names the file, the field and the fix, the numbers hold together (each average is the mean of its columns), and
+`segbench published` lists them."""
 from __future__ import annotations
 
 import re
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from segbench.cli import main as segbench
 from segbench.config import experiments_dir
 from segbench.report.published import MEAN, PublishedError, load_all, load_file, shipped_files
 
@@ -122,3 +124,32 @@ def test_the_good_file_loads_and_bad_yaml_is_named(tmp_path):
     path = _write(tmp_path, "paper: [unclosed\n")
     with pytest.raises(PublishedError, match=rf"^{re.escape(str(path))}: not valid YAML .*; fix the syntax$"):
         load_file(path)
+
+
+def test_segbench_published_lists_the_tables_and_exits_2_on_a_bad_file(tmp_path, capsys):
+    assert segbench(["published"]) == 0
+    out = capsys.readouterr().out
+    tables = load_all()
+    numbers, verified = (sum(t.numbers()[i] for t in tables) for i in (0, 1))
+    assert out.startswith(f"{numbers} published numbers on file in {len(tables)} table(s) of "
+                          f"{len(shipped_files())} file(s), {verified} of them verified")
+    assert ("| robustnet:table1 | Choi et al., CVPR 2021, Table 1 | gta5 -> cityscapes, bdd100k, mapillary, synthia"
+            in out)
+    assert "| rein:table3 | Wei et al., CVPR 2024, Table 3 |" in out and "### " not in out
+
+    assert segbench(["published", "--unverified"]) == 0
+    out = capsys.readouterr().out
+    assert ("| Baseline | resnet50 | mIoU: cityscapes 28.95, bdd100k 25.14, mapillary 28.18, synthia –, mean 27.42 "
+            "| no |") in out
+    assert "+Rein (ours)" not in out and "### rein:" not in out  # Rein's were read in the paper's text
+
+    assert segbench(["published", "rein", "--rows", "--experiment", "rein_dg"]) == 0
+    out = capsys.readouterr().out
+    assert "| +Rein (ours) | dinov2_vitl14_p16 or dinov2_vitl14 + rein | mIoU: cityscapes 66.4, bdd100k 60.4, " \
+           "mapillary 66.1, mean 64.3 | yes |" in out
+    assert "robustnet:" not in out
+
+    bad = _write(tmp_path, _changed(lambda d: _table(d).update(verified="yes")))
+    assert segbench(["published", str(bad)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith(f"segbench published: {bad}: tables[0].verified")
