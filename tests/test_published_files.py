@@ -1,6 +1,7 @@
 """The published numbers on file (experiments/published/*.yaml): each file loads, a bad one is refused in one line that
-names the file, the field and the fix, the numbers hold together (each average is the mean of its columns), and
-`segbench published` lists them."""
+names the file, the field and the fix, the numbers hold together (each average is the mean of its columns), no
+experiment file keeps a published number in a comment, `segbench published` lists them, and the README's count is
+the files' count."""
 from __future__ import annotations
 
 import re
@@ -14,6 +15,7 @@ from segbench.cli import main as segbench
 from segbench.config import experiments_dir
 from segbench.report.published import MEAN, PublishedError, load_all, load_file, shipped_files
 
+ROOT = Path(__file__).resolve().parent.parent
 #: experiment files that reproduce a paper's table, each the reference of some published table
 CLAIMING = {"robustnet_dg", "robustnet_methods", "ibnnet_cross_domain", "synthia_dg"}
 #: experiment files a table may name before they exist: rein_dg.yaml, the foundation-model file (issue 25)
@@ -63,6 +65,19 @@ def test_each_average_is_the_mean_of_its_columns_to_the_papers_rounding():
             assert gap <= tolerance or "does not equal the mean" in row.note, (table.key, row.label, gap)
             checked += 1
     assert checked >= 15
+
+
+def _comment_numbers(path: Path) -> str:
+    return "\n".join(line for line in path.read_text().splitlines() if line.lstrip().startswith("#"))
+
+
+def test_no_published_number_lives_only_in_an_experiment_files_comment():
+    numbers = {f"{v:.{t.decimals}f}" for t in load_all() for r in t.rows for by in r.values.values()
+               for v in by.values() if v is not None and v >= 10}
+    for path in experiments_dir().glob("*.yaml"):
+        comments = _comment_numbers(path)
+        found = sorted(n for n in numbers if re.search(rf"(?<![\d.]){re.escape(n)}(?![\d])", comments))
+        assert not found, f"{path.name} keeps published numbers in a comment: {found}; move them to a published file"
 
 
 def _write(tmp_path, data) -> Path:
@@ -153,3 +168,12 @@ def test_segbench_published_lists_the_tables_and_exits_2_on_a_bad_file(tmp_path,
     assert segbench(["published", str(bad)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith(f"segbench published: {bad}: tables[0].verified")
+
+
+def test_the_readme_states_how_many_numbers_are_on_file_and_verified():
+    tables = load_all()
+    numbers, verified = (sum(t.numbers()[i] for t in tables) for i in (0, 1))
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    assert f"{numbers} published numbers are on file" in readme
+    assert f"{verified} of them read in the paper's own text" in readme
+    assert "segbench published --unverified" in readme
