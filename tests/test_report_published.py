@@ -9,7 +9,6 @@ import csv
 import io
 
 import numpy as np
-import pytest
 
 from segbench.cells import CONFUSION, new_record, plan, protocol_card
 from segbench.config import load_config
@@ -199,3 +198,10 @@ def test_a_leaderboard_includes_each_studys_published_rows(tmp_path):
             rows[("robustnet_methods", "Baseline", "cityscapes")]["delta"]) == ("2", "0.67")
     page = (board / "leaderboard.html").read_text()
     assert "Published, robustnet_methods: Choi et al." in page and "protocol card" in page
+
+
+def test_a_union_of_sources_matches_in_any_order_and_a_resized_copy_does_not():
+    from segbench.report.reproduced import same_source
+
+    assert same_source("synthia+gta5", "gta5+synthia") and same_source("gta5", "gta5")
+    assert not same_source("gta5@1280x720", "gta5") and not same_source("gta5", "gta5+synthia")

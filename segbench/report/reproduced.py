@@ -1,7 +1,8 @@
 """Published rows beside the measured ones (published.md/.csv/.tex, a section of report.md and report.html).
 
 For each row of a published table (report/published.py) and each of its targets: the measured row it maps to (same
-source and target, a record matching the row's `measured` backbone, method and settings), its mean ± spread over
+source, a union of sources in any order, and target; a record matching the row's `measured` backbone, method and
+settings; a prepared copy `NAME@WxH` is another source and gets no published row), its mean ± spread over
 seeds, the 95% interval of that mean, the published value, the difference measured − published, and whether the
 published value lies inside the interval. The interval is the one the report already computes: for two or more
 seeds the 95% t interval of the mean over seeds (t_{0.975, n-1} · s / sqrt(n), `--stat ci95`), for one seed its 95%
@@ -25,10 +26,11 @@ from dataclasses import dataclass, field
 
 from ..io import csv_text
 from ..labels import CLASS_SETS, NUM_CLASSES
+from ..spec import source_parts
 from .bootstrap import Interval
 from .latex import escape, table_env
 from .protocols import flatten
-from .published import MEAN, METRICS, Fact, PublishedRow, PublishedTable, measured_default
+from .published import MEAN, METRICS, PublishedRow, PublishedTable, measured_default
 from .records import Score, method_of
 from .stats import DASH, DEFAULT_STAT, STAT_NAMES, Agg
 from .tables import Layout, Table
@@ -108,6 +110,11 @@ def matches(row: PublishedRow, score: Score, record: dict | None) -> bool:
     return all(_same(_config_value(record, k), v) for k, v in sel.settings.items())
 
 
+def same_source(measured: str, published: str) -> bool:
+    """One source, or the same union of sources in any order (`gta5+synthia`, `synthia+gta5`)."""
+    return sorted(source_parts(measured)) == sorted(source_parts(published))
+
+
 def _same(a, b) -> bool:
     """Equal as data: 2 and 2.0 alike, tuples as lists."""
     return json.loads(json.dumps(a, default=str)) == json.loads(json.dumps(b, default=str))
@@ -182,7 +189,7 @@ def _value(score: Score, metric: str) -> float:
     return score.miou if metric == "miou" else score.pixel_acc
 
 
-def line_values(table: PublishedTable, row: PublishedRow, metric: str, target: str, mine: list[Score]) -> tuple:
+def line_values(table: PublishedTable, metric: str, target: str, mine: list[Score]) -> tuple:
     """(Agg over seeds, the scores it came from) of one measured row on `target`; for MEAN the per-seed mean over
     the table's `mean_over`, over the seeds that scored every one of them (as the DG layout's mean)."""
     if target != MEAN:
@@ -201,14 +208,14 @@ def build_lines(tables: list[PublishedTable], items: list[Score], records: list[
     out = []
     for table in tables:
         for row in table.rows:
-            mine = [s for s in items if s.source == table.source
+            mine = [s for s in items if same_source(s.source, table.source)
                     and matches(row, s, by_key.get(record_key(s.cell_id, s.source, s.backbone, s.head, s.seed)))]
             measured = list(dict.fromkeys(s.row for s in mine)) or [""]
             for measured_row in measured:
                 scores = [s for s in mine if s.row == measured_row]
                 for metric, values in row.values.items():
                     for target in [t for t in (*table.targets, MEAN) if t in values]:
-                        agg, used = line_values(table, row, metric, target, scores)
+                        agg, used = line_values(table, metric, target, scores)
                         interval, kind = _interval(agg, used, intervals, metric)
                         compared = table.mean_over if target == MEAN else [target]
                         shown = [s for s in scores if s.target in compared]
