@@ -383,8 +383,8 @@ def load_file(path: str | Path) -> list[PublishedTable]:
     paper = Paper(_text(paper["authors"], where.at("paper").at("authors"), "the authors' names"),
                   _text(paper["title"], where.at("paper").at("title"), "the paper's title"),
                   _text(paper["venue"], where.at("paper").at("venue"), "e.g. CVPR 2021"),
-                  _text(str(paper["arxiv"]), where.at("paper").at("arxiv"), "the arXiv identifier, e.g. 2103.15597",
-                        ARXIV))
+                  _text(str(paper["arxiv"]), where.at("paper").at("arxiv"),
+                        'the arXiv identifier, quoted (YAML reads 2001.10000 as a number): arxiv: "2103.15597"', ARXIV))
     if not isinstance(data["tables"], list) or not data["tables"]:
         raise where.at("tables").fail("expected a non-empty list", "one entry per table of the paper")
     tables = [_table(t, where.at("tables").at(i), paper, path) for i, t in enumerate(data["tables"])]

@@ -376,7 +376,9 @@ def published_tex(lines: list[Line], tables: list[PublishedTable], stat: str = D
             continue
         body = [r"\begin{tabular}{" + "l" * 3 + "r" * 5 + "l" * 3 + "}", r"\toprule",
                 " & ".join(map(tex, HEADER)) + r" \\", r"\midrule"]
-        body += [" & ".join(tex(e) for e in entries(ln, stat)) + r" \\" for ln in mine]
+        # "{}" before a row that starts with "[": after \\ it would read as the line's optional spacing argument
+        body += [("{}" if ln.row.label.startswith("[") else "") + " & ".join(tex(e) for e in entries(ln, stat))
+                 + r" \\" for ln in mine]
         body += [r"\bottomrule", r"\end{tabular}"]
         caption = tex(f"{table.heading()}: published ({table.paper.venue}, arXiv {table.paper.arxiv}) beside "
                       f"measured, train {table.source}. " + " ".join(legend(stat).split()))
