@@ -205,3 +205,15 @@ def test_a_union_of_sources_matches_in_any_order_and_a_resized_copy_does_not():
 
     assert same_source("synthia+gta5", "gta5+synthia") and same_source("gta5", "gta5")
     assert not same_source("gta5@1280x720", "gta5") and not same_source("gta5", "gta5+synthia")
+
+
+def test_a_table_under_another_selection_rule_differs_in_checkpoint(tmp_path):
+    """--select source-val reports an earlier iteration than the paper's last weights: flagged, not compared."""
+    recs = copy.deepcopy(BASELINE)
+    for rec in recs:  # scored at iterations 10 and 20; the in-domain score ties, so source-val picks 10
+        rec["curves"] = {t: [[10, m["miou"] - (t != "gta5")], [20, m["miou"]]] for t, m in rec["results"].items()}
+    study = write_study(tmp_path / "robustnet_dg", recs)
+    build_report(study, plot=False, select_rule="source-val")
+    city = lines_of((study / "published.md").read_text())[("Baseline", "cityscapes")]
+    assert city[3:5] == ["3", "29.1 ± 0.6"] and city[9] == "no: checkpoint"  # 30.12 - 1 at iteration 10
+    assert 'checkpoint is "source-val", the paper\'s "last" (code: train.py' in (study / "published.md").read_text()
