@@ -12,6 +12,7 @@ from .errors import DEBUG_ENV, DEBUG_FLAG, run_command
 COMMANDS = {
     "run": ("segbench.run", "train and evaluate a study (same as python -m segbench.run)"),
     "report": ("segbench.report.cli", "rebuild tables and plots from the records in a results directory"),
+    "published": ("segbench.report.published_cli", "list the published numbers on file: paper, table, rows, verified"),
     "evaluate": ("segbench.evaluate", "score a checkpoint or a directory of prediction PNGs (JSON, per-class IoU)"),
     "predict": ("segbench.predict", "segment an image or a folder with a trained cell (trainId PNGs, --overlay)"),
     "analyze": ("segbench.analysis.cli", "appearance-shift robustness and layer-wise feature divergence"),

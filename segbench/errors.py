@@ -35,6 +35,7 @@ USER_ERROR_TYPES = (
     ("segbench.engine.scoring", "PredictionError"),
     ("segbench.methods.base", "MethodError"),
     ("segbench.models.pretrained", "PretrainedWeightsError"),
+    ("segbench.report.published", "PublishedError"),
 )
 #: what the operating system refuses for a reason the user can fix; the message names the path
 USER_ERRNOS = {errno.ENOENT, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EISDIR,

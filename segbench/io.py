@@ -289,10 +289,10 @@ def _escape_cell(text) -> str:
     return str(text).replace("|", "\\|")
 
 
-def markdown_table(header, rows, left: int = 1) -> str:
-    """A GitHub table: the first `left` columns (labels) left-aligned, the rest (numbers) right-aligned, pipes in cells
-    escaped."""
+def markdown_table(header, rows, left: int = 1, text: tuple[int, ...] = ()) -> str:
+    """A GitHub table: the first `left` columns (labels) and the `text` ones left-aligned, the rest (numbers)
+    right-aligned, pipes in cells escaped."""
     lines = ["| " + " | ".join(_escape_cell(h) for h in header) + " |",
-             "|" + "|".join([":---"] * left + ["---:"] * (len(header) - left)) + "|"]
+             "|" + "|".join(":---" if j < left or j in text else "---:" for j in range(len(header))) + "|"]
     lines += ["| " + " | ".join(_escape_cell(c) for c in r) + " |" for r in rows]
     return "\n".join(lines) + "\n"

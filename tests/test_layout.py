@@ -34,3 +34,9 @@ def test_report_loads_no_training_code_and_no_torch(tmp_path):
     forbidden = [m for m in loaded if m == "torch" or m.split(".")[:2] in (["segbench", "engine"],
                                                                            ["segbench", "models"])]
     assert not forbidden, f"segbench report imported {forbidden}"
+
+
+def test_published_lists_the_numbers_on_file_without_torch():
+    """`segbench published` reads YAML files: it must run wherever `segbench report` does."""
+    loaded = modules_loaded_by("from segbench.cli import main\nassert main(['published']) == 0")
+    assert "segbench.report.published_cli" in loaded and "torch" not in loaded

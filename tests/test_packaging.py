@@ -1,5 +1,6 @@
-"""A non-editable install must carry everything segbench reads at run time: experiment files and split lists; and
-building it (wheel or editable) must print no warning of setuptools, which a newcomer takes for a broken install."""
+"""A non-editable install must carry everything segbench reads at run time: experiment files, the published numbers
+beside them (experiments/published/) and split lists; and building it (wheel or editable) must print no warning of
+setuptools, which a newcomer takes for a broken install."""
 import os
 import re
 import subprocess
@@ -43,6 +44,10 @@ def test_wheel_ships_experiments_and_split_lists(source_copy, tmp_path):
              "assert str(site) in segbench.__file__, segbench.__file__\n"
              "names = sorted(p.name for p in c.experiments_dir().glob('*.yaml'))\n"
              "assert 'embedded.yaml' in names and 'robustnet_dg.yaml' in names, names\n"
+             "from segbench.report.published import load_all, shipped_files\n"
+             "published = [p.name for p in shipped_files()]\n"
+             "assert 'robustnet.yaml' in published and 'rein.yaml' in published, published\n"
+             "assert str(site) in str(shipped_files()[0]) and any(t.numbers()[0] for t in load_all())\n"
              "assert c.load_config('embedded')['specs'] == ['sim->photo']\n"
              "assert len((SPLIT_DIR / 'gta5_robustnet_train.txt').read_text().split()) == 12388\n")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}

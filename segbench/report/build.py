@@ -10,6 +10,10 @@ Files written under RESULTS_DIR:
   bootstrap.csv        per cell and target, the 95% bootstrap interval of its mIoU over test images (cells that kept
                        per-image matrices); table.md and dg.md show it for one-seed rows
   paired.md/.csv       with a baseline backbone: per row and target, the mean per-seed difference to it, 95% CI
+  published.md/.csv/.tex  where published tables apply (`published`: auto, none or a file; report/published.py):
+                       each published row beside the measured row it maps to, the difference, whether the published
+                       value lies in the measured interval, and the protocol fields in which they differ
+                       (report/reproduced.py)
   report.md            all of the above with the figures, each protocol card once, and a provenance summary
   report.html          the same tables as one self-contained page (sortable, figures inlined, each row's protocol
                        card, config and cell files one click away): opens from disk, fetches nothing
@@ -37,7 +41,9 @@ from .html import study_page
 from .latex import dg_tex, paper_tex
 from .paired import paired_layout, paired_text, plot_paired
 from .protocols import card_hash, card_of, cards_section
+from .published import AUTO, resolve
 from .qualitative import plot_qualitative
+from .reproduced import build_lines, published_csv, published_layouts, published_markdown, published_tex
 from .records import count_done
 from .selection import ALL, LAST, check_rule, comparison_tables, rule_note, rule_scores, select
 from .stats import DEFAULT_STAT
@@ -73,12 +79,14 @@ def provenance_summary(records: list[dict]) -> str:
 
 
 def build_report(results_dir: Path, plot: bool = True, stat: str = DEFAULT_STAT, baseline: str | None = None,
-                 fmt: str = "markdown", select_rule: str = LAST) -> str:
+                 fmt: str = "markdown", select_rule: str = LAST, published: str | Path | None = AUTO) -> str:
     """Write every table (and figure) under `results_dir`; return the paper-layout markdown (table.md), followed by
     the paired comparison when a `baseline` backbone is named, or with `fmt="latex"` table.tex and dg.tex.
     `stat`: the spread after ± (stats.STATS); `select_rule`: the model-selection rule the tables report
-    (selection.RULES), or "all" for `last` tables plus selection.md."""
+    (selection.RULES), or "all" for `last` tables plus selection.md; `published`: which published tables go beside
+    the measured rows (published.resolve: "auto", the tables naming this study; "none" or None; or a file)."""
     results_dir = Path(results_dir)
+    published_tables = resolve(published, results_dir.name)  # a bad file stops the report before it writes
     records = load_records(results_dir)
     written: set[str] = set()
 
@@ -124,6 +132,13 @@ def build_report(results_dir: Path, plot: bool = True, stat: str = DEFAULT_STAT,
     put("per_class.md", pc_md)
     put("per_class.csv", pc_csv)
     put("per_seed.csv", tables.per_seed(items))
+    published_lines = build_lines(published_tables, items, selected, cards, intervals)
+    published_tabs = published_layouts(published_lines, published_tables, stat)
+    published_md = published_markdown(published_tabs, stat)
+    if published_tables:
+        put("published.md", published_md)
+        put("published.csv", published_csv(published_lines, stat))
+        put("published.tex", published_tex(published_lines, published_tables, stat))
     figures = {}
     if plot:
         figures = {"table.png": plots.plot_table(items, results_dir / "table.png", stat),
@@ -136,11 +151,12 @@ def build_report(results_dir: Path, plot: bool = True, stat: str = DEFAULT_STAT,
         if any(r.get("curves") for r in records):
             figures["curves.png"] = plots.plot_curves(records, results_dir / "curves.png")
     report = report_markdown(results_dir.name, records, paper_md, dg_md, pc_md, figures, cards_section(items, cards),
-                             paired_md, baseline)
+                             paired_md, baseline, published_md)
     if selection_md:
         report += "\n## Model selection\n\n" + selection_md.replace("### ", "#### ")
     put("report.md", report)
     layouts = [("Cross-domain (paper layout)", paper), ("Domain generalization", dg)]
+    layouts += [(f"Published: {heading}", layout) for heading, layout in published_tabs]
     if paired is not None:
         layouts.append((f"Paired comparison with {baseline}", paired))
     layouts.append(("Per-class IoU", pc))
@@ -167,9 +183,12 @@ def status_line(records: list[dict]) -> str:
 
 
 def report_markdown(name: str, records: list[dict], paper_md: str, dg_md: str, pc_md: str, figures: dict,
-                    protocols_md: str = "", paired_md: str = "", baseline: str | None = None) -> str:
+                    protocols_md: str = "", paired_md: str = "", baseline: str | None = None,
+                    published_md: str = "") -> str:
     parts = [f"# {name}\n\n{status_line(records)}\n", "## Cross-domain (paper layout)\n\n" + paper_md,
              "## Domain generalization\n\n" + dg_md.replace("### ", "#### ")]
+    if published_md:
+        parts.append("## Published numbers\n\n" + published_md)
     if baseline:
         parts.append(f"## Paired comparison with {baseline}\n\n" + paired_md.replace("### ", "#### "))
     parts.append("## Per-class IoU\n\n" + pc_md.replace("### ", "#### "))

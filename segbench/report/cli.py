@@ -11,6 +11,7 @@ from ..cells import CELLS
 from ..errors import command
 from .build import build_report
 from .leaderboard import build_leaderboard, check_dirs
+from .published import AUTO, NONE
 from .selection import ALL, LAST, RULES
 from .stats import DEFAULT_STAT, STAT_NAMES, STATS
 
@@ -43,6 +44,12 @@ def main(argv: list[str] | None = None) -> int:
                              "(the iteration with the best in-domain mIoU), oracle (per target its best mIoU: an "
                              "upper bound); all: last tables plus selection.md/.csv comparing the three. The last "
                              "two need cells trained with --set eval.every=N")
+    parser.add_argument("--published", default=AUTO, metavar=f"{AUTO}|{NONE}|FILE",
+                        help="published numbers to put beside the measured rows (published.md/.csv/.tex, a section "
+                             f"of report.md and report.html): {AUTO} (default), the shipped tables "
+                             "(experiments/published/) that name the study, i.e. the results directory's name; "
+                             f"{NONE}; or a file, a path or a shipped file's name (`segbench published` lists them), "
+                             "all of whose tables apply")
     args = parser.parse_args(argv)
     for results_dir in args.results_dirs:
         if not (results_dir / CELLS).is_dir():
@@ -54,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         return leaderboard(parser, args)
     results_dir = args.results_dirs[0]
     print(build_report(results_dir, plot=not args.no_plot, stat=args.stat, baseline=args.baseline, fmt=args.format,
-                       select_rule=args.select))
+                       select_rule=args.select, published=args.published))
     # on stderr under --format latex, so `segbench report DIR --format latex > tables.tex` holds LaTeX only
     print(f"all tables and figures: {results_dir / 'report.md'}",
           file=sys.stderr if args.format == "latex" else sys.stdout)
@@ -71,6 +78,6 @@ def leaderboard(parser: argparse.ArgumentParser, args: argparse.Namespace) -> in
         check_dirs(args.results_dirs)
     except ValueError as e:
         parser.error(str(e))
-    print(build_leaderboard(args.results_dirs, args.out, stat=args.stat))
+    print(build_leaderboard(args.results_dirs, args.out, stat=args.stat, published=args.published))
     print(f"leaderboard: {args.out / 'leaderboard.md'} (and .csv, .html)")
     return 0

@@ -159,18 +159,19 @@ Details = Callable[[Table, str], str]
 
 
 def table_html(table: Table, details: Details | None = None) -> str:
-    """A sortable <table>: label columns as text, the rest as numbers; a row's name cell holds its <details> when
-    `details` gives any."""
-    types = ["text"] * table.labels + ["number"] * (len(table.header) - table.labels)
+    """A sortable <table>: label columns (and `table.text` ones) as text, the rest as numbers; a row's name cell holds
+    its <details> when `details` gives any (none for a row without a key: a published row nothing measured)."""
+    types = ["text" if j < table.labels or j in table.text else "number" for j in range(len(table.header))]
     head = "".join(f'<th data-type="{t}" scope="col">{escape(h)}</th>' for h, t in zip(table.header, types))
     body = []
     for key, row in zip(table.keys, table.rows):
         cells = []
         for j, text in enumerate(row):
             if j >= table.labels:
-                cells.append(f'<td class="num">{escape(text)}</td>')
+                cells.append(f'<td class="num">{escape(text)}</td>' if types[j] == "number"
+                             else f"<td>{escape(text)}</td>")
                 continue
-            inner = details(table, key) if details and j == table.name else ""
+            inner = details(table, key) if details and key and j == table.name else ""
             if inner:
                 cells.append(f'<td data-sort="{escape(text)}"><details><summary>{escape(text)}</summary>'
                              f"{inner}</details></td>")

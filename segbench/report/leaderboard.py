@@ -5,6 +5,9 @@ rows are never merged across studies, so seeds are only averaged where each stud
 config, same protocol card for the target: records.scores), and the same cell found in two studies is never counted
 twice. The `protocol` column names each row's card hash(es) (protocols.card_hash): rows with the same hash in a
 column were measured the same way; the footer names, per source, the fields in which the cards of the rows differ.
+With published tables (`published`: auto, the tables naming each study; or a file, for every study), each study's
+published rows stand beside its measured ones as in its own report (report/reproduced.py): a section of
+leaderboard.md and .html per study and table, and published.csv with a study column.
 """
 from __future__ import annotations
 
@@ -13,9 +16,12 @@ from pathlib import Path
 
 from ..cells import CELLS, load_records
 from ..io import csv_text, write_text
+from .bootstrap import cell_intervals
 from .html import RowDetails, Section, page
 from .protocols import card_hash, card_of, cards_section, footer
+from .published import AUTO, resolve
 from .records import Score, scores
+from .reproduced import CSV_HEADER, build_lines, csv_rows, legend, published_layouts
 from .stats import DASH, DEFAULT_STAT, STAT_NAMES, csv_fields
 from .tables import Layout, Table, col_title, paper_aggs, seed_list, seed_note
 
@@ -93,11 +99,36 @@ def board_seed_note(studies: dict[str, list[Score]], n_study: dict[str, int], pa
     return note + ("; (n=k): only k seeds finished in that study" if partial else "")
 
 
-def build_leaderboard(results_dirs: list[Path], out: Path, stat: str = DEFAULT_STAT) -> str:
-    """Write leaderboard.md, .csv and .html under `out` (nothing under the studies); return the markdown table."""
+def board_published(names: list[str], results_dirs: list[Path], records: dict[str, list[dict]],
+                    studies: dict[str, list[Score]], cards: dict[str, dict], published, stat: str) -> tuple:
+    """(markdown section, CSV, [(heading, Layout)] for the page) of every study's published tables; each line's key
+    is the board's row name (`STUDY / ROW`), so the page opens that row's details."""
+    sections, csv_body, shown = [], [], []
+    for name, d in zip(names, results_dirs):
+        tables = resolve(published, Path(d).name)
+        if not tables:
+            continue
+        lines = build_lines(tables, studies[name], records[name], cards, cell_intervals(records[name]))
+        csv_body += [[name, *row] for row in csv_rows(lines, stat)]
+        for heading, layout in published_layouts(lines, tables, stat):
+            layout = replace(layout, tables=[replace(t, keys=[f"{name}{SEPARATOR}{k}" if k else "" for k in t.keys])
+                                             for t in layout.tables])
+            shown.append((f"{name}: {heading}", layout))
+            sections.append(f"### {name}: {heading}\n\n" + "".join(t.markdown() + "\n" for t in layout.tables)
+                            + layout.note)
+    if not sections:
+        return "", "", []
+    return legend(stat) + "\n" + "\n".join(sections), csv_text(["study", *CSV_HEADER], csv_body), shown
+
+
+def build_leaderboard(results_dirs: list[Path], out: Path, stat: str = DEFAULT_STAT, published=AUTO) -> str:
+    """Write leaderboard.md, .csv and .html under `out` (nothing under the studies), and published.csv where
+    published tables apply (`published`: see published.resolve); return the markdown table."""
     check_dirs(results_dirs)
     out = Path(out)
     names = study_names(results_dirs)
+    for d in results_dirs:  # a bad published file stops the board before it writes
+        resolve(published, Path(d).name)
     records = {name: load_records(Path(d)) for name, d in zip(names, results_dirs)}
     studies = {name: scores(recs) for name, recs in records.items()}
     cards = {card_hash(c): c for recs in records.values() for c in map(card_of, recs) if c}
@@ -105,8 +136,11 @@ def build_leaderboard(results_dirs: list[Path], out: Path, stat: str = DEFAULT_S
     items, rows = board_items(studies)
     intro = "Studies: " + ", ".join(f"{n} ({d})" for n, d in zip(names, results_dirs)) + "."
     protocols = cards_section(items, cards)
-    md = f"# Leaderboard\n\n{intro}\n\n{layout.markdown()}" + (f"\n## Protocol cards\n\n{protocols}" if protocols
-                                                                else "")
+    published_md, published_text, published_shown = board_published(names, results_dirs, records, studies, cards,
+                                                                     published, stat)
+    md = f"# Leaderboard\n\n{intro}\n\n{layout.markdown()}"
+    md += f"\n## Published numbers\n\n{published_md}" if published_md else ""
+    md += f"\n## Protocol cards\n\n{protocols}" if protocols else ""
     details = {n: RowDetails(records[n], studies[n], cards, out) for n in names}
 
     def row_details(table: Table, key: str) -> str:
@@ -115,5 +149,8 @@ def build_leaderboard(results_dirs: list[Path], out: Path, stat: str = DEFAULT_S
 
     write_text(out / "leaderboard.md", md)
     write_text(out / "leaderboard.csv", layout.csv)
-    write_text(out / "leaderboard.html", page("Leaderboard", [intro], [Section("Leaderboard", layout)], row_details))
+    if published_text:
+        write_text(out / "published.csv", published_text)
+    sections = [Section("Leaderboard", layout)] + [Section(f"Published, {h}", lay) for h, lay in published_shown]
+    write_text(out / "leaderboard.html", page("Leaderboard", [intro], sections, row_details))
     return layout.markdown()

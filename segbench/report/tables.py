@@ -31,7 +31,8 @@ MEAN_UNSEEN = "mean (unseen)"
 class Table:
     """One table as printed: `rows` hold the entries as text, their first `labels` columns name the row (column
     `name` the row itself); `keys` is the Score.row each body row shows and `source`/`target` what its numbers were
-    trained and tested on ("" for several), so a renderer can link a row to its records."""
+    trained and tested on ("" for several), so a renderer can link a row to its records; `text`: columns after the
+    labels that hold words, not numbers (a renderer neither right-aligns nor sorts them as numbers)."""
     heading: str
     header: list[str]
     rows: list[list[str]]
@@ -40,9 +41,10 @@ class Table:
     target: str = ""
     labels: int = 1
     name: int = 0
+    text: tuple[int, ...] = ()
 
     def markdown(self) -> str:
-        table = markdown_table(self.header, self.rows, left=self.labels)
+        table = markdown_table(self.header, self.rows, left=self.labels, text=self.text)
         return f"### {self.heading}\n\n{table}" if self.heading else table
 
 
