@@ -182,8 +182,6 @@ def test_protocol_settings_are_checked_before_any_work():
         validate(apply_overrides(load_config(None), ["eval.protocol=mmseg"]))
     with pytest.raises(ConfigError, match=r"eval.size=\[512, 1024\]: eval.protocol='robustnet' fixes the sizes"):
         validate(apply_overrides(load_config(None), ["eval.protocol=robustnet", "eval.size=[512,1024]"]))
-    with pytest.raises(ConfigError, match="fixes the sizes itself"):
-        eval_transform_for(Mapillary, (512, 1024), "rein")
     with pytest.raises(ConfigError, match=r"eval.classes=17: expected one of null, 19, 16, 13"):
         validate(apply_overrides(load_config(None), ["eval.classes=17"]))
     assert validate(apply_overrides(load_config(None), ["eval.protocol=rein", "eval.classes=13"]))["eval"]["classes"] == 13

@@ -32,9 +32,9 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from ..config import EVAL_DEFAULTS, EVAL_PROTOCOLS as PROTOCOLS
+from ..config import DEFAULTS, EVAL_PROTOCOLS as PROTOCOLS
 
-DEFAULT_PROTOCOL = EVAL_DEFAULTS["protocol"]
+DEFAULT_PROTOCOL = DEFAULTS["eval"]["protocol"]
 
 
 @dataclass(frozen=True)

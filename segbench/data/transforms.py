@@ -18,7 +18,7 @@ from scipy import ndimage
 
 import albumentations as A
 
-from ..config import PHOTOMETRIC_PRESETS, ConfigError
+from ..config import PHOTOMETRIC_PRESETS
 from ..labels import IGNORE_INDEX
 from .base import LABEL_NEAREST
 from .eval_protocols import DEFAULT_PROTOCOL, Geometry, ImageResize, geometry_for
@@ -313,10 +313,8 @@ def build_train_transform(crop_size: Sequence[int], scale_range: Sequence[float]
 
 def eval_transform_for(dataset, size: Sequence[int] | None = None, protocol: str = DEFAULT_PROTOCOL) -> EvalTransform:
     """The eval preset for one dataset under `protocol` (`eval.protocol`, data/eval_protocols.py). An explicit `size`
-    (`eval.size`) replaces the image size of the `native` protocol; the other protocols fix their own sizes."""
+    (`eval.size`) replaces the image size of the `native` protocol; the other protocols fix their own sizes, so the
+    study's validation refuses a size with them (config.SECTION_RULES)."""
     if size:
-        if protocol != DEFAULT_PROTOCOL:
-            raise ConfigError(f"eval.size={list(size)} with eval.protocol={protocol!r}: that protocol fixes the sizes "
-                              f"itself; drop eval.size or use eval.protocol={DEFAULT_PROTOCOL!r}")
         return EvalTransform(size=size)
     return EvalTransform(geometry=geometry_for(dataset, protocol))
