@@ -28,7 +28,7 @@ except ImportError:  # not POSIX: cells run unlocked
 from .config import identity_view
 from .io import DAMAGED_SUFFIX, set_aside, write_json
 from .labels import CLASS_SETS, NUM_CLASSES
-from .spec import Transfer, is_multi_source, source_parts
+from .spec import Transfer, is_multi_source, prepared_parts, source_parts
 
 # --- the files of a cell directory (`results/STUDY/cells/CELL/`) -------------------------------------------------
 CELLS = "cells"  # sub-directory of a study holding one directory per cell
@@ -166,7 +166,7 @@ def _dataset_class(name: str):
     """The registered class of `name` (of its source, for a prepared copy `NAME@WxH`), else None."""
     from .data import DATASETS  # here, not at the top: reading records must not load the data stack (torch)
 
-    name = name.partition("@")[0]
+    name = prepared_parts(name)[0]
     return DATASETS.get(name) if name in DATASETS else None
 
 
@@ -234,7 +234,7 @@ CHECKPOINT_RULE = "last"
 
 def _resolution(name: str) -> str:
     """"native", or the size of the resized copy a `NAME@WxH` source reads."""
-    return name.partition("@")[2] or "native"
+    return prepared_parts(name)[1] or "native"
 
 
 def with_resolved_output_stride(model: dict, head) -> dict:

@@ -15,7 +15,7 @@ from .cells import DONE, ERM, is_done
 from .config import DEFAULTS, EMBEDDED_DEFAULT, ConfigError, apply_overrides, config_problems, experiment_path, \
     load_config, problems_message
 from .errors import command
-from .spec import GRAMMAR, SpecError, parse_specs, source_parts
+from .spec import GRAMMAR, SpecError, is_prepared, parse_specs, prepared_parts, source_parts
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -193,9 +193,9 @@ def dataset_problems(cfg: dict, data_root) -> list[str]:
             uses.setdefault(name, {})["eval.split"] = cfg["eval"]["split"]
     problems = source_weight_problems(cfg["train"].get("source_weights"), [t.source for t in transfers])
     for name, splits in uses.items():
-        if "@" in name:  # a prepared copy: its splits are in its manifest, read when check_datasets opens it
+        if is_prepared(name):  # a prepared copy: its splits are in its manifest, read when check_datasets opens it
             try:
-                parse_size(name.partition("@")[2])
+                parse_size(prepared_parts(name)[1])
             except DatasetError as e:
                 problems.append(f"specs: {name!r}: {e}")
             continue
