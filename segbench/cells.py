@@ -28,6 +28,7 @@ except ImportError:  # not POSIX: cells run unlocked
 from .config import identity_view
 from .io import DAMAGED_SUFFIX, set_aside, write_json
 from .labels import CLASS_SETS, NUM_CLASSES
+from .source_weights import cell_source_weights
 from .spec import Transfer, is_multi_source, prepared_parts, source_parts
 
 # --- the files of a cell directory (`results/STUDY/cells/CELL/`) -------------------------------------------------
@@ -194,19 +195,10 @@ def _source_version(source: str) -> str | dict | None:
 
 
 def source_train_settings(train: dict, source: str) -> dict:
-    """The train section as one cell of `source` sees it. `source_weights` only concerns a union: a single source
-    gets None (so an unrelated setting never changes its id); a union gets {part: weight} for its parts (a list is
-    in spec order; a mapping may name the parts of several unions), so equal weights written either way are one id."""
+    """The train section as one cell of `source` sees it: `source_weights` as the cell keeps it
+    (source_weights.cell_source_weights)."""
     weights = train.get("source_weights")
-    if weights is None:
-        return dict(train)
-    parts = source_parts(source)
-    if len(parts) == 1:
-        return {**train, "source_weights": None}
-    if isinstance(weights, dict):
-        mine = {p: weights[p] for p in parts if p in weights}
-        return {**train, "source_weights": mine if len(mine) == len(parts) else weights}
-    return {**train, "source_weights": dict(zip(parts, weights)) if len(weights) == len(parts) else weights}
+    return dict(train) if weights is None else {**train, "source_weights": cell_source_weights(weights, source)}
 
 
 def plan(cfg: dict, transfers: list[Transfer], backbones: list[str], heads: list[str],

@@ -175,7 +175,7 @@ def dataset_problems(cfg: dict, data_root) -> list[str]:
     from .data import DATASETS, DatasetError, load_plugins
     from .data.plugins import unknown_name_hint
     from .data.cache import parse_size
-    from .data.multisource import source_weight_problems
+    from .source_weights import source_weight_problems
 
     try:
         transfers = parse_specs(_names(cfg["specs"]))
