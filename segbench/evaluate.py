@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         result["source"] = {"preds": str(args.preds), "encoding": args.encoding}
     else:
         from .engine.checkpoint import load_trained_model
-        from .engine.distributed import init_from_env
+        from .distributed import init_from_env
         from .data.base import missing_pairs
         from .engine.scoring import evaluate, prepare_for_scoring, scoring_options
 

@@ -25,7 +25,7 @@ from .data import build_dataset
 from .data.base import missing_pairs
 from .data.multisource import apply_unknown_label_policy_per_source
 from .data.transforms import build_train_transform
-from .engine import distributed as dist_utils
+from . import distributed as dist_utils
 from .engine.checkpoint import load_final_weights, prune_checkpoints
 from .engine.logging import tensorboard_writer
 from .engine.scoring import evaluate, prepare_for_scoring, scoring_options

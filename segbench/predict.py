@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     from .data.base import read_rgb
     from .data.transforms import normalized_tensor
     from .engine.checkpoint import load_trained_model
-    from .engine.distributed import init_from_env
+    from .distributed import init_from_env
     from .engine.inference import predict
     from .engine.scoring import save_prediction
 

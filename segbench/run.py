@@ -501,7 +501,7 @@ def main(argv: list[str] | None = None) -> int:
     for line in loader_warnings(cfg):
         say(line)
 
-    from .engine import distributed as dist_utils
+    from . import distributed as dist_utils
     from .cells import plan
     from .launchers import LAUNCHERS, parse_options
     from .models import BACKBONES, HEADS

@@ -404,7 +404,7 @@ CLAIM_AS_A_RANK = """
 import sys
 from pathlib import Path
 from segbench.cells import CellBusy, lock_holder
-from segbench.engine import distributed
+from segbench import distributed
 from segbench.pipeline import claim_cell
 device = distributed.init_from_env("cpu")
 try:

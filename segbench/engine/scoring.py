@@ -27,7 +27,7 @@ from ..data.workers import worker_init_fn
 from ..io import save_npz, write_bytes
 from ..labels import IGNORE_INDEX, NUM_CLASSES, colorize, ids_to_train_ids, scored_classes
 from ..metrics import ConfusionMatrix
-from . import distributed as dist_utils
+from .. import distributed as dist_utils
 from .inference import predict
 
 

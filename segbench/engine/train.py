@@ -18,7 +18,7 @@ from ..data.workers import worker_init_fn
 from ..data.transforms import normalized_tensor
 from ..labels import IGNORE_INDEX
 from ..methods.base import Batch, Method, TrainRun
-from . import distributed as dist_utils
+from .. import distributed as dist_utils
 from .logging import ScalarLog
 from .checkpoint import check_same_config, load_latest_checkpoint, save_checkpoint
 
