@@ -37,9 +37,10 @@ def _segbench(capsys, *argv):
 
 
 def _one_clean_line(err, *names):
-    """stderr is one message (a first line naming every one of `names`), with no traceback."""
+    """stderr ends in one message (a first line `segbench COMMAND: ...` naming every one of `names`; what a run prints
+    about the study and its data as it starts comes before it), with no traceback."""
     assert "Traceback" not in err, err
-    first = err.strip().splitlines()[0]
+    first = [line for line in err.strip().splitlines() if line.startswith("segbench ")][-1]
     for name in names:
         assert str(name) in first, (name, err)
     return first
