@@ -17,9 +17,11 @@ from typing import Callable
 import torch
 
 from . import __version__
-from .cells import CHECKPOINTS, CONFIG, DONE, FINAL_WEIGHTS, PREDS, TENSORBOARD, TRAIN_LOG, Cell, CellBusy, \
-    DamagedRecordWarning, cell_lock, cell_record, confusion_path, damaged_confusions, missing_targets, \
-    protocol_card, target_protocol, write_record
+from .cells import CHECKPOINTS, CONFIG, DONE, FINAL_WEIGHTS, PREDS, TENSORBOARD, TRAIN_LOG, Cell
+from .lock import CellBusy, cell_lock
+from .protocol_card import protocol_card, target_protocol
+from .record import DamagedRecordWarning, cell_record, confusion_path, damaged_confusions, missing_targets, \
+    write_record
 from .config import identity_view, train_settings
 from .data import build_dataset
 from .data.base import missing_pairs
@@ -56,7 +58,7 @@ def provenance(device: torch.device) -> dict:
 
 @contextmanager
 def claim_cell(cell_dir: Path, device: torch.device):
-    """Hold the cell's lock (cells.cell_lock) for every rank of this job, or raise CellBusy on every rank: the first
+    """Hold the cell's lock (lock.cell_lock) for every rank of this job, or raise CellBusy on every rank: the first
     rank takes it and tells the others. Once it is held no other process writes here, so the temp files of a save
     that a killed run left behind are removed."""
     with ExitStack() as held:

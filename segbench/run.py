@@ -11,7 +11,9 @@ import shlex
 import sys
 from pathlib import Path
 
-from .cells import DONE, ERM, is_done
+from .cells import DONE
+from .config import ERM
+from .record import is_done
 from .config import DEFAULTS, EMBEDDED_DEFAULT, ConfigError, apply_overrides, config_problems, experiment_path, \
     load_config, problems_message
 from .errors import command

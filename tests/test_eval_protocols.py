@@ -16,7 +16,8 @@ from PIL import Image, ImageOps
 import label_tables as lt
 import minitrees as mt
 from segbench import pipeline
-from segbench.cells import DONE, FINAL_WEIGHTS, is_done, missing_targets, new_record, plan, write_record
+from segbench.cells import DONE, FINAL_WEIGHTS, plan
+from segbench.record import is_done, missing_targets, new_record, write_record
 from segbench.config import ADDED_SETTINGS, EVAL_CLASS_SETS, EVAL_PROTOCOLS, ConfigError, apply_overrides, \
     load_config, validate
 from segbench.data import DATASETS

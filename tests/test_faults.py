@@ -22,8 +22,9 @@ from segbench import evaluate as evaluate_cli
 from segbench import io as io_mod
 from segbench import pipeline
 from segbench import study as study_mod
-from segbench.cells import CHECKPOINTS, DONE, FINAL_WEIGHTS, LOCK, RECORD, SLURM_JOB, CellBusy, cell_lock, \
-    lock_holder, new_record, plan, write_record
+from segbench.cells import CHECKPOINTS, DONE, FINAL_WEIGHTS, LOCK, RECORD, SLURM_JOB, plan
+from segbench.lock import CellBusy, cell_lock, lock_holder
+from segbench.record import new_record, write_record
 from segbench.config import EMBEDDED_DEFAULT, TrainSettings, load_config
 from segbench.data import build_dataset
 from segbench.data.adapters import synthetic
@@ -403,7 +404,7 @@ def test_the_lock_is_held_while_the_cell_runs(tmp_path, tiny_model, monkeypatch)
 CLAIM_AS_A_RANK = """
 import sys
 from pathlib import Path
-from segbench.cells import CellBusy, lock_holder
+from segbench.lock import CellBusy, lock_holder
 from segbench import distributed
 from segbench.pipeline import claim_cell
 device = distributed.init_from_env("cpu")
@@ -582,7 +583,8 @@ def test_a_malformed_record_is_kept_aside_and_what_is_readable_carried_over(tmp_
 def test_a_damaged_per_image_file_is_kept_aside_and_its_target_scored_again(tmp_path, tiny_model, tiny_sim, damage):
     import numpy as np
 
-    from segbench.cells import CONFUSION, is_done
+    from segbench.cells import CONFUSION
+    from segbench.record import is_done
     from segbench.report.bootstrap import load_image_confusions
 
     cell, cell_dir = _finished_cell(tmp_path)

@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from segbench import run
-from segbench.cells import ERM, plan
+from segbench.cells import plan
+from segbench.config import ERM
 from segbench.config import ConfigError, apply_overrides, load_config
 from segbench.data.adapters import synthetic
 from segbench.data.transforms import build_train_transform
@@ -67,7 +68,7 @@ def test_a_methods_revision_gives_its_cells_new_ids_and_its_records_name_it():
     assert after["mixstyle"].cell_id == before["mixstyle"].cell_id and after[ERM].cell_id == before[ERM].cell_id
     assert after["iw"].training_identity()["method"]["revision"] == 2
     assert "revision" not in after["mixstyle"].training_identity()["method"]
-    from segbench.cells import new_record, record_type_problem
+    from segbench.record import new_record, record_type_problem
 
     record = new_record(after["iw"])
     assert record["method"] == {"name": "iw", "options": method_options("iw"), "revision": 2}

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from segbench import run
-from segbench.cells import RecordError, missing_targets, new_record, plan, write_record
+from segbench.cells import plan
+from segbench.record import RecordError, missing_targets, new_record, write_record
 from segbench.config import DEFAULTS, ConfigError, TrainSettings, apply_overrides, validate
 from segbench.data import build_dataset
 from segbench.data.adapters import synthetic

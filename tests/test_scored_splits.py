@@ -11,7 +11,10 @@ import torch
 
 import minitrees as mt
 from segbench import pipeline, run
-from segbench.cells import FINAL_WEIGHTS, identity_view, is_done, new_record, plan, protocol_card, write_record
+from segbench.cells import FINAL_WEIGHTS, plan
+from segbench.config import identity_view
+from segbench.protocol_card import protocol_card
+from segbench.record import is_done, new_record, write_record
 from segbench.config import apply_overrides, load_config
 from segbench.data import build_dataset
 from segbench.data.adapters import synthetic

@@ -12,7 +12,8 @@ from typing import Sequence
 
 import torch
 
-from ..cells import CELLS, read_record
+from ..cells import CELLS
+from ..record import read_record
 from ..engine.checkpoint import resolve
 from ..io import write_text
 from ..labels import CLASS_NAMES

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import torch
 
-from ..cells import CHECKPOINTS, ERM, FINAL_WEIGHTS, RECORD, RecordError, read_record
+from ..cells import CHECKPOINTS, FINAL_WEIGHTS, RECORD
+from ..config import ERM
+from ..record import RecordError, read_record
 from ..io import DAMAGED_SUFFIX, DamagedFileError, UnsafeFileError, load_torch, save_torch, set_aside
 from ..methods import build_method
 from ..models import create_model

@@ -29,7 +29,7 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from ..cells import load_records
+from ..record import load_records
 from ..io import write_text
 from . import plots, tables
 from .bootstrap import absent_from_ground_truth, bootstrap_csv, cell_intervals
