@@ -20,7 +20,7 @@ from .io import DAMAGED_SUFFIX, set_aside, write_json
 if TYPE_CHECKING:
     from .cells import Cell
 
-# --- the record --------------------------------------------------------------------------------------------------------
+# --- the record -------------------------------------------------------------------------------------------------------
 #: Every field of `record.json`, written down once. `new_record` creates them; readers may rely on the required ones.
 RECORD_FIELDS = {
     "cell_id": "hash of the cell's training identity (Cell.cell_id)",

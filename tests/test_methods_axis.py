@@ -11,14 +11,14 @@ from torch import nn
 
 from segbench import run
 from segbench.cells import plan
-from segbench.config import ERM
-from segbench.config import ConfigError, apply_overrides, load_config
+from segbench.config import ERM, ConfigError, apply_overrides, load_config
 from segbench.data.adapters import synthetic
 from segbench.data.transforms import build_train_transform
 from segbench.methods import (METHODS, PLUGINS_ENV, InstanceWhitening, Method, MethodError, SwitchWhiten2d, TrainRun,
                               build_method, method_options)
 from segbench.models import create_model
 from segbench.spec import parse_specs
+from segbench.validation import validate_study
 
 TINY = ["--set", "train.iters=2", "--set", "train.batch_size=2", "--set", "train.crop=[32,64]",
         "--set", "train.workers=0", "--set", "train.ckpt_every=0", "--set", "model.pretrained=null",
@@ -107,7 +107,7 @@ def test_methods_and_their_options_from_the_command_line(tmp_path, capsys):
 def test_bad_method_settings_name_the_key_and_the_valid_choices(methods, settings, expected):
     cfg = {**load_config("embedded"), "methods": methods, "method": settings}
     with pytest.raises(ConfigError) as e:
-        run.validate_study(cfg, None)
+        validate_study(cfg, None)
     assert expected in str(e.value)
 
 

@@ -25,6 +25,7 @@ from segbench.data.sampler import MIN_BLOCK, MultiSourceStreamSampler, SeededStr
 from segbench.engine.train import make_loader
 from segbench.source_weights import source_weight_problems, weights_per_part
 from segbench.spec import SpecError, Transfer, parse_spec, parse_specs
+from segbench.validation import validate_study
 
 SPEC = "gta5+synthia->cityscapes,bdd100k,mapillary"
 
@@ -127,7 +128,7 @@ def test_bad_source_weights_are_named_before_any_work(tmp_path):
         cfg.update(specs=specs)
         cfg["train"]["source_weights"] = weights
         with pytest.raises(ConfigError) as e:
-            run.validate_study(cfg, tmp_path)
+            validate_study(cfg, tmp_path)
         return str(e.value)
 
     said = problems([SPEC], {"gta5": 1, "synthai": 1})
