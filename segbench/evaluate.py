@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
                                       ecfg["missing_pairs"])
         result["source"] = {"preds": str(args.preds), "encoding": args.encoding}
     else:
-        from .engine.checkpoint import load_trained_model
+        from .network import load_trained_model
         from .distributed import init_from_env
         from .data.base import missing_pairs
         from .engine.scoring import evaluate, prepare_for_scoring, scoring_options

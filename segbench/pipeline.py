@@ -22,7 +22,7 @@ from .lock import CellBusy, cell_lock
 from .protocol_card import protocol_card, target_protocol
 from .record import DamagedRecordWarning, cell_record, confusion_path, damaged_confusions, missing_targets, \
     write_record
-from .config import identity_view, train_settings
+from .config import identity_view, model_settings, train_settings
 from .data import build_dataset
 from .data.base import missing_pairs
 from .data.multisource import apply_unknown_label_policy_per_source
@@ -33,8 +33,7 @@ from .engine.logging import tensorboard_writer
 from .engine.scoring import evaluate, prepare_for_scoring, scoring_options
 from .engine.train import train
 from .io import remove_stale_temp_files, save_torch, set_aside, write_json
-from .methods import build_method
-from .models import create_model
+from .network import build_cell_model
 from .models.pretrained import init_record
 
 
@@ -135,10 +134,8 @@ def train_and_score(cell: Cell, cell_dir: Path, *, data_root, device: torch.devi
     torch.manual_seed(cell.seed)
     # ImageNet weights only matter before training; a trained cell's own weights replace them anyway
     open_target = target_opener(cell, data_root)
-    model = create_model(cell.backbone, head=cell.head, output_stride=cell.model.get("output_stride"),
-                         pretrained=None if trained else cell.model.get("pretrained"), aux=cell.model.get("aux", False))
-    method = build_method(cell.method, cell.method_options)
-    method.build(model)  # before any weights go in: a method's modules and buffers are part of them
+    model, method = build_cell_model(cell.backbone, cell.head, model_settings(cell.model), cell.method,
+                                     cell.method_options, pretrained=not trained)
     if trained:
         model.load_state_dict(final_state)
     else:

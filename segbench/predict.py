@@ -2,7 +2,7 @@
 
 Each image becomes OUT/NAME.png, a trainId PNG (what `segbench evaluate --preds` reads back; a folder's images keep
 their sub-folders), and with --overlay OUT/NAME_overlay.png, the Cityscapes palette blended half and half with the
-image. The model is rebuilt from the cell's record (engine/checkpoint.py) and predicts as its cell was scored
+image. The model is rebuilt from the cell's record (network.py) and predicts as its cell was scored
 (eval.mode, window, stride, flip, scales), unless --set says otherwise; every image is read at its own size.
 """
 from __future__ import annotations
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from .data.base import read_rgb
     from .data.transforms import normalized_tensor
-    from .engine.checkpoint import load_trained_model
+    from .network import load_trained_model
     from .distributed import init_from_env
     from .engine.inference import predict
     from .engine.scoring import save_prediction

@@ -140,11 +140,14 @@ def method_problems(cfg: dict) -> list[str]:
 def placement_problems(cfg: dict) -> list[str]:
     """Sources a method cannot train on (Method.source_problem: cross-domain MixStyle on one domain), and backbone x
     head x method combinations where a method cannot place its modules (a whitening layer where IBN-b already has an
-    IN), found by building each on the meta device (shapes only, instant); all before any work."""
+    IN), found by building each network as its cells build it (network.py, aux head included) on the meta device
+    (shapes only, instant); all before any work."""
     import torch
 
+    from .config import model_settings
     from .methods import METHODS, MethodError, OptionError, build_method, method_options
-    from .models import BACKBONES, HEADS, create_model
+    from .models import BACKBONES, HEADS
+    from .network import build_network
 
     problems, methods = [], {}
     for name in METHODS.expand(cfg["methods"]):
@@ -163,9 +166,9 @@ def placement_problems(cfg: dict) -> list[str]:
                 if name == ERM:
                     continue
                 with torch.device("meta"):
-                    model = create_model(backbone, head, output_stride=cfg["model"]["output_stride"])
+                    network = build_network(backbone, head, model_settings(cfg["model"]), pretrained=False)
                     try:
-                        build_method(name, options).build(model)
+                        build_method(name, options).build(network)
                     except MethodError as e:
                         if isinstance(e, OptionError):  # an unknown place or mode: wrong on every backbone
                             problems.append(option_problem(name, e))

@@ -15,7 +15,7 @@ from PIL import Image, ImageOps
 
 import label_tables as lt
 import minitrees as mt
-from segbench import pipeline
+from segbench import network, pipeline
 from segbench.cells import DONE, FINAL_WEIGHTS, plan
 from segbench.record import is_done, missing_targets, new_record, write_record
 from segbench.config import ADDED_SETTINGS, EVAL_CLASS_SETS, EVAL_PROTOCOLS, ConfigError, apply_overrides, \
@@ -214,7 +214,7 @@ def synthia_and_cityscapes(tmp_path, monkeypatch):
     data_root = tmp_path / "data"
     mt.make_synthia(data_root / "synthia", count=4)
     mt.make_cityscapes(data_root / "cityscapes")
-    monkeypatch.setattr(pipeline, "create_model", lambda *a, **k: PixelModel())
+    monkeypatch.setattr(network, "create_model", lambda *a, **k: PixelModel())
     return data_root
 
 
@@ -241,11 +241,11 @@ def test_synthia_to_cityscapes_study_scores_16_classes(tmp_path, synthia_and_cit
     # `segbench evaluate` on the cell scores under the settings the cell was scored under: 16 classes again
     import json
 
-    import segbench.engine.checkpoint as checkpoint_mod
+    import segbench.network as network_mod
     from segbench.evaluate import main as evaluate_main
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(checkpoint_mod, "create_model", lambda *a, **k: PixelModel())
+        mp.setattr(network_mod, "create_model", lambda *a, **k: PixelModel())
         out = tmp_path / "evaluate.json"
         assert evaluate_main([str(cell_dir), "--dataset", "cityscapes", "--data-root", str(synthia_and_cityscapes),
                               "--device", "cpu", "--output", str(out)]) == 0

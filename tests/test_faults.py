@@ -20,7 +20,7 @@ import torch
 
 from segbench import evaluate as evaluate_cli
 from segbench import io as io_mod
-from segbench import pipeline
+from segbench import network, pipeline
 from segbench import study as study_mod
 from segbench.cells import CHECKPOINTS, DONE, FINAL_WEIGHTS, LOCK, RECORD, SLURM_JOB, plan
 from segbench.lock import CellBusy, cell_lock, lock_holder
@@ -31,9 +31,10 @@ from segbench.data.adapters import synthetic
 from segbench.data.transforms import build_train_transform
 from segbench.engine import train as train_mod
 from segbench.engine.checkpoint import CheckpointError, DamagedCheckpoint, checkpoint_path, list_checkpoints, \
-    load_checkpoint, load_trained_model
+    load_checkpoint
 from segbench.io import DiskFullError, NotWritableError, remove_stale_temp_files, save_torch, write_text
 from segbench.launchers import LAUNCHERS
+from segbench.network import load_trained_model
 from segbench.spec import parse_specs
 from segbench.study import run_study
 from tiny_models import PixelModel
@@ -190,7 +191,7 @@ def test_stale_temp_files_of_the_atomic_writer_are_removed(tmp_path):
 @pytest.fixture
 def tiny_model(monkeypatch):
     """run_cell builds PixelModel instead of a ResNet: the cell paths under test only load and save weights."""
-    monkeypatch.setattr(pipeline, "create_model", lambda *a, **k: PixelModel())
+    monkeypatch.setattr(network, "create_model", lambda *a, **k: PixelModel())
 
 
 def test_starting_a_cell_removes_temp_files_a_killed_save_left(tmp_path, tiny_model):

@@ -303,7 +303,7 @@ def test_a_method_defined_outside_segbench_runs_in_a_study(tmp_path, monkeypatch
                          "--set", "method.featnoise.std=0.2", *TINY]) == 0
         assert "2 finished cell(s) skipped" in capsys.readouterr().out
 
-        from segbench.engine.checkpoint import load_trained_model
+        from segbench.network import load_trained_model
 
         (cell,) = (tmp_path / "r/ext/cells").glob("*+featnoise*")
         model, _ = load_trained_model(cell)

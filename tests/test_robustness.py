@@ -235,9 +235,9 @@ def sim_cell(*overrides: str):
 @pytest.fixture
 def pixel_model(monkeypatch, one_thread):
     """Cells train a 1x1 conv: what is tested here is the data path, in well under a second."""
-    from segbench import pipeline
+    from segbench import network
 
-    monkeypatch.setattr(pipeline, "create_model", lambda *a, **k: PixelModel())
+    monkeypatch.setattr(network, "create_model", lambda *a, **k: PixelModel())
 
 
 def test_training_stops_naming_the_file_value_and_fix(tmp_path, pixel_model):

@@ -14,9 +14,9 @@ import torch
 
 from ..cells import CELLS
 from ..record import read_record
-from ..engine.checkpoint import resolve
 from ..io import write_text
 from ..labels import CLASS_NAMES
+from ..network import resolve
 from ..spec import prepared_parts
 from .appearance import TRANSFORMS, ImageTransform, parse_transform_spec, style_statistics
 from .loading import load_models

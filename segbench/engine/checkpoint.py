@@ -7,14 +7,8 @@ import re
 import warnings
 from pathlib import Path
 
-import torch
-
-from ..cells import CHECKPOINTS, FINAL_WEIGHTS, RECORD
-from ..config import ERM
-from ..record import RecordError, read_record
+from ..cells import FINAL_WEIGHTS
 from ..io import DAMAGED_SUFFIX, DamagedFileError, UnsafeFileError, load_torch, save_torch, set_aside
-from ..methods import build_method
-from ..models import create_model
 
 _NAME = re.compile(r"^iter_(\d+)\.pt$")
 TRAINING_STATE = ("iteration", "identity", "model", "optimizer", "rng_cpu")  # what train() resumes from
@@ -152,53 +146,3 @@ class UnsafeCheckpoint(CheckpointError):
 
 class DamagedCheckpointWarning(UserWarning):
     """A damaged training checkpoint was set aside and an earlier one used."""
-
-
-def resolve(path: Path) -> tuple[Path, Path]:
-    """Cell directory or weights file -> (weights, record.json of its cell), both checked to exist."""
-    path = Path(path)
-    weights = path / FINAL_WEIGHTS if path.is_dir() else path
-    if not weights.is_file():
-        raise CheckpointError(f"{weights}: no such file; pass a finished cell directory (with {FINAL_WEIGHTS}), "
-                              "its weights file, or a checkpoints/iter_*.pt file")
-    cell = weights.parent.parent if weights.parent.name == CHECKPOINTS else weights.parent
-    record = cell / RECORD
-    if not record.is_file():
-        raise CheckpointError(f"{record}: missing; the model is rebuilt from the cell record beside {weights.name}")
-    return weights, record
-
-
-def load_trained_model(path: Path, device: torch.device | str = "cpu") -> tuple[torch.nn.Module, dict]:
-    """The model of a finished (or checkpointed) cell in eval mode, weights loaded strictly; plus its record.
-
-    Accepts a cell directory, its model_final.pt, or a checkpoints/iter_*.pt training checkpoint. Nothing is
-    downloaded: the architecture is rebuilt with pretrained=None before the trained weights go in.
-    """
-    weights, record_path = resolve(path)
-    try:
-        record = read_record(record_path)
-    except RecordError as e:
-        raise CheckpointError(str(e)) from None
-    cfg = record["config"]["model"]
-    method = record.get("method") or {"name": ERM, "options": {}}
-    try:
-        model = create_model(record["backbone"], head=record["head"], output_stride=cfg.get("output_stride"),
-                             pretrained=None, aux=cfg.get("aux", False))
-        build_method(method["name"], method.get("options")).build(model)  # its modules hold trained weights too
-    except (KeyError, ValueError) as e:
-        text = e.args[0] if isinstance(e, KeyError) and e.args else e  # a KeyError's str() quotes its message
-        raise CheckpointError(f"{record_path}: cannot build backbone {record['backbone']!r} head "
-                              f"{record['head']!r} method {method.get('name')!r}: {text}") from None
-    try:
-        state = load_checkpoint(weights)
-    except (DamagedCheckpoint, UnsafeCheckpoint) as e:
-        raise CheckpointError(f"{e}; {repair_hint(weights)}") from None
-    if isinstance(state, dict) and isinstance(state.get("model"), dict):
-        state = state["model"]  # a training checkpoint rather than the final state dict
-    result = model.load_state_dict(state, strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        more = lambda keys: f"{keys[:5]}{'...' if len(keys) > 5 else ''}"  # noqa: E731
-        raise CheckpointError(
-            f"{weights}: weights do not match {record['backbone']} + {record['head']} described by {record_path}: "
-            f"missing {more(result.missing_keys)}, unexpected {more(result.unexpected_keys)}")
-    return model.eval().to(device), record
