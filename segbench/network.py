@@ -12,7 +12,8 @@ import torch
 
 from .cells import CHECKPOINTS, FINAL_WEIGHTS, RECORD
 from .config import ERM, ModelSettings, model_settings
-from .engine.checkpoint import CheckpointError, DamagedCheckpoint, UnsafeCheckpoint, load_checkpoint, repair_hint
+from .engine.checkpoint import CheckpointError, DamagedCheckpoint, UnsafeCheckpoint, load_checkpoint, model_weights, \
+    repair_hint
 from .methods import Method, build_method
 from .models import create_model
 from .record import RecordError, read_record, record_method
@@ -73,9 +74,7 @@ def load_trained_model(path: Path, device: torch.device | str = "cpu") -> tuple[
         state = load_checkpoint(weights)
     except (DamagedCheckpoint, UnsafeCheckpoint) as e:
         raise CheckpointError(f"{e}; {repair_hint(weights)}") from None
-    if isinstance(state, dict) and isinstance(state.get("model"), dict):
-        state = state["model"]  # a training checkpoint rather than the final state dict
-    result = model.load_state_dict(state, strict=False)
+    result = model.load_state_dict(model_weights(state, weights), strict=False)
     if result.missing_keys or result.unexpected_keys:
         more = lambda keys: f"{keys[:5]}{'...' if len(keys) > 5 else ''}"  # noqa: E731
         raise CheckpointError(

@@ -5,13 +5,55 @@ from __future__ import annotations
 
 import re
 import warnings
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..cells import FINAL_WEIGHTS
 from ..io import DAMAGED_SUFFIX, DamagedFileError, UnsafeFileError, load_torch, save_torch, set_aside
 
+if TYPE_CHECKING:
+    import torch
+
 _NAME = re.compile(r"^iter_(\d+)\.pt$")
-TRAINING_STATE = ("iteration", "identity", "model", "optimizer", "rng_cpu")  # what train() resumes from
+
+
+@dataclass(kw_only=True)
+class TrainingState:
+    """A training checkpoint, key by key, written down once: what engine/train.py saves and resumes from. The fields
+    without a default are in every checkpoint; the others came later, and a checkpoint written before one of them
+    resumes with its default."""
+
+    iteration: int  # optimizer steps done
+    identity: dict  # the training identity of the run that wrote it: a run resumes only from its own
+    model: dict  # state dicts
+    optimizer: dict
+    scaler: dict | None = None  # the GradScaler's, under fp16 autocast
+    rng_cpu: torch.Tensor
+    rng_cuda: torch.Tensor | None = None
+    train_seconds: float = 0.0  # what the launches up to `iteration` trained: seconds and images (record["training"])
+    train_images: int = 0
+    launches: list = field(default_factory=list)
+    curves: dict | None = field(default_factory=dict)  # under eval.every: {target: [[iteration, miou], ...]}
+    eval_seconds: float = 0.0
+
+    @classmethod
+    def missing(cls, state) -> list[str]:
+        """The keys every training checkpoint holds that `state` lacks (all of them when it is no mapping)."""
+        return [f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING
+                and not (isinstance(state, dict) and f.name in state)]
+
+    @classmethod
+    def from_checkpoint(cls, state: dict, path: Path) -> "TrainingState":
+        """A loaded checkpoint file as a TrainingState; DamagedCheckpoint when it is not a training checkpoint."""
+        missing = cls.missing(state)
+        if missing:
+            raise DamagedCheckpoint(f"{path}: not a training checkpoint (no {', '.join(missing)})")
+        return cls(**{f.name: state[f.name] for f in fields(cls) if f.name in state})
+
+    def to_checkpoint(self) -> dict:
+        """What the checkpoint file holds: every field by name (tensors as they are, not copied)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 class CheckpointMismatch(RuntimeError):
@@ -50,6 +92,12 @@ def load_checkpoint(path: Path, map_location="cpu") -> dict:
         raise DamagedCheckpoint(f"{path}: {e}") from None
 
 
+def model_weights(state, path: Path):
+    """The model's state dict in a weights file segbench wrote: model_final.pt is one, a training checkpoint holds it
+    as its `model`."""
+    return TrainingState.from_checkpoint(state, path).model if not TrainingState.missing(state) else state
+
+
 def repair_hint(path: Path) -> str:
     """What to do about a weights file that cannot be loaded, given where it is."""
     if Path(path).name == FINAL_WEIGHTS:
@@ -58,7 +106,7 @@ def repair_hint(path: Path) -> str:
     return f"pass a {FINAL_WEIGHTS} or checkpoints/iter_*.pt that segbench wrote"
 
 
-def load_latest_checkpoint(directory: Path, set_damaged_aside: bool = True) -> tuple[Path, dict] | None:
+def load_latest_checkpoint(directory: Path, set_damaged_aside: bool = True) -> tuple[Path, TrainingState] | None:
     """The newest training checkpoint that loads, with its path; None when there is none.
 
     A damaged one (truncated by a full disk or a copy cut short), or one holding objects weights_only refuses (a
@@ -68,11 +116,7 @@ def load_latest_checkpoint(directory: Path, set_damaged_aside: bool = True) -> t
     """
     for _, path in reversed(list_checkpoints(directory)):
         try:
-            state = load_checkpoint(path)
-            missing = [k for k in TRAINING_STATE if not isinstance(state, dict) or k not in state]
-            if missing:
-                raise DamagedCheckpoint(f"{path}: not a training checkpoint (no {', '.join(missing)})")
-            return path, state
+            return path, TrainingState.from_checkpoint(load_checkpoint(path), path)
         except FileNotFoundError:  # set aside by the first rank meanwhile
             continue
         except (DamagedCheckpoint, UnsafeCheckpoint) as e:
