@@ -40,6 +40,11 @@ PHOTOMETRIC_PRESETS: dict[str, dict[str, Any]] = {
 #: (RobustNet's `dsn` head, loss at its own resolution); models/heads.py aux_head builds each
 AUX_KINDS = (False, True, "robustnet")
 
+#: `train.unknown_labels`: what reading a label with values outside its dataset's table does: "error" refuses it
+#: (data/base.py UnknownLabelError), "ignore" maps the values to the ignore index (training only, after counting them
+#: for the record: data/label_scan.py apply_unknown_label_policy)
+UNKNOWN_LABEL_POLICIES = ("error", "ignore")
+
 #: `eval.protocol`: how each target's image and label are resized or cropped for scoring (data/eval_protocols.py)
 EVAL_PROTOCOLS = ("native", "robustnet", "rein")
 #: `eval.classes`: the class set every target's mIoU averages over (labels.CLASS_SETS); None: each dataset's own
@@ -375,7 +380,7 @@ class TrainSettings:
     #: them over the whole split (record["training"]["unknown_label_pixels"], "unknown_label_files",
     #: "unknown_label_values"). Evaluation always refuses them. Not part of the cell id: a run that succeeds under
     #: "error" computes exactly what it would under "ignore".
-    unknown_labels: str = setting("error", one_of("error", "ignore"), identity=False)
+    unknown_labels: str = setting("error", one_of(*UNKNOWN_LABEL_POLICIES), identity=False)
     #: train on a split that shares frames with `eval.split` (the same split, or a dataset's `all`): the in-domain
     #: column is then scored on training images, so the study's validation refuses it unless this is true, and the
     #: protocol card and the table footer say so. Not part of the cell id: it decides nothing about the weights.

@@ -174,8 +174,6 @@ def test_protocol_tables_name_registered_datasets_and_default_to_native():
     for protocol in EVAL_PROTOCOLS:  # a prepared copy and an unlisted dataset: native
         assert geometry_for(Named("mapillary@1024x768"), protocol) == ImageResize()
         assert geometry_for(Named("synthia"), protocol) == ImageResize()
-    with pytest.raises(ValueError, match="unknown eval protocol 'mmseg'"):
-        geometry_for(Named("mapillary"), "mmseg")
 
 
 def test_protocol_settings_are_checked_before_any_work():

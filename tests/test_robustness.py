@@ -211,12 +211,12 @@ def test_unknown_label_scan_is_cached_and_sees_a_rewritten_label(tmp_path):
     assert count_unknown_labels(ds).pixels == 7
 
 
-def test_unknown_label_policy_must_be_known(tmp_path):
-    from segbench.data.label_scan import apply_unknown_label_policy
+def test_unknown_label_policy_must_be_known():
+    """Checked once, with every other setting, before any dataset is opened."""
+    from segbench.config import ConfigError, apply_overrides, load_config, validate
 
-    ds = build_dataset("sim", "train", root=tmp_path / "data")
-    with pytest.raises(DatasetError, match=r"train.unknown_labels.*'skip'.*error, ignore"):
-        apply_unknown_label_policy(ds, "skip")
+    with pytest.raises(ConfigError, match=r"train.unknown_labels='skip': expected one of 'error', 'ignore'"):
+        validate(apply_overrides(load_config(None), ["train.unknown_labels=skip"]))
 
 
 # ------------------------------------------------------------------------------------------------ through a cell

@@ -19,6 +19,7 @@ import cv2
 import numpy as np
 import torch.utils.data
 
+from ..config import UNKNOWN_LABEL_POLICIES
 from ..labels import IGNORE_INDEX, NUM_CLASSES
 from .registry import DATA_ROOT_ENV, DATASETS, DEFAULT_DATA_ROOT
 
@@ -83,9 +84,6 @@ PROBLEM_KINDS = ("missing label", "missing image", "unreadable", "size mismatch"
 MISSING_PAIR_KINDS = ("missing label", "missing image")
 #: how many offending files a construction-time warning names before it abbreviates
 WARN_NAMES = 20
-#: what reading a label with values outside the table does: "error" refuses it (UnknownLabelError), "ignore" maps the
-#: values to IGNORE_INDEX (training only, after counting them for the record: `label_scan.apply_unknown_label_policy`)
-UNKNOWN_LABEL_POLICIES = ("error", "ignore")
 
 
 def missing_pairs(dataset) -> list[Problem]:

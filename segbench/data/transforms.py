@@ -55,9 +55,7 @@ class RandomScaleCrop:
 
     def __init__(self, crop_size: Sequence[int], scale_range: Sequence[float]):
         self.crop_h, self.crop_w = int(crop_size[0]), int(crop_size[1])
-        self.lo, self.hi = float(scale_range[0]), float(scale_range[1])
-        if not 0 < self.lo <= self.hi:
-            raise ValueError(f"scale_range must satisfy 0 < low <= high, got {scale_range}")
+        self.lo, self.hi = float(scale_range[0]), float(scale_range[1])  # 0 < lo <= hi: `train.scale_range`'s rule
 
     def _window(self, rng: np.random.Generator, size: int, crop: int, s: float, anchor: int | None = None):
         """Source interval [a, b) and its output length for one axis; with `anchor`, the window covers that pixel."""
