@@ -1,7 +1,8 @@
 """One cell, top to bottom: dataset -> transforms -> model -> train -> score every target -> record.
 
 Read it like torchvision's `references/segmentation/train.py` `main()`: each step is one call into the module that owns
-it (data/factory, data/transforms, models/factory, engine/train, engine/scoring, cells).
+it (data/factory, data/transforms, network (models/factory, methods), engine/train, engine/scoring, record and
+protocol_card).
 """
 from __future__ import annotations
 
@@ -17,24 +18,24 @@ from typing import Callable
 import torch
 
 from . import __version__
+from . import distributed as dist_utils
 from .cells import CHECKPOINTS, CONFIG, DONE, FINAL_WEIGHTS, PREDS, TENSORBOARD, TRAIN_LOG, Cell
-from .lock import CellBusy, cell_lock
-from .protocol_card import protocol_card, target_protocol
-from .record import DamagedRecordWarning, cell_record, confusion_path, damaged_confusions, missing_targets, \
-    write_record
 from .config import identity_view, model_settings, train_settings
 from .data import build_dataset
 from .data.base import missing_pairs
 from .data.multisource import apply_unknown_label_policy_per_source
 from .data.transforms import build_train_transform
-from . import distributed as dist_utils
 from .engine.checkpoint import load_final_weights, prune_checkpoints
 from .engine.logging import tensorboard_writer
 from .engine.scoring import evaluate, prepare_for_scoring, scoring_options
 from .engine.train import train
 from .io import remove_stale_temp_files, save_torch, set_aside, write_json
-from .network import build_cell_model
+from .lock import CellBusy, cell_lock
 from .models.pretrained import init_record
+from .network import build_cell_model
+from .protocol_card import protocol_card, target_protocol
+from .record import DamagedRecordWarning, cell_record, confusion_path, damaged_confusions, missing_targets, \
+    write_record
 
 
 def git_commit() -> str | None:

@@ -18,11 +18,11 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from .cells import LAUNCHER_LOG, SLURM_JOB, Cell
-from .lock import CellBusy, lock_holder
-from .record import is_done
 from .io import check_writable
 from .launchers import Job, Launched, last_line
+from .lock import CellBusy, lock_holder
 from .pipeline import run_cell
+from .record import is_done
 
 # Options of the study's command line that a worker must not inherit: value count (-1 = all following non-options).
 # --analyze runs once, in the study's process, over every finished cell: a worker would analyse its one cell and

@@ -22,10 +22,10 @@ from torch import nn
 
 import segbench.engine.scoring as evaluate_mod
 import segbench.engine.train as train_mod
+from segbench import distributed as dist_utils
 from segbench.config import TrainSettings
 from segbench.data import build_dataset
 from segbench.data.transforms import EvalTransform, build_train_transform
-from segbench import distributed as dist_utils
 from segbench.methods import build_method
 
 NUM_CLASSES = 19

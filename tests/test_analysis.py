@@ -12,8 +12,8 @@ import pytest
 import torch
 
 import minitrees as mt
-from segbench.analysis.appearance import TRANSFORMS, ImageTransform, StyleStats, conditions, style_statistics, _lab
 from segbench.analysis import run_analyses
+from segbench.analysis.appearance import TRANSFORMS, ImageTransform, StyleStats, conditions, style_statistics, _lab
 from segbench.analysis.cli import build_parser, main
 from segbench.analysis.divergence import content_split, feature_points, measure
 from segbench.analysis.loading import load_model

@@ -21,8 +21,8 @@ import torch.distributed as dist
 import torch.nn as nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from segbench.config import EvalSettings, TrainSettings
 from segbench import distributed as dist_utils
+from segbench.config import EvalSettings, TrainSettings
 from segbench.engine import scoring
 from segbench.engine.inference import predict
 from segbench.engine.train import autocast_for, segmentation_loss, train

@@ -13,8 +13,8 @@ import torch
 
 import minitrees as mt
 from segbench.data import plugins
-from segbench.data.cli import main as data_main
 from segbench.data.base import SegmentationDataset
+from segbench.data.cli import main as data_main
 from segbench.data.factory import build_dataset
 from segbench.data.registry import DATASETS, register_dataset
 from segbench.data.yaml_dataset import YamlSpecError, register_yaml

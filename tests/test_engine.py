@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from segbench import evaluate as evaluate_cli
+from segbench.config import ConfigError, EvalSettings, TrainSettings, apply_overrides, load_config, validate
 from segbench.data import build_dataset
 from segbench.data.adapters import synthetic
-from segbench.config import ConfigError, EvalSettings, TrainSettings, apply_overrides, load_config, validate
 from segbench.data.transforms import build_train_transform
 from segbench.engine import scoring
 from segbench.engine.checkpoint import CheckpointMismatch, list_checkpoints, load_checkpoint

@@ -17,7 +17,6 @@ import label_tables as lt
 import minitrees as mt
 from segbench import network, pipeline
 from segbench.cells import DONE, FINAL_WEIGHTS, plan
-from segbench.record import is_done, missing_targets, new_record, write_record
 from segbench.config import ADDED_SETTINGS, EVAL_CLASS_SETS, EVAL_PROTOCOLS, ConfigError, apply_overrides, \
     load_config, validate
 from segbench.data import DATASETS
@@ -27,6 +26,7 @@ from segbench.data.eval_protocols import TARGET_GEOMETRY, ImageResize, ReinMapil
 from segbench.data.transforms import eval_transform_for
 from segbench.io import save_torch
 from segbench.labels import CLASS_NAMES, CLASS_SETS, scored_classes
+from segbench.record import is_done, missing_targets, new_record, write_record
 from segbench.spec import parse_specs
 from tiny_models import PixelModel
 

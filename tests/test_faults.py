@@ -23,8 +23,6 @@ from segbench import io as io_mod
 from segbench import network, pipeline
 from segbench import study as study_mod
 from segbench.cells import CHECKPOINTS, DONE, FINAL_WEIGHTS, LOCK, RECORD, SLURM_JOB, plan
-from segbench.lock import CellBusy, cell_lock, lock_holder
-from segbench.record import new_record, write_record
 from segbench.config import EMBEDDED_DEFAULT, TrainSettings, load_config
 from segbench.data import build_dataset
 from segbench.data.adapters import synthetic
@@ -34,7 +32,9 @@ from segbench.engine.checkpoint import CheckpointError, DamagedCheckpoint, check
     load_checkpoint
 from segbench.io import DiskFullError, NotWritableError, remove_stale_temp_files, save_torch, write_text
 from segbench.launchers import LAUNCHERS
+from segbench.lock import CellBusy, cell_lock, lock_holder
 from segbench.network import load_trained_model
+from segbench.record import new_record, write_record
 from segbench.spec import parse_specs
 from segbench.study import run_study
 from tiny_models import PixelModel

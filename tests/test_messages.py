@@ -15,12 +15,12 @@ from PIL import Image
 import minitrees as mt
 
 from segbench import cli, errors
-from segbench.record import write_record
 from segbench.data import build_dataset
 from segbench.data.adapters import synthetic
 from segbench.engine import scoring
 from segbench.engine.checkpoint import CheckpointError, load_checkpoint
 from segbench.labels import PALETTE
+from segbench.record import write_record
 
 ROOT = Path(__file__).resolve().parent.parent
 

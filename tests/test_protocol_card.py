@@ -10,13 +10,13 @@ from types import SimpleNamespace
 import minitrees as mt
 import pytest
 from segbench.cells import plan
-from segbench.protocol_card import CHECKPOINT_RULE, protocol_card, target_protocol
-from segbench.record import is_done, new_record, write_record
 from segbench.config import EMBEDDED_DEFAULT, load_config
 from segbench.data import build_dataset
 from segbench.data.transforms import eval_transform_for
 from segbench.io import write_json
 from segbench.models import create_model
+from segbench.protocol_card import CHECKPOINT_RULE, protocol_card, target_protocol
+from segbench.record import is_done, new_record, write_record
 from segbench.report import build_report
 from segbench.report.protocols import card_hash, differences
 from segbench.spec import parse_specs

@@ -18,13 +18,13 @@ import pytest
 import torch
 
 import minitrees as mt
+from segbench.data import base as data_base
 from segbench.data import plugins
 from segbench.data.adapters import synthetic
-from segbench.data import base as data_base
 from segbench.data.base import DatasetError
-from segbench.data.factory import prepare_dataset
 from segbench.data.cli import main as data_main
 from segbench.data.factory import build_dataset
+from segbench.data.factory import prepare_dataset
 from segbench.data.registry import DATASETS
 from segbench.data.yaml_dataset import YamlSpecError, register_yaml
 from tiny_models import PixelModel

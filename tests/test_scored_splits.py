@@ -12,15 +12,15 @@ import torch
 import minitrees as mt
 from segbench import network, pipeline, run
 from segbench.cells import FINAL_WEIGHTS, plan
-from segbench.config import identity_view
-from segbench.protocol_card import protocol_card
-from segbench.record import is_done, new_record, write_record
 from segbench.config import apply_overrides, load_config
+from segbench.config import identity_view
 from segbench.data import build_dataset
 from segbench.data.adapters import synthetic
 from segbench.data.cli import main as data_main
 from segbench.evaluate import main as evaluate_main
 from segbench.io import save_torch
+from segbench.protocol_card import protocol_card
+from segbench.record import is_done, new_record, write_record
 from segbench.report import build_report
 from segbench.spec import parse_specs
 from tiny_models import PixelModel

@@ -13,10 +13,10 @@ from typing import Sequence
 import torch
 
 from ..cells import CELLS
-from ..record import read_record
 from ..io import write_text
 from ..labels import CLASS_NAMES
 from ..network import resolve
+from ..record import read_record
 from ..spec import prepared_parts
 from .appearance import TRANSFORMS, ImageTransform, parse_transform_spec, style_statistics
 from .loading import load_models

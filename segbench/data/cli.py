@@ -10,8 +10,8 @@ import json
 import sys
 import warnings
 
-from .base import DatasetError, DatasetWarning
 from ..spec import prepared_copy
+from .base import DatasetError, DatasetWarning
 from .cache import MANIFEST, PREPARED_DIR, parse_size
 from .check import check_dataset
 from .factory import build_dataset, dataset_presence, dataset_splits, open_every_split, prepare_dataset

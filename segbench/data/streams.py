@@ -4,8 +4,8 @@
 from __future__ import annotations
 
 from ..config import TrainSettings
-from .class_uniform import ClassUniformStreamSampler, class_presence
 from ..source_weights import weights_per_part
+from .class_uniform import ClassUniformStreamSampler, class_presence
 from .multisource import MultiSourceDataset
 from .sampler import SOURCE_STREAM, MultiSourceStreamSampler, SeededStreamSampler, mix_seed
 

@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from .. import distributed as dist_utils
 from ..config import EvalSettings, eval_settings
 from ..data.base import DatasetError, MissingPairsError, missing_pairs, read_rgb
 from ..data.eval_protocols import DEFAULT_PROTOCOL
@@ -27,7 +28,6 @@ from ..data.workers import worker_init_fn
 from ..io import save_npz, write_bytes
 from ..labels import IGNORE_INDEX, NUM_CLASSES, colorize, ids_to_train_ids, scored_classes
 from ..metrics import ConfusionMatrix
-from .. import distributed as dist_utils
 from .inference import predict
 
 

@@ -12,16 +12,16 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from .. import distributed as dist_utils
 from ..config import TrainSettings
 from ..data.sampler import SeededTransformDataset
 from ..data.streams import training_stream
-from ..data.workers import worker_init_fn
 from ..data.transforms import normalized_tensor
+from ..data.workers import worker_init_fn
 from ..labels import IGNORE_INDEX
 from ..methods.base import Batch, Method, TrainRun
-from .. import distributed as dist_utils
-from .logging import ScalarLog
 from .checkpoint import TrainingState, check_same_config, load_latest_checkpoint, save_checkpoint
+from .logging import ScalarLog
 
 
 LOG_EVERY = 10  # iterations between log rows (and host syncs)

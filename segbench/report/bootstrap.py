@@ -24,9 +24,9 @@ from typing import Sequence
 
 import numpy as np
 
-from ..record import ConfusionFileError, confusion_path, per_image_expected, read_confusions
 from ..io import csv_text, write_json
 from ..labels import CLASS_NAMES
+from ..record import ConfusionFileError, confusion_path, per_image_expected, read_confusions
 
 N_BOOT = 1000
 LEVEL = 0.95

@@ -12,8 +12,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from ..cells import CELLS
-from ..record import load_records
 from ..io import csv_text, write_text
+from ..record import load_records
 from .html import RowDetails, Section, page
 from .protocols import card_hash, card_of, cards_section, footer
 from .records import Score, scores

@@ -14,8 +14,8 @@ from collections import defaultdict
 
 import yaml
 
-from ..protocol_card import with_resolved_output_stride
 from ..labels import CLASS_NAMES
+from ..protocol_card import with_resolved_output_stride
 
 HASH_CHARS = 8
 
