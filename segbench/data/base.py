@@ -19,7 +19,6 @@ import cv2
 import numpy as np
 import torch.utils.data
 
-from ..config import UNKNOWN_LABEL_POLICIES
 from ..labels import IGNORE_INDEX, NUM_CLASSES
 from .registry import DATA_ROOT_ENV, DATASETS, DEFAULT_DATA_ROOT
 
@@ -160,7 +159,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
     known_label_values: ClassVar[Sequence[int] | None] = None
     #: evaluation resizes frames to this height when set (Mapillary's frames are huge and of varying size)
     eval_height: ClassVar[int | None] = None
-    #: one of UNKNOWN_LABEL_POLICIES; training may set "ignore" on its own instance, everything else reads strictly
+    #: one of config.UNKNOWN_LABEL_POLICIES; training may set "ignore" on its own instance, everything else reads strictly
     unknown_labels: str = "error"
     #: the split that holds the frames of every other split, where a dataset declares it (GTA5's and SYNTHIA's)
     union_split: ClassVar[str] = "all"
@@ -309,6 +308,6 @@ class SegmentationDataset(torch.utils.data.Dataset):
 
 __all__ = [
     "DatasetError", "DatasetWarning", "MISSING_PAIR_KINDS", "MissingPairsError", "PROBLEM_KINDS", "Problem",
-    "SegmentationDataset", "SizeMismatchError", "SplitAbsentError", "UNKNOWN_LABEL_POLICIES", "UnknownLabelError",
+    "SegmentationDataset", "SizeMismatchError", "SplitAbsentError", "UnknownLabelError",
     "apply_lut", "known_mask", "missing_pairs", "read_gray", "read_rgb",
 ]
