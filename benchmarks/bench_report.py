@@ -25,9 +25,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from segbench.cells import CELLS, DONE, RECORD, confusion_path, new_record, plan, protocol_card  # noqa: E402
+from segbench.cells import CELLS, DONE, RECORD, plan  # noqa: E402
 from segbench.config import EMBEDDED_DEFAULT, load_config  # noqa: E402
 from segbench.labels import CLASS_NAMES, NUM_CLASSES  # noqa: E402
+from segbench.protocol_card import protocol_card  # noqa: E402
+from segbench.record import confusion_path, new_record  # noqa: E402
 from segbench.spec import parse_specs  # noqa: E402
 
 PRESENT = (0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 13)  # the 13 classes the embedded domains draw

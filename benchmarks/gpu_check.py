@@ -176,10 +176,9 @@ def section_methods(ctx: Context) -> dict:
     """Images/s of segbench's loop with each method on the plain backbone, after one warm-up run per method
     (allocator, cudnn autotune), and the ratio to erm's."""
     import bench_train
-    from segbench.config import TrainSettings
+    from segbench.config import ModelSettings, TrainSettings
     from segbench.engine.train import train
-    from segbench.methods import build_method
-    from segbench.models import create_model
+    from segbench.network import build_cell_model
 
     p = ctx.profile
     backbone = p.ratio_backbones[0]  # the plain ResNet: every method's places are free there
@@ -189,9 +188,7 @@ def section_methods(ctx: Context) -> dict:
     for name in TIMED_METHODS:
         for _ in range(2):  # the second run is the one kept
             torch.manual_seed(0)
-            model = create_model(backbone, p.head)
-            method = build_method(name)
-            method.build(model)
+            model, method = build_cell_model(backbone, p.head, ModelSettings(), name, pretrained=False)
             with tempfile.TemporaryDirectory() as tmp:
                 stats = train(model, bench_train.InMemory(images, masks), bench_train.Passthrough(), settings, seed=0,
                               device=ctx.device, ckpt_dir=Path(tmp) / "ckpt", identity={}, desc=name, method=method)
@@ -404,8 +401,8 @@ def loss_at_head_resolution(model, x, y):
 
 def section_profile(ctx: Context) -> dict:
     import bench_train
-    from segbench.config import TrainSettings
-    from segbench.models import create_model
+    from segbench.config import ModelSettings, TrainSettings
+    from segbench.network import build_network
 
     p = ctx.profile
     plain = p.ratio_backbones[0]
@@ -421,7 +418,7 @@ def section_profile(ctx: Context) -> dict:
                                  channels_last=change.get("channels_last", True))
         figures["precision"] = bench_train.precision(ctx.device, settings)
         torch.manual_seed(0)
-        model = create_model(change.get("backbone", p.backbone), p.head)
+        model = build_network(change.get("backbone", p.backbone), p.head, ModelSettings(), pretrained=False)
         step = bench_train.bare_step(model, settings, ctx.device, forward=change.get("forward"))
         batches = bench_train.batches_of(images, masks, batch, ctx.device)
         if change.get("on_device"):

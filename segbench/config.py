@@ -1,16 +1,20 @@
 """Experiment configuration: plain nested dicts. Defaults here, one YAML file on top, `--set key=value` last.
 
 This module is a leaf (it imports nothing from the rest of segbench): the report, the dry run and the commands read
-configurations without loading torch or the training loop. Every setting has its one home here: `TrainSettings` (what
-the training loop reads), `InferenceSettings` (how a prediction is made) and `EVAL_DEFAULTS` (how a target is scored).
-No inheritance chains: an experiment file states everything that differs from these defaults.
+configurations without loading torch or the training loop. Every setting is declared once, as one field of its
+section (`StudySettings`, then `ModelSettings`, `TrainSettings`, `EvalSettings`) made by `setting(...)`: its default,
+the values it accepts, whether it is part of a cell's id, and the value it had before it existed. The tables the rest
+of segbench reads are views of those fields (DEFAULTS, RULES, NON_IDENTITY_KEYS, ADDED_SETTINGS); the few rules that
+span several settings of a section are the short list SECTION_RULES beside them. What needs the registries
+(datasets, backbones, heads, methods) is validation.py's. No inheritance chains: an experiment file states everything
+that differs from these defaults.
 """
 from __future__ import annotations
 
 import copy
 import importlib.resources
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -21,57 +25,9 @@ class ConfigError(ValueError):
     """A bad experiment file or override; the message names the file/key and the fix."""
 
 
-@dataclass
-class TrainSettings:
-    """One cell's training recipe (the `train:` section)."""
-
-    iters: int = 40000
-    #: the global batch, all processes together: each of N processes takes batch_size / N (a ConfigError when N does
-    #: not divide it), so a study computes the same thing on 1 GPU and on 4, and the cell id does not depend on N
-    batch_size: int = 8
-    #: micro-steps per optimizer step, for a per-process share too large for memory: each forward pass takes
-    #: batch_size / (N * accumulate) images and the gradients of the micro-steps are averaged (engine/train.py).
-    #: Part of the cell id: BatchNorm then normalises over the micro-batch, not the whole batch.
-    accumulate: int = 1
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    power: float = 0.9
-    aux_weight: float = 0.4
-    workers: int = 4
-    ckpt_every: int = 2000
-    keep_ckpts: int = 2
-    #: false: a finished cell deletes its training checkpoints (checkpoints/iter_*.pt, weights and optimizer state,
-    #: twice the size of model_final.pt each): nothing reads them once the cell is done (scoring, reports and
-    #: `evaluate` read model_final.pt, model selection the record's curves); true keeps them, e.g. to train further
-    keep_ckpts_when_done: bool = False
-    amp: bool = True  # only takes effect on CUDA
-    channels_last: bool = True  # only takes effect on CUDA
-    compile: bool = False
-    class_uniform: float = 0.0  # fraction of samples drawn class-uniformly (RobustNet uses 0.5)
-    split: str = "train"
-    crop: tuple = (768, 768)  # (H, W)
-    scale_range: tuple = (0.5, 2.0)
-    hflip: float = 0.5
-    #: colour jitter and blur after the flip: None (off), a name in PHOTOMETRIC_PRESETS, or a mapping of all of
-    #: jitter_p, brightness, contrast, saturation, hue (torchvision ColorJitter's parameters) and blur_sigma
-    #: ([LOW, HIGH] or null); data/transforms.py Photometric says what each does
-    photometric: Any = None
-    #: multi-source specs (`gta5+synthia->...`): how often each source is drawn. None: in proportion to its size (the
-    #: union sampled uniformly); a mapping {source: weight} naming every part, or a list in the spec's source order.
-    #: Weights are relative (normalised); data/sampler.py MultiSourceStreamSampler says how a stream follows them
-    source_weights: Any = None
-    #: a raw label value outside the source dataset's table (`segbench data check` lists them): "error" stops training
-    #: at the first such file, naming it, the values and the fix; "ignore" trains those pixels as ignored after counting
-    #: them over the whole split (record["training"]["unknown_label_pixels"], "unknown_label_files",
-    #: "unknown_label_values"). Evaluation always refuses them. Not part of the cell id: a run that succeeds under
-    #: "error" computes exactly what it would under "ignore".
-    unknown_labels: str = "error"
-    #: train on a split that shares frames with `eval.split` (the same split, or a dataset's `all`): the in-domain
-    #: column is then scored on training images, so the study's validation refuses it unless this is true, and the
-    #: protocol card and the table footer say so. Not part of the cell id: it decides nothing about the weights.
-    allow_eval_split: bool = False
-
+#: the method of plain training (segbench.methods registers it under this name); the default of `methods`, and what a
+#: record without a `method` field was trained with
+ERM = "erm"
 
 #: named `train.photometric` settings. "robustnet": every RobustNet GTA5 run's `--color_aug 0.5 --gblur`
 #: (shachoi/RobustNet datasets/__init__.py, transforms/transforms.py RandomGaussianBlur)
@@ -84,37 +40,10 @@ PHOTOMETRIC_PRESETS: dict[str, dict[str, Any]] = {
 #: (RobustNet's `dsn` head, loss at its own resolution); models/heads.py aux_head builds each
 AUX_KINDS = (False, True, "robustnet")
 
-
-@dataclass(frozen=True)
-class InferenceSettings:
-    """How one image becomes class scores: whole image or sliding window, optional flip and multi-scale averaging."""
-
-    mode: str = "whole"  # "whole" | "slide"
-    window: tuple[int, int] | None = None  # (H, W) for mode="slide"
-    stride: tuple[int, int] | None = None  # (H, W); default: 2/3 of the window
-    flip: bool = False
-    scales: tuple[float, ...] = (1.0,)
-
-    def __post_init__(self):
-        if self.mode not in ("whole", "slide"):
-            raise ValueError(f"eval.mode must be 'whole' or 'slide', got {self.mode!r}")
-        if self.mode == "slide" and not self.window:
-            raise ValueError("eval.mode='slide' needs eval.window=[H, W], e.g. --set eval.window=[512,1024]")
-        if not self.scales or any(s <= 0 for s in self.scales):
-            raise ValueError(f"eval.scales must be positive numbers, got {self.scales}")
-
-    @classmethod
-    def from_config(cls, ecfg: dict) -> "InferenceSettings":
-        window, stride = ecfg.get("window"), ecfg.get("stride")
-        return cls(mode=ecfg.get("mode", "whole"), window=tuple(window) if window else None,
-                   stride=tuple(stride) if stride else None, flip=bool(ecfg.get("flip", False)),
-                   scales=tuple(float(s) for s in (ecfg.get("scales") or (1.0,))))
-
-
-def _plain(values: dict) -> dict:
-    """Tuples as lists: what a YAML file or a JSON record round-trips to, so saved and fresh configs compare equal."""
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
-
+#: `train.unknown_labels`: what reading a label with values outside its dataset's table does: "error" refuses it
+#: (data/base.py UnknownLabelError), "ignore" maps the values to the ignore index (training only, after counting them
+#: for the record: data/label_scan.py apply_unknown_label_policy)
+UNKNOWN_LABEL_POLICIES = ("error", "ignore")
 
 #: `eval.protocol`: how each target's image and label are resized or cropped for scoring (data/eval_protocols.py)
 EVAL_PROTOCOLS = ("native", "robustnet", "rein")
@@ -126,169 +55,12 @@ EVAL_CLASS_SETS = (19, 16, 13)
 #: refuses to score it, naming the files; "skip" scores the complete pairs and records how many files were left out
 MISSING_PAIRS = ("error", "skip")
 
-#: the `eval:` section: which split is scored, under which protocol, at which size (None: the protocol's; `size` is
-#: for the native protocol only), over which classes, the loader, how many predictions are kept for the report's
-#: qualitative panel, the inference settings, `every`: score every target each N training iterations (and at
-#: the last) for the report's model-selection rules (`segbench report --select`); 0, the default, never does; and
-#: `missing_pairs` (MISSING_PAIRS)
-EVAL_DEFAULTS: dict[str, Any] = {"split": "val", "protocol": "native", "size": None, "classes": None, "batch_size": 1,
-                                 "workers": 2, **_plain(asdict(InferenceSettings())), "dump": 4, "every": 0,
-                                 "missing_pairs": "error"}
 
-DEFAULTS: dict[str, Any] = {
-    "name": None,  # results sub-directory; defaults to the experiment file's stem or the specs
-    "specs": [],  # e.g. ["gta5->cityscapes,bdd100k,mapillary"]
-    "backbones": ["resnet50", "resnet50_ibn_a", "resnet50_ibn_b"],
-    "heads": ["fcn"],
-    "seeds": [0],
-    #: domain-generalization methods, a matrix axis like backbones (segbench.methods: `segbench methods` lists them)
-    "methods": ["erm"],
-    #: method options over each method's defaults: {method: {option: value}}, e.g. {isw: {weight: 0.6}}
-    "method": {},
-    "model": {"output_stride": None, "pretrained": "imagenet", "aux": False},
-    "train": _plain(asdict(TrainSettings())),
-    "eval": EVAL_DEFAULTS,
-}
-
-# Settings that change how fast a cell runs but not what it computes: left out of the cell id.
-NON_IDENTITY_KEYS = {"train": {"workers", "ckpt_every", "keep_ckpts", "keep_ckpts_when_done", "channels_last",
-                               "compile", "unknown_labels", "allow_eval_split"},
-                     # eval.every: periodic scores never touch the weights (engine/train.py forks the RNG);
-                     # eval.missing_pairs: on a complete split both values score alike; a score made without some
-                     # files carries their count (result and protocol card), so it never passes for a complete one
-                     "eval": {"batch_size", "workers", "dump", "every", "missing_pairs"}}
-
-
-def experiments_dir() -> Path:
-    """The shipped experiment files: `experiments/` of a source checkout, else the copy installed with the package."""
-    checkout = Path(__file__).resolve().parent.parent / "experiments"
-    if checkout.is_dir():
-        return checkout
-    return Path(str(importlib.resources.files("segbench") / "experiments"))
-
-
-EMBEDDED_DEFAULT = "embedded.yaml"
-
-
-def experiment_path(path: str | Path) -> Path:
-    """A path as given, or the name of a shipped experiment file (`robustnet_dg.yaml`, `robustnet_dg`)."""
-    path = Path(path)
-    if path.is_file():
-        return path
-    if len(path.parts) == 1 or (len(path.parts) == 2 and path.parts[0] == "experiments"):
-        for candidate in (experiments_dir() / path.name, experiments_dir() / f"{path.name}.yaml"):
-            if candidate.is_file():  # `NAME`, `NAME.yaml` or `experiments/NAME.yaml` from any directory
-                return candidate
-    available = ", ".join(sorted(p.name for p in experiments_dir().glob("*.yaml"))) or "none"
-    raise ConfigError(f"experiment file {path} not found (shipped experiments in {experiments_dir()}: {available})")
-
-
-#: sections whose keys are not fixed here: `method` holds {method: {option: value}}, checked against the method
-#: registry (run.validate_study), which this leaf module does not import
-FREE_SECTIONS = {"method"}
-
-
-def _merge(base: dict, over: dict, where: str, top: bool = False) -> dict:
-    out = copy.deepcopy(base)
-    for key, value in over.items():
-        if top and key in FREE_SECTIONS:  # taken as written; validation checks it
-            out[key] = copy.deepcopy(value)
-            continue
-        if key not in base:
-            valid = ", ".join(sorted(base))
-            raise ConfigError(f"{where}: unknown key {key!r}; valid keys here: {valid}")
-        if isinstance(base[key], dict):
-            if not isinstance(value, dict):
-                raise ConfigError(f"{where}: {key!r} must be a mapping, got {value!r}")
-            out[key] = _merge(base[key], value, f"{where}: {key}")
-        else:
-            out[key] = value
-    return out
-
-
-def load_config(path: str | Path | None = None) -> dict:
-    """DEFAULTS, overlaid with the YAML experiment file at `path` (if any; a shipped experiment may be named)."""
-    cfg = copy.deepcopy(DEFAULTS)
-    if path is None:
-        return cfg
-    path = experiment_path(path)
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping of settings, got {type(data).__name__}")
-    cfg = _merge(cfg, data, str(path), top=True)
-    if cfg["name"] is None:
-        cfg["name"] = path.stem
-    return cfg
-
-
-def apply_overrides(cfg: dict, overrides: list[str]) -> dict:
-    """`train.iters=2000`, `model.pretrained=null`, `train.crop=[512,1024]`: values parsed as YAML scalars/lists."""
-    cfg = copy.deepcopy(cfg)
-    for item in overrides:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set train.iters=2000")
-        try:
-            value = yaml.safe_load(raw) if raw else None
-        except yaml.YAMLError as e:
-            raise ConfigError(f"--set {item!r}: cannot parse value {raw!r}: {e}") from None
-        node, parts = cfg, key.split(".")
-        if parts[0] in FREE_SECTIONS:  # method.NAME.OPTION: created as needed, checked against the registry later
-            if len(parts) != 3 or not all(parts):
-                raise ConfigError(f"--set {item!r}: expected {parts[0]}.NAME.OPTION=VALUE, e.g. "
-                                  "--set method.isw.weight=0.6")
-            section = cfg[parts[0]] if isinstance(cfg.get(parts[0]), dict) else {}
-            cfg[parts[0]] = section
-            options = section.setdefault(parts[1], {})
-            if not isinstance(options, dict):
-                raise ConfigError(f"--set {item!r}: {parts[0]}.{parts[1]} is {options!r}, not a mapping of options")
-            options[parts[2]] = value
-            continue
-        for i, part in enumerate(parts):
-            if not isinstance(node, dict) or part not in node:
-                here = ".".join(parts[:i]) or "(top level)"
-                valid = ", ".join(sorted(node)) if isinstance(node, dict) else "none"
-                raise ConfigError(f"--set {item!r}: unknown key {part!r} under {here}; valid keys: {valid}")
-            if i == len(parts) - 1:
-                if isinstance(node[part], dict):
-                    raise ConfigError(f"--set {item!r}: {key} is a section; set one of its keys: {', '.join(node[part])}")
-                node[part] = value
-            else:
-                node = node[part]
-    return cfg
-
-
-def train_settings(train_cfg: dict) -> TrainSettings:
-    names = {f.name for f in fields(TrainSettings)}
-    return TrainSettings(**{k: v for k, v in train_cfg.items() if k in names})
-
-
-#: Settings added after studies were already run, with the value that reproduces the old behaviour. While a setting
-#: holds that value it is left out of the cell id, so adding a setting never invalidates finished cells.
-ADDED_SETTINGS: dict[str, dict[str, Any]] = {"model": {}, "train": {"accumulate": 1, "photometric": None,
-                                                                   "source_weights": None},
-                                             # eval: compared per target (cells.missing_targets), so scores made
-                                             # before these existed stay done while they hold these values
-                                             "eval": {"protocol": "native", "classes": None}}
-
-
-def identity_view(section: str, values: dict) -> dict:
-    """The part of a config section that decides a cell's weights (its id): no speed knobs, no settings at the value
-    they had before they existed."""
-    added = ADDED_SETTINGS.get(section, {})
-    return {k: v for k, v in values.items()
-            if k not in NON_IDENTITY_KEYS.get(section, set()) and not (k in added and v == added[k])}
-
-
-# -- validation ---------------------------------------------------------------------------------------------------
+# -- rules: what one setting accepts --------------------------------------------------------------------------------
 # Every value is checked before any work: a wrong type or range otherwise fails deep inside torch, or worse, runs
 # (`train.iters=0` trained nothing and scored the untrained model). Values that are already valid come back untouched,
 # types included (cell ids hash the train section). The one conversion: YAML 1.1 (pyyaml) reads an exponent without a
 # dot (`1e30`, `5e-4`) as a string, which number keys take as the float it spells.
-
 class _Invalid(Exception):
     """A value a rule refuses; an optional argument is a hint appended to the rule's expectation."""
 
@@ -418,7 +190,7 @@ def _pretrained(value):
 
 def _source_weights(value):
     """None, {name: weight} or [weight, ...], every weight a number > 0; which names and how many are checked against
-    the specs (run.validate_study), which this section does not see."""
+    the specs (source_weights.py, from validation.py), which this section does not see."""
     if value is None:
         return value
     if isinstance(value, dict):
@@ -454,7 +226,7 @@ def _photometric(value):
 
 def _method_options(value):
     """{name: {option: value}}: the structure only; which names and options exist is the method registry's
-    business (run.validate_study)."""
+    business (validation.py)."""
     _require(isinstance(value, dict) and all(isinstance(k, str) and k.strip() and isinstance(v, dict)
                                              for k, v in value.items()))
     return value
@@ -463,43 +235,6 @@ def _method_options(value):
 FLAG = Rule("true or false", _flag)
 NAME = Rule("a non-empty name", _name)
 SIZE = Rule("[H, W], two integers >= 1", _size)
-
-#: what every setting accepts; a key missing here is checked against its default's type (`_rule_from_default`)
-RULES: dict[str, Any] = {
-    "name": Rule("a relative directory name without '..'", _study_name),
-    "specs": names("spec", empty=True),  # none here: given on the command line
-    "backbones": names("name"),
-    "heads": names("name"),
-    "seeds": Rule("a non-empty list of distinct integers >= 0", _seeds),
-    "methods": names("method"),
-    "method": Rule("a mapping {method: {option: value}}", _method_options),
-    "model": {"output_stride": one_of(None, 8, 16, 32),
-              "pretrained": Rule("null, 'imagenet', 'torchvision' or the path of a state dict", _pretrained),
-              "aux": Rule("false, true (FCN aux head) or 'robustnet' (RobustNet's dsn head)",
-                          one_of(*AUX_KINDS).convert)},
-    "train": {"iters": integer(1), "batch_size": integer(1), "accumulate": integer(1), "lr": number(0, above=True),
-              "momentum": number(0, 1, below=True), "weight_decay": number(0), "power": number(0),
-              "aux_weight": number(0), "workers": integer(0),
-              "ckpt_every": integer(0),  # 0: no periodic checkpoints
-              "keep_ckpts": integer(0),  # 0: keep every checkpoint
-              "keep_ckpts_when_done": FLAG,
-              "amp": FLAG, "channels_last": FLAG, "compile": FLAG, "class_uniform": number(0, 1), "split": NAME,
-              # larger than a frame is fine: the train transform pads the label with ignore, as torchvision's
-              # references/segmentation/transforms.py RandomCrop does (pad_if_smaller(target, size, fill=255))
-              "crop": SIZE,
-              "scale_range": Rule("[LOW, HIGH] with 0 < LOW <= HIGH", _scale_range), "hflip": number(0, 1),
-              "unknown_labels": one_of("error", "ignore"), "allow_eval_split": FLAG,
-              "photometric": Rule(f"null, {', '.join(map(repr, PHOTOMETRIC_PRESETS))} or a mapping {{jitter_p, "
-                                  "brightness, contrast, saturation, hue, blur_sigma}", _photometric),
-              "source_weights": Rule("null, a mapping {source: weight > 0} or a list of weights > 0 in source order",
-                                     _source_weights)},
-    "eval": {"split": NAME, "protocol": one_of(*EVAL_PROTOCOLS), "size": optional(SIZE),
-             "classes": one_of(None, *EVAL_CLASS_SETS), "batch_size": integer(1), "workers": integer(0),
-             "mode": one_of("whole", "slide"), "window": optional(SIZE), "stride": optional(SIZE), "flip": FLAG,
-             "scales": Rule("a non-empty list of numbers > 0", _positive_numbers), "dump": integer(0),
-             "every": integer(0),  # 0: no periodic evaluation
-             "missing_pairs": one_of(*MISSING_PAIRS)},
-}
 
 
 def of_type(kind: type | tuple[type, ...], expected: str) -> Rule:
@@ -510,7 +245,7 @@ def of_type(kind: type | tuple[type, ...], expected: str) -> Rule:
 
 
 def _rule_from_default(default: Any) -> Rule:
-    """A setting without an entry in RULES: at least the type of its default."""
+    """A setting declared without a rule, or a method's option: at least the type of its default."""
     if isinstance(default, bool):
         return FLAG
     if isinstance(default, float):
@@ -542,7 +277,151 @@ def _check(key: str, rule: Rule, value: Any, problems: list[str]) -> Any:
         return value
 
 
-def _check_protocol_size(ecfg: dict, problems: list[str]) -> None:
+# -- settings: each one field, declared once ------------------------------------------------------------------------
+class _Never:
+    """`before` of a setting segbench had from the start."""
+
+    def __repr__(self) -> str:
+        return "<there from the start>"
+
+
+_THERE_FROM_THE_START = _Never()
+
+
+def setting(default: Any, rule: Rule | None = None, *, identity: bool = True, before: Any = _THERE_FROM_THE_START):
+    """One setting, declared once: its `default`; the values it accepts (`rule`; None: those of its default's type);
+    `identity=False` for a setting that changes how fast a cell runs, or what is kept of it, but not what it computes
+    (left out of the cell id); and `before`, for a setting added after studies were run: the value that reproduces
+    what segbench did before it existed. While a setting holds that value it is left out of the cell id (and, in the
+    eval section, of what a score was made under), so adding a setting never invalidates finished cells."""
+    metadata = {"rule": rule, "identity": identity, "before": before}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: copy.deepcopy(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+@dataclass
+class StudySettings:
+    """Which cells a study runs: the top level of an experiment file (its sections are the dataclasses below)."""
+
+    #: results sub-directory; defaults to the experiment file's stem or the specs
+    name: str | None = setting(None, Rule("a relative directory name without '..'", _study_name))
+    #: e.g. ["gta5->cityscapes,bdd100k,mapillary"]; none here: given on the command line
+    specs: list = setting([], names("spec", empty=True))
+    backbones: list = setting(["resnet50", "resnet50_ibn_a", "resnet50_ibn_b"], names("name"))
+    heads: list = setting(["fcn"], names("name"))
+    seeds: list = setting([0], Rule("a non-empty list of distinct integers >= 0", _seeds))
+    #: domain-generalization methods, a matrix axis like backbones (segbench.methods: `segbench methods` lists them)
+    methods: list = setting([ERM], names("method"))
+    #: method options over each method's defaults: {method: {option: value}}, e.g. {isw: {weight: 0.6}}; the options
+    #: themselves are checked against the method registry (validation.py), which this leaf module does not import
+    method: dict = setting({}, Rule("a mapping {method: {option: value}}", _method_options))
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """The network of a cell, besides its backbone and head (the `model:` section)."""
+
+    #: None: the head's default (models.create_model)
+    output_stride: int | None = setting(None, one_of(None, 8, 16, 32))
+    pretrained: str | None = setting("imagenet", Rule("null, 'imagenet', 'torchvision' or the path of a state dict",
+                                                      _pretrained))
+    aux: bool | str = setting(False, Rule("false, true (FCN aux head) or 'robustnet' (RobustNet's dsn head)",
+                                          one_of(*AUX_KINDS).convert))
+
+
+@dataclass
+class TrainSettings:
+    """One cell's training recipe (the `train:` section)."""
+
+    iters: int = setting(40000, integer(1))
+    #: the global batch, all processes together: each of N processes takes batch_size / N (a ConfigError when N does
+    #: not divide it), so a study computes the same thing on 1 GPU and on 4, and the cell id does not depend on N
+    batch_size: int = setting(8, integer(1))
+    #: micro-steps per optimizer step, for a per-process share too large for memory: each forward pass takes
+    #: batch_size / (N * accumulate) images and the gradients of the micro-steps are averaged (engine/train.py).
+    #: Part of the cell id: BatchNorm then normalises over the micro-batch, not the whole batch.
+    accumulate: int = setting(1, integer(1), before=1)
+    lr: float = setting(0.01, number(0, above=True))
+    momentum: float = setting(0.9, number(0, 1, below=True))
+    weight_decay: float = setting(5e-4, number(0))
+    power: float = setting(0.9, number(0))
+    aux_weight: float = setting(0.4, number(0))
+    workers: int = setting(4, integer(0), identity=False)
+    ckpt_every: int = setting(2000, integer(0), identity=False)  # 0: no periodic checkpoints
+    keep_ckpts: int = setting(2, integer(0), identity=False)  # 0: keep every checkpoint
+    #: false: a finished cell deletes its training checkpoints (checkpoints/iter_*.pt, weights and optimizer state,
+    #: twice the size of model_final.pt each): nothing reads them once the cell is done (scoring, reports and
+    #: `evaluate` read model_final.pt, model selection the record's curves); true keeps them, e.g. to train further
+    keep_ckpts_when_done: bool = setting(False, FLAG, identity=False)
+    amp: bool = setting(True, FLAG)  # only takes effect on CUDA
+    channels_last: bool = setting(True, FLAG, identity=False)  # only takes effect on CUDA
+    compile: bool = setting(False, FLAG, identity=False)
+    class_uniform: float = setting(0.0, number(0, 1))  # fraction of samples drawn class-uniformly (RobustNet uses 0.5)
+    split: str = setting("train", NAME)
+    #: (H, W); larger than a frame is fine: the train transform pads the label with ignore, as torchvision's
+    #: references/segmentation/transforms.py RandomCrop does (pad_if_smaller(target, size, fill=255))
+    crop: tuple = setting((768, 768), SIZE)
+    scale_range: tuple = setting((0.5, 2.0), Rule("[LOW, HIGH] with 0 < LOW <= HIGH", _scale_range))
+    hflip: float = setting(0.5, number(0, 1))
+    #: colour jitter and blur after the flip: None (off), a name in PHOTOMETRIC_PRESETS, or a mapping of all of
+    #: jitter_p, brightness, contrast, saturation, hue (torchvision ColorJitter's parameters) and blur_sigma
+    #: ([LOW, HIGH] or null); data/transforms.py Photometric says what each does
+    photometric: Any = setting(None, Rule(f"null, {', '.join(map(repr, PHOTOMETRIC_PRESETS))} or a mapping "
+                                          "{jitter_p, brightness, contrast, saturation, hue, blur_sigma}",
+                                          _photometric), before=None)
+    #: multi-source specs (`gta5+synthia->...`): how often each source is drawn. None: in proportion to its size (the
+    #: union sampled uniformly); a mapping {source: weight} naming every part, or a list in the spec's source order.
+    #: Weights are relative (normalised); source_weights.py says what a study and a cell make of them
+    source_weights: Any = setting(None, Rule("null, a mapping {source: weight > 0} or a list of weights > 0 in "
+                                             "source order", _source_weights), before=None)
+    #: a raw label value outside the source dataset's table (`segbench data check` lists them): "error" stops training
+    #: at the first such file, naming it, the values and the fix; "ignore" trains those pixels as ignored after counting
+    #: them over the whole split (record["training"]["unknown_label_pixels"], "unknown_label_files",
+    #: "unknown_label_values"). Evaluation always refuses them. Not part of the cell id: a run that succeeds under
+    #: "error" computes exactly what it would under "ignore".
+    unknown_labels: str = setting("error", one_of(*UNKNOWN_LABEL_POLICIES), identity=False)
+    #: train on a split that shares frames with `eval.split` (the same split, or a dataset's `all`): the in-domain
+    #: column is then scored on training images, so the study's validation refuses it unless this is true, and the
+    #: protocol card and the table footer say so. Not part of the cell id: it decides nothing about the weights.
+    allow_eval_split: bool = setting(False, FLAG, identity=False)
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """How each target is scored (the `eval:` section), and how one image becomes class scores (engine/inference.py
+    reads mode, window, stride, flip and scales). Settings outside the cell id are compared per target instead
+    (record.missing_targets): a score made under other values is made again."""
+
+    split: str = setting("val", NAME)
+    protocol: str = setting("native", one_of(*EVAL_PROTOCOLS), before="native")
+    #: (H, W) the images are resized to under the native protocol; None: the protocol's sizes
+    size: tuple[int, int] | None = setting(None, optional(SIZE))
+    classes: int | None = setting(None, one_of(None, *EVAL_CLASS_SETS), before=None)
+    batch_size: int = setting(1, integer(1), identity=False)  # frames per forward pass
+    workers: int = setting(2, integer(0), identity=False)
+    mode: str = setting("whole", one_of("whole", "slide"))  # the whole image, or sliding windows
+    window: tuple[int, int] | None = setting(None, optional(SIZE))  # (H, W) for mode="slide"
+    stride: tuple[int, int] | None = setting(None, optional(SIZE))  # (H, W); default: 2/3 of the window
+    flip: bool = setting(False, FLAG)
+    scales: tuple[float, ...] = setting((1.0,), Rule("a non-empty list of numbers > 0", _positive_numbers))
+    #: how many predictions per target are kept for the report's qualitative panel
+    dump: int = setting(4, integer(0), identity=False)
+    #: score every target each N training iterations (and at the last) for the report's model-selection rules
+    #: (`segbench report --select`); 0 never does. Periodic scores never touch the weights (engine/train.py forks the
+    #: RNG)
+    every: int = setting(0, integer(0), identity=False)
+    #: MISSING_PAIRS; on a complete split both values score alike, and a score made without some files carries their
+    #: count (result and protocol card), so it never passes for a complete one
+    missing_pairs: str = setting("error", one_of(*MISSING_PAIRS), identity=False)
+
+
+#: the sections with fixed keys, in the order an experiment file lists them after the study's own settings
+SECTIONS: dict[str, type] = {"model": ModelSettings, "train": TrainSettings, "eval": EvalSettings}
+
+
+# -- rules that span several settings of one section, each run once after every setting passed its own -------------
+def _size_under_native_protocol(ecfg: dict, problems: list[str]) -> None:
     """`eval.size` resizes images under the native protocol; a published protocol fixes its own sizes."""
     protocol, size = ecfg.get("protocol", "native"), ecfg.get("size")
     if size is not None and protocol != "native" and protocol in EVAL_PROTOCOLS:
@@ -550,7 +429,7 @@ def _check_protocol_size(ecfg: dict, problems: list[str]) -> None:
                         "null (or eval.protocol='native')")
 
 
-def _check_window(ecfg: dict, problems: list[str]) -> None:
+def _slide_needs_a_window(ecfg: dict, problems: list[str]) -> None:
     """Sliding windows need a window, and a stride no larger than it (a larger one leaves pixels never scored)."""
     if ecfg.get("mode") != "slide":
         return
@@ -562,7 +441,7 @@ def _check_window(ecfg: dict, problems: list[str]) -> None:
                         "expected each <= the window")
 
 
-def _check_accumulate(tcfg: dict, problems: list[str]) -> None:
+def _accumulate_divides_batch(tcfg: dict, problems: list[str]) -> None:
     """The micro-steps split the global batch evenly (how many processes share it is known only at launch)."""
     batch, accumulate = tcfg.get("batch_size"), tcfg.get("accumulate", 1)
     if _passes(integer(1), batch) and _passes(integer(1), accumulate) and batch % accumulate:
@@ -570,6 +449,175 @@ def _check_accumulate(tcfg: dict, problems: list[str]) -> None:
                         "batch); expected a divisor of it")
 
 
+#: (section, rule) for the rules that span several settings
+SECTION_RULES: tuple[tuple[str, Callable[[dict, list[str]], None]], ...] = (
+    ("eval", _slide_needs_a_window), ("eval", _size_under_native_protocol), ("train", _accumulate_divides_batch))
+
+
+# -- the views the rest of segbench reads, derived from the fields --------------------------------------------------
+def _plain(value: Any) -> Any:
+    """A tuple as a list: what a YAML file or a JSON record round-trips to, so saved and fresh configs compare equal."""
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _default_of(f) -> Any:
+    return _plain(f.default_factory() if f.default is MISSING else f.default)
+
+
+def _rule_of(f) -> Rule:
+    return f.metadata["rule"] or _rule_from_default(_default_of(f))
+
+
+#: every setting's default: the study's settings, then one mapping per section
+DEFAULTS: dict[str, Any] = {**{f.name: _default_of(f) for f in fields(StudySettings)},
+                            **{name: {f.name: _default_of(f) for f in fields(cls)} for name, cls in SECTIONS.items()}}
+#: what every setting accepts, laid out as DEFAULTS
+RULES: dict[str, Any] = {**{f.name: _rule_of(f) for f in fields(StudySettings)},
+                         **{name: {f.name: _rule_of(f) for f in fields(cls)} for name, cls in SECTIONS.items()}}
+#: per section, the settings declared with identity=False: left out of the cell id
+NON_IDENTITY_KEYS: dict[str, set[str]] = {name: {f.name for f in fields(cls) if not f.metadata["identity"]}
+                                          for name, cls in SECTIONS.items()}
+#: per section, the settings added after studies were run, with the value that reproduces the old behaviour (`before`)
+ADDED_SETTINGS: dict[str, dict[str, Any]] = {
+    name: {f.name: f.metadata["before"] for f in fields(cls) if f.metadata["before"] is not _THERE_FROM_THE_START}
+    for name, cls in SECTIONS.items()}
+
+
+def identity_view(section: str, values: dict) -> dict:
+    """The part of a config section that decides a cell's weights (its id): no speed knobs, no settings at the value
+    they had before they existed."""
+    added = ADDED_SETTINGS.get(section, {})
+    return {k: v for k, v in values.items()
+            if k not in NON_IDENTITY_KEYS.get(section, set()) and not (k in added and v == added[k])}
+
+
+def _section_settings(cls: type, values: dict) -> Any:
+    """A section's values as its dataclass, for the code that runs a cell: the values as validation left them (no rule
+    runs again), keys it does not know (a record from another segbench) left out, missing ones at their default."""
+    names = {f.name for f in fields(cls)}
+    return cls(**{k: v for k, v in values.items() if k in names})
+
+
+def train_settings(train_cfg: dict) -> TrainSettings:
+    return _section_settings(TrainSettings, train_cfg)
+
+
+def model_settings(model_cfg: dict) -> ModelSettings:
+    return _section_settings(ModelSettings, model_cfg)
+
+
+def eval_settings(ecfg: dict) -> EvalSettings:
+    """The eval section as the scoring code reads it: sizes as tuples, scales as a tuple of floats."""
+    settings = _section_settings(EvalSettings, ecfg)
+    return replace(settings, window=tuple(settings.window) if settings.window else None,
+                   stride=tuple(settings.stride) if settings.stride else None,
+                   scales=tuple(float(s) for s in settings.scales))
+
+
+# -- files and overrides --------------------------------------------------------------------------------------------
+def experiments_dir() -> Path:
+    """The shipped experiment files: `experiments/` of a source checkout, else the copy installed with the package."""
+    checkout = Path(__file__).resolve().parent.parent / "experiments"
+    if checkout.is_dir():
+        return checkout
+    return Path(str(importlib.resources.files("segbench") / "experiments"))
+
+
+EMBEDDED_DEFAULT = "embedded.yaml"
+
+
+def experiment_path(path: str | Path) -> Path:
+    """A path as given, or the name of a shipped experiment file (`robustnet_dg.yaml`, `robustnet_dg`)."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    if len(path.parts) == 1 or (len(path.parts) == 2 and path.parts[0] == "experiments"):
+        for candidate in (experiments_dir() / path.name, experiments_dir() / f"{path.name}.yaml"):
+            if candidate.is_file():  # `NAME`, `NAME.yaml` or `experiments/NAME.yaml` from any directory
+                return candidate
+    available = ", ".join(sorted(p.name for p in experiments_dir().glob("*.yaml"))) or "none"
+    raise ConfigError(f"experiment file {path} not found (shipped experiments in {experiments_dir()}: {available})")
+
+
+#: sections whose keys are not fixed here: `method` holds {method: {option: value}}, checked against the method
+#: registry (validation.py), which this leaf module does not import
+FREE_SECTIONS = {"method"}
+
+
+def _merge(base: dict, over: dict, where: str, top: bool = False) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        if top and key in FREE_SECTIONS:  # taken as written; validation checks it
+            out[key] = copy.deepcopy(value)
+            continue
+        if key not in base:
+            valid = ", ".join(sorted(base))
+            raise ConfigError(f"{where}: unknown key {key!r}; valid keys here: {valid}")
+        if isinstance(base[key], dict):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}: {key!r} must be a mapping, got {value!r}")
+            out[key] = _merge(base[key], value, f"{where}: {key}")
+        else:
+            out[key] = value
+    return out
+
+
+def load_config(path: str | Path | None = None) -> dict:
+    """DEFAULTS, overlaid with the YAML experiment file at `path` (if any; a shipped experiment may be named)."""
+    cfg = copy.deepcopy(DEFAULTS)
+    if path is None:
+        return cfg
+    path = experiment_path(path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of settings, got {type(data).__name__}")
+    cfg = _merge(cfg, data, str(path), top=True)
+    if cfg["name"] is None:
+        cfg["name"] = path.stem
+    return cfg
+
+
+def apply_overrides(cfg: dict, overrides: list[str]) -> dict:
+    """`train.iters=2000`, `model.pretrained=null`, `train.crop=[512,1024]`: values parsed as YAML scalars/lists."""
+    cfg = copy.deepcopy(cfg)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set train.iters=2000")
+        try:
+            value = yaml.safe_load(raw) if raw else None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"--set {item!r}: cannot parse value {raw!r}: {e}") from None
+        node, parts = cfg, key.split(".")
+        if parts[0] in FREE_SECTIONS:  # method.NAME.OPTION: created as needed, checked against the registry later
+            if len(parts) != 3 or not all(parts):
+                raise ConfigError(f"--set {item!r}: expected {parts[0]}.NAME.OPTION=VALUE, e.g. "
+                                  "--set method.isw.weight=0.6")
+            section = cfg[parts[0]] if isinstance(cfg.get(parts[0]), dict) else {}
+            cfg[parts[0]] = section
+            options = section.setdefault(parts[1], {})
+            if not isinstance(options, dict):
+                raise ConfigError(f"--set {item!r}: {parts[0]}.{parts[1]} is {options!r}, not a mapping of options")
+            options[parts[2]] = value
+            continue
+        for i, part in enumerate(parts):
+            if not isinstance(node, dict) or part not in node:
+                here = ".".join(parts[:i]) or "(top level)"
+                valid = ", ".join(sorted(node)) if isinstance(node, dict) else "none"
+                raise ConfigError(f"--set {item!r}: unknown key {part!r} under {here}; valid keys: {valid}")
+            if i == len(parts) - 1:
+                if isinstance(node[part], dict):
+                    raise ConfigError(f"--set {item!r}: {key} is a section; set one of its keys: {', '.join(node[part])}")
+                node[part] = value
+            else:
+                node = node[part]
+    return cfg
+
+
+# -- validation -----------------------------------------------------------------------------------------------------
 def _passes(rule: Rule, value: Any) -> bool:
     try:
         rule.convert(value)
@@ -594,13 +642,10 @@ def config_problems(cfg: dict, sections: tuple[str, ...] | None = None) -> tuple
                 if sub not in DEFAULTS[key]:
                     problems.append(f"{key}.{sub}: unknown key; valid keys here: {', '.join(DEFAULTS[key])}")
                     continue
-                rule = RULES[key].get(sub) or _rule_from_default(DEFAULTS[key][sub])
-                section[sub] = _check(f"{key}.{sub}", rule, value, problems)
-    if isinstance(cfg.get("eval"), dict):
-        _check_window(cfg["eval"], problems)
-        _check_protocol_size(cfg["eval"], problems)
-    if isinstance(cfg.get("train"), dict):
-        _check_accumulate(cfg["train"], problems)
+                section[sub] = _check(f"{key}.{sub}", RULES[key][sub], value, problems)
+    for section, rule in SECTION_RULES:
+        if isinstance(cfg.get(section), dict):
+            rule(cfg[section], problems)
     return cfg, problems
 
 

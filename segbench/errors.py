@@ -28,7 +28,7 @@ DEBUG_ENV = "SEGBENCH_DEBUG"
 USER_ERROR_TYPES = (
     ("segbench.config", "ConfigError"),
     ("segbench.spec", "SpecError"),
-    ("segbench.cells", "RecordError"),
+    ("segbench.record", "RecordError"),
     ("segbench.data.base", "DatasetError"),
     ("segbench.engine.checkpoint", "CheckpointError"),
     ("segbench.engine.checkpoint", "CheckpointMismatch"),

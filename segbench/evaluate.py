@@ -46,12 +46,16 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def eval_settings(overrides: list[str], recorded: dict | None = None) -> dict:
-    """The eval section: defaults, then what the cell was scored under (if any), then `--set eval.*`."""
+def only_eval_overrides(overrides: list[str], command: str) -> None:
+    """A command that takes `--set eval.*` only (`segbench evaluate`, `segbench predict`) refuses any other key before
+    any work, naming the keys it takes."""
     bad = [o for o in overrides if not o.startswith("eval.")]
     if bad:
-        raise ConfigError(f"--set {bad[0]!r}: segbench evaluate takes eval.* settings only "
-                          f"({', '.join(DEFAULTS['eval'])})")
+        raise ConfigError(f"--set {bad[0]!r}: {command} takes eval.* settings only ({', '.join(DEFAULTS['eval'])})")
+
+
+def eval_section(overrides: list[str], recorded: dict | None = None) -> dict:
+    """The eval section, validated: defaults, then what the cell was scored under (if any), then `--set eval.*`."""
     ecfg = copy.deepcopy(DEFAULTS["eval"])
     ecfg.update({k: v for k, v in (recorded or {}).items() if k in ecfg})
     return validate(apply_overrides({"eval": ecfg}, overrides), sections=("eval",))["eval"]
@@ -91,10 +95,11 @@ def main(argv: list[str] | None = None) -> int:
         print("segbench evaluate: give either a CHECKPOINT or --preds DIR", file=sys.stderr)
         return 2
     check_outputs(args.output, args.save_preds)
+    only_eval_overrides(args.overrides, "segbench evaluate")
     if args.preds is not None:
         from .engine.scoring import score_prediction_dir
 
-        ecfg = eval_settings(args.overrides)
+        ecfg = eval_section(args.overrides)
         dataset = build_dataset(args.dataset, ecfg["split"], root=args.data_root)
         # predictions are scored at the label's native resolution: eval.classes applies, eval.protocol only where it
         # leaves the label alone
@@ -104,14 +109,14 @@ def main(argv: list[str] | None = None) -> int:
                                       ecfg["missing_pairs"])
         result["source"] = {"preds": str(args.preds), "encoding": args.encoding}
     else:
-        from .engine.checkpoint import load_trained_model
-        from .engine.distributed import init_from_env
+        from .network import load_trained_model
+        from .distributed import init_from_env
         from .data.base import missing_pairs
         from .engine.scoring import evaluate, prepare_for_scoring, scoring_options
 
         device = init_from_env(None if args.device == "auto" else args.device)
         model, record = load_trained_model(args.checkpoint)
-        ecfg = eval_settings(args.overrides, record["config"].get("eval"))
+        ecfg = eval_section(args.overrides, record["config"].get("eval"))
         dataset = build_dataset(args.dataset, ecfg["split"], root=args.data_root)
         classes = prepare_for_scoring(dataset, ecfg)
         result = evaluate(model, dataset, device=device, eval_classes=classes, **scoring_options(ecfg),

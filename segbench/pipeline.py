@@ -1,7 +1,8 @@
 """One cell, top to bottom: dataset -> transforms -> model -> train -> score every target -> record.
 
 Read it like torchvision's `references/segmentation/train.py` `main()`: each step is one call into the module that owns
-it (data/factory, data/transforms, models/factory, engine/train, engine/scoring, cells).
+it (data/factory, data/transforms, network (models/factory, methods), engine/train, engine/scoring, record and
+protocol_card).
 """
 from __future__ import annotations
 
@@ -17,23 +18,24 @@ from typing import Callable
 import torch
 
 from . import __version__
-from .cells import CHECKPOINTS, CONFIG, DONE, FINAL_WEIGHTS, PREDS, TENSORBOARD, TRAIN_LOG, Cell, CellBusy, \
-    DamagedRecordWarning, cell_lock, cell_record, confusion_path, damaged_confusions, missing_targets, \
-    protocol_card, target_protocol, write_record
-from .config import identity_view, train_settings
+from . import distributed as dist_utils
+from .cells import CHECKPOINTS, CONFIG, DONE, FINAL_WEIGHTS, PREDS, TENSORBOARD, TRAIN_LOG, Cell
+from .config import identity_view, model_settings, train_settings
 from .data import build_dataset
 from .data.base import missing_pairs
 from .data.multisource import apply_unknown_label_policy_per_source
 from .data.transforms import build_train_transform
-from .engine import distributed as dist_utils
 from .engine.checkpoint import load_final_weights, prune_checkpoints
 from .engine.logging import tensorboard_writer
 from .engine.scoring import evaluate, prepare_for_scoring, scoring_options
 from .engine.train import train
 from .io import remove_stale_temp_files, save_torch, set_aside, write_json
-from .methods import build_method
-from .models import create_model
+from .lock import CellBusy, cell_lock
 from .models.pretrained import init_record
+from .network import build_cell_model
+from .protocol_card import protocol_card, target_protocol
+from .record import DamagedRecordWarning, cell_record, confusion_path, damaged_confusions, missing_targets, \
+    write_record
 
 
 def git_commit() -> str | None:
@@ -56,7 +58,7 @@ def provenance(device: torch.device) -> dict:
 
 @contextmanager
 def claim_cell(cell_dir: Path, device: torch.device):
-    """Hold the cell's lock (cells.cell_lock) for every rank of this job, or raise CellBusy on every rank: the first
+    """Hold the cell's lock (lock.cell_lock) for every rank of this job, or raise CellBusy on every rank: the first
     rank takes it and tells the others. Once it is held no other process writes here, so the temp files of a save
     that a killed run left behind are removed."""
     with ExitStack() as held:
@@ -133,10 +135,8 @@ def train_and_score(cell: Cell, cell_dir: Path, *, data_root, device: torch.devi
     torch.manual_seed(cell.seed)
     # ImageNet weights only matter before training; a trained cell's own weights replace them anyway
     open_target = target_opener(cell, data_root)
-    model = create_model(cell.backbone, head=cell.head, output_stride=cell.model.get("output_stride"),
-                         pretrained=None if trained else cell.model.get("pretrained"), aux=cell.model.get("aux", False))
-    method = build_method(cell.method, cell.method_options)
-    method.build(model)  # before any weights go in: a method's modules and buffers are part of them
+    model, method = build_cell_model(cell.backbone, cell.head, model_settings(cell.model), cell.method,
+                                     cell.method_options, pretrained=not trained)
     if trained:
         model.load_state_dict(final_state)
     else:

@@ -2,7 +2,7 @@
 
 Each image becomes OUT/NAME.png, a trainId PNG (what `segbench evaluate --preds` reads back; a folder's images keep
 their sub-folders), and with --overlay OUT/NAME_overlay.png, the Cityscapes palette blended half and half with the
-image. The model is rebuilt from the cell's record (engine/checkpoint.py) and predicts as its cell was scored
+image. The model is rebuilt from the cell's record (network.py) and predicts as its cell was scored
 (eval.mode, window, stride, flip, scales), unless --set says otherwise; every image is read at its own size.
 """
 from __future__ import annotations
@@ -11,7 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .config import DEFAULTS, ConfigError, InferenceSettings
+from .config import ConfigError, eval_settings
 from .errors import command
 
 #: the image files a folder is searched for (any case)
@@ -74,10 +74,9 @@ def check_outputs(out: Path, files: list[tuple[Path, Path]]) -> None:
 @command("segbench predict")
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    bad = [o for o in args.overrides if not o.startswith("eval.")]
-    if bad:
-        raise ConfigError(f"--set {bad[0]!r}: segbench predict takes eval.* settings only "
-                          f"({', '.join(DEFAULTS['eval'])})")
+    from .evaluate import eval_section, only_eval_overrides
+
+    only_eval_overrides(args.overrides, "segbench predict")
     files = image_files(args.images)
     check_outputs(args.out, files)
 
@@ -85,14 +84,13 @@ def main(argv: list[str] | None = None) -> int:
 
     from .data.base import read_rgb
     from .data.transforms import normalized_tensor
-    from .engine.checkpoint import load_trained_model
-    from .engine.distributed import init_from_env
+    from .network import load_trained_model
+    from .distributed import init_from_env
     from .engine.inference import predict
     from .engine.scoring import save_prediction
-    from .evaluate import eval_settings
 
     model, record = load_trained_model(args.checkpoint)
-    settings = InferenceSettings.from_config(eval_settings(args.overrides, record["config"].get("eval")))
+    settings = eval_settings(eval_section(args.overrides, record["config"].get("eval")))
     device = init_from_env(None if args.device == "auto" else args.device)
     model.to(device)
     for image_path, name in tqdm(files, desc="predict", unit="img", file=sys.stderr, disable=len(files) < 2):

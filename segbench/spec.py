@@ -1,7 +1,9 @@
-"""Study specs: `A->B`, `A->B,C`, `A<->B`, the shell-safe `A:B` (no quoting needed), and multi-source `A+B->C`.
+"""Study specs: `A->B`, `A->B,C`, `A<->B`, the shell-safe `A:B` (no quoting needed), and multi-source `A+B->C`; and
+the two notations inside a dataset name, owned here alone: `A+B` (a union) and `NAME@WxH` (a prepared copy).
 
 A `+`-joined source (`gta5+synthia`) trains one model on the union of its parts; each part is then scored in-domain
 (its own eval split), the targets cross-domain. `+` joins sources only: a target or a `<->` side is one dataset.
+`gta5@1280x720` reads the resized copy of gta5 that `segbench data prepare gta5 --size 1280x720` wrote.
 """
 from __future__ import annotations
 
@@ -54,6 +56,23 @@ def is_multi_source(source: str) -> bool:
     return len(source_parts(source)) > 1
 
 
+def prepared_parts(name: str) -> tuple[str, str]:
+    """A dataset name as (the dataset it reads, the size of its prepared copy as written): `gta5@1280x720` ->
+    ("gta5", "1280x720"); a plain name -> (name, "")."""
+    dataset, _, size = name.partition(PREPARED)
+    return dataset, size
+
+
+def is_prepared(name: str) -> bool:
+    """Whether `name` names a prepared copy (`NAME@WxH`) rather than a registered dataset."""
+    return PREPARED in name
+
+
+def prepared_copy(dataset: str, size: str) -> str:
+    """The name of `dataset`'s prepared copy at `size` (WxH as written): ("gta5", "1280x720") -> `gta5@1280x720`."""
+    return f"{dataset}{PREPARED}{size}"
+
+
 def is_in_domain(source: str, target: str) -> bool:
     """Whether scoring `target` measures the training domain: the source itself, or one of its parts."""
     return target == source or target in source_parts(source)
@@ -64,9 +83,9 @@ def _names(text: str, spec: str) -> list[str]:
     for n in names:
         # an empty part of `a++b` is _source's to explain; `NAME@WxH` is a prepared copy of NAME
         for part in [p for p in source_parts(n) if p] or [n]:
-            base, at, size = part.partition(PREPARED)
+            base, size = prepared_parts(part)
             problem = dataset_name_problem(base)
-            if problem is None and at and not _SIZE.fullmatch(size):
+            if problem is None and is_prepared(part) and not _SIZE.fullmatch(size):
                 problem = f"{part!r} names a prepared copy as NAME{PREPARED}WxH, e.g. gta5@1280x720"
             if problem:
                 raise SpecError(f"bad dataset name in spec {spec!r}: {problem}; expected:\n{GRAMMAR}")

@@ -6,7 +6,7 @@ on disk. A worker is the study's own command line narrowed to one cell (`--only 
 plans exactly what the parent planned.
 
 Two runners on one results directory do not both train a cell: the process running a cell holds its lock (see
-cells.cell_lock), and a cell whose earlier job a queue still holds (Slurm) is not submitted again; either way the cell
+lock.cell_lock), and a cell whose earlier job a queue still holds (Slurm) is not submitted again; either way the cell
 is reported "busy". A results directory that cannot be written to stops the study before anything runs.
 """
 from __future__ import annotations
@@ -17,10 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-from .cells import LAUNCHER_LOG, SLURM_JOB, Cell, CellBusy, is_done, lock_holder
+from .cells import LAUNCHER_LOG, SLURM_JOB, Cell
 from .io import check_writable
 from .launchers import Job, Launched, last_line
+from .lock import CellBusy, lock_holder
 from .pipeline import run_cell
+from .record import is_done
 
 # Options of the study's command line that a worker must not inherit: value count (-1 = all following non-options).
 # --analyze runs once, in the study's process, over every finished cell: a worker would analyse its one cell and

@@ -1,7 +1,7 @@
 """Child process for tests/test_resume_ddp.py: one run of `segbench.engine.train.train` on the embedded `sim` data.
 
 Under RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT it is one rank of a gloo group (joined through
-`segbench.engine.distributed.init_from_env`). With --freeze-after K it writes a marker file right after the checkpoint
+`segbench.distributed.init_from_env`). With --freeze-after K it writes a marker file right after the checkpoint
 of iteration K is on disk and then blocks, so the parent can SIGKILL it at a known point. Everything the parent checks
 goes to --out: initial and final weights (rank 0); per rank a JSON with train()'s statistics, the number of
 training forward passes this process ran and, per forward pass, a digest of each input image (the augmented pixels
@@ -22,10 +22,10 @@ from torch import nn
 
 import segbench.engine.scoring as evaluate_mod
 import segbench.engine.train as train_mod
+from segbench import distributed as dist_utils
 from segbench.config import TrainSettings
 from segbench.data import build_dataset
 from segbench.data.transforms import EvalTransform, build_train_transform
-from segbench.engine import distributed as dist_utils
 from segbench.methods import build_method
 
 NUM_CLASSES = 19

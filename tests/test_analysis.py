@@ -12,8 +12,8 @@ import pytest
 import torch
 
 import minitrees as mt
-from segbench.analysis.appearance import TRANSFORMS, ImageTransform, StyleStats, conditions, style_statistics, _lab
 from segbench.analysis import run_analyses
+from segbench.analysis.appearance import TRANSFORMS, ImageTransform, StyleStats, conditions, style_statistics, _lab
 from segbench.analysis.cli import build_parser, main
 from segbench.analysis.divergence import content_split, feature_points, measure
 from segbench.analysis.loading import load_model
@@ -254,7 +254,7 @@ def scored_by_shift_and_evaluate(tmp_path, monkeypatch, capsys, eval_section=Non
     """caller ("analyze" / "evaluate") -> {(model input size, scored classes, flip)} of one Mapillary frame scored by
     `analyze shift` and by `segbench evaluate` on a cell whose record holds `eval_section`; no forward pass."""
     import segbench.engine.scoring as engine_scoring
-    from segbench.config import InferenceSettings
+    from segbench.config import EvalSettings
     from segbench.evaluate import main as evaluate_main
 
     data_root = tmp_path / "data"
@@ -270,7 +270,7 @@ def scored_by_shift_and_evaluate(tmp_path, monkeypatch, capsys, eval_section=Non
         caller = "analyze" if isinstance(dataset, ShiftedDataset) else "evaluate"
         transform = dataset.eval_transform if caller == "analyze" else dataset.transform
         seen.setdefault(caller, set()).add((transform.target_size(mt.H, mt.W), tuple(kwargs["eval_classes"]),
-                                            kwargs.get("settings", InferenceSettings()).flip))
+                                            kwargs.get("settings", EvalSettings()).flip))
         return {"miou": 0.0}
 
     monkeypatch.setattr(engine_scoring, "evaluate", fake_evaluate)

@@ -270,8 +270,9 @@ def test_two_gloo_processes_write_the_file_of_one(tmp_path, one_thread):
 
 def test_a_scored_cell_keeps_its_per_image_matrices(tmp_path, monkeypatch, one_thread):
     """run_cell on a trained cell: scoring the target writes confusion/TARGET.npz beside the record."""
-    from segbench import pipeline
-    from segbench.cells import FINAL_WEIGHTS, new_record, plan, read_record, write_record
+    from segbench import network, pipeline
+    from segbench.cells import FINAL_WEIGHTS, plan
+    from segbench.record import new_record, read_record, write_record
     from segbench.config import EMBEDDED_DEFAULT, load_config
     from segbench.data.adapters import synthetic
     from segbench.io import save_torch
@@ -279,7 +280,7 @@ def test_a_scored_cell_keeps_its_per_image_matrices(tmp_path, monkeypatch, one_t
     from tiny_models import PixelModel
 
     monkeypatch.setattr(synthetic, "SPLIT_SIZES", {"train": 1, "val": 2})
-    monkeypatch.setattr(pipeline, "create_model", lambda *a, **k: PixelModel())
+    monkeypatch.setattr(network, "create_model", lambda *a, **k: PixelModel())
     (cell,) = plan(load_config(EMBEDDED_DEFAULT), parse_specs(["sim->sim"]), ["resnet18"], ["fcn"])[:1]
     cell_dir = cell.directory(tmp_path / "results")
     cell_dir.mkdir(parents=True)

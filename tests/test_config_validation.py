@@ -131,10 +131,15 @@ def test_every_key_of_defaults_is_checked():
 
 
 def test_every_setting_has_its_own_rule():
-    """Ranges, not only types: a key added to DEFAULTS needs its entry in config.RULES (the type of its default is
-    only the safety net)."""
-    from segbench.config import FREE_SECTIONS, RULES
+    """Ranges, not only types: every setting declares its rule in its field (config.setting's `rule`; the type of its
+    default is only the safety net), and RULES, a view of the fields, covers DEFAULTS, another view of them."""
+    from dataclasses import fields
 
+    from segbench.config import FREE_SECTIONS, RULES, SECTIONS, StudySettings
+
+    for section in (StudySettings, *SECTIONS.values()):
+        for f in fields(section):
+            assert f.metadata["rule"] is not None, f"{section.__name__}.{f.name} declares no rule"
     for key, value in DEFAULTS.items():
         assert key in RULES, key
         if isinstance(value, dict) and key not in FREE_SECTIONS:  # `method`: checked against the method registry
@@ -217,11 +222,11 @@ def test_valid_study_still_plans(tmp_path, capsys):
 
 # -- segbench evaluate ------------------------------------------------------------------------------------------------
 def test_evaluate_checks_its_eval_settings():
-    from segbench.evaluate import eval_settings
+    from segbench.evaluate import eval_section
 
     with pytest.raises(ConfigError, match=r"eval.scales=\[0\]: expected a non-empty list of numbers > 0"):
-        eval_settings(["eval.scales=[0]"])
-    assert eval_settings(["eval.scales=[1, 15e-1]"])["scales"] == [1, 1.5]
+        eval_section(["eval.scales=[0]"])
+    assert eval_section(["eval.scales=[1, 15e-1]"])["scales"] == [1, 1.5]
 
 
 @pytest.fixture

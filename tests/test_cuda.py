@@ -21,8 +21,8 @@ import torch.distributed as dist
 import torch.nn as nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from segbench.config import InferenceSettings, TrainSettings
-from segbench.engine import distributed as dist_utils
+from segbench import distributed as dist_utils
+from segbench.config import EvalSettings, TrainSettings
 from segbench.engine import scoring
 from segbench.engine.inference import predict
 from segbench.engine.train import autocast_for, segmentation_loss, train
@@ -286,14 +286,14 @@ def test_sliding_window_inference_on_cuda(gpu):
     # a per-pixel model: windows cannot change any pixel, so sliding windows equal the whole image
     torch.manual_seed(0)
     pixel = PixelModel().to(gpu).eval()
-    slide = InferenceSettings(mode="slide", window=(64, 64), stride=(40, 40))
+    slide = EvalSettings(mode="slide", window=(64, 64), stride=(40, 40))
     whole = predict(pixel, image.to(gpu), out_size)
     windows = predict(pixel, image.to(gpu), out_size, slide)
     assert windows.device.type == "cuda" and windows.shape == (1, 19, *out_size)
     torch.testing.assert_close(windows, whole, rtol=1e-5, atol=1e-5)
     # a real model with flip and two scales: the GPU gives what the CPU gives
     model = seeded_model().eval()
-    tta = InferenceSettings(mode="slide", window=(64, 64), stride=(40, 40), flip=True, scales=(0.75, 1.0))
+    tta = EvalSettings(mode="slide", window=(64, 64), stride=(40, 40), flip=True, scales=(0.75, 1.0))
     on_gpu = predict(copy.deepcopy(model).to(gpu), image.to(gpu), out_size, tta).cpu()
     on_cpu = predict(model, image, out_size, tta)
     assert on_gpu.shape == on_cpu.shape == (1, 19, *out_size)

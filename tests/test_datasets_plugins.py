@@ -13,12 +13,12 @@ import torch
 
 import minitrees as mt
 from segbench.data import plugins
-from segbench.data.cli import main as data_main
 from segbench.data.base import SegmentationDataset
+from segbench.data.cli import main as data_main
 from segbench.data.factory import build_dataset
 from segbench.data.registry import DATASETS, register_dataset
 from segbench.data.yaml_dataset import YamlSpecError, register_yaml
-from segbench.spec import SpecError, Transfer, parse_spec
+from segbench.spec import SpecError, Transfer, is_prepared, parse_spec
 
 MYCITY = """\
 segbench_dataset: 1
@@ -226,7 +226,7 @@ def test_a_name_that_is_not_a_plain_token_is_refused_saying_what_a_name_may_hold
     if name:  # no name: the decorator takes the class name
         with pytest.raises(ValueError, match="letters, digits"):
             register_dataset(str(name))(type("Odd", (SegmentationDataset,), {}))
-    if isinstance(name, str) and "@" not in name:  # `city@2x` is a spec's way to name a prepared copy of `city`
+    if isinstance(name, str) and not is_prepared(name):  # `city@2x` is a spec's way to name a prepared copy of `city`
         with pytest.raises(SpecError, match="letters, digits"):
             parse_spec(f"gta5->{name}")
 

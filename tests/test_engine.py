@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from segbench import evaluate as evaluate_cli
+from segbench.config import ConfigError, EvalSettings, TrainSettings, apply_overrides, load_config, validate
 from segbench.data import build_dataset
 from segbench.data.adapters import synthetic
-from segbench.config import InferenceSettings, TrainSettings
 from segbench.data.transforms import build_train_transform
 from segbench.engine import scoring
 from segbench.engine.checkpoint import CheckpointMismatch, list_checkpoints, load_checkpoint
@@ -36,8 +36,8 @@ def test_sliding_window_with_one_window_equals_whole_for_a_real_model():
     image = torch.randn(1, 3, 48, 64)
     with torch.no_grad():
         whole = predict(model, image, (48, 64))
-        slid = predict(model, image, (48, 64), InferenceSettings(mode="slide", window=(48, 64)))
-        overlapped = predict(model, image, (48, 64), InferenceSettings(mode="slide", window=(32, 32), stride=(16, 16)))
+        slid = predict(model, image, (48, 64), EvalSettings(mode="slide", window=(48, 64)))
+        overlapped = predict(model, image, (48, 64), EvalSettings(mode="slide", window=(32, 32), stride=(16, 16)))
     torch.testing.assert_close(slid, whole)
     assert overlapped.shape == whole.shape and torch.isfinite(overlapped).all()
 
@@ -45,7 +45,7 @@ def test_sliding_window_with_one_window_equals_whole_for_a_real_model():
 def test_tta_averages_probabilities_at_label_size():
     torch.manual_seed(0)
     model, image = PixelModel(), torch.randn(1, 3, 20, 30)
-    probs = predict(model, image, (40, 60), InferenceSettings(flip=True, scales=(0.5, 1.0, 1.5)))
+    probs = predict(model, image, (40, 60), EvalSettings(flip=True, scales=(0.5, 1.0, 1.5)))
     assert probs.shape == (1, 19, 40, 60)
     torch.testing.assert_close(probs.sum(1), torch.full((1, 40, 60), 6.0))  # 3 scales x 2 flips
 
@@ -67,7 +67,7 @@ def test_flip_tta_flips_the_mirrored_view_back():
     with torch.no_grad():
         plain = model(image)["out"].softmax(1)
         mirrored = model(image.flip(-1))["out"].softmax(1)
-        got = predict(model, image, (12, 20), InferenceSettings(flip=True))
+        got = predict(model, image, (12, 20), EvalSettings(flip=True))
     expected = plain + mirrored.flip(-1)
     torch.testing.assert_close(got, expected)
     # the model really is position dependent: forgetting the flip-back would give a different answer
@@ -75,10 +75,11 @@ def test_flip_tta_flips_the_mirrored_view_back():
 
 
 def test_bad_inference_settings_say_what_to_set():
-    with pytest.raises(ValueError, match="eval.window"):
-        InferenceSettings(mode="slide")
-    with pytest.raises(ValueError, match="'whole' or 'slide'"):
-        InferenceSettings(mode="tiles")
+    """Checked once, with the rest of the configuration (config.py), before anything is built from them."""
+    with pytest.raises(ConfigError, match="eval.window"):
+        validate(apply_overrides(load_config(None), ["eval.mode=slide"]))
+    with pytest.raises(ConfigError, match="'whole', 'slide'"):
+        validate(apply_overrides(load_config(None), ["eval.mode=tiles"]))
 
 
 # -- scoring prediction PNGs from another framework -------------------------------------------------------------------

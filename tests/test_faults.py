@@ -20,19 +20,21 @@ import torch
 
 from segbench import evaluate as evaluate_cli
 from segbench import io as io_mod
-from segbench import pipeline
+from segbench import network, pipeline
 from segbench import study as study_mod
-from segbench.cells import CHECKPOINTS, DONE, FINAL_WEIGHTS, LOCK, RECORD, SLURM_JOB, CellBusy, cell_lock, \
-    lock_holder, new_record, plan, write_record
+from segbench.cells import CHECKPOINTS, DONE, FINAL_WEIGHTS, LOCK, RECORD, SLURM_JOB, plan
 from segbench.config import EMBEDDED_DEFAULT, TrainSettings, load_config
 from segbench.data import build_dataset
 from segbench.data.adapters import synthetic
 from segbench.data.transforms import build_train_transform
 from segbench.engine import train as train_mod
 from segbench.engine.checkpoint import CheckpointError, DamagedCheckpoint, checkpoint_path, list_checkpoints, \
-    load_checkpoint, load_trained_model
+    load_checkpoint
 from segbench.io import DiskFullError, NotWritableError, remove_stale_temp_files, save_torch, write_text
 from segbench.launchers import LAUNCHERS
+from segbench.lock import CellBusy, cell_lock, lock_holder
+from segbench.network import load_trained_model
+from segbench.record import new_record, write_record
 from segbench.spec import parse_specs
 from segbench.study import run_study
 from tiny_models import PixelModel
@@ -189,7 +191,7 @@ def test_stale_temp_files_of_the_atomic_writer_are_removed(tmp_path):
 @pytest.fixture
 def tiny_model(monkeypatch):
     """run_cell builds PixelModel instead of a ResNet: the cell paths under test only load and save weights."""
-    monkeypatch.setattr(pipeline, "create_model", lambda *a, **k: PixelModel())
+    monkeypatch.setattr(network, "create_model", lambda *a, **k: PixelModel())
 
 
 def test_starting_a_cell_removes_temp_files_a_killed_save_left(tmp_path, tiny_model):
@@ -403,8 +405,8 @@ def test_the_lock_is_held_while_the_cell_runs(tmp_path, tiny_model, monkeypatch)
 CLAIM_AS_A_RANK = """
 import sys
 from pathlib import Path
-from segbench.cells import CellBusy, lock_holder
-from segbench.engine import distributed
+from segbench.lock import CellBusy, lock_holder
+from segbench import distributed
 from segbench.pipeline import claim_cell
 device = distributed.init_from_env("cpu")
 try:
@@ -582,7 +584,8 @@ def test_a_malformed_record_is_kept_aside_and_what_is_readable_carried_over(tmp_
 def test_a_damaged_per_image_file_is_kept_aside_and_its_target_scored_again(tmp_path, tiny_model, tiny_sim, damage):
     import numpy as np
 
-    from segbench.cells import CONFUSION, is_done
+    from segbench.cells import CONFUSION
+    from segbench.record import is_done
     from segbench.report.bootstrap import load_image_confusions
 
     cell, cell_dir = _finished_cell(tmp_path)

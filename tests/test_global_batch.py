@@ -14,12 +14,12 @@ import pytest
 import torch
 
 from child_train import FROZEN, TinyNet
+from segbench import distributed as dist_utils
 from segbench.cells import plan
 from segbench.config import ConfigError, TrainSettings, apply_overrides, load_config, validate
 from segbench.data import build_dataset
 from segbench.data.adapters import synthetic
 from segbench.data.transforms import build_train_transform
-from segbench.engine import distributed as dist_utils
 from segbench.engine import train as train_mod
 from segbench.spec import parse_specs
 # the 2-process harness of the DDP tests: the `sim` tree written once, children in their own process groups

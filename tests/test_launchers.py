@@ -19,10 +19,11 @@ import numpy as np
 import pytest
 
 from segbench import launchers
+from segbench.cells import DONE, RECORD, plan
 from segbench.config import EMBEDDED_DEFAULT, load_config
 from segbench.io import write_json
-from segbench.cells import DONE, RECORD, is_done, new_record, plan
 from segbench.launchers import LAUNCHERS, Job, parse_options, visible_gpus
+from segbench.record import is_done, new_record
 from segbench.spec import parse_specs
 from segbench.study import cell_argv, run_study, worker_args
 

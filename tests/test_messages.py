@@ -15,12 +15,12 @@ from PIL import Image
 import minitrees as mt
 
 from segbench import cli, errors
-from segbench.cells import write_record
 from segbench.data import build_dataset
 from segbench.data.adapters import synthetic
 from segbench.engine import scoring
 from segbench.engine.checkpoint import CheckpointError, load_checkpoint
 from segbench.labels import PALETTE
+from segbench.record import write_record
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -37,10 +37,10 @@ def _segbench(capsys, *argv):
 
 
 def _one_clean_line(err, *names):
-    """stderr ends in one message (a line naming every one of `names`), with no traceback; what a study prints
-    before it (the recipe it runs, the cells it plans, warnings) is information, not the message."""
+    """stderr ends in one message (a first line `segbench COMMAND: ...` naming every one of `names`; what a run prints
+    about the study and its data as it starts comes before it), with no traceback."""
     assert "Traceback" not in err, err
-    first = err.strip().splitlines()[-1]
+    first = [line for line in err.strip().splitlines() if line.startswith("segbench ")][-1]
     for name in names:
         assert str(name) in first, (name, err)
     return first
@@ -112,7 +112,7 @@ GOOD_RECORD = {"cell_id": "abc", "backbone": "resnet18", "head": "fcn", "source"
     ("curves", {"sim": [[2]]}, "curves.sim=[[2]]"), ("method", "isw", 'method="isw"'),
 ])
 def test_report_names_a_record_field_of_the_wrong_type(tmp_path, capsys, field, value, named):
-    from segbench.cells import read_record_or_none
+    from segbench.record import read_record_or_none
 
     record = tmp_path / "study" / "cells" / "sim__resnet18__fcn__s0__abc" / "record.json"
     write_record(record.parent, {**GOOD_RECORD, field: value})
@@ -128,7 +128,7 @@ def test_report_names_a_record_field_of_the_wrong_type(tmp_path, capsys, field, 
 def test_a_record_missing_a_field_is_redone_not_read(tmp_path):
     """A record.json without `config` (cut by hand, or from another tool) is malformed like one of the wrong types: the
     runner starts the cell afresh instead of failing on record["config"] (pipeline.train_and_score)."""
-    from segbench.cells import read_record_or_none
+    from segbench.record import read_record_or_none
 
     for field in ("config", "results"):
         write_record(tmp_path, {k: v for k, v in GOOD_RECORD.items() if k != field})

@@ -10,14 +10,15 @@ import torch
 from torch import nn
 
 from segbench import run
-from segbench.cells import ERM, plan
-from segbench.config import ConfigError, apply_overrides, load_config
+from segbench.cells import plan
+from segbench.config import ERM, ConfigError, apply_overrides, load_config
 from segbench.data.adapters import synthetic
 from segbench.data.transforms import build_train_transform
 from segbench.methods import (METHODS, PLUGINS_ENV, InstanceWhitening, Method, MethodError, SwitchWhiten2d, TrainRun,
                               build_method, method_options)
 from segbench.models import create_model
 from segbench.spec import parse_specs
+from segbench.validation import validate_study
 
 TINY = ["--set", "train.iters=2", "--set", "train.batch_size=2", "--set", "train.crop=[32,64]",
         "--set", "train.workers=0", "--set", "train.ckpt_every=0", "--set", "model.pretrained=null",
@@ -67,7 +68,7 @@ def test_a_methods_revision_gives_its_cells_new_ids_and_its_records_name_it():
     assert after["mixstyle"].cell_id == before["mixstyle"].cell_id and after[ERM].cell_id == before[ERM].cell_id
     assert after["iw"].training_identity()["method"]["revision"] == 2
     assert "revision" not in after["mixstyle"].training_identity()["method"]
-    from segbench.cells import new_record, record_type_problem
+    from segbench.record import new_record, record_type_problem
 
     record = new_record(after["iw"])
     assert record["method"] == {"name": "iw", "options": method_options("iw"), "revision": 2}
@@ -106,7 +107,7 @@ def test_methods_and_their_options_from_the_command_line(tmp_path, capsys):
 def test_bad_method_settings_name_the_key_and_the_valid_choices(methods, settings, expected):
     cfg = {**load_config("embedded"), "methods": methods, "method": settings}
     with pytest.raises(ConfigError) as e:
-        run.validate_study(cfg, None)
+        validate_study(cfg, None)
     assert expected in str(e.value)
 
 
@@ -302,7 +303,7 @@ def test_a_method_defined_outside_segbench_runs_in_a_study(tmp_path, monkeypatch
                          "--set", "method.featnoise.std=0.2", *TINY]) == 0
         assert "2 finished cell(s) skipped" in capsys.readouterr().out
 
-        from segbench.engine.checkpoint import load_trained_model
+        from segbench.network import load_trained_model
 
         (cell,) = (tmp_path / "r/ext/cells").glob("*+featnoise*")
         model, _ = load_trained_model(cell)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from segbench import run
-from segbench.cells import RecordError, missing_targets, new_record, plan, write_record
+from segbench.cells import plan
 from segbench.config import DEFAULTS, ConfigError, TrainSettings, apply_overrides, validate
 from segbench.data import build_dataset
 from segbench.data.adapters import synthetic
@@ -14,6 +14,7 @@ from segbench.data.transforms import build_train_transform
 from segbench.engine import scoring
 from segbench.engine.train import train
 from segbench.models import create_model
+from segbench.record import RecordError, missing_targets, new_record, write_record
 from segbench.report import build_report
 from segbench.report import cli as report_cli
 from segbench.report.selection import SelectionError, select, source_val_iteration

@@ -20,11 +20,12 @@ from segbench.data import build_dataset
 from segbench.data.adapters import gta5, synthia
 from segbench.data.adapters.splitlists import SPLIT_DIR, read_split_list
 from segbench.data.base import DatasetWarning
-from segbench.data.multisource import (MultiSourceDataset, apply_unknown_label_policy_per_source,
-                                       resolve_source_weights)
+from segbench.data.multisource import MultiSourceDataset, apply_unknown_label_policy_per_source
 from segbench.data.sampler import MIN_BLOCK, MultiSourceStreamSampler, SeededStreamSampler, block_quota
 from segbench.engine.train import make_loader
+from segbench.source_weights import source_weight_problems, weights_per_part
 from segbench.spec import SpecError, Transfer, parse_spec, parse_specs
+from segbench.validation import validate_study
 
 SPEC = "gta5+synthia->cityscapes,bdd100k,mapillary"
 
@@ -111,13 +112,14 @@ def test_the_study_class_set_enters_a_unions_id_only():
 
 # -- weights: settings, validation, quotas ------------------------------------------------------------------------
 def test_source_weights_resolve_to_one_weight_per_part():
-    assert resolve_source_weights(["a", "b"], [12, 6], None) == [12.0, 6.0]
-    assert resolve_source_weights(["a", "b"], [12, 6], {"b": 1, "a": 3}) == [3.0, 1.0]
-    assert resolve_source_weights(["a", "b"], [12, 6], [0.5, 0.5]) == [0.5, 0.5]
-    with pytest.raises(ConfigError, match="no weight for b.*c not among the sources"):
-        resolve_source_weights(["a", "b"], [12, 6], {"a": 1, "c": 1})
-    with pytest.raises(ConfigError, match="3 weight.*2 sources"):
-        resolve_source_weights(["a", "b"], [12, 6], [1, 1, 1])
+    assert weights_per_part(["a", "b"], [12, 6], None) == [12.0, 6.0]
+    assert weights_per_part(["a", "b"], [12, 6], {"b": 1, "a": 3}) == [3.0, 1.0]
+    assert weights_per_part(["a", "b"], [12, 6], [0.5, 0.5]) == [0.5, 0.5]
+    (missing,) = source_weight_problems({"a": 1}, ["a+b"])
+    assert "no weight for b; expected a weight for each of a, b (spec source a+b)" in missing
+    assert source_weight_problems({"a": 1, "c": 1}, ["a+b"])[0] == "train.source_weights: 'c' is not a source of a+b"
+    (counted,) = source_weight_problems([1, 1, 1], ["a+b"])
+    assert "3 weight(s) for 2 sources (a, b); expected one per source, in that order" in counted
 
 
 def test_bad_source_weights_are_named_before_any_work(tmp_path):
@@ -126,7 +128,7 @@ def test_bad_source_weights_are_named_before_any_work(tmp_path):
         cfg.update(specs=specs)
         cfg["train"]["source_weights"] = weights
         with pytest.raises(ConfigError) as e:
-            run.validate_study(cfg, tmp_path)
+            validate_study(cfg, tmp_path)
         return str(e.value)
 
     said = problems([SPEC], {"gta5": 1, "synthai": 1})

@@ -1,4 +1,4 @@
-"""The protocol card on every record (cells.protocol_card) and what the report makes of it: a footer naming each
+"""The protocol card on every record (protocol_card.py) and what the report makes of it: a footer naming each
 source's card, rows that differ in protocol kept apart and told apart, every distinct card printed once."""
 from __future__ import annotations
 
@@ -9,12 +9,14 @@ from types import SimpleNamespace
 
 import minitrees as mt
 import pytest
-from segbench.cells import CHECKPOINT_RULE, is_done, new_record, plan, protocol_card, target_protocol, write_record
+from segbench.cells import plan
 from segbench.config import EMBEDDED_DEFAULT, load_config
 from segbench.data import build_dataset
 from segbench.data.transforms import eval_transform_for
 from segbench.io import write_json
 from segbench.models import create_model
+from segbench.protocol_card import CHECKPOINT_RULE, protocol_card, target_protocol
+from segbench.record import is_done, new_record, write_record
 from segbench.report import build_report
 from segbench.report.protocols import card_hash, differences
 from segbench.spec import parse_specs

@@ -12,10 +12,10 @@ import pytest
 
 from segbench.labels import CLASS_NAMES, PALETTE
 from study_files import write_study
+from segbench.record import load_records
 from segbench.report import build_report
 from segbench.report.cli import main
 from segbench.report.qualitative import ground_truth
-from segbench.cells import load_records
 from segbench.report.records import scores
 from segbench.report.tables import dg, paper, per_class
 

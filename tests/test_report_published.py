@@ -1,6 +1,6 @@
 """Published rows beside measured ones (report/reproduced.py) on hand-built studies: every column pinned against values
 worked out by hand, a row measured under another protocol flagged with the fields named, the leaderboard, the
-`--published` rule. The cards are built by cells.protocol_card from the shipped recipe, so the field names the data
+`--published` rule. The cards are built by protocol_card.protocol_card from the shipped recipe, so the field names the data
 files use are the ones real records carry."""
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ import io
 
 import numpy as np
 
-from segbench.cells import CONFUSION, new_record, plan, protocol_card
+from segbench.cells import CONFUSION, plan
+from segbench.protocol_card import protocol_card
+from segbench.record import new_record
 from segbench.config import load_config
 from segbench.report import build_report
 from segbench.report.cli import main
@@ -23,7 +25,7 @@ HEAD = "robustnet-deeplabv3plus"
 
 
 def record(backbone, seed, mious, *, pretrained="imagenet", iters=None, crop=None, native=False, classes=None):
-    """A record of RobustNet's recipe (its card from cells.protocol_card), scored `mious` ({target: mIoU}); the
+    """A record of RobustNet's recipe (its card from protocol_card.protocol_card), scored `mious` ({target: mIoU}); the
     keyword arguments change the recipe (iters, crop, eval.protocol native) or a target's class set."""
     cfg = copy.deepcopy(RECIPE)
     cfg["model"]["pretrained"] = pretrained

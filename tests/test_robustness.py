@@ -18,13 +18,13 @@ import pytest
 import torch
 
 import minitrees as mt
+from segbench.data import base as data_base
 from segbench.data import plugins
 from segbench.data.adapters import synthetic
-from segbench.data import base as data_base
 from segbench.data.base import DatasetError
-from segbench.data.factory import prepare_dataset
 from segbench.data.cli import main as data_main
 from segbench.data.factory import build_dataset
+from segbench.data.factory import prepare_dataset
 from segbench.data.registry import DATASETS
 from segbench.data.yaml_dataset import YamlSpecError, register_yaml
 from tiny_models import PixelModel
@@ -211,12 +211,12 @@ def test_unknown_label_scan_is_cached_and_sees_a_rewritten_label(tmp_path):
     assert count_unknown_labels(ds).pixels == 7
 
 
-def test_unknown_label_policy_must_be_known(tmp_path):
-    from segbench.data.label_scan import apply_unknown_label_policy
+def test_unknown_label_policy_must_be_known():
+    """Checked once, with every other setting, before any dataset is opened."""
+    from segbench.config import ConfigError, apply_overrides, load_config, validate
 
-    ds = build_dataset("sim", "train", root=tmp_path / "data")
-    with pytest.raises(DatasetError, match=r"train.unknown_labels.*'skip'.*error, ignore"):
-        apply_unknown_label_policy(ds, "skip")
+    with pytest.raises(ConfigError, match=r"train.unknown_labels='skip': expected one of 'error', 'ignore'"):
+        validate(apply_overrides(load_config(None), ["train.unknown_labels=skip"]))
 
 
 # ------------------------------------------------------------------------------------------------ through a cell
@@ -235,9 +235,9 @@ def sim_cell(*overrides: str):
 @pytest.fixture
 def pixel_model(monkeypatch, one_thread):
     """Cells train a 1x1 conv: what is tested here is the data path, in well under a second."""
-    from segbench import pipeline
+    from segbench import network
 
-    monkeypatch.setattr(pipeline, "create_model", lambda *a, **k: PixelModel())
+    monkeypatch.setattr(network, "create_model", lambda *a, **k: PixelModel())
 
 
 def test_training_stops_naming_the_file_value_and_fix(tmp_path, pixel_model):

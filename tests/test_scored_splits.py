@@ -10,14 +10,17 @@ import pytest
 import torch
 
 import minitrees as mt
-from segbench import pipeline, run
-from segbench.cells import FINAL_WEIGHTS, identity_view, is_done, new_record, plan, protocol_card, write_record
+from segbench import network, pipeline, run
+from segbench.cells import FINAL_WEIGHTS, plan
 from segbench.config import apply_overrides, load_config
+from segbench.config import identity_view
 from segbench.data import build_dataset
 from segbench.data.adapters import synthetic
 from segbench.data.cli import main as data_main
 from segbench.evaluate import main as evaluate_main
 from segbench.io import save_torch
+from segbench.protocol_card import protocol_card
+from segbench.record import is_done, new_record, write_record
 from segbench.report import build_report
 from segbench.spec import parse_specs
 from tiny_models import PixelModel
@@ -60,7 +63,7 @@ def test_a_study_refuses_a_target_with_a_missing_image_before_training(tmp_path,
 def scored_short(tmp_path, short_cityscapes, monkeypatch):
     """A trained bdd100k->cityscapes cell (PixelModel weights) scored with eval.missing_pairs=skip."""
     data, _ = short_cityscapes
-    monkeypatch.setattr(pipeline, "create_model", lambda *a, **k: PixelModel())
+    monkeypatch.setattr(network, "create_model", lambda *a, **k: PixelModel())
     cfg = apply_overrides(load_config(None), ["eval.workers=0", "eval.dump=0", "eval.missing_pairs=skip"])
     (cell,) = plan(cfg, parse_specs(["bdd100k->cityscapes"]), ["resnet50"], ["fcn"])
     cell_dir = cell.directory(tmp_path / "results" / "short")
@@ -95,10 +98,10 @@ def test_the_setting_leaves_ids_and_finished_scores_alone(scored_short):
 
 
 def test_evaluate_refuses_the_short_split_unless_the_setting_says_skip(scored_short, tmp_path, capsys, monkeypatch):
-    import segbench.engine.checkpoint as checkpoint_mod
+    import segbench.network as network_mod
 
     data, _, cell_dir, record = scored_short
-    monkeypatch.setattr(checkpoint_mod, "create_model", lambda *a, **k: PixelModel())
+    monkeypatch.setattr(network_mod, "create_model", lambda *a, **k: PixelModel())
     argv = [str(cell_dir), "--dataset", "cityscapes", "--data-root", str(data), "--device", "cpu"]
     assert evaluate_main([*argv, "--set", "eval.missing_pairs=error"]) == 2
     assert "eval.missing_pairs=skip" in capsys.readouterr().err

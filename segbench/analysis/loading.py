@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from ..engine.checkpoint import load_trained_model, resolve
+from ..network import load_trained_model, resolve
 
 
 @dataclass

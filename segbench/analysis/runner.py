@@ -12,10 +12,12 @@ from typing import Sequence
 
 import torch
 
-from ..cells import CELLS, read_record
-from ..engine.checkpoint import resolve
+from ..cells import CELLS
 from ..io import write_text
 from ..labels import CLASS_NAMES
+from ..network import resolve
+from ..record import read_record
+from ..spec import prepared_parts
 from .appearance import TRANSFORMS, ImageTransform, parse_transform_spec, style_statistics
 from .loading import load_models
 
@@ -39,7 +41,7 @@ def default_out_dir(checkpoints: Sequence[str | Path]) -> Path:
 
 def default_style_source(dataset: str) -> str:
     """The other embedded domain: the style a shift test borrows when none is named."""
-    return "sim" if dataset.split("@")[0] == "photo" else "photo"
+    return "sim" if prepared_parts(dataset)[0] == "photo" else "photo"
 
 
 def _device(name) -> torch.device:
@@ -94,7 +96,7 @@ def _splits(name: str) -> Sequence[str]:
     from ..data import DATASETS
 
     try:
-        return DATASETS.get(name.split("@")[0]).splits
+        return DATASETS.get(prepared_parts(name)[0]).splits
     except Exception:
         return ("val",)
 

@@ -63,9 +63,9 @@ def scored_as_evaluated(record: dict, base, size=None):
     `record`: the eval section it was scored under (protocol, size, classes, mode, flip, scales). An explicit `size`
     (H, W) replaces the protocol's geometry: the image resized to it, the label scored at native resolution."""
     from ..engine.scoring import scoring_options, scoring_transform_and_classes
-    from ..evaluate import eval_settings
+    from ..evaluate import eval_section
 
-    ecfg = eval_settings([], (record.get("config") or {}).get("eval"))
+    ecfg = eval_section([], (record.get("config") or {}).get("eval"))
     transform, classes = scoring_transform_and_classes(base, ecfg)
     if size:
         transform = eval_transform_for(base, size)

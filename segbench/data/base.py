@@ -83,9 +83,6 @@ PROBLEM_KINDS = ("missing label", "missing image", "unreadable", "size mismatch"
 MISSING_PAIR_KINDS = ("missing label", "missing image")
 #: how many offending files a construction-time warning names before it abbreviates
 WARN_NAMES = 20
-#: what reading a label with values outside the table does: "error" refuses it (UnknownLabelError), "ignore" maps the
-#: values to IGNORE_INDEX (training only, after counting them for the record: `label_scan.apply_unknown_label_policy`)
-UNKNOWN_LABEL_POLICIES = ("error", "ignore")
 
 
 def missing_pairs(dataset) -> list[Problem]:
@@ -162,7 +159,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
     known_label_values: ClassVar[Sequence[int] | None] = None
     #: evaluation resizes frames to this height when set (Mapillary's frames are huge and of varying size)
     eval_height: ClassVar[int | None] = None
-    #: one of UNKNOWN_LABEL_POLICIES; training may set "ignore" on its own instance, everything else reads strictly
+    #: one of config.UNKNOWN_LABEL_POLICIES; training may set "ignore" on its own instance, everything else reads strictly
     unknown_labels: str = "error"
     #: the split that holds the frames of every other split, where a dataset declares it (GTA5's and SYNTHIA's)
     union_split: ClassVar[str] = "all"
@@ -311,6 +308,6 @@ class SegmentationDataset(torch.utils.data.Dataset):
 
 __all__ = [
     "DatasetError", "DatasetWarning", "MISSING_PAIR_KINDS", "MissingPairsError", "PROBLEM_KINDS", "Problem",
-    "SegmentationDataset", "SizeMismatchError", "SplitAbsentError", "UNKNOWN_LABEL_POLICIES", "UnknownLabelError",
+    "SegmentationDataset", "SizeMismatchError", "SplitAbsentError", "UnknownLabelError",
     "apply_lut", "known_mask", "missing_pairs", "read_gray", "read_rgb",
 ]

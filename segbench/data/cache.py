@@ -24,6 +24,7 @@ from typing import Callable, Mapping
 import cv2
 from tqdm import tqdm
 
+from ..spec import prepared_copy, prepared_parts
 from .base import LABEL_NEAREST, MISSING_PAIR_KINDS, DatasetError, Problem, SegmentationDataset, UnknownLabelError
 from .registry import DATASETS, data_root
 from .tables import TRAINID_KNOWN, TRAINID_LUT
@@ -59,7 +60,7 @@ def size_argument(text: str) -> tuple[int, int]:
 
 
 def prepared_name(name: str, size: tuple[int, int]) -> str:
-    return f"{name}@{size[0]}x{size[1]}"
+    return prepared_copy(name, f"{size[0]}x{size[1]}")
 
 
 def prepared_path(name: str, size: tuple[int, int], root: str | os.PathLike | None = None) -> Path:
@@ -98,7 +99,7 @@ class PreparedDataset(SegmentationDataset):
 def load_manifest(path: Path) -> dict:
     manifest_path = path / MANIFEST
     if not manifest_path.is_file():
-        source, _, size = path.name.partition("@")
+        source, size = prepared_parts(path.name)
         raise DatasetError(
             f"no prepared copy at {path} ({MANIFEST} missing): run `segbench data prepare {source} --size {size}` "
             f"with the same data root first (an interrupted prepare writes no manifest; rerun it to finish)"
@@ -110,7 +111,7 @@ def open_prepared(name: str, split: str | None = None, root: str | os.PathLike |
                   transform: Callable | None = None, path: str | os.PathLike | None = None) -> PreparedDataset:
     """`NAME@WxH` -> the cached dataset (under the data root `root`, or at `path`); it keeps the source's eval classes
     and splits. No `split`: the first one the manifest lists."""
-    source, _, size_text = name.partition("@")
+    source, size_text = prepared_parts(name)
     path = Path(path) if path else prepared_path(source, parse_size(size_text), root)
     manifest = load_manifest(path)
     source_cls = DATASETS.get(source) if source in DATASETS else None

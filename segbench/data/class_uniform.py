@@ -56,8 +56,6 @@ class ClassUniformStreamSampler(SeededStreamSampler):
 
     def __init__(self, presence: list[list[int]], fraction: float, seed: int, **kwargs):
         super().__init__(len(presence), seed, **kwargs)
-        if not 0.0 <= fraction <= 1.0:
-            raise ValueError(f"train.class_uniform must be a fraction in [0, 1], got {fraction}")
         self.fraction = fraction
         self.by_class: dict[int, list[int]] = {}
         for index, classes in enumerate(presence):

@@ -10,6 +10,7 @@ import json
 import sys
 import warnings
 
+from ..spec import prepared_copy
 from .base import DatasetError, DatasetWarning
 from .cache import MANIFEST, PREPARED_DIR, parse_size
 from .check import check_dataset
@@ -65,7 +66,7 @@ def cmd_list(args) -> int:
         cls = DATASETS.get(name)
         print(f"{name:<14} {getattr(cls, 'default_dir', ''):<18} {dataset_presence(name, args.data_root):<22} "
               f"splits: {', '.join(getattr(cls, 'splits', ()))}")
-    prepared = sorted(p.parent.name for p in (data_root(args.data_root) / PREPARED_DIR).glob(f"*@*/{MANIFEST}"))
+    prepared = sorted(p.parent.name for p in (data_root(args.data_root) / PREPARED_DIR).glob(f"{prepared_copy('*', '*')}/{MANIFEST}"))
     if prepared:
         print(f"prepared copies ({PREPARED_DIR}/): {', '.join(prepared)}")
     return 0
@@ -103,7 +104,8 @@ def cmd_prepare(args) -> int:
             args.name, parse_size(args.size), path=args.root, data_root_dir=args.data_root, out=args.out,
             workers=args.workers, progress=not args.quiet, png_compression=args.png_compression,
         )
-    print(f"prepared {args.name}@{args.size} in {out}; use it as dataset name {args.name}@{args.size}")
+    name = prepared_copy(args.name, args.size)
+    print(f"prepared {name} in {out}; use it as dataset name {name}")
     if left_out:
         # `data check` scans one split: name the splits the left-out pairs belong to (GTA5's train/val/test lists
         # name frames a partial download lacks, which its `all` split, made of the files present, never sees)

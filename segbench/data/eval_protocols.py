@@ -32,9 +32,9 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from ..config import EVAL_DEFAULTS, EVAL_PROTOCOLS as PROTOCOLS
+from ..config import DEFAULTS
 
-DEFAULT_PROTOCOL = EVAL_DEFAULTS["protocol"]
+DEFAULT_PROTOCOL = DEFAULTS["eval"]["protocol"]
 
 
 @dataclass(frozen=True)
@@ -195,9 +195,8 @@ def native_geometry(dataset) -> ImageResize:
 
 
 def geometry_for(dataset, protocol: str = DEFAULT_PROTOCOL) -> Geometry:
-    """The geometry `protocol` gives `dataset` (an instance: its registered name, `dataset_name`, picks the entry)."""
-    if protocol not in TARGET_GEOMETRY:
-        raise ValueError(f"unknown eval protocol {protocol!r}; known: {', '.join(PROTOCOLS)}")
+    """The geometry `protocol` (one of config.EVAL_PROTOCOLS, `eval.protocol`'s rule) gives `dataset` (an instance:
+    its registered name, `dataset_name`, picks the entry)."""
     name = getattr(dataset, "dataset_name", None)
     table = TARGET_GEOMETRY[protocol]
     return table[name] if isinstance(name, str) and name in table else native_geometry(dataset)

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
-from ..spec import source_parts
+from ..spec import is_prepared, prepared_parts, source_parts
 from .base import DatasetError, Problem, SegmentationDataset, SplitAbsentError
 from .cache import DEFAULT_PNG_COMPRESSION, MANIFEST, open_prepared, parse_size, prepared_path, write_cache
 from .multisource import MultiSourceDataset
@@ -37,7 +37,7 @@ def build_dataset(name: str, split: str | None = None, root: str | os.PathLike |
         return MultiSourceDataset([build_dataset(p, split, root) for p in parts], parts, classes, transform)
     if classes is not None:
         raise ValueError(f"classes={classes!r} applies to a union of datasets (A+B), not to {name!r}")
-    if "@" in name:
+    if is_prepared(name):
         load_plugins(root)
         return open_prepared(name, split, root, transform, path)
     cls = dataset_class(name, root)
@@ -51,8 +51,8 @@ PRESENT, MISSING, GENERATED = "present", "missing", "generated on first use"
 
 def dataset_directory(name: str, root: str | os.PathLike | None = None) -> Path:
     """Where `name` (a registered name or NAME@WxH) is opened from under the data root `root`."""
-    if "@" in name:
-        source, _, size = name.partition("@")
+    if is_prepared(name):
+        source, size = prepared_parts(name)
         return prepared_path(source, parse_size(size), root)
     return data_root(root) / dataset_class(name, root).default_dir
 
@@ -61,15 +61,15 @@ def dataset_presence(name: str, root: str | os.PathLike | None = None) -> str:
     """PRESENT (its directory exists; a prepared copy: its manifest), GENERATED (missing, but the adapter writes it on
     first use) or MISSING. A look at the directory only: `segbench data check` reads the files."""
     directory = dataset_directory(name, root)
-    if (directory / MANIFEST).is_file() if "@" in name else directory.is_dir():
+    if (directory / MANIFEST).is_file() if is_prepared(name) else directory.is_dir():
         return PRESENT
-    return GENERATED if "@" not in name and dataset_class(name, root).generated else MISSING
+    return GENERATED if not is_prepared(name) and dataset_class(name, root).generated else MISSING
 
 
 def dataset_splits(name: str, root: str | os.PathLike | None = None,
                    path: str | os.PathLike | None = None) -> tuple[str, ...]:
     """The splits `name` declares (a prepared copy: those its manifest lists)."""
-    if "@" in name:
+    if is_prepared(name):
         return tuple(open_prepared(name, None, root, None, path).splits)
     return tuple(dataset_class(name, root).splits)
 
@@ -101,8 +101,8 @@ def prepare_dataset(name: str, size: tuple[int, int], path: str | os.PathLike | 
                     png_compression: int = DEFAULT_PNG_COMPRESSION) -> tuple[Path, list[Problem]]:
     """Write the resized cache of every split of `name` (default: `<data root>/prepared/NAME@WxH`); returns where,
     and the pairs left out."""
-    if "@" in name:
-        raise DatasetError(f"{name!r} is already a prepared copy; prepare its source dataset {name.partition('@')[0]!r}")
+    if is_prepared(name):
+        raise DatasetError(f"{name!r} is already a prepared copy; prepare its source dataset {prepared_parts(name)[0]!r}")
     splits, unavailable, absent = open_every_split(name, data_root_dir, path)
     for split, message in {**absent, **unavailable}.items():  # whole: a cut path names no file
         print(f"prepare: split {split!r} not available here, left out: {message}", file=sys.stderr)

@@ -18,7 +18,7 @@ import torch.utils.data
 from tqdm.auto import tqdm
 
 from ..io import write_json
-from .base import UNKNOWN_LABEL_POLICIES, DatasetError, SegmentationDataset
+from .base import SegmentationDataset
 from .registry import cache_dir
 from .workers import worker_init_fn
 
@@ -101,9 +101,8 @@ def count_unknown_labels(dataset: SegmentationDataset, workers: int = 0, progres
 
 def apply_unknown_label_policy(dataset: SegmentationDataset, policy: str, workers: int = 0) -> dict:
     """Set how `dataset` treats raw label values outside its table (`train.unknown_labels`); returns the fields for
-    `record["training"]`: none under "error" (reading such a label stops training), the counts under "ignore"."""
-    if policy not in UNKNOWN_LABEL_POLICIES:
-        raise DatasetError(f"train.unknown_labels is {policy!r}; use one of {', '.join(UNKNOWN_LABEL_POLICIES)}")
+    `record["training"]`: none under "error" (reading such a label stops training), the counts under "ignore"
+    (config.UNKNOWN_LABEL_POLICIES; the study's validation checked which)."""
     dataset.unknown_labels = policy
     if policy != "ignore":
         return {}

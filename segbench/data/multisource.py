@@ -2,7 +2,8 @@
 
 Each part is an ordinary adapter, opened by name and decoding its own labels into the 19 trainIds; the union indexes
 them part after part (torch's ConcatDataset layout: index i < n_0 is part 0's i, and so on). How often each part is
-drawn is the sampler's business (`sampler.MultiSourceStreamSampler`, weights from `train.source_weights`).
+drawn is the sampler's business (`sampler.MultiSourceStreamSampler`, weights from `train.source_weights`:
+source_weights.py).
 
 With a study class set (`eval.classes: 16 | 13`) the classes outside it are trained as ignored in every part, so the
 parts agree on one label space (SYNTHIA never labels terrain, truck or train: without this, GTA5 would teach "terrain"
@@ -20,14 +21,13 @@ with one step each: not RobustNet's per-domain steps, which segbench does not re
 from __future__ import annotations
 
 import bisect
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch.utils.data
 
-from ..config import ConfigError
 from ..labels import IGNORE_INDEX, NUM_CLASSES
-from ..spec import JOIN, is_multi_source, source_parts
+from ..spec import JOIN
 from .base import SegmentationDataset, transformed
 from .label_scan import apply_unknown_label_policy
 
@@ -117,30 +117,6 @@ def source_part(dataset, index: int) -> int:
     return dataset.locate(index)[0] if isinstance(dataset, MultiSourceDataset) else 0
 
 
-def resolve_source_weights(names: Sequence[str], sizes: Sequence[int], setting: Any) -> list[float]:
-    """`train.source_weights` as one weight per part, in the parts' order (not normalised): None -> the sizes (the
-    union drawn uniformly); a mapping must name every part and nothing else; a list has one weight per part."""
-    if setting is None:
-        return [float(n) for n in sizes]
-    if isinstance(setting, dict):
-        missing = [n for n in names if n not in setting]
-        extra = [n for n in setting if n not in names]
-        if missing or extra:
-            raise ConfigError(f"train.source_weights={setting!r}: " + "; ".join(
-                ([f"no weight for {', '.join(missing)}"] if missing else [])
-                + ([f"{', '.join(extra)} not among the sources"] if extra else []))
-                + f"; expected a weight for each of {', '.join(names)}")
-        weights = [setting[n] for n in names]
-    else:
-        if len(setting) != len(names):
-            raise ConfigError(f"train.source_weights={list(setting)!r}: {len(setting)} weight(s) for {len(names)} "
-                              f"sources ({', '.join(names)}); expected one per source, in that order")
-        weights = list(setting)
-    if any(isinstance(w, bool) or not isinstance(w, (int, float)) or not w > 0 for w in weights):
-        raise ConfigError(f"train.source_weights={setting!r}: every weight must be a number > 0")
-    return [float(w) for w in weights]
-
-
 def apply_unknown_label_policy_per_source(dataset, policy: str, workers: int = 0) -> dict:
     """`label_scan.apply_unknown_label_policy` on every part; the record's counts are summed over the parts (values
     keyed as each part shows them)."""
@@ -154,29 +130,3 @@ def apply_unknown_label_policy_per_source(dataset, policy: str, workers: int = 0
             else:
                 total[key] = total.get(key, 0) + value
     return total
-
-
-def source_weight_problems(setting: Any, sources: Sequence[str]) -> list[str]:
-    """What is wrong with `train.source_weights` for a study's sources, checked before any work (run.validate_study):
-    a weight for a source no spec trains on, a union without a weight for each part, a list of the wrong length."""
-    if not isinstance(setting, (dict, list, tuple)):
-        return []  # null, or a value config.RULES already refuses
-    unions = [s for s in dict.fromkeys(sources) if is_multi_source(s)]
-    if not unions:
-        return [f"train.source_weights={setting!r}: weighs the sources of a multi-source spec (A+B->TARGET), and "
-                "this study has none; set it to null"]
-    problems = []
-    if isinstance(setting, dict):
-        named = {p for u in unions for p in source_parts(u)}
-        extra = [k for k in setting if k not in named]
-        if extra:
-            problems.append(f"train.source_weights: {', '.join(map(repr, extra))} is not a source of "
-                            f"{', '.join(unions)}")
-    for union in unions:
-        parts = source_parts(union)
-        mine = {p: setting[p] for p in parts if p in setting} if isinstance(setting, dict) else setting
-        try:
-            resolve_source_weights(parts, [1] * len(parts), mine)
-        except ConfigError as e:
-            problems.append(f"{e} (spec source {union})")
-    return problems

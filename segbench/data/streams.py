@@ -4,8 +4,9 @@
 from __future__ import annotations
 
 from ..config import TrainSettings
+from ..source_weights import weights_per_part
 from .class_uniform import ClassUniformStreamSampler, class_presence
-from .multisource import MultiSourceDataset, resolve_source_weights
+from .multisource import MultiSourceDataset
 from .sampler import SOURCE_STREAM, MultiSourceStreamSampler, SeededStreamSampler, mix_seed
 
 
@@ -23,7 +24,7 @@ def training_stream(dataset, settings: TrainSettings, seed: int, **stream) -> Se
     """The sampler of one training run; `stream` is SeededStreamSampler's start/total/rank/world_size."""
     if not isinstance(dataset, MultiSourceDataset):
         return _one_source(dataset, settings.class_uniform, seed, **stream)
-    weights = resolve_source_weights(dataset.names, dataset.sizes, settings.source_weights)
+    weights = weights_per_part(dataset.names, dataset.sizes, settings.source_weights)
     # each source's own stream has its own seed: the sources' epochs are independent shuffles
     sources = [_one_source(part, settings.class_uniform, mix_seed(seed, k, SOURCE_STREAM), dataset.classes)
                for k, part in enumerate(dataset.parts)]

@@ -18,7 +18,7 @@ from scipy import ndimage
 
 import albumentations as A
 
-from ..config import PHOTOMETRIC_PRESETS, ConfigError
+from ..config import PHOTOMETRIC_PRESETS
 from ..labels import IGNORE_INDEX
 from .base import LABEL_NEAREST
 from .eval_protocols import DEFAULT_PROTOCOL, Geometry, ImageResize, geometry_for
@@ -55,9 +55,7 @@ class RandomScaleCrop:
 
     def __init__(self, crop_size: Sequence[int], scale_range: Sequence[float]):
         self.crop_h, self.crop_w = int(crop_size[0]), int(crop_size[1])
-        self.lo, self.hi = float(scale_range[0]), float(scale_range[1])
-        if not 0 < self.lo <= self.hi:
-            raise ValueError(f"scale_range must satisfy 0 < low <= high, got {scale_range}")
+        self.lo, self.hi = float(scale_range[0]), float(scale_range[1])  # 0 < lo <= hi: `train.scale_range`'s rule
 
     def _window(self, rng: np.random.Generator, size: int, crop: int, s: float, anchor: int | None = None):
         """Source interval [a, b) and its output length for one axis; with `anchor`, the window covers that pixel."""
@@ -313,10 +311,8 @@ def build_train_transform(crop_size: Sequence[int], scale_range: Sequence[float]
 
 def eval_transform_for(dataset, size: Sequence[int] | None = None, protocol: str = DEFAULT_PROTOCOL) -> EvalTransform:
     """The eval preset for one dataset under `protocol` (`eval.protocol`, data/eval_protocols.py). An explicit `size`
-    (`eval.size`) replaces the image size of the `native` protocol; the other protocols fix their own sizes."""
+    (`eval.size`) replaces the image size of the `native` protocol; the other protocols fix their own sizes, so the
+    study's validation refuses a size with them (config.SECTION_RULES)."""
     if size:
-        if protocol != DEFAULT_PROTOCOL:
-            raise ConfigError(f"eval.size={list(size)} with eval.protocol={protocol!r}: that protocol fixes the sizes "
-                              f"itself; drop eval.size or use eval.protocol={DEFAULT_PROTOCOL!r}")
         return EvalTransform(size=size)
     return EvalTransform(geometry=geometry_for(dataset, protocol))

@@ -5,17 +5,55 @@ from __future__ import annotations
 
 import re
 import warnings
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-
-from ..cells import CHECKPOINTS, ERM, FINAL_WEIGHTS, RECORD, RecordError, read_record
+from ..cells import FINAL_WEIGHTS
 from ..io import DAMAGED_SUFFIX, DamagedFileError, UnsafeFileError, load_torch, save_torch, set_aside
-from ..methods import build_method
-from ..models import create_model
+
+if TYPE_CHECKING:
+    import torch
 
 _NAME = re.compile(r"^iter_(\d+)\.pt$")
-TRAINING_STATE = ("iteration", "identity", "model", "optimizer", "rng_cpu")  # what train() resumes from
+
+
+@dataclass(kw_only=True)
+class TrainingState:
+    """A training checkpoint, key by key, written down once: what engine/train.py saves and resumes from. The fields
+    without a default are in every checkpoint; the others came later, and a checkpoint written before one of them
+    resumes with its default."""
+
+    iteration: int  # optimizer steps done
+    identity: dict  # the training identity of the run that wrote it: a run resumes only from its own
+    model: dict  # state dicts
+    optimizer: dict
+    scaler: dict | None = None  # the GradScaler's, under fp16 autocast
+    rng_cpu: torch.Tensor
+    rng_cuda: torch.Tensor | None = None
+    train_seconds: float = 0.0  # what the launches up to `iteration` trained: seconds and images (record["training"])
+    train_images: int = 0
+    launches: list = field(default_factory=list)
+    curves: dict | None = field(default_factory=dict)  # under eval.every: {target: [[iteration, miou], ...]}
+    eval_seconds: float = 0.0
+
+    @classmethod
+    def missing(cls, state) -> list[str]:
+        """The keys every training checkpoint holds that `state` lacks (all of them when it is no mapping)."""
+        return [f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING
+                and not (isinstance(state, dict) and f.name in state)]
+
+    @classmethod
+    def from_checkpoint(cls, state: dict, path: Path) -> "TrainingState":
+        """A loaded checkpoint file as a TrainingState; DamagedCheckpoint when it is not a training checkpoint."""
+        missing = cls.missing(state)
+        if missing:
+            raise DamagedCheckpoint(f"{path}: not a training checkpoint (no {', '.join(missing)})")
+        return cls(**{f.name: state[f.name] for f in fields(cls) if f.name in state})
+
+    def to_checkpoint(self) -> dict:
+        """What the checkpoint file holds: every field by name (tensors as they are, not copied)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 class CheckpointMismatch(RuntimeError):
@@ -54,6 +92,12 @@ def load_checkpoint(path: Path, map_location="cpu") -> dict:
         raise DamagedCheckpoint(f"{path}: {e}") from None
 
 
+def model_weights(state, path: Path):
+    """The model's state dict in a weights file segbench wrote: model_final.pt is one, a training checkpoint holds it
+    as its `model`."""
+    return TrainingState.from_checkpoint(state, path).model if not TrainingState.missing(state) else state
+
+
 def repair_hint(path: Path) -> str:
     """What to do about a weights file that cannot be loaded, given where it is."""
     if Path(path).name == FINAL_WEIGHTS:
@@ -62,7 +106,7 @@ def repair_hint(path: Path) -> str:
     return f"pass a {FINAL_WEIGHTS} or checkpoints/iter_*.pt that segbench wrote"
 
 
-def load_latest_checkpoint(directory: Path, set_damaged_aside: bool = True) -> tuple[Path, dict] | None:
+def load_latest_checkpoint(directory: Path, set_damaged_aside: bool = True) -> tuple[Path, TrainingState] | None:
     """The newest training checkpoint that loads, with its path; None when there is none.
 
     A damaged one (truncated by a full disk or a copy cut short), or one holding objects weights_only refuses (a
@@ -72,11 +116,7 @@ def load_latest_checkpoint(directory: Path, set_damaged_aside: bool = True) -> t
     """
     for _, path in reversed(list_checkpoints(directory)):
         try:
-            state = load_checkpoint(path)
-            missing = [k for k in TRAINING_STATE if not isinstance(state, dict) or k not in state]
-            if missing:
-                raise DamagedCheckpoint(f"{path}: not a training checkpoint (no {', '.join(missing)})")
-            return path, state
+            return path, TrainingState.from_checkpoint(load_checkpoint(path), path)
         except FileNotFoundError:  # set aside by the first rank meanwhile
             continue
         except (DamagedCheckpoint, UnsafeCheckpoint) as e:
@@ -150,53 +190,3 @@ class UnsafeCheckpoint(CheckpointError):
 
 class DamagedCheckpointWarning(UserWarning):
     """A damaged training checkpoint was set aside and an earlier one used."""
-
-
-def resolve(path: Path) -> tuple[Path, Path]:
-    """Cell directory or weights file -> (weights, record.json of its cell), both checked to exist."""
-    path = Path(path)
-    weights = path / FINAL_WEIGHTS if path.is_dir() else path
-    if not weights.is_file():
-        raise CheckpointError(f"{weights}: no such file; pass a finished cell directory (with {FINAL_WEIGHTS}), "
-                              "its weights file, or a checkpoints/iter_*.pt file")
-    cell = weights.parent.parent if weights.parent.name == CHECKPOINTS else weights.parent
-    record = cell / RECORD
-    if not record.is_file():
-        raise CheckpointError(f"{record}: missing; the model is rebuilt from the cell record beside {weights.name}")
-    return weights, record
-
-
-def load_trained_model(path: Path, device: torch.device | str = "cpu") -> tuple[torch.nn.Module, dict]:
-    """The model of a finished (or checkpointed) cell in eval mode, weights loaded strictly; plus its record.
-
-    Accepts a cell directory, its model_final.pt, or a checkpoints/iter_*.pt training checkpoint. Nothing is
-    downloaded: the architecture is rebuilt with pretrained=None before the trained weights go in.
-    """
-    weights, record_path = resolve(path)
-    try:
-        record = read_record(record_path)
-    except RecordError as e:
-        raise CheckpointError(str(e)) from None
-    cfg = record["config"]["model"]
-    method = record.get("method") or {"name": ERM, "options": {}}
-    try:
-        model = create_model(record["backbone"], head=record["head"], output_stride=cfg.get("output_stride"),
-                             pretrained=None, aux=cfg.get("aux", False))
-        build_method(method["name"], method.get("options")).build(model)  # its modules hold trained weights too
-    except (KeyError, ValueError) as e:
-        text = e.args[0] if isinstance(e, KeyError) and e.args else e  # a KeyError's str() quotes its message
-        raise CheckpointError(f"{record_path}: cannot build backbone {record['backbone']!r} head "
-                              f"{record['head']!r} method {method.get('name')!r}: {text}") from None
-    try:
-        state = load_checkpoint(weights)
-    except (DamagedCheckpoint, UnsafeCheckpoint) as e:
-        raise CheckpointError(f"{e}; {repair_hint(weights)}") from None
-    if isinstance(state, dict) and isinstance(state.get("model"), dict):
-        state = state["model"]  # a training checkpoint rather than the final state dict
-    result = model.load_state_dict(state, strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        more = lambda keys: f"{keys[:5]}{'...' if len(keys) > 5 else ''}"  # noqa: E731
-        raise CheckpointError(
-            f"{weights}: weights do not match {record['backbone']} + {record['head']} described by {record_path}: "
-            f"missing {more(result.missing_keys)}, unexpected {more(result.unexpected_keys)}")
-    return model.eval().to(device), record

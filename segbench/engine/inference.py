@@ -10,7 +10,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from ..config import InferenceSettings
+from ..config import EvalSettings
 
 
 def _starts(size: int, window: int, stride: int) -> list[int]:
@@ -40,7 +40,7 @@ def slide_logits(model: torch.nn.Module, image: torch.Tensor, window: Sequence[i
     return out / count
 
 
-def _logits_at(model, image, settings: InferenceSettings) -> torch.Tensor:
+def _logits_at(model, image, settings: EvalSettings) -> torch.Tensor:
     if settings.mode == "slide":
         return slide_logits(model, image, settings.window, settings.stride)
     return model(image)["out"].float()
@@ -48,7 +48,7 @@ def _logits_at(model, image, settings: InferenceSettings) -> torch.Tensor:
 
 @torch.no_grad()
 def predict(model: torch.nn.Module, image: torch.Tensor, out_size: tuple[int, int],
-            settings: InferenceSettings = InferenceSettings()) -> torch.Tensor:
+            settings: EvalSettings = EvalSettings()) -> torch.Tensor:
     """Class scores N x C x out_size. Plain logits without TTA; with it, the softmax probabilities of the views summed
     (their average times the number of views: the same argmax)."""
     tta = settings.flip or tuple(settings.scales) != (1.0,)

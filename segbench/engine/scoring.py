@@ -18,7 +18,8 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ..config import InferenceSettings
+from .. import distributed as dist_utils
+from ..config import EvalSettings, eval_settings
 from ..data.base import DatasetError, MissingPairsError, missing_pairs, read_rgb
 from ..data.eval_protocols import DEFAULT_PROTOCOL
 from ..data.readers import PNG_PALETTE, png_header
@@ -27,7 +28,6 @@ from ..data.workers import worker_init_fn
 from ..io import save_npz, write_bytes
 from ..labels import IGNORE_INDEX, NUM_CLASSES, colorize, ids_to_train_ids, scored_classes
 from ..metrics import ConfusionMatrix
-from . import distributed as dist_utils
 from .inference import predict
 
 
@@ -35,7 +35,7 @@ def scoring_options(ecfg: dict) -> dict:
     """`evaluate`'s keyword arguments that an `eval:` section decides: loader workers, frames per forward pass, and
     how a frame becomes scores (the runner, periodic scoring and `segbench evaluate` all score this way)."""
     return {"workers": ecfg.get("workers", 0), "batch_size": ecfg.get("batch_size", 1),
-            "settings": InferenceSettings.from_config(ecfg)}
+            "settings": eval_settings(ecfg)}
 
 
 def scoring_transform_and_classes(dataset, ecfg: dict):
@@ -155,7 +155,7 @@ def _same_size_runs(batch: list) -> list[list]:
     return runs
 
 
-def _predict_batch(model, batch: list, device: torch.device, settings: InferenceSettings):
+def _predict_batch(model, batch: list, device: torch.device, settings: EvalSettings):
     """(index, 1 x H x W mask, 1 x H x W prediction) per item of a loader batch, images of one size predicted in one
     forward pass (`eval.batch_size`; frames of different sizes go one run at a time)."""
     for run in _same_size_runs(batch):
@@ -167,7 +167,7 @@ def _predict_batch(model, batch: list, device: torch.device, settings: Inference
 
 
 def evaluate(model: torch.nn.Module, dataset, *, device: torch.device, eval_classes: Sequence[int] | None = None,
-             workers: int = 2, settings: InferenceSettings = InferenceSettings(), desc: str = "eval",
+             workers: int = 2, settings: EvalSettings = EvalSettings(), desc: str = "eval",
              dump_dir: Path | None = None, dump_count: int = 0, save_dir: Path | None = None,
              overlay: bool = False, batch_size: int = 1, per_image_path: Path | None = None) -> dict:
     """mIoU and per-class IoU of `model` on `dataset` (whose transform is an eval preset).

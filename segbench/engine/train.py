@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -11,16 +12,16 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from .. import distributed as dist_utils
 from ..config import TrainSettings
 from ..data.sampler import SeededTransformDataset
 from ..data.streams import training_stream
-from ..data.workers import worker_init_fn
 from ..data.transforms import normalized_tensor
+from ..data.workers import worker_init_fn
 from ..labels import IGNORE_INDEX
 from ..methods.base import Batch, Method, TrainRun
-from . import distributed as dist_utils
+from .checkpoint import TrainingState, check_same_config, load_latest_checkpoint, save_checkpoint
 from .logging import ScalarLog
-from .checkpoint import check_same_config, load_latest_checkpoint, save_checkpoint
 
 
 LOG_EVERY = 10  # iterations between log rows (and host syncs)
@@ -131,155 +132,249 @@ def train(model: torch.nn.Module, dataset, transform, settings: TrainSettings, *
     run adds its own; `world_size` and `batch_per_process` describe this launch, `launches` every launch since
     iteration 0 (those before checkpoints that predate it are unknown, hence absent).
     """
-    world, accumulate = dist_utils.world_size(), settings.accumulate
-    micro_batch = dist_utils.batch_share(settings.batch_size, world, accumulate)  # an uneven split: before any work
-    batch_per_process = micro_batch * accumulate
-    model.to(device)
-    if device.type == "cuda" and settings.channels_last:
-        model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(model.parameters(), lr=settings.lr, momentum=settings.momentum,
-                                weight_decay=settings.weight_decay)
+    # 1. this process's share of the global batch, the model on its device, the optimizer
+    world = dist_utils.world_size()
+    # an uneven split fails here, before any work
+    micro_batch = dist_utils.batch_share(settings.batch_size, world, settings.accumulate)
+    put_on_device(model, settings, device)
+    optimizer = make_optimizer(model, settings)
     amp_ctx, scaler = autocast_for(device, settings.amp)
-    start, before_seconds, before_images, launches = 0, 0.0, 0, []
-    curves: dict[str, list[list]] = {}
-    before_eval_seconds = 0.0
-    found = load_latest_checkpoint(ckpt_dir, set_damaged_aside=dist_utils.is_main())
-    if found is not None:
-        resume, state = found
-        check_same_config(state["identity"], identity, resume)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if scaler is not None and state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        torch.set_rng_state(state["rng_cpu"])
-        if device.type == "cuda" and state.get("rng_cuda") is not None:
-            torch.cuda.set_rng_state(state["rng_cuda"], device)
-        start = int(state["iteration"])
-        # checkpoints written before these were recorded: the statistics then cover this process only
-        before_seconds, before_images = float(state.get("train_seconds", 0.0)), int(state.get("train_images", 0))
-        launches = list(state.get("launches", []))
-        curves = {t: [list(p) for p in points] for t, points in (state.get("curves") or {}).items()}
-        before_eval_seconds = float(state.get("eval_seconds", 0.0))
-    launches.append({"from_iteration": start, "world_size": world, "batch_per_process": batch_per_process})
+    # 2. the newest checkpoint of this configuration, if any: weights, optimizer and RNG, and the run's progress so far
+    progress = resume(ckpt_dir, identity, model, optimizer, scaler, device)
+    progress.launches.append({"from_iteration": progress.start, "world_size": world,
+                              "batch_per_process": micro_batch * settings.accumulate})
     ddp_model = dist_utils.wrap_ddp(model, device)
     step_model = torch.compile(ddp_model) if settings.compile else ddp_model
-
-    def snapshot(iteration: int) -> None:
-        if dist_utils.is_main():
-            save_checkpoint(ckpt_dir, iteration, {
-                "iteration": iteration, "identity": identity, "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict() if scaler else None,
-                "rng_cpu": torch.get_rng_state(),
-                "rng_cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-                "train_seconds": before_seconds + training_seconds(),
-                "train_images": before_images + images, "launches": launches, "curves": curves,
-                "eval_seconds": before_eval_seconds + eval_seconds,
-            }, keep=settings.keep_ckpts)
-
-    loader = make_loader(dataset, transform, settings, seed, start, device)
+    checkpoints = Checkpointing(ckpt_dir, settings.keep_ckpts, identity, model, optimizer, scaler, device)
+    # 3. the sample stream from where the checkpoint left it, the log, the progress bar
+    loader = make_loader(dataset, transform, settings, seed, progress.start, device)
     main = dist_utils.is_main()
-    log = ScalarLog(log_path if main else None, tb_dir if main else None, resume_from=start)
+    log = ScalarLog(log_path if main else None, tb_dir if main else None, resume_from=progress.start)
     model.train()
-    bar = tqdm(total=settings.iters, initial=start, desc=desc, unit="it", dynamic_ncols=True,
+    bar = tqdm(total=settings.iters, initial=progress.start, desc=desc, unit="it", dynamic_ncols=True,
                disable=not dist_utils.is_main())
-    images, t0, eval_seconds = 0, time.perf_counter(), 0.0
-
-    def training_seconds() -> float:
-        """Seconds this launch has trained: its wall time less the periodic scoring's."""
-        return time.perf_counter() - t0 - eval_seconds
-
-    iteration = start
-    # first iteration with a non-finite loss, kept on the device: checking it every step would sync the GPU each step
-    first_bad = torch.full((), -1, dtype=torch.long, device=device)
-
-    def check_finite() -> None:
-        flag = first_bad.clone()
-        if dist_utils.is_dist():
-            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-        bad = int(flag.item())
-        if bad >= 0:
-            raise NonFiniteLoss(
-                f"{desc}: loss became NaN/inf at iteration {bad}; stopped without saving. The last good checkpoint in "
-                f"{ckpt_dir} is intact. Lower train.lr or check the labels (values outside 0..18 and 255?).")
-
-    def score_now(iteration: int) -> None:
-        nonlocal eval_seconds
-        began = time.perf_counter()
-        for target, miou in periodic_scores(on_eval, iteration, model, device).items():
-            curves.setdefault(target, []).append([iteration, float(miou)])
-        eval_seconds += time.perf_counter() - began
-
+    progress.start_clock()
+    finite = FiniteLoss(device, desc, ckpt_dir)
     method = method or Method()
     run = TrainRun(dataset=dataset, normalize=normalized_tensor, device=device, seed=seed, iters=settings.iters,
                    batch_size=settings.batch_size, pretrained=pretrained)
-    micro = 0  # micro-steps of the current iteration done so far
+    # 4. the steps: `accumulate` micro-batches each, then the optimizer step, the log, periodic scores, a checkpoint
+    iteration, micro = progress.start, 0  # micro: micro-steps of the current iteration done so far
     try:
         for image, target, domains in loader:
             if micro == 0:
-                method.before_step(model, iteration, run)
-                lr = poly_lr(settings.lr, iteration, settings.iters, settings.power)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                optimizer.zero_grad(set_to_none=True)
+                lr = begin_step(model, optimizer, method, run, settings, iteration)
                 loss_value = torch.zeros((), device=device)
             micro += 1
-            image = image.to(device, non_blocking=True)
-            target = target.to(device, non_blocking=True)
-            if device.type == "cuda" and settings.channels_last:
-                image = image.contiguous(memory_format=torch.channels_last)
-            batch = Batch(image, target, domains)
-            method.before_forward(model, batch)
-            # gradients add up over the micro-steps; DDP all-reduces them once, on the last
-            syncs = micro == accumulate or not isinstance(ddp_model, torch.nn.parallel.DistributedDataParallel)
-            with nullcontext() if syncs else ddp_model.no_sync():
-                with amp_ctx:
-                    outputs = step_model(image)
-                    loss = segmentation_loss(outputs, target, settings.aux_weight)
-                    for term in method.losses(model, outputs, batch, iteration).values():
-                        loss = loss + term
-                    loss = loss / accumulate
-                if scaler is not None:
-                    scaler.scale(loss).backward()
-                else:
-                    loss.backward()
-            loss_value = loss_value + loss.detach()
-            first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss_value), iteration, first_bad)
-            images += image.shape[0] * world
-            if micro < accumulate:
+            loss_value = loss_value + micro_step(image, target, domains, model, ddp_model, step_model, method,
+                                                 settings, iteration, last=micro == settings.accumulate,
+                                                 amp_ctx=amp_ctx, scaler=scaler, device=device)
+            finite.note(loss_value, iteration)
+            progress.images += image.shape[0] * world
+            if micro < settings.accumulate:
                 continue
             micro = 0
-            if scaler is not None:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
+            optimizer_step(optimizer, scaler)
             iteration += 1
-            rate = images / max(training_seconds(), 1e-9)
+            rate = progress.images / max(progress.training_seconds(), 1e-9)
             bar.update(1)
             if iteration % LOG_EVERY == 0 or iteration == settings.iters:
-                check_finite()
+                finite.check()
                 value = loss_value.item()
                 bar.set_postfix(loss=f"{value:.3f}", lr=f"{lr:.2e}", img_s=f"{rate:.1f}")
                 log.log(iteration, value, lr, rate)
             if on_eval is not None and eval_every and (iteration % eval_every == 0 or iteration == settings.iters):
-                score_now(iteration)  # before the checkpoint, so a resumed run has this point
+                progress.score(on_eval, iteration, model, device)  # before the checkpoint, so a resumed run has it
             if settings.ckpt_every and iteration % settings.ckpt_every == 0 and iteration < settings.iters:
-                check_finite()
-                snapshot(iteration)
+                finite.check()
+                checkpoints.write(iteration, progress)
     finally:
         bar.close()
         log.close()
+    # 5. the end: every step taken and finite, the last checkpoint, the run's statistics
     if iteration != settings.iters:
         raise RuntimeError(f"{desc}: data stream ended at iteration {iteration} of {settings.iters}")
-    check_finite()
-    # training throughput: the one-off final save is not part of it
-    seconds, total_images = before_seconds + training_seconds(), before_images + images
-    if start < settings.iters:
-        snapshot(settings.iters)
-    return {"train_seconds": seconds,
-            "images_per_s": total_images / seconds if seconds > 0 and total_images else math.nan,
-            "resumed_from": start, "world_size": world, "batch_per_process": batch_per_process, "launches": launches,
-            "curves": curves, "eval_seconds": before_eval_seconds + eval_seconds}
+    finite.check()
+    statistics = progress.statistics(world, micro_batch * settings.accumulate)  # the one-off final save is not in it
+    if progress.start < settings.iters:
+        checkpoints.write(settings.iters, progress)
+    return statistics
+
+
+def put_on_device(model: torch.nn.Module, settings: TrainSettings, device: torch.device) -> None:
+    model.to(device)
+    if device.type == "cuda" and settings.channels_last:
+        model.to(memory_format=torch.channels_last)
+
+
+def make_optimizer(model: torch.nn.Module, settings: TrainSettings) -> torch.optim.Optimizer:
+    """SGD with momentum and weight decay; its learning rate follows `poly_lr` step by step (`begin_step`)."""
+    return torch.optim.SGD(model.parameters(), lr=settings.lr, momentum=settings.momentum,
+                           weight_decay=settings.weight_decay)
+
+
+@dataclass
+class Progress:
+    """Where a run stands: what the launches before this one trained (carried by the checkpoint it resumed from;
+    nothing for a fresh start) and what this launch has trained since `start_clock`. The statistics train() returns
+    and each checkpoint's are taken from here."""
+
+    start: int = 0  # the iteration this launch began at
+    before_seconds: float = 0.0
+    before_images: int = 0
+    before_eval_seconds: float = 0.0
+    launches: list = field(default_factory=list)  # every launch since iteration 0, this one last
+    curves: dict = field(default_factory=dict)  # {target: [[iteration, miou], ...]} under eval.every
+    images: int = 0  # trained by this launch
+    eval_seconds: float = 0.0  # this launch's periodic scoring, left out of its training time
+    began: float = 0.0
+
+    @classmethod
+    def resumed_from(cls, state: TrainingState) -> "Progress":
+        # checkpoints written before these were recorded: the statistics then cover this process only
+        return cls(start=int(state.iteration), before_seconds=float(state.train_seconds),
+                   before_images=int(state.train_images), before_eval_seconds=float(state.eval_seconds),
+                   launches=list(state.launches),
+                   curves={t: [list(p) for p in points] for t, points in (state.curves or {}).items()})
+
+    def start_clock(self) -> None:
+        self.began = time.perf_counter()
+
+    def training_seconds(self) -> float:
+        """Seconds this launch has trained: its wall time less the periodic scoring's."""
+        return time.perf_counter() - self.began - self.eval_seconds
+
+    def score(self, on_eval: Callable[[int], dict[str, float]], iteration: int, model: torch.nn.Module,
+              device: torch.device) -> None:
+        """One point of every target's curve (`periodic_scores`), its time kept apart from training's."""
+        began = time.perf_counter()
+        for target, miou in periodic_scores(on_eval, iteration, model, device).items():
+            self.curves.setdefault(target, []).append([iteration, float(miou)])
+        self.eval_seconds += time.perf_counter() - began
+
+    def statistics(self, world: int, batch_per_process: int) -> dict:
+        """The whole run's, across resumes (record["training"], with "curves" and "eval_seconds" for the record to
+        take apart)."""
+        seconds, total_images = self.before_seconds + self.training_seconds(), self.before_images + self.images
+        return {"train_seconds": seconds,
+                "images_per_s": total_images / seconds if seconds > 0 and total_images else math.nan,
+                "resumed_from": self.start, "world_size": world, "batch_per_process": batch_per_process,
+                "launches": self.launches, "curves": self.curves,
+                "eval_seconds": self.before_eval_seconds + self.eval_seconds}
+
+
+def resume(ckpt_dir: Path, identity: dict, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler,
+           device: torch.device) -> Progress:
+    """Load the newest checkpoint of `ckpt_dir` that loads into the model, the optimizer, the scaler and the RNGs,
+    refusing one written by another configuration (CheckpointMismatch); the run's progress up to it (a fresh one
+    when there is none)."""
+    found = load_latest_checkpoint(ckpt_dir, set_damaged_aside=dist_utils.is_main())
+    if found is None:
+        return Progress()
+    path, state = found
+    check_same_config(state.identity, identity, path)
+    model.load_state_dict(state.model)
+    optimizer.load_state_dict(state.optimizer)
+    if scaler is not None and state.scaler:
+        scaler.load_state_dict(state.scaler)
+    torch.set_rng_state(state.rng_cpu)
+    if device.type == "cuda" and state.rng_cuda is not None:
+        torch.cuda.set_rng_state(state.rng_cuda, device)
+    return Progress.resumed_from(state)
+
+
+@dataclass
+class Checkpointing:
+    """Where and what a run checkpoints: the first rank writes the TrainingState, keeping the newest `keep`."""
+
+    directory: Path
+    keep: int
+    identity: dict
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: object
+    device: torch.device
+
+    def write(self, iteration: int, progress: Progress) -> None:
+        if not dist_utils.is_main():
+            return
+        cuda = self.device.type == "cuda"
+        state = TrainingState(
+            iteration=iteration, identity=self.identity, model=self.model.state_dict(),
+            optimizer=self.optimizer.state_dict(), scaler=self.scaler.state_dict() if self.scaler else None,
+            rng_cpu=torch.get_rng_state(), rng_cuda=torch.cuda.get_rng_state(self.device) if cuda else None,
+            train_seconds=progress.before_seconds + progress.training_seconds(),
+            train_images=progress.before_images + progress.images, launches=progress.launches,
+            curves=progress.curves, eval_seconds=progress.before_eval_seconds + progress.eval_seconds)
+        save_checkpoint(self.directory, iteration, state.to_checkpoint(), keep=self.keep)
+
+
+class FiniteLoss:
+    """The first iteration whose loss was NaN or inf, kept on the device (a check every step would sync the GPU each
+    step) and checked where the run syncs anyway: every log row, before a checkpoint, at the end."""
+
+    def __init__(self, device: torch.device, desc: str, ckpt_dir: Path):
+        self.first_bad = torch.full((), -1, dtype=torch.long, device=device)
+        self.desc, self.ckpt_dir = desc, ckpt_dir
+
+    def note(self, loss_value: torch.Tensor, iteration: int) -> None:
+        self.first_bad = torch.where((self.first_bad < 0) & ~torch.isfinite(loss_value), iteration, self.first_bad)
+
+    def check(self) -> None:
+        flag = self.first_bad.clone()
+        if dist_utils.is_dist():
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        bad = int(flag.item())
+        if bad >= 0:
+            raise NonFiniteLoss(f"{self.desc}: loss became NaN/inf at iteration {bad}; stopped without saving. The "
+                                f"last good checkpoint in {self.ckpt_dir} is intact. Lower train.lr or check the "
+                                "labels (values outside 0..18 and 255?).")
+
+
+def begin_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, method: Method, run: TrainRun,
+               settings: TrainSettings, iteration: int) -> float:
+    """Before an optimizer step's first micro-batch: the method's `before_step`, the poly learning rate, gradients
+    cleared. Returns the learning rate."""
+    method.before_step(model, iteration, run)
+    lr = poly_lr(settings.lr, iteration, settings.iters, settings.power)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    optimizer.zero_grad(set_to_none=True)
+    return lr
+
+
+def micro_step(image: torch.Tensor, target: torch.Tensor, domains, model: torch.nn.Module, ddp_model, step_model,
+               method: Method, settings: TrainSettings, iteration: int, *, last: bool, amp_ctx, scaler,
+               device: torch.device) -> torch.Tensor:
+    """One micro-batch forward and backward: the segmentation loss plus the method's, divided by `accumulate`, its
+    gradients added to the step's (DDP all-reduces them once, on the `last` micro-batch). Returns the loss, detached."""
+    image = image.to(device, non_blocking=True)
+    target = target.to(device, non_blocking=True)
+    if device.type == "cuda" and settings.channels_last:
+        image = image.contiguous(memory_format=torch.channels_last)
+    batch = Batch(image, target, domains)
+    method.before_forward(model, batch)
+    syncs = last or not isinstance(ddp_model, torch.nn.parallel.DistributedDataParallel)
+    with nullcontext() if syncs else ddp_model.no_sync():
+        with amp_ctx:
+            outputs = step_model(image)
+            loss = segmentation_loss(outputs, target, settings.aux_weight)
+            for term in method.losses(model, outputs, batch, iteration).values():
+                loss = loss + term
+            loss = loss / settings.accumulate
+        if scaler is not None:
+            scaler.scale(loss).backward()
+        else:
+            loss.backward()
+    return loss.detach()
+
+
+def optimizer_step(optimizer: torch.optim.Optimizer, scaler) -> None:
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
 
 
 def periodic_scores(on_eval: Callable[[int], dict[str, float]], iteration: int, model: torch.nn.Module,

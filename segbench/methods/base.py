@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..cells import ERM
+from ..config import ERM
 from ..registry import Registry
 
 #: an unknown name's message says where methods from outside segbench come from

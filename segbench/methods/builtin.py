@@ -12,9 +12,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .. import distributed as dist_utils
 from ..data.multisource import source_datasets
 from ..data.transforms import Photometric
-from ..engine import distributed as dist_utils
 from .base import METHODS, Batch, Method, MethodError, OptionError, TrainRun
 from .dsu import DistributionUncertainty
 from .mixstyle import MIX_MODES, MixStyle

@@ -24,9 +24,9 @@ from typing import Sequence
 
 import numpy as np
 
-from ..cells import ConfusionFileError, confusion_path, per_image_expected, read_confusions
 from ..io import csv_text, write_json
 from ..labels import CLASS_NAMES
+from ..record import ConfusionFileError, confusion_path, per_image_expected, read_confusions
 
 N_BOOT = 1000
 LEVEL = 0.95
@@ -38,7 +38,7 @@ SAME_MIOU = 1e-6
 
 def load_image_confusions(path: Path) -> tuple[np.ndarray, list[str]]:
     """(N x C x C+1 int64 per-image matrices, N image ids), as engine/scoring.py save_image_confusions wrote them;
-    cells.ConfusionFileError naming the file and the fix when it cannot be used (object arrays are never loaded)."""
+    record.ConfusionFileError naming the file and the fix when it cannot be used (object arrays are never loaded)."""
     return read_confusions(path)
 
 
@@ -193,7 +193,7 @@ def _summaries(records: list[dict], n_boot: int, seed: int, level: float, warn: 
     """(record, target, summary or MISSING) for every scored target whose per-image file (CELL/confusion/TARGET.npz)
     is there and agrees with the record (same image count, same mIoU); cells scored before per-image files existed
     simply have none. MISSING, with a warning naming the file and the fix, where the file is damaged, disagrees with
-    the record, or is missing where it should be (cells.per_image_expected)."""
+    the record, or is missing where it should be (record.per_image_expected)."""
     say = (lambda text: warnings.warn(text, stacklevel=3)) if warn else (lambda text: None)
     for rec in records:
         for target, result in (rec.get("results") or {}).items():

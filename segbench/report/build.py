@@ -33,9 +33,9 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from ..cells import load_records
-from ..io import write_text
 from . import plots, tables
+from ..io import write_text
+from ..record import load_records
 from .bootstrap import absent_from_ground_truth, bootstrap_csv, cell_intervals
 from .html import study_page
 from .latex import dg_tex, paper_tex

@@ -14,8 +14,9 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from ..cells import CELLS, load_records
+from ..cells import CELLS
 from ..io import csv_text, write_text
+from ..record import load_records
 from .bootstrap import cell_intervals
 from .html import RowDetails, Section, page
 from .protocols import card_hash, card_of, cards_section, footer

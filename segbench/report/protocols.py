@@ -1,4 +1,4 @@
-"""Protocol cards in the report: a record's `protocol` block (cells.protocol_card), its short hash, what two cards
+"""Protocol cards in the report: a record's `protocol` block (protocol_card.py), its short hash, what two cards
 differ in, and the lines that show them: a footer under table.md and dg.md, and a section of report.md that prints
 each distinct card once.
 
@@ -14,15 +14,15 @@ from collections import defaultdict
 
 import yaml
 
-from ..cells import with_resolved_output_stride
 from ..labels import CLASS_NAMES
+from ..protocol_card import with_resolved_output_stride
 
 HASH_CHARS = 8
 
 
 def card_of(record: dict) -> dict | None:
     """The record's card; one written before cards stated the head's default output stride gets it here, so it
-    matches the cards written since (cells.with_resolved_output_stride)."""
+    matches the cards written since (protocol_card.with_resolved_output_stride)."""
     card = record.get("protocol")
     if not (isinstance(card, dict) and card):
         return None

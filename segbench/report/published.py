@@ -34,7 +34,7 @@ several tables share):
             pixel_acc: {...}                                 (optional) the same, where the paper gives it
             verified, where, note                            (optional) the row's own, over the table's
 
-`protocol` fields are the protocol card's dotted names (cells.protocol_card: `iterations`, `global_batch`, `split`,
+`protocol` fields are the protocol card's dotted names (protocol_card.protocol_card: `iterations`, `global_batch`, `split`,
 `train.crop`, `model.output_stride`, `eval.protocol`, `eval.mode`, `checkpoint`, ...) plus `head` and `backbone` (the
 record's), so the report compares them with a measured row's card field by field (report/reproduced.py). `from`
 says where each value was read: `paper` (its text), `code` (the official code), `maintainer` (a maintainer's
@@ -56,7 +56,7 @@ from typing import Any
 
 import yaml
 
-from ..config import ADDED_SETTINGS, DEFAULTS, EVAL_DEFAULTS, NON_IDENTITY_KEYS, experiments_dir
+from ..config import ADDED_SETTINGS, DEFAULTS, NON_IDENTITY_KEYS, experiments_dir
 from ..labels import CLASS_SETS
 
 PUBLISHED_DIR = "published"  # under experiments/
@@ -64,7 +64,7 @@ AUTO, NONE = "auto", "none"
 METRICS = {"miou": "mIoU", "pixel_acc": "pixel acc."}
 MEAN = "mean"  # the key of a row's average column
 ORIGINS = ("paper", "code", "maintainer")
-#: card fields a protocol may state: the top-level ones (cells.protocol_card), and `head`/`backbone`, the record's
+#: card fields a protocol may state: the top-level ones (protocol_card.protocol_card), and `head`/`backbone`, the record's
 TOP_FIELDS = ("sources", "split", "source_weights", "training_classes", "global_batch", "iterations", "checkpoint",
               "head", "backbone")
 #: train settings the card moves to the top level, under these names
@@ -72,7 +72,7 @@ MOVED = {"iters": "iterations", "batch_size": "global_batch", "split": "split", 
 SECTION_FIELDS = {
     "train": sorted(k for k in DEFAULTS["train"] if k not in NON_IDENTITY_KEYS["train"] and k not in MOVED),
     "model": sorted(DEFAULTS["model"]),
-    "eval": sorted(k for k in EVAL_DEFAULTS if k not in NON_IDENTITY_KEYS["eval"]),
+    "eval": sorted(k for k in DEFAULTS["eval"] if k not in NON_IDENTITY_KEYS["eval"]),
 }
 NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+-]*$")
 ARXIV = re.compile(r"^\d{4}\.\d{4,5}$")

@@ -1,4 +1,4 @@
-"""Records (read by `cells.load_records`) -> flat scores, one per (cell, target). Nothing here trains or loads a model.
+"""Records (read by `record.load_records`) -> flat scores, one per (cell, target). Nothing here trains or loads a model.
 
 Rows of every table are named by backbone (plus ` + method` when a study has domain-generalization methods, with the
 options that differ between records of one method; plus head when a study has several heads, plus the config keys that
@@ -15,8 +15,9 @@ from collections import defaultdict
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from ..cells import DONE, ERM
-from ..config import identity_view
+from ..cells import DONE
+from ..config import ERM, identity_view
+from ..record import record_method
 from ..spec import is_in_domain
 from .protocols import card_hash, card_of, target_protocol_key
 
@@ -66,13 +67,13 @@ def training_config(rec: dict) -> dict:
 
 def method_of(rec: dict) -> str:
     """The record's DG method (records from before methods existed were plain training)."""
-    return (rec.get("method") or {}).get("name") or ERM
+    return record_method(rec)["name"]
 
 
 def _options_and_revision(rec: dict) -> dict:
     """The record's method options with its revision (1 when unrecorded), which tells the method's code apart."""
-    method = rec.get("method") or {}
-    return {**(method.get("options") or {}), "revision": method.get("revision", 1)}
+    method = record_method(rec)
+    return {**method["options"], "revision": method["revision"]}
 
 
 def shown_method(records: list[dict]) -> list[str]:

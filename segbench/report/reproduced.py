@@ -10,7 +10,7 @@ percentile bootstrap interval over test images (report/bootstrap.py) where the c
 none. Outside means the measured mean differs from the published value at the 5% level, the published value taken as
 exact: a published single run also scatters by the seed spread, which this test does not count.
 
-Each line also compares the paper's partial protocol card with the measured row's card (cells.protocol_card), field
+Each line also compares the paper's partial protocol card with the measured row's card (protocol_card.protocol_card), field
 by field over the fields the paper's table states: `yes (N fields)` where all agree, `no: FIELDS` where any differs,
 `unchecked` where the paper's protocol or the records' card is not on file. Every field of a card decides the number
 (a card holds nothing else: no speed knobs), so any difference flags the line; the notes under the table list each

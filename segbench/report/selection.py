@@ -23,8 +23,9 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 
-from ..cells import CHECKPOINT_RULE, RecordError
 from ..io import csv_text, markdown_table
+from ..protocol_card import CHECKPOINT_RULE
+from ..record import RecordError
 from ..spec import source_parts
 from .records import Score, ordered_pairs, ordered_rows, scores, scores_by_cell
 from .stats import DEFAULT_STAT, Agg, csv_fields, stat_phrase

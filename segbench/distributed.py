@@ -1,4 +1,5 @@
-"""torch.distributed helpers: one code path for 1 CPU, 1 GPU and N GPUs launched by torchrun."""
+"""torch.distributed helpers: one code path for 1 CPU, 1 GPU and N GPUs launched by torchrun. A leaf beside io.py, so
+training, scoring, the methods and the commands all import it without an upward import."""
 from __future__ import annotations
 
 import os
@@ -6,7 +7,7 @@ import os
 import torch
 import torch.distributed as dist
 
-from ..config import ConfigError
+from .config import ConfigError
 
 
 def is_dist() -> bool:
