@@ -99,7 +99,7 @@ def model_problems(cfg: dict) -> list[str]:
     if type(stride) is int:  # a stride of the wrong type is already listed by config_problems
         for head in dict.fromkeys(found["heads"]):
             supported = HEADS.get(head).output_strides
-            if stride not in supported:
+            if supported is not None and stride not in supported:
                 problems.append(f"model.output_stride={stride}: head {head!r} supports "
                                 f"{', '.join(map(str, supported))}")
     return problems

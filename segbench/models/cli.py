@@ -51,8 +51,9 @@ def head_rows(pattern: str) -> list[tuple[str, str, str, str]]:
         spec = HEADS.get(name)
         with torch.device("meta"):
             extra = count_parameters(create_model(REFERENCE_BACKBONE, name)) - base
-        strides = ",".join(map(str, spec.output_strides))
-        rows.append((name, f"{extra / 1e6:.2f}", f"{spec.default_output_stride} ({strides})", spec.description))
+        strides = "the backbone's" if spec.output_strides is None else ",".join(map(str, spec.output_strides))
+        default = "backbone" if spec.default_output_stride is None else spec.default_output_stride
+        rows.append((name, f"{extra / 1e6:.2f}", f"{default} ({strides})", spec.description))
     return rows
 
 

@@ -67,6 +67,6 @@ class HeadSpec:
     the `model.aux` kind (False, True or "robustnet": heads.aux_head)."""
 
     build: Callable[[nn.Module, int, "bool | str"], nn.Module]
-    default_output_stride: int
-    output_strides: tuple[int, ...]
+    default_output_stride: int | None  # None: the backbone's own (a ViT's fixed pyramid, a ResNet's 32)
+    output_strides: tuple[int, ...] | None  # None: any the backbone offers
     description: str
