@@ -140,6 +140,7 @@ class DinoV2Backbone(nn.Module):
             raise ValueError(f"a ViT with patch {self.patch_size} needs H and W divisible by {self.patch_size}, got "
                              f"{tuple(x.shape[-2:])} (segbench's Segmenter pads to its size_divisor)")
         tokens, rows, cols = self.tokens(x)
+        self.patches = rows * cols  # the last tokens of every block's output are the patches (methods read this)
         levels = []
         for index, block in enumerate(self.vit.blocks):
             if self.checkpointing and self.training and torch.is_grad_enabled():
