@@ -45,6 +45,10 @@ AUX_KINDS = (False, True, "robustnet")
 #: for the record: data/label_scan.py apply_unknown_label_policy)
 UNKNOWN_LABEL_POLICIES = ("error", "ignore")
 
+#: `train.optimizer` and `train.pipeline`: engine/optim.py, data/transforms.py and data/mmseg_pipeline.py
+OPTIMIZERS = ("sgd", "adamw")
+PIPELINES = ("scale_crop", "rein")
+
 #: `eval.protocol`: how each target's image and label are resized or cropped for scoring (data/eval_protocols.py)
 EVAL_PROTOCOLS = ("native", "robustnet", "rein")
 #: `eval.classes`: the class set every target's mIoU averages over (labels.CLASS_SETS); None: each dataset's own
@@ -224,6 +228,22 @@ def _photometric(value):
     return out
 
 
+def _betas(value):
+    """AdamW's (beta1, beta2), each in [0, 1)."""
+    _require(isinstance(value, (list, tuple)) and len(value) == 2)
+    betas = type(value)(_number(v) for v in value)
+    _require(all(0 <= b < 1 for b in betas))
+    return betas
+
+
+def _lr_mult(value):
+    """{parameter-name prefix: multiplier > 0}, e.g. {backbone: 0.1}."""
+    _require(isinstance(value, dict) and all(isinstance(k, str) and k.strip() for k in value))
+    out = {k: _number(v) for k, v in value.items()}
+    _require(all(v > 0 for v in out.values()), " (every multiplier must be > 0)")
+    return out
+
+
 def _method_options(value):
     """{name: {option: value}}: the structure only; which names and options exist is the method registry's
     business (validation.py)."""
@@ -324,10 +344,14 @@ class ModelSettings:
 
     #: None: the head's default (models.create_model)
     output_stride: int | None = setting(None, one_of(None, 8, 16, 32))
-    pretrained: str | None = setting("imagenet", Rule("null, 'imagenet', 'torchvision' or the path of a state dict",
+    pretrained: str | None = setting("imagenet", Rule("null, 'imagenet', 'torchvision', 'dinov2' or the path of a "
+                                                      "state dict",
                                                       _pretrained))
     aux: bool | str = setting(False, Rule("false, true (FCN aux head) or 'robustnet' (RobustNet's dsn head)",
                                           one_of(*AUX_KINDS).convert))
+    #: recompute each transformer block's activations in the backward pass instead of keeping them (ViT backbones):
+    #: the same gradients for less memory, so not part of the cell id
+    checkpointing: bool = setting(False, FLAG, identity=False)
 
 
 @dataclass
@@ -342,10 +366,25 @@ class TrainSettings:
     #: batch_size / (N * accumulate) images and the gradients of the micro-steps are averaged (engine/train.py).
     #: Part of the cell id: BatchNorm then normalises over the micro-batch, not the whole batch.
     accumulate: int = setting(1, integer(1), before=1)
+    #: "sgd" (momentum; every IBN-Net and RobustNet recipe) or "adamw" (betas, eps; Rein's recipe): engine/optim.py
+    optimizer: str = setting("sgd", one_of(*OPTIMIZERS), before="sgd")
     lr: float = setting(0.01, number(0, above=True))
-    momentum: float = setting(0.9, number(0, 1, below=True))
+    momentum: float = setting(0.9, number(0, 1, below=True))  # SGD's
+    betas: tuple = setting((0.9, 0.999), Rule("[BETA1, BETA2], each in [0, 1)", _betas), before=[0.9, 0.999])
+    eps: float = setting(1e-8, number(0, above=True), before=1e-8)  # AdamW's
     weight_decay: float = setting(5e-4, number(0))
+    #: parameters trained without weight decay: those whose name holds one of these strings (Rein: norms, query
+    #: embeddings, level embeddings, its tokens and scale), and with `no_decay_norms` every parameter of a
+    #: normalisation layer (mmengine's norm_decay_mult=0)
+    no_decay: list = setting([], names("name fragment", empty=True), before=[])
+    no_decay_norms: bool = setting(False, FLAG, before=False)
+    #: learning-rate multipliers by parameter-name prefix, the longest matching one applying: {backbone: 0.1}
+    lr_mult: dict = setting({}, Rule("a mapping {parameter-name prefix: multiplier > 0}", _lr_mult), before={})
     power: float = setting(0.9, number(0))
+    #: a linear warmup over the first `warmup_iters` iterations, from warmup_ratio x lr to lr, before the poly decay
+    #: over the rest (Rein's 1024 recipe: mmengine LinearLR start_factor 1e-6 for 10k iterations, then PolyLR)
+    warmup_iters: int = setting(0, integer(0), before=0)
+    warmup_ratio: float = setting(1e-6, number(0, 1, above=True), before=1e-6)
     aux_weight: float = setting(0.4, number(0))
     workers: int = setting(4, integer(0), identity=False)
     ckpt_every: int = setting(2000, integer(0), identity=False)  # 0: no periodic checkpoints
@@ -364,6 +403,10 @@ class TrainSettings:
     crop: tuple = setting((768, 768), SIZE)
     scale_range: tuple = setting((0.5, 2.0), Rule("[LOW, HIGH] with 0 < LOW <= HIGH", _scale_range))
     hflip: float = setting(0.5, number(0, 1))
+    #: the sample pipeline: "scale_crop" (random scale and crop, flip, `photometric`: data/transforms.py, RobustNet's
+    #: order) or "rein" (mmsegmentation's, as Rein trains: short-edge resize among 16 sizes, crop with cat_max_ratio
+    #: 0.75, flip, PhotoMetricDistortion, padding; data/mmseg_pipeline.py). `crop` and `hflip` apply to both
+    pipeline: str = setting("scale_crop", one_of(*PIPELINES), before="scale_crop")
     #: colour jitter and blur after the flip: None (off), a name in PHOTOMETRIC_PRESETS, or a mapping of all of
     #: jitter_p, brightness, contrast, saturation, hue (torchvision ColorJitter's parameters) and blur_sigma
     #: ([LOW, HIGH] or null); data/transforms.py Photometric says what each does
@@ -449,9 +492,23 @@ def _accumulate_divides_batch(tcfg: dict, problems: list[str]) -> None:
                         "batch); expected a divisor of it")
 
 
+def _pipeline_takes_its_own_augmentation(tcfg: dict, problems: list[str]) -> None:
+    """Rein's pipeline (`train.pipeline: rein`) has its own scales and photometric distortion and no class-uniform
+    sampling: a setting of the other pipeline would be ignored without a word."""
+    if tcfg.get("pipeline") != "rein":
+        return
+    for key, default in (("class_uniform", 0.0), ("photometric", None), ("scale_range", [0.5, 2.0])):
+        value = tcfg.get(key, default)
+        if (list(value) if isinstance(value, tuple) else value) != default:
+            problems.append(f"train.{key}={value!r}: train.pipeline='rein' has its own scales and photometric "
+                            f"distortion and no class-uniform sampling; expected {default!r} (or "
+                            "train.pipeline='scale_crop')")
+
+
 #: (section, rule) for the rules that span several settings
 SECTION_RULES: tuple[tuple[str, Callable[[dict, list[str]], None]], ...] = (
-    ("eval", _slide_needs_a_window), ("eval", _size_under_native_protocol), ("train", _accumulate_divides_batch))
+    ("eval", _slide_needs_a_window), ("eval", _size_under_native_protocol), ("train", _accumulate_divides_batch),
+    ("train", _pipeline_takes_its_own_augmentation))
 
 
 # -- the views the rest of segbench reads, derived from the fields --------------------------------------------------

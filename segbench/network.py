@@ -23,8 +23,14 @@ def build_network(backbone: str, head: str, model: ModelSettings, *, pretrained:
     """The backbone and head under the model settings, without a method. `pretrained=False` leaves out
     `model.pretrained`'s initial weights (a trained cell's own weights replace them; a check on the meta device has
     none to load); nothing is downloaded then."""
-    return create_model(backbone, head=head, output_stride=model.output_stride,
-                        pretrained=model.pretrained if pretrained else None, aux=model.aux)
+    network = create_model(backbone, head=head, output_stride=model.output_stride,
+                           pretrained=model.pretrained if pretrained else None, aux=model.aux)
+    if model.checkpointing:
+        if not hasattr(network.backbone, "checkpointing"):
+            raise ValueError(f"model.checkpointing recomputes a transformer's blocks; {backbone} has none: set it "
+                             "false")
+        network.backbone.checkpointing = True
+    return network
 
 
 def build_cell_model(backbone: str, head: str, model: ModelSettings, method: str = ERM, options: dict | None = None,

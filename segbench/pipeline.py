@@ -24,7 +24,7 @@ from .config import identity_view, model_settings, train_settings
 from .data import build_dataset
 from .data.base import missing_pairs
 from .data.multisource import apply_unknown_label_policy_per_source
-from .data.transforms import build_train_transform
+from .data.transforms import train_transform
 from .engine.checkpoint import load_final_weights, prune_checkpoints
 from .engine.logging import tensorboard_writer
 from .engine.scoring import evaluate, prepare_for_scoring, scoring_options
@@ -143,8 +143,7 @@ def train_and_score(cell: Cell, cell_dir: Path, *, data_root, device: torch.devi
         settings = train_settings(cell.train)
         source = build_dataset(cell.source, settings.split, root=data_root, classes=cell.training_classes)
         unknown_labels = apply_unknown_label_policy_per_source(source, settings.unknown_labels, settings.workers)
-        transform = build_train_transform(settings.crop, settings.scale_range, settings.hflip, settings.photometric,
-                                          image_method=method.transform_image if method.transforms_image else None)
+        transform = train_transform(settings, image_method=method.transform_image if method.transforms_image else None)
         every = int(cell.eval.get("every") or 0)
         record["training"] = train(model, source, transform, settings, seed=cell.seed, device=device,
                                    ckpt_dir=cell_dir / CHECKPOINTS, identity=cell.training_identity(),

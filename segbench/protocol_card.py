@@ -26,16 +26,20 @@ def _resolution(name: str) -> str:
     return prepared_parts(name)[1] or "native"
 
 
-def with_resolved_output_stride(model: dict, head) -> dict:
-    """`output_stride: None` means the head's default (models.create_model): a card states the number, so a study
-    that never sets it and one that writes the default describe one network with one card. The cell id keeps the
-    setting as given (ids of finished cells do not move). A head not registered here (a plug-in not loaded) keeps
-    None; the models (torch) are imported only for a None. Returns `model` itself when nothing changes."""
+def with_resolved_output_stride(model: dict, head, backbone=None) -> dict:
+    """`output_stride: None` means the head's default, or the backbone's own where it is fixed (a ViT's pyramid;
+    models.create_model): a card states the number, so a study that never sets it and one that writes the default
+    describe one network with one card. The cell id keeps the setting as given (ids of finished cells do not move).
+    A head or backbone not registered here (a plug-in not loaded) keeps None; the models (torch) are imported only
+    for a None. Returns `model` itself when nothing changes."""
     if "output_stride" not in model or model["output_stride"] is not None:
         return model
-    from .models import HEADS
+    from .models import BACKBONES, HEADS
+    from .models.factory import fixed_output_stride
 
-    if not (isinstance(head, str) and head in HEADS):
+    if isinstance(backbone, str) and backbone in BACKBONES and fixed_output_stride(backbone) is not None:
+        return {**model, "output_stride": fixed_output_stride(backbone)}
+    if not (isinstance(head, str) and head in HEADS) or HEADS.get(head).default_output_stride is None:
         return model
     return {**model, "output_stride": HEADS.get(head).default_output_stride}
 
@@ -55,7 +59,8 @@ def protocol_card(cell: Cell, targets: dict[str, dict]) -> dict:
     if on_training_images:  # only under train.allow_eval_split (validation.eval_split_problems): the table says so
         card["in_domain_on_training_images"] = on_training_images
     card.update({"global_batch": train.pop("batch_size", None), "iterations": train.pop("iters", None),
-                 "train": train, "model": with_resolved_output_stride(identity_view("model", cell.model), cell.head),
+                 "train": train, "model": with_resolved_output_stride(identity_view("model", cell.model), cell.head,
+                                                                           cell.backbone),
                  "eval": cell.eval_identity(),
                  "targets": {t: targets[t] for t in cell.eval_targets if t in targets},
                  "checkpoint": CHECKPOINT_RULE})

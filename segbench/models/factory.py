@@ -26,13 +26,22 @@ def create_model(backbone: str, head: str = "fcn", num_classes: int = 19, output
 
     `aux`: False, True (FCN aux head on layer3) or "robustnet" (RobustNet's dsn head), as `model.aux`.
 
-    output_stride=None takes the head's default (fcn 8, deeplabv3 8, deeplabv3plus 16; smp-unet/fpn 32).
+    output_stride=None takes the head's default (fcn 8, deeplabv3 8, deeplabv3plus 16; smp-unet/fpn 32), or the
+    backbone's own where its pyramid is fixed (a ViT: `fixed_output_stride`), which any head then takes.
     """
     spec = HEADS.get(head)
+    fixed = fixed_output_stride(backbone)
+    if fixed is not None and output_stride in (None, fixed):
+        return spec.build(create_backbone(backbone, pretrained, None), num_classes, aux)
     output_stride = spec.default_output_stride if output_stride is None else output_stride
     if spec.output_strides is not None and output_stride not in spec.output_strides:
         raise ValueError(f"head {head!r} supports output_stride in {spec.output_strides}, got {output_stride}")
     return spec.build(create_backbone(backbone, pretrained, output_stride), num_classes, aux)
+
+
+def fixed_output_stride(backbone: str) -> int | None:
+    """The output stride a backbone always has (a ViT's pyramid: vit.py), or None where the stride is a choice."""
+    return getattr(BACKBONES.get(backbone), "fixed_output_stride", None)
 
 
 def list_backbones(pattern: str = "*") -> list[str]:

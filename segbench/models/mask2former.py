@@ -50,6 +50,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..labels import IGNORE_INDEX
+from .registries import HEADS
+from .segmenter import HeadSpec, Segmenter
 
 #: the transformers configuration of Rein's head (the field table above), num_labels set per model
 M2F_CONFIG = dict(num_queries=100, hidden_dim=256, mask_feature_size=256, feature_size=256, encoder_layers=6,
@@ -208,3 +210,20 @@ class Mask2FormerHead(nn.Module):
                                  auxiliary_predictions=[{k: v.float() for k, v in a.items()} for a in auxiliary])
         weight = self.criterion.weight_dict
         return {key: value * weight[key.rsplit("_", 1)[0] if key[-1].isdigit() else key] for key, value in raw.items()}
+
+
+def _builder(takes_queries: bool):
+    def build(backbone: nn.Module, num_classes: int, aux) -> Segmenter:
+        if aux:
+            raise ValueError("a mask2former head supervises every decoder layer itself: set model.aux false")
+        return Segmenter(backbone, Mask2FormerHead(backbone.out_channels, num_classes, takes_queries),
+                         size_divisor=getattr(backbone, "size_divisor", 1))
+
+    return build
+
+
+HEADS.add("mask2former", HeadSpec(_builder(False), None, None,
+                                  "Mask2Former (transformers' modules): 100 learned queries, deformable pixel decoder, "
+                                  "9 masked-attention layers; at the backbone's own output stride"))
+HEADS.add("rein-mask2former", HeadSpec(_builder(True), None, None,
+                                       "Rein's Mask2Former: its queries from Rein's tokens (needs --methods rein)"))

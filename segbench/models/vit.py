@@ -178,6 +178,7 @@ def _factory(name: str, size: str, patch: int, grid: int, registers: int):
                              f"{output_stride}")
         return model
 
+    build.fixed_output_stride = int(patch / PYRAMID_SCALES[-1])
     build.__name__ = name
     build.__doc__ = (f"{name}: DINOv2 ViT-{size.upper()} (patch {patch}, {grid} x {grid} position grid"
                      f"{f', {registers} registers' if registers else ''}), random init; model.pretrained loads "
