@@ -48,6 +48,8 @@ def build_model(name: str) -> nn.Module:
         return TinyNet()
     from segbench.models import create_model
 
+    if name.startswith("vit_"):  # a tiny DINOv2-layout ViT under DINOv2's linear head (BatchNorm too)
+        return create_model(name, head="linear", pretrained=None)
     # the real FCN head: BatchNorm buffers and Dropout(0.1) both have to survive a resume
     return create_model(name, head="fcn", pretrained=None)
 
@@ -67,6 +69,7 @@ def main() -> None:
     ap.add_argument("--eval", action="store_true")
     ap.add_argument("--method", default="erm", help="a segbench.methods name, placed in the model before training")
     ap.add_argument("--method-opt", action="append", default=[], metavar="KEY=JSON")
+    ap.add_argument("--optimizer", default="sgd", help="train.optimizer (adamw: Rein's, with its weight decay)")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -116,9 +119,12 @@ def main() -> None:
         (matrix,) = matrices
         torch.save(matrix, out / f"cm_rank{rank}.pt")
 
+    optimizer = ({"optimizer": "adamw", "lr": 1e-4, "weight_decay": 0.05, "no_decay_norms": True}
+                 if args.optimizer == "adamw" else {"lr": 0.01})
     settings = TrainSettings(
-        iters=args.iters, batch_size=args.batch, accumulate=args.accumulate, lr=0.01, workers=args.workers,
-        ckpt_every=args.ckpt_every, keep_ckpts=2, amp=False, channels_last=False, class_uniform=args.class_uniform)
+        iters=args.iters, batch_size=args.batch, accumulate=args.accumulate, workers=args.workers,
+        ckpt_every=args.ckpt_every, keep_ckpts=2, amp=False, channels_last=False, class_uniform=args.class_uniform,
+        **optimizer)
     dataset = build_dataset("sim", "train", args.data_root)
     # 96x192 frames scaled by >= 0.5 cover a 32x64 crop: no padding, so every crop is fully labelled
     transform = build_train_transform((32, 64), scale_range=(0.5, 2.0),
