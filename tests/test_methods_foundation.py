@@ -197,3 +197,27 @@ def test_lora_through_peft_starts_as_the_pretrained_model_and_trains_only_the_ad
 def test_the_vit_methods_refuse_a_resnet_naming_the_backbones_to_use(name):
     with pytest.raises(MethodError, match="use a dinov2_\\* backbone"):
         build_method(name).build(create_model("resnet18", "fcn"))
+
+
+@pytest.mark.slow
+def test_a_study_trains_and_scores_every_parameter_efficient_method_on_a_tiny_vit(tmp_path, capsys):
+    """The foundation-model command on the embedded domains with the debug ViT: every method's cell trains (AdamW,
+    Rein's no-decay rule) and scores both domains, and the report has one row per method."""
+    pytest.importorskip("peft")
+    from segbench import run
+    from segbench.record import load_records
+
+    code = run.main(["sim->photo", "--backbones", "vit_debug_p16", "--heads", "linear", "--methods",
+                     "frozen,full,rein,lora,vpt", "--seeds", "1", "--results", str(tmp_path), "--name", "vfm",
+                     "--data-root", str(tmp_path / "data"), "--set", "train.iters=2", "--set", "train.batch_size=2",
+                     "--set", "train.optimizer=adamw", "--set", "train.lr=0.0001", "--set", "train.weight_decay=0.05",
+                     "--set", "train.no_decay_norms=true", "--set", "model.pretrained=null", "--set", "model.output_stride=null",
+                     "--set", "train.workers=0", "--set", "eval.workers=0"])
+    assert code == 0, capsys.readouterr().err
+    records = load_records(tmp_path / "vfm")
+    assert sorted(r["method"]["name"] for r in records) == ["frozen", "full", "lora", "rein", "vpt"]
+    assert all(set(r["results"]) == {"sim", "photo"} for r in records)
+    assert all(r["config"]["train"]["optimizer"] == "adamw" for r in records)
+    table = (tmp_path / "vfm" / "table.md").read_text()
+    for method in ("frozen", "full", "rein", "lora", "vpt"):
+        assert f"vit_debug_p16 + {method}" in table
