@@ -85,8 +85,10 @@ def eval_split_problems(cfg: dict, transfers) -> list[str]:
 
 
 def model_problems(cfg: dict) -> list[str]:
-    """Unknown backbones or heads (names or globs), and an output stride a head cannot be built at."""
+    """Unknown backbones or heads (names or globs), an output stride a head cannot be built at, and one a backbone
+    with a fixed pyramid (a ViT) does not have."""
     from .models import BACKBONES, HEADS
+    from .models.factory import fixed_output_stride
 
     problems, found = [], {"backbones": [], "heads": []}
     for key, registry in (("backbones", BACKBONES), ("heads", HEADS)):
@@ -96,7 +98,12 @@ def model_problems(cfg: dict) -> list[str]:
             except KeyError as e:
                 problems.append(f"{key}: {e.args[0]}")
     stride = cfg["model"]["output_stride"]
-    if type(stride) is int:  # a stride of the wrong type is already listed by config_problems
+    fixed = {b: fixed_output_stride(b) for b in dict.fromkeys(found["backbones"])}
+    for backbone, own in fixed.items():
+        if own is not None and stride is not None and stride != own:
+            problems.append(f"model.output_stride={stride}: {backbone} gives a fixed pyramid whose coarsest stride is "
+                            f"{own}; set model.output_stride null (--set model.output_stride=null) for it")
+    if type(stride) is int and not all(own is not None for own in fixed.values()):  # ResNets choose their stride
         for head in dict.fromkeys(found["heads"]):
             supported = HEADS.get(head).output_strides
             if supported is not None and stride not in supported:
