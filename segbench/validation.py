@@ -103,7 +103,7 @@ def model_problems(cfg: dict) -> list[str]:
         if own is not None and stride is not None and stride != own:
             problems.append(f"model.output_stride={stride}: {backbone} gives a fixed pyramid whose coarsest stride is "
                             f"{own}; set model.output_stride null (--set model.output_stride=null) for it")
-    if type(stride) is int and not all(own is not None for own in fixed.values()):  # ResNets choose their stride
+    if type(stride) is int and (not fixed or any(own is None for own in fixed.values())):  # ResNets choose theirs
         for head in dict.fromkeys(found["heads"]):
             supported = HEADS.get(head).output_strides
             if supported is not None and stride not in supported:
