@@ -19,16 +19,23 @@ from .models import create_model
 from .record import RecordError, read_record, record_method
 
 
+class NetworkError(ValueError):
+    """A backbone, head, model settings and method that do not make one network; the message says the fix."""
+
+
 def build_network(backbone: str, head: str, model: ModelSettings, *, pretrained: bool = True) -> torch.nn.Module:
     """The backbone and head under the model settings, without a method. `pretrained=False` leaves out
     `model.pretrained`'s initial weights (a trained cell's own weights replace them; a check on the meta device has
     none to load); nothing is downloaded then."""
-    network = create_model(backbone, head=head, output_stride=model.output_stride,
-                           pretrained=model.pretrained if pretrained else None, aux=model.aux)
+    try:
+        network = create_model(backbone, head=head, output_stride=model.output_stride,
+                               pretrained=model.pretrained if pretrained else None, aux=model.aux)
+    except ValueError as e:  # an output stride or aux head the backbone and head cannot be built with
+        raise NetworkError(str(e)) from None
     if model.checkpointing:
         if not hasattr(network.backbone, "checkpointing"):
-            raise ValueError(f"model.checkpointing recomputes a transformer's blocks; {backbone} has none: set it "
-                             "false")
+            raise NetworkError(f"model.checkpointing recomputes a transformer's blocks; {backbone} has none: set it "
+                               "false")
         network.backbone.checkpointing = True
     return network
 
@@ -40,6 +47,11 @@ def build_cell_model(backbone: str, head: str, model: ModelSettings, method: str
     network = build_network(backbone, head, model, pretrained=pretrained)
     built = build_method(method, options)
     built.build(network)
+    if getattr(network.head, "takes_queries", False) and not any(
+            hasattr(m, "queries") for m in getattr(network, "method_modules", {}).values()):
+        raise NetworkError(f"head {head!r} takes its queries from Rein's tokens, and method {method!r} has none: use "
+                           "it with the rein method, or the mask2former head (the rein method links its tokens to "
+                           "that head's queries itself)")
     return network, built
 
 

@@ -154,7 +154,7 @@ def placement_problems(cfg: dict) -> list[str]:
     from .config import model_settings
     from .methods import METHODS, MethodError, OptionError, build_method, method_options
     from .models import BACKBONES, HEADS
-    from .network import build_network
+    from .network import NetworkError, build_cell_model
 
     problems, methods = [], {}
     for name in METHODS.expand(cfg["methods"]):
@@ -170,18 +170,18 @@ def placement_problems(cfg: dict) -> list[str]:
     for backbone in BACKBONES.expand(cfg["backbones"]):
         for head in HEADS.expand(cfg["heads"]):
             for name, options in methods.items():
-                if name == ERM:
-                    continue
                 with torch.device("meta"):
-                    network = build_network(backbone, head, model_settings(cfg["model"]), pretrained=False)
                     try:
-                        build_method(name, options).build(network)
+                        build_cell_model(backbone, head, model_settings(cfg["model"]), name, options,
+                                         pretrained=False)
                     except MethodError as e:
                         if isinstance(e, OptionError):  # an unknown place or mode: wrong on every backbone
                             problems.append(option_problem(name, e))
                         else:
                             problems.append(f"methods: {name} on {backbone} + {head}: {e}; leave that backbone or "
                                             "method out, or run them as separate studies")
+                    except NetworkError as e:  # the backbone, head and model settings do not make a network
+                        problems.append(f"{backbone} + {head}: {e}")
                     except ValueError as e:  # a layer refusing an option value (p=5, std=-1): not the backbone's
                         problems.append(option_problem(name, e))
     return list(dict.fromkeys(problems))

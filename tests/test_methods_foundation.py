@@ -84,21 +84,15 @@ def _randomise(module: nn.Module, seed: int) -> None:
             p.copy_(torch.randn(p.shape, generator=g) * 0.3)
 
 
-class QueryHead(nn.Module):
-    """A head that says it takes Rein's queries, as the mask-classification head will."""
-
-    takes_queries = True
-
-
 def test_rein_equals_the_official_lorareins_after_every_block():
+    pytest.importorskip("transformers")  # the vfm extra: a head that takes Rein's queries, to compare return_auto
     torch.manual_seed(0)
-    model = create_model("vit_debug_p16", "linear", num_classes=5)
-    model.head.takes_queries = True  # build the query link too, to compare Rein's return_auto
-    method = build_method("rein", {"token_length": 10, "lora_dim": 4})
+    model = create_model("vit_debug_p16", "rein-mask2former", num_classes=5)
+    method = build_method("rein", {"token_length": 100, "lora_dim": 4})
     method.build(model)
     ours = model.method_modules["rein"]
     _randomise(ours, 1)
-    official = OfficialLoRAReins(4, 64, 10, 4)
+    official = OfficialLoRAReins(4, 64, 100, 4)
     official.load_state_dict(ours.state_dict(), strict=True)  # the same parameter names
     x = torch.randn(2, 3, 64, 80, generator=torch.Generator().manual_seed(2))
     ours_x, theirs_x = x.clone().requires_grad_(), x.clone().requires_grad_()
@@ -122,11 +116,12 @@ def test_rein_trains_only_its_tokens_and_the_head_and_counts_the_papers_paramete
     assert count_parameters(model.method_modules, trainable_only=True) == 2_530_817
     assert count_parameters(model.backbone, trainable_only=True) == 0
     assert count_parameters(model.head, trainable_only=True) == count_parameters(model.head)
+    pytest.importorskip("transformers")
     with torch.device("meta"):
-        linked = create_model("dinov2_vitl14_p16", "linear")
-        linked.head.takes_queries = True
-        build_method("rein").build(linked)
+        linked = create_model("dinov2_vitl14_p16", "mask2former")
+        build_method("rein").build(linked)  # links its tokens to the head's queries, as Rein's configs do
     assert count_parameters(linked.method_modules, trainable_only=True) == 2_990_081
+    assert linked.head.takes_queries and not hasattr(linked.head.transformer, "queries_embedder")
 
 
 def test_the_frozen_backbone_stays_in_eval_mode_and_gets_no_gradient():

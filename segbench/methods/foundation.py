@@ -161,16 +161,26 @@ class ReinMethod(Method):
     name = "rein"
     paper = ("Wei et al., Stronger, Fewer, & Superior: Harnessing Vision Foundation Models for Domain Generalized "
              "Semantic Segmentation, CVPR 2024")
-    code = "w1oves/Rein rein/models/backbones/reins.py (LoRAReins), reins_dinov2.py"
-    defaults = {"token_length": 100, "lora_dim": 16, "query_dims": 256, "scale_init": 0.001}
+    code = "w1oves/Rein rein/models/backbones/reins.py (LoRAReins), reins_dinov2.py, heads/rein_mask2former.py"
+    defaults = {"token_length": 100, "lora_dim": 16, "query_dims": 256, "scale_init": 0.001, "link_queries": True}
 
     def build(self, model: nn.Module) -> None:
+        """`link_queries` (Rein's link_token_to_query, on in its configs): on a Mask2Former head, the tokens become
+        its queries (rein_mask2former.py: the learned query embeddings removed, the query features a linear map of
+        Rein's queries); `rein-mask2former` is that head from the start."""
         backbone = vit_of(model)
         freeze(backbone)
         o = self.options
+        head = model.head
+        link = bool(getattr(head, "takes_queries", False)) or (
+            o["link_queries"] and getattr(head, "mask_classification", False))
+        if link and not head.takes_queries:
+            head.link_queries()
+        if link and head.config.num_queries != o["token_length"]:
+            raise OptionError(f"method.rein.token_length={o['token_length']}: Rein's tokens are the head's "
+                              f"{head.config.num_queries} queries, so the two must be equal")
         reins = LoRAReins(len(backbone.blocks), backbone.out_channels[0], backbone.patch_size, o["token_length"],
-                          o["lora_dim"], o["query_dims"], o["scale_init"],
-                          queries=bool(getattr(model.head, "takes_queries", False)))
+                          o["lora_dim"], o["query_dims"], o["scale_init"], queries=link)
         _modules_of(model)["rein"] = reins
         for layer, block in enumerate(backbone.blocks):
             block.register_forward_hook(AfterBlock(reins, backbone, layer))

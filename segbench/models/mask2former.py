@@ -141,13 +141,12 @@ class Mask2FormerHead(nn.Module):
         super().__init__()
         Mask2FormerConfig, m2f = _transformers()
         self.config = Mask2FormerConfig(num_labels=num_classes, **{**M2F_CONFIG, **overrides})
-        self.takes_queries = takes_queries
         self.pixel_decoder = m2f.Mask2FormerPixelDecoder(self.config, feature_channels=list(in_channels))
         self.transformer = m2f.Mask2FormerTransformerModule(in_features=self.config.feature_size, config=self.config)
         hidden = self.config.hidden_dim
-        if takes_queries:  # rein_mask2former.py: query_embed deleted, query_feat replaced by a linear of the queries
-            del self.transformer.queries_embedder, self.transformer.queries_features
-            self.querys2feat = nn.Linear(hidden, hidden)
+        self.takes_queries = False
+        if takes_queries:
+            self.link_queries()
         self.class_predictor = nn.Linear(hidden, num_classes + 1)
         weights = {"loss_cross_entropy": self.config.class_weight, "loss_mask": self.config.mask_weight,
                    "loss_dice": self.config.dice_weight}
@@ -155,6 +154,14 @@ class Mask2FormerHead(nn.Module):
         self.criterion._non_persistent_buffers_set.add("empty_weight")  # a constant, not a trained weight
         self.criterion.get_num_masks = self._num_masks
         init_weights(self)
+
+    def link_queries(self) -> None:
+        """Take the queries from the model (Rein's tokens) instead of learned embeddings: rein_mask2former.py deletes
+        query_embed and replaces query_feat by a linear map of the queries (`replace_query_feat=True`)."""
+        del self.transformer.queries_embedder, self.transformer.queries_features
+        hidden = self.config.hidden_dim
+        self.querys2feat = nn.Linear(hidden, hidden)
+        self.takes_queries = True
 
     @staticmethod
     def _num_masks(class_labels, device) -> torch.Tensor:
