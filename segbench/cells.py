@@ -86,9 +86,8 @@ class Cell:
 
     @property
     def eval_targets(self) -> tuple[str, ...]:
-        """The datasets scored: in-domain first (the source; each part of a multi-source one), then the targets."""
-        own = source_parts(self.source)
-        return (*own, *[t for t in self.targets if t not in own and t != self.source])
+        """The datasets scored (`scored_datasets`)."""
+        return scored_datasets(self.source, self.targets, self.eval)
 
     @property
     def training_classes(self) -> tuple[int, ...] | None:
@@ -115,6 +114,14 @@ def _dataset_class(name: str):
 def _dataset_version(name: str) -> str | None:
     """The `data_version` a dataset class declares (the embedded generator does), else None."""
     return getattr(_dataset_class(name), "data_version", None)
+
+
+def scored_datasets(source: str, targets, ecfg: dict) -> tuple[str, ...]:
+    """The datasets a cell scores: in-domain first (the source; each part of a multi-source one; none under
+    `eval.in_domain: false`), then the targets."""
+    own = source_parts(source)
+    first = own if ecfg.get("in_domain", True) else ()
+    return (*first, *[t for t in targets if t not in own and t != source])
 
 
 def trained_on_scored(source: str, train_split: str, eval_split: str) -> list[str]:

@@ -454,6 +454,10 @@ class EvalSettings:
     #: (`segbench report --select`); 0 never does. Periodic scores never touch the weights (engine/train.py forks the
     #: RNG)
     every: int = setting(0, integer(0), identity=False)
+    #: score the source in-domain (its own eval split) before the targets; false scores the targets only, for a recipe
+    #: that trains on all of the source (Rein's GTA5: every frame, its val split included). Not part of what a score
+    #: was made under: it decides which targets are scored, not how
+    in_domain: bool = setting(True, FLAG, identity=False)
     #: MISSING_PAIRS; on a complete split both values score alike, and a score made without some files carries their
     #: count (result and protocol card), so it never passes for a complete one
     missing_pairs: str = setting("error", one_of(*MISSING_PAIRS), identity=False)
@@ -610,7 +614,7 @@ def _merge(base: dict, over: dict, where: str, top: bool = False) -> dict:
         if key not in base:
             valid = ", ".join(sorted(base))
             raise ConfigError(f"{where}: unknown key {key!r}; valid keys here: {valid}")
-        if isinstance(base[key], dict):
+        if top and key in SECTIONS:  # a section's settings, one by one; a setting's value is taken whole
             if not isinstance(value, dict):
                 raise ConfigError(f"{where}: {key!r} must be a mapping, got {value!r}")
             out[key] = _merge(base[key], value, f"{where}: {key}")
@@ -666,11 +670,14 @@ def apply_overrides(cfg: dict, overrides: list[str]) -> dict:
                 valid = ", ".join(sorted(node)) if isinstance(node, dict) else "none"
                 raise ConfigError(f"--set {item!r}: unknown key {part!r} under {here}; valid keys: {valid}")
             if i == len(parts) - 1:
-                if isinstance(node[part], dict):
+                if i == 0 and part in SECTIONS:
                     raise ConfigError(f"--set {item!r}: {key} is a section; set one of its keys: {', '.join(node[part])}")
                 node[part] = value
-            else:
+            elif i == 0 and part in SECTIONS:
                 node = node[part]
+            else:  # a setting whose value is a mapping (train.lr_mult) is set whole
+                raise ConfigError(f"--set {item!r}: {'.'.join(parts[:i + 1])} is one setting; give its whole value, "
+                                  f"e.g. --set '{'.'.join(parts[:i + 1])}={{{parts[i + 1]}: VALUE}}'")
     return cfg
 
 

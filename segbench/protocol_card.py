@@ -55,7 +55,8 @@ def protocol_card(cell: Cell, targets: dict[str, dict]) -> dict:
     if is_multi_source(cell.source):
         card["source_weights"] = weights if weights is not None else "proportional to size"
         card["training_classes"] = list(cell.training_classes) if cell.training_classes else "all"
-    on_training_images = trained_on_scored(cell.source, card["split"], cell.eval.get("split"))
+    on_training_images = (trained_on_scored(cell.source, card["split"], cell.eval.get("split"))
+                          if cell.eval.get("in_domain", True) else [])
     if on_training_images:  # only under train.allow_eval_split (validation.eval_split_problems): the table says so
         card["in_domain_on_training_images"] = on_training_images
     card.update({"global_batch": train.pop("batch_size", None), "iterations": train.pop("iters", None),

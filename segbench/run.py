@@ -12,7 +12,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from .cells import DONE
+from .cells import DONE, scored_datasets
 from .config import DEFAULTS, EMBEDDED_DEFAULT, ConfigError, apply_overrides, experiment_path, load_config
 from .errors import command
 from .record import is_done
@@ -189,7 +189,7 @@ def check_datasets(transfers, cfg: dict, data_root) -> dict[str, object]:
     for t in transfers:
         needed.append((t.source, cfg["train"]["split"]))
         training.add((t.source, cfg["train"]["split"]))
-        targets = [(name, cfg["eval"]["split"]) for name in (*source_parts(t.source), *t.targets)]
+        targets = [(name, cfg["eval"]["split"]) for name in scored_datasets(t.source, t.targets, cfg["eval"])]
         needed += targets
         scored.update(targets)
     opened = {}

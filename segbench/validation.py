@@ -5,7 +5,8 @@ output strides, the methods and their options, and where each method can place i
 """
 from __future__ import annotations
 
-from .config import ERM, ConfigError, config_problems, problems_message
+from .cells import scored_datasets
+from .config import ConfigError, config_problems, problems_message
 from .spec import SpecError, is_prepared, parse_specs, prepared_parts, source_parts
 
 
@@ -46,7 +47,7 @@ def dataset_problems(cfg: dict, data_root) -> list[str]:
     for t in transfers:
         for part in source_parts(t.source):  # a multi-source spec trains on, and scores, each of its parts
             uses.setdefault(part, {})["train.split"] = cfg["train"]["split"]
-        for name in (*source_parts(t.source), *t.targets):
+        for name in scored_datasets(t.source, t.targets, cfg["eval"]):
             uses.setdefault(name, {})["eval.split"] = cfg["eval"]["split"]
     problems = source_weight_problems(cfg["train"].get("source_weights"), [t.source for t in transfers])
     for name, splits in uses.items():
@@ -73,7 +74,7 @@ def eval_split_problems(cfg: dict, transfers) -> list[str]:
     from .cells import trained_on_scored
 
     train, ecfg = cfg["train"], cfg["eval"]
-    if train.get("allow_eval_split") is True:
+    if train.get("allow_eval_split") is True or ecfg.get("in_domain") is False:
         return []
     problems = []
     for part in dict.fromkeys(p for t in transfers for p in trained_on_scored(t.source, train["split"], ecfg["split"])):

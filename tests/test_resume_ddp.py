@@ -206,6 +206,8 @@ METHOD_CASES = {
     "shade": ["basis_epochs=0.75", "retrospection=0"],
     # the parameter-efficient methods on a tiny ViT, with AdamW (its moments must be restored too)
     "frozen-vit": [], "full-vit": [], "rein-vit": [], "vpt-vit": [], "lora-vit": [],
+    # Rein's recipe: its tokens as a Mask2Former head's queries, mmseg's pipeline, AdamW
+    "rein-recipe": [],
 }
 
 
@@ -220,7 +222,11 @@ def test_resume_after_sigkill_is_bit_identical_with_every_method(data_root, tmp_
         pytest.importorskip("peft")
     opts = [a for o in METHOD_CASES[case] for a in ("--method-opt", o)]
     iters, every, kill_at = 4, 2, 2
-    model = ("--model", "vit_debug_p16", "--optimizer", "adamw") if case.endswith("-vit") else ("--model", "resnet18")
+    model = ("--model", "vit_debug_p16", "--optimizer", "adamw") if case.endswith(("-vit", "-recipe")) else \
+        ("--model", "resnet18")
+    if case.endswith("-recipe"):
+        pytest.importorskip("transformers")
+        model = (*model, "--head", "mask2former", "--pipeline", "rein")
     args = (*model, "--iters", iters, "--batch", 2, "--ckpt-every", every, "--method", method, *opts)
     straight = children.start("straight", _cmd(data_root, tmp_path / "straight", *args))
     killed_out = tmp_path / "killed"
