@@ -244,6 +244,12 @@ def _lr_mult(value):
     return out
 
 
+def _protocols(value):
+    _require(isinstance(value, list) and all(isinstance(v, str) and v in EVAL_PROTOCOLS for v in value)
+             and len(set(value)) == len(value))
+    return value
+
+
 def _method_options(value):
     """{name: {option: value}}: the structure only; which names and options exist is the method registry's
     business (validation.py)."""
@@ -454,6 +460,12 @@ class EvalSettings:
     #: (`segbench report --select`); 0 never does. Periodic scores never touch the weights (engine/train.py forks the
     #: RNG)
     every: int = setting(0, integer(0), identity=False)
+    #: more evaluation protocols each target is also scored under, each a view of its own: `cityscapes~native` beside
+    #: `cityscapes`, a column of its own in every table and an entry of its own on the card, never averaged with the
+    #: other geometry (Rein's 1024 x 512 and the native 2048 x 1024, say). Part of what each view was scored under,
+    #: not of the cell id
+    geometries: list = setting([], Rule(f"a list of eval protocols ({', '.join(map(repr, EVAL_PROTOCOLS))})",
+                                        _protocols), identity=False)
     #: score the source in-domain (its own eval split) before the targets; false scores the targets only, for a recipe
     #: that trains on all of the source (Rein's GTA5: every frame, its val split included). Not part of what a score
     #: was made under: it decides which targets are scored, not how
@@ -488,6 +500,14 @@ def _slide_needs_a_window(ecfg: dict, problems: list[str]) -> None:
                         "expected each <= the window")
 
 
+def _views_are_other_protocols(ecfg: dict, problems: list[str]) -> None:
+    """A view repeats the target under another protocol: the cell's own protocol would score it twice."""
+    protocol, views = ecfg.get("protocol", "native"), ecfg.get("geometries") or []
+    if isinstance(views, list) and protocol in views:
+        problems.append(f"eval.geometries={views!r}: holds eval.protocol={protocol!r}, which every target is scored "
+                        "under already; list the other protocols only")
+
+
 def _accumulate_divides_batch(tcfg: dict, problems: list[str]) -> None:
     """The micro-steps split the global batch evenly (how many processes share it is known only at launch)."""
     batch, accumulate = tcfg.get("batch_size"), tcfg.get("accumulate", 1)
@@ -511,7 +531,8 @@ def _pipeline_takes_its_own_augmentation(tcfg: dict, problems: list[str]) -> Non
 
 #: (section, rule) for the rules that span several settings
 SECTION_RULES: tuple[tuple[str, Callable[[dict, list[str]], None]], ...] = (
-    ("eval", _slide_needs_a_window), ("eval", _size_under_native_protocol), ("train", _accumulate_divides_batch),
+    ("eval", _slide_needs_a_window), ("eval", _size_under_native_protocol), ("eval", _views_are_other_protocols),
+    ("train", _accumulate_divides_batch),
     ("train", _pipeline_takes_its_own_augmentation))
 
 

@@ -47,7 +47,7 @@ def build_cell_model(backbone: str, head: str, model: ModelSettings, method: str
     network = build_network(backbone, head, model, pretrained=pretrained)
     built = build_method(method, options)
     built.build(network)
-    if getattr(network.head, "takes_queries", False) and not any(
+    if getattr(getattr(network, "head", None), "takes_queries", False) and not any(
             hasattr(m, "queries") for m in getattr(network, "method_modules", {}).values()):
         raise NetworkError(f"head {head!r} takes its queries from Rein's tokens, and method {method!r} has none: use "
                            "it with the rein method, or the mask2former head (the rein method links its tokens to "

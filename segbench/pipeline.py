@@ -19,7 +19,7 @@ import torch
 
 from . import __version__
 from . import distributed as dist_utils
-from .cells import CHECKPOINTS, CONFIG, DONE, FINAL_WEIGHTS, PREDS, TENSORBOARD, TRAIN_LOG, Cell
+from .cells import CHECKPOINTS, CONFIG, DONE, FINAL_WEIGHTS, PREDS, TENSORBOARD, TRAIN_LOG, Cell, view_eval
 from .config import identity_view, model_settings, train_settings
 from .data import build_dataset
 from .data.base import missing_pairs
@@ -36,6 +36,7 @@ from .network import build_cell_model
 from .protocol_card import protocol_card, target_protocol
 from .record import DamagedRecordWarning, cell_record, confusion_path, damaged_confusions, missing_targets, \
     write_record
+from .spec import scoring_view
 
 
 def git_commit() -> str | None:
@@ -96,9 +97,9 @@ def target_opener(cell: Cell, data_root) -> Callable[[str], tuple]:
     opened: dict[str, tuple] = {}
 
     def open_target(target: str) -> tuple:
-        if target not in opened:
-            ds = build_dataset(target, cell.eval["split"], root=data_root)
-            opened[target] = (ds, prepare_for_scoring(ds, cell.eval))
+        if target not in opened:  # a view (`cityscapes~native`) opens its dataset under the view's protocol
+            ds = build_dataset(scoring_view(target)[0], cell.eval["split"], root=data_root)
+            opened[target] = (ds, prepare_for_scoring(ds, view_eval(cell.eval, target)))
         return opened[target]
     return open_target
 
@@ -108,10 +109,10 @@ def periodic_evaluation(cell: Cell, model: torch.nn.Module, open_target, device:
     scored as the final scores are (same split, protocol, classes, inference), so the curve's last point is the
     result. Every target is opened before training starts; no predictions or per-image matrices are kept."""
     targets = {target: open_target(target) for target in cell.eval_targets}
-    options = scoring_options(cell.eval)
+    options = {target: scoring_options(view_eval(cell.eval, target)) for target in targets}
 
     def on_eval(iteration: int) -> dict[str, float]:
-        return {target: evaluate(model, ds, device=device, eval_classes=classes, **options,
+        return {target: evaluate(model, ds, device=device, eval_classes=classes, **options[target],
                                  desc=f"  iteration {iteration}: {target}")["miou"]
                 for target, (ds, classes) in targets.items()}
     return on_eval
@@ -166,7 +167,6 @@ def train_and_score(cell: Cell, cell_dir: Path, *, data_root, device: torch.devi
 
     # 2. every target not yet scored under the current eval settings, the record rewritten after each
     ecfg = cell.eval
-    options = scoring_options(ecfg)
     record["provenance"] = provenance(device)
     stale = curves_eval is None or identity_view("eval", curves_eval) != cell.eval_identity()
     for target in missing_targets(cell, cell_dir):
@@ -178,10 +178,11 @@ def train_and_score(cell: Cell, cell_dir: Path, *, data_root, device: torch.devi
         ds, classes = open_target(target)
         t0 = time.perf_counter()
         per_image = confusion_path(cell_dir, target)
-        metrics = evaluate(model, ds, device=device, eval_classes=classes, **options, desc=f"  test on {target}",
+        metrics = evaluate(model, ds, device=device, eval_classes=classes, **scoring_options(view_eval(ecfg, target)),
+                           desc=f"  test on {target}",
                            dump_dir=cell_dir / PREDS / target, dump_count=int(ecfg.get("dump", 0) or 0),
                            per_image_path=per_image)
-        metrics.update(eval=cell.eval_identity(), images=len(ds), seconds=time.perf_counter() - t0,
+        metrics.update(eval=cell.eval_identity(target), images=len(ds), seconds=time.perf_counter() - t0,
                        per_image=str(per_image.relative_to(cell_dir)))
         left_out = len(missing_pairs(ds))  # files without their partner, scored without under eval.missing_pairs=skip
         if left_out:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from .cells import trained_on_scored
 from .config import identity_view
 from .labels import NUM_CLASSES
-from .spec import is_multi_source, prepared_parts, source_parts
+from .spec import is_multi_source, prepared_parts, scoring_view, source_parts
 
 if TYPE_CHECKING:
     from .cells import Cell
@@ -63,9 +63,14 @@ def protocol_card(cell: Cell, targets: dict[str, dict]) -> dict:
                  "train": train, "model": with_resolved_output_stride(identity_view("model", cell.model), cell.head,
                                                                            cell.backbone),
                  "eval": cell.eval_identity(),
-                 "targets": {t: targets[t] for t in cell.eval_targets if t in targets},
+                 "targets": {t: _with_view_eval(cell, t, targets[t]) for t in cell.eval_targets if t in targets},
                  "checkpoint": CHECKPOINT_RULE})
     return card
+
+
+def _with_view_eval(cell: "Cell", target: str, protocol: dict) -> dict:
+    """A view (`cityscapes~native`) was scored under its own eval settings: its entry says which."""
+    return protocol if scoring_view(target)[1] is None else {**protocol, "eval": cell.eval_identity(target)}
 
 
 _NOT_PLAIN = object()

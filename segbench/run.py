@@ -189,7 +189,7 @@ def check_datasets(transfers, cfg: dict, data_root) -> dict[str, object]:
     for t in transfers:
         needed.append((t.source, cfg["train"]["split"]))
         training.add((t.source, cfg["train"]["split"]))
-        targets = [(name, cfg["eval"]["split"]) for name in scored_datasets(t.source, t.targets, cfg["eval"])]
+        targets = [(name, cfg["eval"]["split"]) for name in scored_datasets(t.source, t.targets, cfg["eval"], views=False)]
         needed += targets
         scored.update(targets)
     opened = {}

@@ -47,7 +47,7 @@ def dataset_problems(cfg: dict, data_root) -> list[str]:
     for t in transfers:
         for part in source_parts(t.source):  # a multi-source spec trains on, and scores, each of its parts
             uses.setdefault(part, {})["train.split"] = cfg["train"]["split"]
-        for name in scored_datasets(t.source, t.targets, cfg["eval"]):
+        for name in scored_datasets(t.source, t.targets, cfg["eval"], views=False):
             uses.setdefault(name, {})["eval.split"] = cfg["eval"]["split"]
     problems = source_weight_problems(cfg["train"].get("source_weights"), [t.source for t in transfers])
     for name, splits in uses.items():

@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 #: length, the loaders, and the tiny frames scored at their own size (Rein's geometry would enlarge 32 x 64 frames to
 #: 1024 x 512, and the native protocol Mapillary's to a height of 1536, before sliding windows over them)
 TINY = ["model.pretrained=null", "train.iters=2", "train.batch_size=2", "train.crop=[64,64]", "train.workers=0",
-        "train.ckpt_every=0", "eval.workers=0", "eval.protocol=native", "eval.size=[32,64]", "eval.window=[32,32]",
+        "train.ckpt_every=0", "eval.workers=0", "eval.protocol=native", "eval.geometries=[]", "eval.size=[32,64]", "eval.window=[32,32]",
         "eval.stride=[32,32]"]
 
 
