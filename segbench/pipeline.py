@@ -26,6 +26,7 @@ from .data.base import missing_pairs
 from .data.multisource import apply_unknown_label_policy_per_source
 from .data.transforms import train_transform
 from .engine.checkpoint import load_final_weights, prune_checkpoints
+from .engine.frozen_weights import needs_pretrained, weights_to_load, weights_to_save
 from .engine.logging import tensorboard_writer
 from .engine.scoring import evaluate, prepare_for_scoring, scoring_options
 from .engine.train import train
@@ -136,10 +137,11 @@ def train_and_score(cell: Cell, cell_dir: Path, *, data_root, device: torch.devi
     torch.manual_seed(cell.seed)
     # ImageNet weights only matter before training; a trained cell's own weights replace them anyway
     open_target = target_opener(cell, data_root)
+    # (a frozen backbone's weights file holds the trained parameters only: the pretrained file completes it)
     model, method = build_cell_model(cell.backbone, cell.head, model_settings(cell.model), cell.method,
-                                     cell.method_options, pretrained=not trained)
+                                     cell.method_options, pretrained=not trained or needs_pretrained(final_state))
     if trained:
-        model.load_state_dict(final_state)
+        model.load_state_dict(weights_to_load(model, final_state, final))
     else:
         settings = train_settings(cell.train)
         source = build_dataset(cell.source, settings.split, root=data_root, classes=cell.training_classes)
@@ -163,7 +165,7 @@ def train_and_score(cell: Cell, cell_dir: Path, *, data_root, device: torch.devi
             record["training"]["init"] = init
         if main:  # the record first: a run killed while scoring then keeps its training statistics and curves
             write_record(cell_dir, record)
-            save_torch(final, model.state_dict())
+            save_torch(final, weights_to_save(model))
 
     # 2. every target not yet scored under the current eval settings, the record rewritten after each
     ecfg = cell.eval

@@ -198,13 +198,15 @@ def test_registered_sizes_have_the_official_shapes():
 
 
 def test_a_vit_runs_under_the_linear_head_at_any_size_and_refuses_a_resnet_stride():
+    """Any head takes the ViT's own pyramid when model.output_stride is null; a ResNet's dilated stride is refused."""
     model = create_model("vit_debug_p16", "linear", num_classes=5).train()
     out = model(torch.randn(2, 3, 70, 100))["out"]
     assert out.shape == (2, 5, 70, 100)
     out.sum().backward()
     assert all(p.grad is not None for p in model.parameters())
-    with pytest.raises(ValueError, match=r"fixed pyramid .* must be null or 32"):
-        create_model("vit_debug_p16", "fcn")
+    assert create_model("vit_debug_p16", "fcn")(torch.randn(1, 3, 64, 64))["out"].shape == (1, 19, 64, 64)
+    with pytest.raises(ValueError, match=r"fixed pyramid .* must be null or 32, got 8"):
+        create_model("vit_debug_p16", "fcn", output_stride=8)
 
 
 def test_activation_checkpointing_gives_the_same_features_and_gradients():

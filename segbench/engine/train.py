@@ -22,6 +22,7 @@ from ..data.workers import worker_init_fn
 from ..labels import IGNORE_INDEX
 from ..methods.base import Batch, Method, TrainRun
 from .checkpoint import TrainingState, check_same_config, load_latest_checkpoint, save_checkpoint
+from .frozen_weights import weights_to_load, weights_to_save
 from .logging import ScalarLog
 from .optim import learning_rate, make_optimizer, set_learning_rate
 
@@ -275,7 +276,7 @@ def resume(ckpt_dir: Path, identity: dict, model: torch.nn.Module, optimizer: to
         return Progress()
     path, state = found
     check_same_config(state.identity, identity, path)
-    model.load_state_dict(state.model)
+    model.load_state_dict(weights_to_load(model, state.model, path))
     optimizer.load_state_dict(state.optimizer)
     if scaler is not None and state.scaler:
         scaler.load_state_dict(state.scaler)
@@ -302,7 +303,7 @@ class Checkpointing:
             return
         cuda = self.device.type == "cuda"
         state = TrainingState(
-            iteration=iteration, identity=self.identity, model=self.model.state_dict(),
+            iteration=iteration, identity=self.identity, model=weights_to_save(self.model),
             optimizer=self.optimizer.state_dict(), scaler=self.scaler.state_dict() if self.scaler else None,
             rng_cpu=torch.get_rng_state(), rng_cuda=torch.cuda.get_rng_state(self.device) if cuda else None,
             train_seconds=progress.before_seconds + progress.training_seconds(),

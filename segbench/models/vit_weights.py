@@ -114,6 +114,7 @@ def _square(n: int) -> int:
 
 def load_dinov2(backbone, name: str, pretrained) -> None:
     """`pretrained` = 'dinov2' (the official file, fetched into torch.hub's cache) or a path, loaded strictly."""
+    from ..engine.frozen_weights import loaded_from
     from .pretrained import IMAGENET, SCRATCH_HINT, TORCHVISION, PretrainedWeightsError, cache_path, download
 
     if str(pretrained) in (IMAGENET, TORCHVISION):
@@ -150,3 +151,4 @@ def load_dinov2(backbone, name: str, pretrained) -> None:
             f"{path} does not fit backbone {name!r} ({detail}): give the file of this size and variant (ViT-S/B/L/g, "
             f"with or without registers); official, timm and Rein-converted files are read")
     backbone.vit.load_state_dict(state, strict=True)
+    loaded_from(backbone, path, backbone.vit.parameters())  # what a frozen-backbone method's weights files leave out
