@@ -518,9 +518,14 @@ def _accumulate_divides_batch(tcfg: dict, problems: list[str]) -> None:
 
 def _pipeline_takes_its_own_augmentation(tcfg: dict, problems: list[str]) -> None:
     """Rein's pipeline (`train.pipeline: rein`) has its own scales and photometric distortion and no class-uniform
-    sampling: a setting of the other pipeline would be ignored without a word."""
+    sampling: a setting of the other pipeline would be ignored without a word. Its scales come from a square crop's
+    side, as in Rein's configs."""
     if tcfg.get("pipeline") != "rein":
         return
+    crop = tcfg.get("crop")
+    if isinstance(crop, (list, tuple)) and len(crop) == 2 and crop[0] != crop[1]:
+        problems.append(f"train.crop={list(crop)!r}: train.pipeline='rein' draws its scales from a square crop's side "
+                        "(0.5 to 2.0 x the side, as Rein's 512 and 1024 configs); give a square crop")
     for key, default in (("class_uniform", 0.0), ("photometric", None), ("scale_range", [0.5, 2.0])):
         value = tcfg.get(key, default)
         if (list(value) if isinstance(value, tuple) else value) != default:

@@ -13,12 +13,19 @@ import torch
 from segbench.data.mmseg_pipeline import ReinTrainTransform
 
 
-class MMSeg:
-    """The pipeline of configs/dinov2/rein_dinov2_mask2former_512x512_bs1x4.py, `random` = numpy.random."""
+#: crop side -> (RandomChoiceResize scales, max_size) as written in Rein's configs
+#: (configs/dinov2/rein_dinov2_mask2former_512x512_bs1x4.py, .../rein_dinov2_mask2former_1024x1024_bs4x2.py)
+CONFIGS = {512: ([int(512 * x * 0.1) for x in range(5, 21)], 2048),
+           1024: ([int(1024 * x * 0.1) for x in range(5, 21)], 4096)}
 
-    def __init__(self, random):
+
+class MMSeg:
+    """The pipeline of Rein's 512 (or 1024) config, `random` = numpy.random."""
+
+    def __init__(self, random, side=512):
         self.random = random  # mmseg's `from numpy import random`, and mmcv's np.random
-        self.scales = [int(512 * x * 0.1) for x in range(5, 21)]
+        self.side = side
+        self.scales, self.max_size = CONFIGS[side]
 
     # RandomChoiceResize + ResizeShortestEdge + Resize(keep_ratio=True)
     def resize(self, img, seg):
@@ -30,8 +37,8 @@ class MMSeg:
             new_h, new_w = size, s * w
         else:
             new_h, new_w = s * h, size
-        if max(new_h, new_w) > 2048:
-            s = 2048 * 1.0 / max(new_h, new_w)
+        if max(new_h, new_w) > self.max_size:
+            s = self.max_size * 1.0 / max(new_h, new_w)
             new_h *= s
             new_w *= s
         target = (int(new_w + 0.5), int(new_h + 0.5))
@@ -40,7 +47,9 @@ class MMSeg:
         return (cv2.resize(img, new_size, interpolation=cv2.INTER_LINEAR),
                 cv2.resize(seg, new_size, interpolation=cv2.INTER_NEAREST))
 
-    def crop(self, img, seg, crop_size=(512, 512), cat_max_ratio=0.75):
+    def crop(self, img, seg, cat_max_ratio=0.75):
+        crop_size = (self.side, self.side)
+
         def generate_crop_bbox(img):
             margin_h = max(img.shape[0] - crop_size[0], 0)
             margin_w = max(img.shape[1] - crop_size[1], 0)
@@ -89,12 +98,12 @@ class MMSeg:
         return img
 
     def preprocess(self, img, seg):
-        """SegDataPreProcessor: BGR -> RGB, normalise, pad right/bottom to 512 (image 0, label 255)."""
+        """SegDataPreProcessor: BGR -> RGB, normalise, pad right/bottom to the crop (image 0, label 255)."""
         x = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))[[2, 1, 0], ...].float()
         mean = torch.tensor([123.675, 116.28, 103.53]).view(-1, 1, 1)
         std = torch.tensor([58.395, 57.12, 57.375]).view(-1, 1, 1)
         x = (x - mean) / std
-        pad_h, pad_w = max(512 - x.shape[1], 0), max(512 - x.shape[2], 0)
+        pad_h, pad_w = max(self.side - x.shape[1], 0), max(self.side - x.shape[2], 0)
         x = torch.nn.functional.pad(x, (0, pad_w, 0, pad_h), value=0)
         y = torch.nn.functional.pad(torch.from_numpy(np.ascontiguousarray(seg)).long(), (0, pad_w, 0, pad_h),
                                     value=255)
@@ -128,6 +137,23 @@ def test_the_pipeline_equals_mmsegs_draw_for_draw(sample_seed):
     torch.testing.assert_close(out["image"], x, rtol=0, atol=1e-5)
     assert torch.equal(out["mask"], y)
     assert out["image"].shape == (3, 512, 512)
+
+
+@pytest.mark.parametrize("sample_seed", range(3))
+def test_the_1024_config_is_the_same_pipeline_at_its_crop(sample_seed):
+    """`train.pipeline: rein` at a 1024 crop is Rein's 1024 config: scales 512 .. 2048, long edge capped at 4096."""
+    from segbench.config import train_settings
+    from segbench.data.transforms import train_transform
+
+    image, mask = _frame(sample_seed, 1080, 1920)
+    ours = train_transform(train_settings({"pipeline": "rein", "crop": [1024, 1024]}))
+    assert (list(ours.scales), ours.max_size) == CONFIGS[1024]
+    ours.set_random_seed(sample_seed)
+    out = ours(image, mask)
+    reference = MMSeg(np.random.RandomState(np.random.SeedSequence(sample_seed).generate_state(1)[0]), side=1024)
+    x, y = reference(image[..., ::-1].copy(), mask)
+    torch.testing.assert_close(out["image"], x, rtol=0, atol=1e-5)
+    assert torch.equal(out["mask"], y) and out["image"].shape == (3, 1024, 1024)
 
 
 def test_small_frames_are_padded_with_zero_after_normalisation_and_ignore():

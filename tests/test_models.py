@@ -92,10 +92,13 @@ def _build(backbone: str, head: str, **kwargs) -> nn.Module:
 # (RobustNet's head dilates bottleneck ResNets only: ResNet-18/34 are refused, tests/test_robustnet_head.py)
 # The DINOv2 ViTs give a fixed pyramid, so they pair with the heads that take the backbone's own stride; the tiny
 # debug ViTs stand for them here (tests/test_models_vit.py checks the real sizes' shapes on the meta device)
+# The mask-classification heads (their own loss, no aux head; Rein's takes its queries from the rein method) have
+# their own test below and in tests/test_mask2former.py
+MASK_HEADS = ("mask2former", "rein-mask2former")
 MATRIX = [(b, h) for b in RESNETS for h in M.list_heads()
-          if not (h == "robustnet-deeplabv3plus" and b.startswith(("resnet18", "resnet34")))]
+          if not (h == "robustnet-deeplabv3plus" and b.startswith(("resnet18", "resnet34"))) and h not in MASK_HEADS]
 MATRIX += [(b, h) for b in ("vit_debug_p14", "vit_debug_p16") for h in M.list_heads()
-           if M.HEADS.get(h).output_strides is None]
+           if M.HEADS.get(h).output_strides is None and h not in MASK_HEADS]
 
 
 @pytest.mark.parametrize("backbone,head", MATRIX)
@@ -419,3 +422,28 @@ def test_cli_says_which_official_weights_are_in_the_hub_cache_and_where(tmp_path
     assert rows["resnet18"] == [cache_path(imagenet_url("resnet18")).name, "no"]
     assert rows["resnet18_ibn_a"][1] == "no" and rows["resnet18_ibn_a"][0].startswith("resnet18_ibn_a-")
     assert str(tmp_path / "hub" / "checkpoints") in text and "TORCH_HOME" in text
+
+
+@pytest.mark.parametrize("backbone", ["resnet18", "resnet50_ibn_a", "vit_debug_p16"])
+def test_the_mask2former_head_trains_and_predicts_on_each_backbone_family(backbone):
+    """Its training outputs feed its own loss, every trainable parameter gets a gradient, and inference gives
+    per-pixel scores at the input size; an aux head is refused (it supervises every decoder layer itself)."""
+    pytest.importorskip("transformers")
+    from segbench.engine.train import model_loss
+
+    torch.manual_seed(0)
+    with pytest.raises(ValueError, match="set model.aux false"):
+        _build(backbone, "mask2former", num_classes=5, aux=True)
+    model = _build(backbone, "mask2former", num_classes=5, aux=False).train()
+    out = model(torch.randn(2, 3, 64, 64))
+    target = torch.randint(0, 5, (2, 64, 64))
+    target[:, :8] = 255
+    loss = model_loss(model, out, target, aux_weight=0.4)
+    loss.backward()
+    assert torch.isfinite(loss)
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not missing, f"no gradient reaches {missing[:5]}"
+    model.eval()
+    with torch.no_grad():
+        out = model(torch.randn(1, 3, 48, 80))
+    assert set(out) == {"out"} and out["out"].shape == (1, 5, 48, 80)

@@ -112,27 +112,29 @@ def test_features_equal_dinov2s_forward_on_an_official_state_dict(tmp_path, size
     assert [f.shape[-1] for f in ours] == [size[1] // 14 * 4, size[1] // 14 * 2, size[1] // 14, size[1] // 28]
 
 
-def rein_convert(weight):
-    """tools/convert_models/convert_dinov2_large_512x512.py load_backbone, as written (ViT-L, 37 -> 32, 14 -> 16)."""
+def rein_convert(weight, grid=32):
+    """tools/convert_models/convert_dinov2_large_512x512.py load_backbone, as written (ViT-L, 37 -> 32, 14 -> 16);
+    convert_dinov2_large_1024x1024.py is the same script with size=(64, 64)."""
     weight["pos_embed"] = torch.cat(
         (weight["pos_embed"][:, :1, :],
-         F.interpolate(weight["pos_embed"][:, 1:, :].reshape(1, 37, 37, 1024).permute(0, 3, 1, 2), size=(32, 32),
-                       mode="bicubic", align_corners=False).permute(0, 2, 3, 1).reshape(1, 1024, 1024)), dim=1)
+         F.interpolate(weight["pos_embed"][:, 1:, :].reshape(1, 37, 37, 1024).permute(0, 3, 1, 2), size=(grid, grid),
+                       mode="bicubic", align_corners=False).permute(0, 2, 3, 1).reshape(1, grid * grid, 1024)), dim=1)
     weight["patch_embed.proj.weight"] = F.interpolate(weight["patch_embed.proj.weight"].float(), size=(16, 16),
                                                       mode="bicubic", align_corners=False)
     return weight
 
 
-def test_the_p16_conversion_equals_reins_script():
+@pytest.mark.parametrize("grid", [32, 64])
+def test_the_p16_conversion_equals_reins_script(grid):
     g = torch.Generator().manual_seed(2)
     state = {"pos_embed": torch.randn(1, 1370, 1024, generator=g),
              "patch_embed.proj.weight": torch.randn(1024, 3, 14, 14, generator=g),
              "cls_token": torch.randn(1, 1, 1024, generator=g)}
-    ours = convert_rein_p16(dict(state))
-    theirs = rein_convert(dict(state))
+    ours = convert_rein_p16(dict(state), grid=grid)
+    theirs = rein_convert(dict(state), grid)
     for key in theirs:
         assert torch.equal(ours[key], theirs[key]), key
-    assert ours["pos_embed"].shape == (1, 1025, 1024) and ours["patch_embed.proj.weight"].shape[-1] == 16
+    assert ours["pos_embed"].shape == (1, grid * grid + 1, 1024) and ours["patch_embed.proj.weight"].shape[-1] == 16
 
 
 def test_a_p16_backbone_loads_an_official_patch14_file_through_reins_conversion(tmp_path):
@@ -194,7 +196,9 @@ def test_registered_sizes_have_the_official_shapes():
         assert count_parameters(backbone) == pytest.approx(expected, rel=2e-3), name
     with torch.device("meta"):
         p16 = create_backbone("dinov2_vitl14_p16", output_stride=None)
+        p16_1024 = create_backbone("dinov2_vitl14_p16_1024", output_stride=None)
     assert p16.vit.pos_embed.shape == (1, 1025, 1024) and p16.vit.patch_embed.proj.weight.shape[-1] == 16
+    assert p16_1024.vit.pos_embed.shape == (1, 4097, 1024) and p16_1024.patch_size == 16
 
 
 def test_a_vit_runs_under_the_linear_head_at_any_size_and_refuses_a_resnet_stride():

@@ -29,8 +29,17 @@ import numpy as np
 from ..labels import IGNORE_INDEX
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, _to_tensors
 
-#: RandomChoiceResize's short edges in Rein's 512 config: int(512 * x * 0.1) for x in 5..20 (256 .. 1024)
-REIN_SHORT_EDGES = tuple(int(512 * x * 0.1) for x in range(5, 21))
+
+
+def rein_short_edges(crop: int) -> tuple[int, ...]:
+    """RandomChoiceResize's short edges in Rein's configs, `int(crop * x * 0.1) for x in range(5, 21)`: 0.5 to 2.0
+    times the crop in steps of 0.1 (its 512 config: 256 .. 1024; its 1024 one, `rein_dinov2_mask2former_1024x1024_
+    bs4x2.py`: 512 .. 2048), with the long edge capped at 4 x the crop (`max_size` 2048 and 4096)."""
+    return tuple(int(crop * x * 0.1) for x in range(5, 21))
+
+
+#: the short edges of Rein's 512 config
+REIN_SHORT_EDGES = rein_short_edges(512)
 
 
 def shortest_edge_size(h: int, w: int, short: int, max_size: int) -> tuple[int, int]:
@@ -132,6 +141,13 @@ class ReinTrainTransform:
         self.std = np.asarray(std, np.float32) * 255.0
         self.image_method = image_method
         self.set_random_seed(0)
+
+    @classmethod
+    def for_crop(cls, crop_size: Sequence[int], **kwargs) -> "ReinTrainTransform":
+        """Rein's pipeline at this crop, its scales and long-edge cap derived as its configs derive them from the
+        (square) crop's side (`rein_short_edges`): the 512 config at 512 x 512, the 1024 config at 1024 x 1024."""
+        side = int(crop_size[0])
+        return cls(crop_size=crop_size, scales=rein_short_edges(side), max_size=4 * side, **kwargs)
 
     def set_random_seed(self, seed: int) -> None:
         self.rs = np.random.RandomState(np.random.SeedSequence(seed).generate_state(1)[0])

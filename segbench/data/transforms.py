@@ -312,11 +312,11 @@ def build_train_transform(crop_size: Sequence[int], scale_range: Sequence[float]
 def train_transform(settings, image_method=None):
     """The sample pipeline `train.pipeline` names, from the train settings: "scale_crop" (`build_train_transform`)
     or "rein" (mmsegmentation's, data/mmseg_pipeline.py, which has no scale range or photometric preset of its
-    own: it takes `crop` and `hflip`)."""
+    own: it takes `crop`, from which Rein's configs derive their scales, and `hflip`)."""
     if settings.pipeline == "rein":
         from .mmseg_pipeline import ReinTrainTransform  # it builds on this module
 
-        return ReinTrainTransform(crop_size=settings.crop, hflip=settings.hflip, image_method=image_method)
+        return ReinTrainTransform.for_crop(settings.crop, hflip=settings.hflip, image_method=image_method)
     return build_train_transform(settings.crop, settings.scale_range, settings.hflip, settings.photometric,
                                  image_method=image_method)
 

@@ -37,6 +37,7 @@ from .registries import BACKBONES
 PYRAMID_SCALES = (4.0, 2.0, 1.0, 0.5)
 DINOV2_PATCH, DINOV2_GRID = 14, 37  # the official checkpoints: 518 x 518 inputs, a 37 x 37 position grid
 REIN_PATCH, REIN_GRID = 16, 32  # Rein's conversion: 512 x 512 inputs
+REIN_GRID_1024 = 64  # Rein's conversion for its 1024 x 1024 configs (convert_dinov2_large_1024x1024.py)
 
 
 @dataclass(frozen=True)
@@ -158,13 +159,15 @@ class DinoV2Backbone(nn.Module):
 
 
 #: name -> (size, patch, grid, registers): the official DINOv2 models (patch 14, 37 x 37 grid), with four registers
-#: (`_reg4`), and at Rein's patch 16 (`_p16`: a 32 x 32 grid, weights converted by pretrained.convert_rein_p16)
+#: (`_reg4`), and at Rein's patch 16 (`_p16`: a 32 x 32 grid, weights converted by pretrained.convert_rein_p16;
+#: `_p16_1024`: the 64 x 64 grid of Rein's 1024 x 1024 configs)
 DINOV2_SPECS: dict[str, tuple[str, int, int, int]] = {}
 for _size in ("s", "b", "l", "g"):
     for _reg in (0, 4):
         _base = f"dinov2_vit{_size}14" + ("_reg4" if _reg else "")
         DINOV2_SPECS[_base] = (_size, DINOV2_PATCH, DINOV2_GRID, _reg)
         DINOV2_SPECS[f"{_base}_p16"] = (_size, REIN_PATCH, REIN_GRID, _reg)
+        DINOV2_SPECS[f"{_base}_p16_1024"] = (_size, REIN_PATCH, REIN_GRID_1024, _reg)
 DINOV2_SPECS["vit_debug_p14"] = ("debug", DINOV2_PATCH, 8, 0)
 DINOV2_SPECS["vit_debug_p16"] = ("debug", REIN_PATCH, 8, 0)
 
