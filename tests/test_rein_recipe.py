@@ -71,6 +71,35 @@ def test_its_card_differs_from_robustnets_where_the_recipes_differ_and_nowhere_e
     assert rein["train.optimizer"] == "adamw" and "train.optimizer" not in robustnet  # SGD: the setting's old value
 
 
+def test_the_citys2acdc_file_is_reins_1024_config_beside_its_512_one():
+    """Against rein_dg.yaml's card, the Cityscapes -> ACDC file differs in what its 1024 config changes (crop,
+    batch bs4x2, lr 6e-5, the 10k-iteration linear warmup, 1024 windows at stride 683 on the native frames) and in
+    its source and targets; its backbone is the 64 x 64 grid conversion."""
+    acdc = _flat(_cards("rein_citys2acdc", "dinov2_vitl14_p16_1024", "mask2former"))
+    gta = _flat(_cards("rein_dg", "dinov2_vitl14_p16", "mask2former"))
+    differ = {k for k in acdc.keys() | gta.keys() if acdc.get(k) != gta.get(k)}
+    assert differ == {"sources", "resolution.cityscapes", "resolution.gta5", "split", "global_batch", "train.lr",
+                      "train.lr_mult", "train.warmup_iters", "train.crop", "eval.protocol", "eval.window",
+                      "eval.stride"}, sorted(differ)
+    assert (acdc["train.crop"], acdc["global_batch"], acdc["train.lr"], acdc["train.warmup_iters"]) == \
+        ([1024, 1024], 8, 6e-5, 10000)
+    assert (acdc["eval.window"], acdc["eval.stride"], acdc["split"]) == ([1024, 1024], [683, 683], "train")
+    assert "eval.protocol" not in acdc  # native: the setting's value before it existed
+
+
+@pytest.mark.parametrize("experiment, cell", [
+    ("rein_citys2acdc", "cityscapes__dinov2_vitl14_p16_1024+rein__mask2former__s42__"),
+    ("rein_synthia", "gta5+synthia__dinov2_vitl14_p16+rein__mask2former__s42__")])
+def test_the_other_rein_files_plan_one_cell(experiment, cell, capsys):
+    assert run.main(["--config", experiment, "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "1 cells" in out and cell in out
+    if experiment == "rein_synthia":
+        assert "targets=cityscapes,bdd100k,mapillary,cityscapes~native,bdd100k~native,mapillary~native" in out
+    else:
+        assert "targets=cityscapes,acdc-fog,acdc-night,acdc-rain,acdc-snow" in out
+
+
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("rein_data")
