@@ -386,6 +386,9 @@ class TrainSettings:
     no_decay_norms: bool = setting(False, FLAG, before=False)
     #: learning-rate multipliers by parameter-name prefix, the longest matching one applying: {backbone: 0.1}
     lr_mult: dict = setting({}, Rule("a mapping {parameter-name prefix: multiplier > 0}", _lr_mult), before={})
+    #: base learning rates by parameter-name prefix, as absolute values under the same schedule: {backbone: 1.0e-6}
+    #: is `lr_mult` {backbone: 1e-6 / lr}; a prefix is set in one of the two
+    lr_abs: dict = setting({}, Rule("a mapping {parameter-name prefix: learning rate > 0}", _lr_mult), before={})
     power: float = setting(0.9, number(0))
     #: a linear warmup over the first `warmup_iters` iterations, from warmup_ratio x lr to lr, before the poly decay
     #: over the rest (Rein's 1024 recipe: mmengine LinearLR start_factor 1e-6 for 10k iterations, then PolyLR)
@@ -508,6 +511,15 @@ def _views_are_other_protocols(ecfg: dict, problems: list[str]) -> None:
                         "under already; list the other protocols only")
 
 
+def _lr_prefix_set_once(tcfg: dict, problems: list[str]) -> None:
+    """A prefix with both a multiplier and an absolute learning rate would have two."""
+    mult, absolute = tcfg.get("lr_mult") or {}, tcfg.get("lr_abs") or {}
+    both = sorted(set(mult) & set(absolute)) if isinstance(mult, dict) and isinstance(absolute, dict) else []
+    if both:
+        problems.append(f"train.lr_mult and train.lr_abs both set {both!r}: give each prefix a multiplier or an "
+                        "absolute learning rate, not both")
+
+
 def _accumulate_divides_batch(tcfg: dict, problems: list[str]) -> None:
     """The micro-steps split the global batch evenly (how many processes share it is known only at launch)."""
     batch, accumulate = tcfg.get("batch_size"), tcfg.get("accumulate", 1)
@@ -537,7 +549,7 @@ def _pipeline_takes_its_own_augmentation(tcfg: dict, problems: list[str]) -> Non
 #: (section, rule) for the rules that span several settings
 SECTION_RULES: tuple[tuple[str, Callable[[dict, list[str]], None]], ...] = (
     ("eval", _slide_needs_a_window), ("eval", _size_under_native_protocol), ("eval", _views_are_other_protocols),
-    ("train", _accumulate_divides_batch),
+    ("train", _accumulate_divides_batch), ("train", _lr_prefix_set_once),
     ("train", _pipeline_takes_its_own_augmentation))
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from segbench.config import TrainSettings
+from segbench.config import ConfigError, TrainSettings, apply_overrides, load_config, validate
 from segbench.engine.optim import learning_rate, make_optimizer, parameter_groups, set_learning_rate
 from segbench.methods import build_method
 from segbench.models import create_model
@@ -92,6 +92,17 @@ def test_adamw_takes_betas_eps_and_each_groups_weight_decay():
 def test_warmup_then_poly_over_the_rest(iteration, expected):
     settings = _settings(lr=1e-4, warmup_iters=10, warmup_ratio=1e-6)
     assert learning_rate(settings, iteration) == pytest.approx(expected, rel=1e-12)
+
+
+def test_an_absolute_learning_rate_follows_the_schedule_from_its_own_base():
+    model = create_model("resnet18", "fcn", num_classes=3)
+    settings = _settings(lr=1e-4, iters=100, lr_abs={"backbone": 1e-6}, lr_mult={"head": 2.0})
+    optimizer = make_optimizer(model, settings)
+    set_learning_rate(optimizer, learning_rate(settings, 40))
+    poly = (1 - 40 / 100) ** 0.9
+    assert sorted(g["lr"] for g in optimizer.param_groups) == pytest.approx([1e-6 * poly, 2e-4 * poly], rel=1e-12)
+    with pytest.raises(ConfigError, match=r"train.lr_mult and train.lr_abs both set \['backbone'\]"):
+        validate(apply_overrides(load_config(None), ["train.lr_mult={backbone: 0.1}", "train.lr_abs={backbone: 1e-6}"]))
 
 
 def test_a_groups_multiplier_scales_its_learning_rate():

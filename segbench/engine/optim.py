@@ -1,5 +1,5 @@
 """The optimizer and the learning-rate schedule of a cell (`train.optimizer`, `lr`, `momentum`, `betas`, `eps`,
-`weight_decay`, `no_decay`, `no_decay_norms`, `lr_mult`, `power`, `warmup_iters`, `warmup_ratio`).
+`weight_decay`, `no_decay`, `no_decay_norms`, `lr_mult`, `lr_abs`, `power`, `warmup_iters`, `warmup_ratio`).
 
 Only parameters that train (requires_grad) are optimized: a method that freezes a backbone (methods/foundation.py)
 hands the optimizer its own parameters and the head's. They are grouped by (learning-rate multiplier, weight decay),
@@ -11,7 +11,8 @@ parameter names.
 
 The schedule: lr x poly (1 - t / T)^power over the run, or, with a warmup, lr x (r + (1 - r) t / W) for the first
 W iterations (mmengine LinearLR, start_factor r) and lr x (1 - (t - W) / (T - W))^power after (PolyLR from W to T),
-each group's lr scaled by its multiplier.
+each group's lr scaled by its multiplier (`lr_abs` {prefix: a} is the multiplier a / lr: the group follows the same
+schedule from its own base rate).
 """
 from __future__ import annotations
 
@@ -21,6 +22,12 @@ from torch import nn
 from ..config import TrainSettings
 
 NORM_LAYERS = (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm, nn.GroupNorm, nn.LayerNorm)
+
+
+def multipliers(settings: TrainSettings) -> dict[str, float]:
+    """{prefix: multiplier} of `lr_mult` and `lr_abs` together (config refuses a prefix in both)."""
+    return {**{p: float(m) for p, m in settings.lr_mult.items()},
+            **{p: float(a) / float(settings.lr) for p, a in settings.lr_abs.items()}}
 
 
 def _multiplier(name: str, lr_mult: dict[str, float]) -> float:
@@ -33,12 +40,13 @@ def parameter_groups(model: nn.Module, settings: TrainSettings) -> list[dict]:
     """The trainable parameters as optimizer groups, each with its `lr_mult` and `weight_decay`, in first-seen order."""
     in_norm = {id(p) for m in model.modules() if isinstance(m, NORM_LAYERS) for p in m.parameters(recurse=False)}
     groups: dict[tuple[float, float], dict] = {}
+    lr_mult = multipliers(settings)
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
         no_decay = any(fragment in name for fragment in settings.no_decay) or (
             settings.no_decay_norms and id(param) in in_norm)
-        key = (_multiplier(name, settings.lr_mult), 0.0 if no_decay else float(settings.weight_decay))
+        key = (_multiplier(name, lr_mult), 0.0 if no_decay else float(settings.weight_decay))
         groups.setdefault(key, {"params": [], "lr_mult": key[0], "weight_decay": key[1]})["params"].append(param)
     if not groups:
         raise ValueError("no parameter of the model trains (every one has requires_grad off): a method froze them all")
