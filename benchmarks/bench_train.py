@@ -22,7 +22,8 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from segbench.config import TrainSettings  # noqa: E402
 from segbench.data.cache import size_argument  # noqa: E402
-from segbench.engine.train import autocast_for, poly_lr, train  # noqa: E402
+from segbench.engine.optim import poly_lr  # noqa: E402
+from segbench.engine.train import autocast_for, train  # noqa: E402
 from segbench.labels import IGNORE_INDEX  # noqa: E402
 from segbench.models import create_model  # noqa: E402
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from .config import ERM, identity_view
 from .labels import CLASS_SETS, NUM_CLASSES
 from .source_weights import cell_source_weights
-from .spec import Transfer, is_multi_source, prepared_parts, source_parts
+from .spec import Transfer, is_multi_source, prepared_parts, scoring_view, source_parts, view_name
 
 # --- the files of a cell directory (`results/STUDY/cells/CELL/`) -------------------------------------------------
 CELLS = "cells"  # sub-directory of a study holding one directory per cell
@@ -86,9 +86,8 @@ class Cell:
 
     @property
     def eval_targets(self) -> tuple[str, ...]:
-        """The datasets scored: in-domain first (the source; each part of a multi-source one), then the targets."""
-        own = source_parts(self.source)
-        return (*own, *[t for t in self.targets if t not in own and t != self.source])
+        """The datasets scored (`scored_datasets`)."""
+        return scored_datasets(self.source, self.targets, self.eval)
 
     @property
     def training_classes(self) -> tuple[int, ...] | None:
@@ -100,8 +99,9 @@ class Cell:
             return None
         return CLASS_SETS[classes]
 
-    def eval_identity(self) -> dict:
-        return identity_view("eval", self.eval)
+    def eval_identity(self, target: str | None = None) -> dict:
+        """What a score was made under: the eval settings of the cell, or of a view of a target (`view_eval`)."""
+        return identity_view("eval", self.eval if target is None else view_eval(self.eval, target))
 
 
 def _dataset_class(name: str):
@@ -115,6 +115,25 @@ def _dataset_class(name: str):
 def _dataset_version(name: str) -> str | None:
     """The `data_version` a dataset class declares (the embedded generator does), else None."""
     return getattr(_dataset_class(name), "data_version", None)
+
+
+def scored_datasets(source: str, targets, ecfg: dict, views: bool = True) -> tuple[str, ...]:
+    """The datasets a cell scores: in-domain first (the source; each part of a multi-source one; none under
+    `eval.in_domain: false`), then the targets; then, with `views`, each of them again under each protocol of
+    `eval.geometries` (`NAME~PROTOCOL`, spec.view_name)."""
+    own = source_parts(source)
+    first = own if ecfg.get("in_domain", True) else ()
+    scored = (*first, *[t for t in targets if t not in own and t != source])
+    if not views:
+        return scored
+    return (*scored, *[view_name(t, p) for p in ecfg.get("geometries") or [] for t in scored])
+
+
+def view_eval(ecfg: dict, target: str) -> dict:
+    """The eval settings a target (or a view of it) is scored under: a view's own protocol, with no `eval.size`
+    (which the native protocol alone takes, and which belongs to the cell's own protocol)."""
+    protocol = scoring_view(target)[1]
+    return ecfg if protocol is None else {**ecfg, "protocol": protocol, "size": None}
 
 
 def trained_on_scored(source: str, train_split: str, eval_split: str) -> list[str]:

@@ -45,6 +45,10 @@ AUX_KINDS = (False, True, "robustnet")
 #: for the record: data/label_scan.py apply_unknown_label_policy)
 UNKNOWN_LABEL_POLICIES = ("error", "ignore")
 
+#: `train.optimizer` and `train.pipeline`: engine/optim.py, data/transforms.py and data/mmseg_pipeline.py
+OPTIMIZERS = ("sgd", "adamw")
+PIPELINES = ("scale_crop", "rein")
+
 #: `eval.protocol`: how each target's image and label are resized or cropped for scoring (data/eval_protocols.py)
 EVAL_PROTOCOLS = ("native", "robustnet", "rein")
 #: `eval.classes`: the class set every target's mIoU averages over (labels.CLASS_SETS); None: each dataset's own
@@ -224,6 +228,28 @@ def _photometric(value):
     return out
 
 
+def _betas(value):
+    """AdamW's (beta1, beta2), each in [0, 1)."""
+    _require(isinstance(value, (list, tuple)) and len(value) == 2)
+    betas = type(value)(_number(v) for v in value)
+    _require(all(0 <= b < 1 for b in betas))
+    return betas
+
+
+def _lr_mult(value):
+    """{parameter-name prefix: multiplier > 0}, e.g. {backbone: 0.1}."""
+    _require(isinstance(value, dict) and all(isinstance(k, str) and k.strip() for k in value))
+    out = {k: _number(v) for k, v in value.items()}
+    _require(all(v > 0 for v in out.values()), " (every multiplier must be > 0)")
+    return out
+
+
+def _protocols(value):
+    _require(isinstance(value, list) and all(isinstance(v, str) and v in EVAL_PROTOCOLS for v in value)
+             and len(set(value)) == len(value))
+    return value
+
+
 def _method_options(value):
     """{name: {option: value}}: the structure only; which names and options exist is the method registry's
     business (validation.py)."""
@@ -324,10 +350,14 @@ class ModelSettings:
 
     #: None: the head's default (models.create_model)
     output_stride: int | None = setting(None, one_of(None, 8, 16, 32))
-    pretrained: str | None = setting("imagenet", Rule("null, 'imagenet', 'torchvision' or the path of a state dict",
+    pretrained: str | None = setting("imagenet", Rule("null, 'imagenet', 'torchvision', 'dinov2' or the path of a "
+                                                      "state dict",
                                                       _pretrained))
     aux: bool | str = setting(False, Rule("false, true (FCN aux head) or 'robustnet' (RobustNet's dsn head)",
                                           one_of(*AUX_KINDS).convert))
+    #: recompute each transformer block's activations in the backward pass instead of keeping them (ViT backbones):
+    #: the same gradients for less memory, so not part of the cell id
+    checkpointing: bool = setting(False, FLAG, identity=False)
 
 
 @dataclass
@@ -342,10 +372,28 @@ class TrainSettings:
     #: batch_size / (N * accumulate) images and the gradients of the micro-steps are averaged (engine/train.py).
     #: Part of the cell id: BatchNorm then normalises over the micro-batch, not the whole batch.
     accumulate: int = setting(1, integer(1), before=1)
+    #: "sgd" (momentum; every IBN-Net and RobustNet recipe) or "adamw" (betas, eps; Rein's recipe): engine/optim.py
+    optimizer: str = setting("sgd", one_of(*OPTIMIZERS), before="sgd")
     lr: float = setting(0.01, number(0, above=True))
-    momentum: float = setting(0.9, number(0, 1, below=True))
+    momentum: float = setting(0.9, number(0, 1, below=True))  # SGD's
+    betas: tuple = setting((0.9, 0.999), Rule("[BETA1, BETA2], each in [0, 1)", _betas), before=[0.9, 0.999])
+    eps: float = setting(1e-8, number(0, above=True), before=1e-8)  # AdamW's
     weight_decay: float = setting(5e-4, number(0))
+    #: parameters trained without weight decay: those whose name holds one of these strings (Rein: norms, query
+    #: embeddings, level embeddings, its tokens and scale), and with `no_decay_norms` every parameter of a
+    #: normalisation layer (mmengine's norm_decay_mult=0)
+    no_decay: list = setting([], names("name fragment", empty=True), before=[])
+    no_decay_norms: bool = setting(False, FLAG, before=False)
+    #: learning-rate multipliers by parameter-name prefix, the longest matching one applying: {backbone: 0.1}
+    lr_mult: dict = setting({}, Rule("a mapping {parameter-name prefix: multiplier > 0}", _lr_mult), before={})
+    #: base learning rates by parameter-name prefix, as absolute values under the same schedule: {backbone: 1.0e-6}
+    #: is `lr_mult` {backbone: 1e-6 / lr}; a prefix is set in one of the two
+    lr_abs: dict = setting({}, Rule("a mapping {parameter-name prefix: learning rate > 0}", _lr_mult), before={})
     power: float = setting(0.9, number(0))
+    #: a linear warmup over the first `warmup_iters` iterations, from warmup_ratio x lr to lr, before the poly decay
+    #: over the rest (Rein's 1024 recipe: mmengine LinearLR start_factor 1e-6 for 10k iterations, then PolyLR)
+    warmup_iters: int = setting(0, integer(0), before=0)
+    warmup_ratio: float = setting(1e-6, number(0, 1, above=True), before=1e-6)
     aux_weight: float = setting(0.4, number(0))
     workers: int = setting(4, integer(0), identity=False)
     ckpt_every: int = setting(2000, integer(0), identity=False)  # 0: no periodic checkpoints
@@ -364,6 +412,10 @@ class TrainSettings:
     crop: tuple = setting((768, 768), SIZE)
     scale_range: tuple = setting((0.5, 2.0), Rule("[LOW, HIGH] with 0 < LOW <= HIGH", _scale_range))
     hflip: float = setting(0.5, number(0, 1))
+    #: the sample pipeline: "scale_crop" (random scale and crop, flip, `photometric`: data/transforms.py, RobustNet's
+    #: order) or "rein" (mmsegmentation's, as Rein trains: short-edge resize among 16 sizes, crop with cat_max_ratio
+    #: 0.75, flip, PhotoMetricDistortion, padding; data/mmseg_pipeline.py). `crop` and `hflip` apply to both
+    pipeline: str = setting("scale_crop", one_of(*PIPELINES), before="scale_crop")
     #: colour jitter and blur after the flip: None (off), a name in PHOTOMETRIC_PRESETS, or a mapping of all of
     #: jitter_p, brightness, contrast, saturation, hue (torchvision ColorJitter's parameters) and blur_sigma
     #: ([LOW, HIGH] or null); data/transforms.py Photometric says what each does
@@ -411,6 +463,16 @@ class EvalSettings:
     #: (`segbench report --select`); 0 never does. Periodic scores never touch the weights (engine/train.py forks the
     #: RNG)
     every: int = setting(0, integer(0), identity=False)
+    #: more evaluation protocols each target is also scored under, each a view of its own: `cityscapes~native` beside
+    #: `cityscapes`, a column of its own in every table and an entry of its own on the card, never averaged with the
+    #: other geometry (Rein's 1024 x 512 and the native 2048 x 1024, say). Part of what each view was scored under,
+    #: not of the cell id
+    geometries: list = setting([], Rule(f"a list of eval protocols ({', '.join(map(repr, EVAL_PROTOCOLS))})",
+                                        _protocols), identity=False)
+    #: score the source in-domain (its own eval split) before the targets; false scores the targets only, for a recipe
+    #: that trains on all of the source (Rein's GTA5: every frame, its val split included). Not part of what a score
+    #: was made under: it decides which targets are scored, not how
+    in_domain: bool = setting(True, FLAG, identity=False)
     #: MISSING_PAIRS; on a complete split both values score alike, and a score made without some files carries their
     #: count (result and protocol card), so it never passes for a complete one
     missing_pairs: str = setting("error", one_of(*MISSING_PAIRS), identity=False)
@@ -441,6 +503,23 @@ def _slide_needs_a_window(ecfg: dict, problems: list[str]) -> None:
                         "expected each <= the window")
 
 
+def _views_are_other_protocols(ecfg: dict, problems: list[str]) -> None:
+    """A view repeats the target under another protocol: the cell's own protocol would score it twice."""
+    protocol, views = ecfg.get("protocol", "native"), ecfg.get("geometries") or []
+    if isinstance(views, list) and protocol in views:
+        problems.append(f"eval.geometries={views!r}: holds eval.protocol={protocol!r}, which every target is scored "
+                        "under already; list the other protocols only")
+
+
+def _lr_prefix_set_once(tcfg: dict, problems: list[str]) -> None:
+    """A prefix with both a multiplier and an absolute learning rate would have two."""
+    mult, absolute = tcfg.get("lr_mult") or {}, tcfg.get("lr_abs") or {}
+    both = sorted(set(mult) & set(absolute)) if isinstance(mult, dict) and isinstance(absolute, dict) else []
+    if both:
+        problems.append(f"train.lr_mult and train.lr_abs both set {both!r}: give each prefix a multiplier or an "
+                        "absolute learning rate, not both")
+
+
 def _accumulate_divides_batch(tcfg: dict, problems: list[str]) -> None:
     """The micro-steps split the global batch evenly (how many processes share it is known only at launch)."""
     batch, accumulate = tcfg.get("batch_size"), tcfg.get("accumulate", 1)
@@ -449,9 +528,29 @@ def _accumulate_divides_batch(tcfg: dict, problems: list[str]) -> None:
                         "batch); expected a divisor of it")
 
 
+def _pipeline_takes_its_own_augmentation(tcfg: dict, problems: list[str]) -> None:
+    """Rein's pipeline (`train.pipeline: rein`) has its own scales and photometric distortion and no class-uniform
+    sampling: a setting of the other pipeline would be ignored without a word. Its scales come from a square crop's
+    side, as in Rein's configs."""
+    if tcfg.get("pipeline") != "rein":
+        return
+    crop = tcfg.get("crop")
+    if isinstance(crop, (list, tuple)) and len(crop) == 2 and crop[0] != crop[1]:
+        problems.append(f"train.crop={list(crop)!r}: train.pipeline='rein' draws its scales from a square crop's side "
+                        "(0.5 to 2.0 x the side, as Rein's 512 and 1024 configs); give a square crop")
+    for key, default in (("class_uniform", 0.0), ("photometric", None), ("scale_range", [0.5, 2.0])):
+        value = tcfg.get(key, default)
+        if (list(value) if isinstance(value, tuple) else value) != default:
+            problems.append(f"train.{key}={value!r}: train.pipeline='rein' has its own scales and photometric "
+                            f"distortion and no class-uniform sampling; expected {default!r} (or "
+                            "train.pipeline='scale_crop')")
+
+
 #: (section, rule) for the rules that span several settings
 SECTION_RULES: tuple[tuple[str, Callable[[dict, list[str]], None]], ...] = (
-    ("eval", _slide_needs_a_window), ("eval", _size_under_native_protocol), ("train", _accumulate_divides_batch))
+    ("eval", _slide_needs_a_window), ("eval", _size_under_native_protocol), ("eval", _views_are_other_protocols),
+    ("train", _accumulate_divides_batch), ("train", _lr_prefix_set_once),
+    ("train", _pipeline_takes_its_own_augmentation))
 
 
 # -- the views the rest of segbench reads, derived from the fields --------------------------------------------------
@@ -553,7 +652,7 @@ def _merge(base: dict, over: dict, where: str, top: bool = False) -> dict:
         if key not in base:
             valid = ", ".join(sorted(base))
             raise ConfigError(f"{where}: unknown key {key!r}; valid keys here: {valid}")
-        if isinstance(base[key], dict):
+        if top and key in SECTIONS:  # a section's settings, one by one; a setting's value is taken whole
             if not isinstance(value, dict):
                 raise ConfigError(f"{where}: {key!r} must be a mapping, got {value!r}")
             out[key] = _merge(base[key], value, f"{where}: {key}")
@@ -609,11 +708,14 @@ def apply_overrides(cfg: dict, overrides: list[str]) -> dict:
                 valid = ", ".join(sorted(node)) if isinstance(node, dict) else "none"
                 raise ConfigError(f"--set {item!r}: unknown key {part!r} under {here}; valid keys: {valid}")
             if i == len(parts) - 1:
-                if isinstance(node[part], dict):
+                if i == 0 and part in SECTIONS:
                     raise ConfigError(f"--set {item!r}: {key} is a section; set one of its keys: {', '.join(node[part])}")
                 node[part] = value
-            else:
+            elif i == 0 and part in SECTIONS:
                 node = node[part]
+            else:  # a setting whose value is a mapping (train.lr_mult) is set whole
+                raise ConfigError(f"--set {item!r}: {'.'.join(parts[:i + 1])} is one setting; give its whole value, "
+                                  f"e.g. --set '{'.'.join(parts[:i + 1])}={{{parts[i + 1]}: VALUE}}'")
     return cfg
 
 

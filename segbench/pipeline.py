@@ -19,13 +19,14 @@ import torch
 
 from . import __version__
 from . import distributed as dist_utils
-from .cells import CHECKPOINTS, CONFIG, DONE, FINAL_WEIGHTS, PREDS, TENSORBOARD, TRAIN_LOG, Cell
+from .cells import CHECKPOINTS, CONFIG, DONE, FINAL_WEIGHTS, PREDS, TENSORBOARD, TRAIN_LOG, Cell, view_eval
 from .config import identity_view, model_settings, train_settings
 from .data import build_dataset
 from .data.base import missing_pairs
 from .data.multisource import apply_unknown_label_policy_per_source
-from .data.transforms import build_train_transform
+from .data.transforms import train_transform
 from .engine.checkpoint import load_final_weights, prune_checkpoints
+from .engine.frozen_weights import needs_pretrained, weights_to_load, weights_to_save
 from .engine.logging import tensorboard_writer
 from .engine.scoring import evaluate, prepare_for_scoring, scoring_options
 from .engine.train import train
@@ -36,6 +37,7 @@ from .network import build_cell_model
 from .protocol_card import protocol_card, target_protocol
 from .record import DamagedRecordWarning, cell_record, confusion_path, damaged_confusions, missing_targets, \
     write_record
+from .spec import scoring_view
 
 
 def git_commit() -> str | None:
@@ -96,9 +98,9 @@ def target_opener(cell: Cell, data_root) -> Callable[[str], tuple]:
     opened: dict[str, tuple] = {}
 
     def open_target(target: str) -> tuple:
-        if target not in opened:
-            ds = build_dataset(target, cell.eval["split"], root=data_root)
-            opened[target] = (ds, prepare_for_scoring(ds, cell.eval))
+        if target not in opened:  # a view (`cityscapes~native`) opens its dataset under the view's protocol
+            ds = build_dataset(scoring_view(target)[0], cell.eval["split"], root=data_root)
+            opened[target] = (ds, prepare_for_scoring(ds, view_eval(cell.eval, target)))
         return opened[target]
     return open_target
 
@@ -108,10 +110,10 @@ def periodic_evaluation(cell: Cell, model: torch.nn.Module, open_target, device:
     scored as the final scores are (same split, protocol, classes, inference), so the curve's last point is the
     result. Every target is opened before training starts; no predictions or per-image matrices are kept."""
     targets = {target: open_target(target) for target in cell.eval_targets}
-    options = scoring_options(cell.eval)
+    options = {target: scoring_options(view_eval(cell.eval, target)) for target in targets}
 
     def on_eval(iteration: int) -> dict[str, float]:
-        return {target: evaluate(model, ds, device=device, eval_classes=classes, **options,
+        return {target: evaluate(model, ds, device=device, eval_classes=classes, **options[target],
                                  desc=f"  iteration {iteration}: {target}")["miou"]
                 for target, (ds, classes) in targets.items()}
     return on_eval
@@ -135,16 +137,16 @@ def train_and_score(cell: Cell, cell_dir: Path, *, data_root, device: torch.devi
     torch.manual_seed(cell.seed)
     # ImageNet weights only matter before training; a trained cell's own weights replace them anyway
     open_target = target_opener(cell, data_root)
+    # (a frozen backbone's weights file holds the trained parameters only: the pretrained file completes it)
     model, method = build_cell_model(cell.backbone, cell.head, model_settings(cell.model), cell.method,
-                                     cell.method_options, pretrained=not trained)
+                                     cell.method_options, pretrained=not trained or needs_pretrained(final_state))
     if trained:
-        model.load_state_dict(final_state)
+        model.load_state_dict(weights_to_load(model, final_state, final))
     else:
         settings = train_settings(cell.train)
         source = build_dataset(cell.source, settings.split, root=data_root, classes=cell.training_classes)
         unknown_labels = apply_unknown_label_policy_per_source(source, settings.unknown_labels, settings.workers)
-        transform = build_train_transform(settings.crop, settings.scale_range, settings.hflip, settings.photometric,
-                                          image_method=method.transform_image if method.transforms_image else None)
+        transform = train_transform(settings, image_method=method.transform_image if method.transforms_image else None)
         every = int(cell.eval.get("every") or 0)
         record["training"] = train(model, source, transform, settings, seed=cell.seed, device=device,
                                    ckpt_dir=cell_dir / CHECKPOINTS, identity=cell.training_identity(),
@@ -163,11 +165,10 @@ def train_and_score(cell: Cell, cell_dir: Path, *, data_root, device: torch.devi
             record["training"]["init"] = init
         if main:  # the record first: a run killed while scoring then keeps its training statistics and curves
             write_record(cell_dir, record)
-            save_torch(final, model.state_dict())
+            save_torch(final, weights_to_save(model))
 
     # 2. every target not yet scored under the current eval settings, the record rewritten after each
     ecfg = cell.eval
-    options = scoring_options(ecfg)
     record["provenance"] = provenance(device)
     stale = curves_eval is None or identity_view("eval", curves_eval) != cell.eval_identity()
     for target in missing_targets(cell, cell_dir):
@@ -179,10 +180,11 @@ def train_and_score(cell: Cell, cell_dir: Path, *, data_root, device: torch.devi
         ds, classes = open_target(target)
         t0 = time.perf_counter()
         per_image = confusion_path(cell_dir, target)
-        metrics = evaluate(model, ds, device=device, eval_classes=classes, **options, desc=f"  test on {target}",
+        metrics = evaluate(model, ds, device=device, eval_classes=classes, **scoring_options(view_eval(ecfg, target)),
+                           desc=f"  test on {target}",
                            dump_dir=cell_dir / PREDS / target, dump_count=int(ecfg.get("dump", 0) or 0),
                            per_image_path=per_image)
-        metrics.update(eval=cell.eval_identity(), images=len(ds), seconds=time.perf_counter() - t0,
+        metrics.update(eval=cell.eval_identity(target), images=len(ds), seconds=time.perf_counter() - t0,
                        per_image=str(per_image.relative_to(cell_dir)))
         left_out = len(missing_pairs(ds))  # files without their partner, scored without under eval.missing_pairs=skip
         if left_out:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from .cells import trained_on_scored
 from .config import identity_view
 from .labels import NUM_CLASSES
-from .spec import is_multi_source, prepared_parts, source_parts
+from .spec import is_multi_source, prepared_parts, scoring_view, source_parts
 
 if TYPE_CHECKING:
     from .cells import Cell
@@ -26,16 +26,20 @@ def _resolution(name: str) -> str:
     return prepared_parts(name)[1] or "native"
 
 
-def with_resolved_output_stride(model: dict, head) -> dict:
-    """`output_stride: None` means the head's default (models.create_model): a card states the number, so a study
-    that never sets it and one that writes the default describe one network with one card. The cell id keeps the
-    setting as given (ids of finished cells do not move). A head not registered here (a plug-in not loaded) keeps
-    None; the models (torch) are imported only for a None. Returns `model` itself when nothing changes."""
+def with_resolved_output_stride(model: dict, head, backbone=None) -> dict:
+    """`output_stride: None` means the head's default, or the backbone's own where it is fixed (a ViT's pyramid;
+    models.create_model): a card states the number, so a study that never sets it and one that writes the default
+    describe one network with one card. The cell id keeps the setting as given (ids of finished cells do not move).
+    A head or backbone not registered here (a plug-in not loaded) keeps None; the models (torch) are imported only
+    for a None. Returns `model` itself when nothing changes."""
     if "output_stride" not in model or model["output_stride"] is not None:
         return model
-    from .models import HEADS
+    from .models import BACKBONES, HEADS
+    from .models.factory import fixed_output_stride
 
-    if not (isinstance(head, str) and head in HEADS):
+    if isinstance(backbone, str) and backbone in BACKBONES and fixed_output_stride(backbone) is not None:
+        return {**model, "output_stride": fixed_output_stride(backbone)}
+    if not (isinstance(head, str) and head in HEADS) or HEADS.get(head).default_output_stride is None:
         return model
     return {**model, "output_stride": HEADS.get(head).default_output_stride}
 
@@ -51,15 +55,22 @@ def protocol_card(cell: Cell, targets: dict[str, dict]) -> dict:
     if is_multi_source(cell.source):
         card["source_weights"] = weights if weights is not None else "proportional to size"
         card["training_classes"] = list(cell.training_classes) if cell.training_classes else "all"
-    on_training_images = trained_on_scored(cell.source, card["split"], cell.eval.get("split"))
+    on_training_images = (trained_on_scored(cell.source, card["split"], cell.eval.get("split"))
+                          if cell.eval.get("in_domain", True) else [])
     if on_training_images:  # only under train.allow_eval_split (validation.eval_split_problems): the table says so
         card["in_domain_on_training_images"] = on_training_images
     card.update({"global_batch": train.pop("batch_size", None), "iterations": train.pop("iters", None),
-                 "train": train, "model": with_resolved_output_stride(identity_view("model", cell.model), cell.head),
+                 "train": train, "model": with_resolved_output_stride(identity_view("model", cell.model), cell.head,
+                                                                           cell.backbone),
                  "eval": cell.eval_identity(),
-                 "targets": {t: targets[t] for t in cell.eval_targets if t in targets},
+                 "targets": {t: _with_view_eval(cell, t, targets[t]) for t in cell.eval_targets if t in targets},
                  "checkpoint": CHECKPOINT_RULE})
     return card
+
+
+def _with_view_eval(cell: "Cell", target: str, protocol: dict) -> dict:
+    """A view (`cityscapes~native`) was scored under its own eval settings: its entry says which."""
+    return protocol if scoring_view(target)[1] is None else {**protocol, "eval": cell.eval_identity(target)}
 
 
 _NOT_PLAIN = object()

@@ -295,9 +295,8 @@ def missing_targets(cell: Cell, cell_dir: Path) -> list[str]:
     """Targets not yet scored under the cell's current eval settings, or whose per-image file must be written again
     (`_needs_scoring`)."""
     results = (read_record_or_none(cell_dir) or {}).get("results", {})
-    want = cell.eval_identity()
     return [t for t in cell.eval_targets
-            if results.get(t, {}).get("eval") != want or _needs_scoring(cell_dir, t, results[t])]
+            if results.get(t, {}).get("eval") != cell.eval_identity(t) or _needs_scoring(cell_dir, t, results[t])]
 
 
 def is_done(cell: Cell, cell_dir: Path) -> bool:

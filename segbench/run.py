@@ -6,12 +6,13 @@ ResNet-18 vs IBN-a vs IBN-b, on a CPU in minutes.
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import shlex
 import sys
 from pathlib import Path
 
-from .cells import DONE
+from .cells import DONE, scored_datasets
 from .config import DEFAULTS, EMBEDDED_DEFAULT, ConfigError, apply_overrides, experiment_path, load_config
 from .errors import command
 from .record import is_done
@@ -188,7 +189,7 @@ def check_datasets(transfers, cfg: dict, data_root) -> dict[str, object]:
     for t in transfers:
         needed.append((t.source, cfg["train"]["split"]))
         training.add((t.source, cfg["train"]["split"]))
-        targets = [(name, cfg["eval"]["split"]) for name in (*source_parts(t.source), *t.targets)]
+        targets = [(name, cfg["eval"]["split"]) for name in scored_datasets(t.source, t.targets, cfg["eval"], views=False)]
         needed += targets
         scored.update(targets)
     opened = {}
@@ -295,13 +296,23 @@ def plan_summary(cells, results_dir: Path) -> str:
 
 
 def print_plan(cells, results_dir: Path, argv: list[str], datasets: str = "") -> None:
+    """The plan: each cell with its id, state, directory, targets and the hash of its protocol card's training part
+    (the targets' part needs their data), then each distinct card once."""
+    from .protocol_card import protocol_card
+    from .report.protocols import card_hash
     from .study import worker_args
 
     print(f"{len(cells)} cells -> {results_dir}")
+    cards = {}
     for cell in cells:
         done = is_done(cell, cell.directory(results_dir))
+        card = protocol_card(cell, {})
+        cards.setdefault(card_hash(card), card)
         print(f"  {cell.cell_id}  {'done   ' if done else 'pending'}  {cell.dirname}  "
-              f"targets={','.join(cell.eval_targets)}")
+              f"targets={','.join(cell.eval_targets)}  card={card_hash(card)}")
+    for digest, card in cards.items():
+        print(f"card {digest} (training; each target's geometry is added when it is scored): "
+              f"{json.dumps({k: v for k, v in card.items() if k != 'targets'}, sort_keys=True, default=str)}")
     if datasets:
         print(datasets)
     print("each cell runs:", shlex.join(["python", *worker_args(argv, "CELL_ID")]))

@@ -1,5 +1,6 @@
 """Study specs: `A->B`, `A->B,C`, `A<->B`, the shell-safe `A:B` (no quoting needed), and multi-source `A+B->C`; and
-the two notations inside a dataset name, owned here alone: `A+B` (a union) and `NAME@WxH` (a prepared copy).
+the notations inside a dataset name, owned here alone: `A+B` (a union), `NAME@WxH` (a prepared copy) and, for a scored
+target, `NAME~PROTOCOL` (a second view of it under another evaluation protocol).
 
 A `+`-joined source (`gta5+synthia`) trains one model on the union of its parts; each part is then scored in-domain
 (its own eval split), the targets cross-domain. `+` joins sources only: a target or a `<->` side is one dataset.
@@ -24,6 +25,9 @@ GRAMMAR = ("  'SOURCE->TARGET[,TARGET...]'   train on SOURCE, test on SOURCE and
 JOIN = "+"
 #: separates a dataset name from the size of its prepared copy (`gta5@1280x720`)
 PREPARED = "@"
+#: separates a scored dataset from the evaluation protocol of a second view of it (`cityscapes~native`: the same
+#: images and labels scored under another geometry, `eval.geometries`)
+VIEW = "~"
 
 #: what a dataset name may be, for every way one is given (a YAML file's `name`, the registry, a spec): a plain token,
 #: since it names a directory under the data root and under each cell (preds/NAME), so `.`, `..`, `/` and the
@@ -73,8 +77,20 @@ def prepared_copy(dataset: str, size: str) -> str:
     return f"{dataset}{PREPARED}{size}"
 
 
+def scoring_view(target: str) -> tuple[str, str | None]:
+    """`cityscapes~native` -> ("cityscapes", "native"); a plain target -> (target, None)."""
+    base, sep, protocol = target.partition(VIEW)
+    return base, (protocol if sep else None)
+
+
+def view_name(target: str, protocol: str) -> str:
+    return f"{target}{VIEW}{protocol}"
+
+
 def is_in_domain(source: str, target: str) -> bool:
-    """Whether scoring `target` measures the training domain: the source itself, or one of its parts."""
+    """Whether scoring `target` (or a view of it) measures the training domain: the source itself, or one of its
+    parts."""
+    target = scoring_view(target)[0]
     return target == source or target in source_parts(source)
 
 

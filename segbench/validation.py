@@ -5,7 +5,8 @@ output strides, the methods and their options, and where each method can place i
 """
 from __future__ import annotations
 
-from .config import ERM, ConfigError, config_problems, problems_message
+from .cells import scored_datasets
+from .config import ConfigError, config_problems, problems_message
 from .spec import SpecError, is_prepared, parse_specs, prepared_parts, source_parts
 
 
@@ -46,7 +47,7 @@ def dataset_problems(cfg: dict, data_root) -> list[str]:
     for t in transfers:
         for part in source_parts(t.source):  # a multi-source spec trains on, and scores, each of its parts
             uses.setdefault(part, {})["train.split"] = cfg["train"]["split"]
-        for name in (*source_parts(t.source), *t.targets):
+        for name in scored_datasets(t.source, t.targets, cfg["eval"], views=False):
             uses.setdefault(name, {})["eval.split"] = cfg["eval"]["split"]
     problems = source_weight_problems(cfg["train"].get("source_weights"), [t.source for t in transfers])
     for name, splits in uses.items():
@@ -73,7 +74,7 @@ def eval_split_problems(cfg: dict, transfers) -> list[str]:
     from .cells import trained_on_scored
 
     train, ecfg = cfg["train"], cfg["eval"]
-    if train.get("allow_eval_split") is True:
+    if train.get("allow_eval_split") is True or ecfg.get("in_domain") is False:
         return []
     problems = []
     for part in dict.fromkeys(p for t in transfers for p in trained_on_scored(t.source, train["split"], ecfg["split"])):
@@ -85,8 +86,10 @@ def eval_split_problems(cfg: dict, transfers) -> list[str]:
 
 
 def model_problems(cfg: dict) -> list[str]:
-    """Unknown backbones or heads (names or globs), and an output stride a head cannot be built at."""
+    """Unknown backbones or heads (names or globs), an output stride a head cannot be built at, and one a backbone
+    with a fixed pyramid (a ViT) does not have."""
     from .models import BACKBONES, HEADS
+    from .models.factory import fixed_output_stride
 
     problems, found = [], {"backbones": [], "heads": []}
     for key, registry in (("backbones", BACKBONES), ("heads", HEADS)):
@@ -96,10 +99,15 @@ def model_problems(cfg: dict) -> list[str]:
             except KeyError as e:
                 problems.append(f"{key}: {e.args[0]}")
     stride = cfg["model"]["output_stride"]
-    if type(stride) is int:  # a stride of the wrong type is already listed by config_problems
+    fixed = {b: fixed_output_stride(b) for b in dict.fromkeys(found["backbones"])}
+    for backbone, own in fixed.items():
+        if own is not None and stride is not None and stride != own:
+            problems.append(f"model.output_stride={stride}: {backbone} gives a fixed pyramid whose coarsest stride is "
+                            f"{own}; set model.output_stride null (--set model.output_stride=null) for it")
+    if type(stride) is int and (not fixed or any(own is None for own in fixed.values())):  # ResNets choose theirs
         for head in dict.fromkeys(found["heads"]):
             supported = HEADS.get(head).output_strides
-            if stride not in supported:
+            if supported is not None and stride not in supported:
                 problems.append(f"model.output_stride={stride}: head {head!r} supports "
                                 f"{', '.join(map(str, supported))}")
     return problems
@@ -147,7 +155,7 @@ def placement_problems(cfg: dict) -> list[str]:
     from .config import model_settings
     from .methods import METHODS, MethodError, OptionError, build_method, method_options
     from .models import BACKBONES, HEADS
-    from .network import build_network
+    from .network import NetworkError, build_cell_model
 
     problems, methods = [], {}
     for name in METHODS.expand(cfg["methods"]):
@@ -163,18 +171,18 @@ def placement_problems(cfg: dict) -> list[str]:
     for backbone in BACKBONES.expand(cfg["backbones"]):
         for head in HEADS.expand(cfg["heads"]):
             for name, options in methods.items():
-                if name == ERM:
-                    continue
                 with torch.device("meta"):
-                    network = build_network(backbone, head, model_settings(cfg["model"]), pretrained=False)
                     try:
-                        build_method(name, options).build(network)
+                        build_cell_model(backbone, head, model_settings(cfg["model"]), name, options,
+                                         pretrained=False)
                     except MethodError as e:
                         if isinstance(e, OptionError):  # an unknown place or mode: wrong on every backbone
                             problems.append(option_problem(name, e))
                         else:
                             problems.append(f"methods: {name} on {backbone} + {head}: {e}; leave that backbone or "
                                             "method out, or run them as separate studies")
+                    except NetworkError as e:  # the backbone, head and model settings do not make a network
+                        problems.append(f"{backbone} + {head}: {e}")
                     except ValueError as e:  # a layer refusing an option value (p=5, std=-1): not the backbone's
                         problems.append(option_problem(name, e))
     return list(dict.fromkeys(problems))

@@ -25,7 +25,7 @@ import segbench.engine.train as train_mod
 from segbench import distributed as dist_utils
 from segbench.config import TrainSettings
 from segbench.data import build_dataset
-from segbench.data.transforms import EvalTransform, build_train_transform
+from segbench.data.transforms import EvalTransform, build_train_transform, train_transform
 from segbench.methods import build_method
 
 NUM_CLASSES = 19
@@ -43,11 +43,13 @@ class TinyNet(nn.Module):
         return {"out": self.body(x)}
 
 
-def build_model(name: str) -> nn.Module:
+def build_model(name: str, head: str | None = None) -> nn.Module:
     if name == "tiny":
         return TinyNet()
     from segbench.models import create_model
 
+    if name.startswith("vit_"):  # a tiny DINOv2-layout ViT under DINOv2's linear head (BatchNorm too), or another
+        return create_model(name, head=head or "linear", pretrained=None)
     # the real FCN head: BatchNorm buffers and Dropout(0.1) both have to survive a resume
     return create_model(name, head="fcn", pretrained=None)
 
@@ -67,6 +69,9 @@ def main() -> None:
     ap.add_argument("--eval", action="store_true")
     ap.add_argument("--method", default="erm", help="a segbench.methods name, placed in the model before training")
     ap.add_argument("--method-opt", action="append", default=[], metavar="KEY=JSON")
+    ap.add_argument("--optimizer", default="sgd", help="train.optimizer (adamw: Rein's, with its weight decay)")
+    ap.add_argument("--head", default=None, help="a ViT's head (default linear)")
+    ap.add_argument("--pipeline", default="scale_crop", help="train.pipeline (rein: mmseg's, Rein's)")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -74,7 +79,7 @@ def main() -> None:
     device = dist_utils.init_from_env("cpu")
     rank = dist_utils.rank()
     torch.manual_seed(0)
-    model = build_model(args.model)
+    model = build_model(args.model, args.head)
     method = build_method(args.method, {k: json.loads(v) for k, v in (o.split("=", 1) for o in args.method_opt)})
     method.build(model)
     if rank == 0:
@@ -116,13 +121,17 @@ def main() -> None:
         (matrix,) = matrices
         torch.save(matrix, out / f"cm_rank{rank}.pt")
 
+    optimizer = ({"optimizer": "adamw", "lr": 1e-4, "weight_decay": 0.05, "no_decay_norms": True}
+                 if args.optimizer == "adamw" else {"lr": 0.01})
     settings = TrainSettings(
-        iters=args.iters, batch_size=args.batch, accumulate=args.accumulate, lr=0.01, workers=args.workers,
-        ckpt_every=args.ckpt_every, keep_ckpts=2, amp=False, channels_last=False, class_uniform=args.class_uniform)
+        iters=args.iters, batch_size=args.batch, accumulate=args.accumulate, workers=args.workers,
+        ckpt_every=args.ckpt_every, keep_ckpts=2, amp=False, channels_last=False, class_uniform=args.class_uniform,
+        pipeline=args.pipeline, crop=(32, 64) if args.pipeline == "scale_crop" else (64, 64), **optimizer)
     dataset = build_dataset("sim", "train", args.data_root)
     # 96x192 frames scaled by >= 0.5 cover a 32x64 crop: no padding, so every crop is fully labelled
-    transform = build_train_transform((32, 64), scale_range=(0.5, 2.0),
-                                      image_method=method.transform_image if method.transforms_image else None)
+    image_method = method.transform_image if method.transforms_image else None
+    transform = (train_transform(settings, image_method) if args.pipeline == "rein" else
+                 build_train_transform((32, 64), scale_range=(0.5, 2.0), image_method=image_method))
     stats = train_mod.train(model, dataset, transform, settings, seed=1, device=device, ckpt_dir=out / "checkpoints",
                             identity={"test": "child_train", "model": args.model}, log_path=out / "train_log.csv",
                             method=method)

@@ -95,7 +95,7 @@ def test_experiment_file_exponent_string_is_converted(tmp_path):
     ("eval.scales=[1, -0.5]", "eval.scales=[1, -0.5]: expected a non-empty list of numbers > 0"),
     ("eval.dump=-1", "eval.dump=-1: expected an integer >= 0"),
     ("model.output_stride=12", "model.output_stride=12: expected one of null, 8, 16, 32"),
-    ("model.pretrained=3", "model.pretrained=3: expected null, 'imagenet', 'torchvision' or the path of a state dict"),
+    ("model.pretrained=3", "model.pretrained=3: expected null, 'imagenet', 'torchvision', 'dinov2' or the path of a state dict"),
     ("model.aux=sometimes", "model.aux='sometimes': expected false, true (FCN aux head) or 'robustnet'"),
     ("seeds=[-1]", "seeds=[-1]: expected a non-empty list of distinct integers >= 0"),
     ("seeds=[0, 0]", "expected a non-empty list of distinct integers >= 0"),

@@ -33,7 +33,10 @@ from segbench.models.resnet import SPECS, ResNet
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-FAMILIES = ["resnet18", "resnet50", "resnet18_ibn_a", "resnet18_ibn_b", "resnext101_ibn_a", "se_resnet101_ibn_a"]
+FAMILIES = ["resnet18", "resnet50", "resnet18_ibn_a", "resnet18_ibn_b", "resnext101_ibn_a", "se_resnet101_ibn_a",
+            "vit_debug_p16"]
+#: methods that train only what they add (and the head): the backbone's own weights end the step as they began
+ADAPTING = {"frozen", "rein", "vpt", "lora"}
 #: the bottleneck families are built with two blocks per stage: the same block code (bottleneck, grouped
 #: convolutions, the SE gate, IBN-a), which decides what a place receives, in a fraction of the time
 SHALLOW = {"resnet50", "resnext101_ibn_a", "se_resnet101_ibn_a"}
@@ -120,6 +123,8 @@ def _expected_inputs(tape: Tape, place: str) -> list[torch.Tensor]:
 
 
 def _model(family: str) -> nn.Module:
+    if family.startswith("vit_"):
+        return create_model(family, "linear")
     if family not in SHALLOW:
         return create_model(family, "fcn")
     spec = HEADS.get("fcn")
@@ -143,11 +148,17 @@ def test_each_method_module_receives_what_its_place_means_and_nothing_it_keeps_i
     torch.manual_seed(0)
     model = _model(family)
     before = {id(m) for m in model.modules()}
+    backbone_before = {k: v.clone() for k, v in model.backbone.state_dict().items()}
     method = build_method(name, options)
     try:
         method.build(model)
-    except MethodError as e:  # a slot the backbone already fills (IBN-b's INs): refused, with the fix
-        assert family.endswith("_ibn_b") and "use a plain ResNet or an IBN-a backbone" in str(e)
+    except MethodError as e:  # refused with the fix: a slot IBN-b already fills, a ViT method on a ResNet, or back
+        assert (family.endswith("_ibn_b") and "use a plain ResNet or an IBN-a backbone" in str(e)) or \
+               ("use a dinov2_* backbone" in str(e)) or (family.startswith("vit_") and "ResNet" in str(e)), str(e)
+        return
+    if family.startswith("vit_"):
+        _step_and_score(model, method, source, target, tmp_path)
+        _assert_what_trained(model, name, backbone_before)
         return
     placed = _method_modules(model, name, before)
     resnet = resnet_of(model)
@@ -186,13 +197,10 @@ def test_each_method_module_receives_what_its_place_means_and_nothing_it_keeps_i
     if method.transforms_image:
         real_transform = method.transform_image
         method.transform_image = lambda image, rng: images_seen.append(image.shape) or real_transform(image, rng)
-    settings = TrainSettings(iters=1, batch_size=2, workers=0, ckpt_every=0, crop=CROP, amp=False)
-    transform = build_train_transform(CROP, image_method=method.transform_image if method.transforms_image else None)
-    train(model, source, transform, settings, seed=0, device=torch.device("cpu"), ckpt_dir=tmp_path / "ck",
-          identity={}, method=method, pretrained="imagenet-like (SHADE's retrospection needs some)")
-    evaluate(model, target, device=torch.device("cpu"), workers=0)
+    _step_and_score(model, method, source, target, tmp_path)
+    _assert_what_trained(model, name, backbone_before)
 
-    assert placed or name in ("erm", "pasta"), f"{name} placed no module"
+    assert placed or name in ("erm", "pasta", "frozen", "full"), f"{name} placed no module"
     for place in placed:
         calls = tape.calls[f"method:{place}"]
         expected = _expected_inputs(tape, place)
@@ -207,3 +215,28 @@ def test_each_method_module_receives_what_its_place_means_and_nothing_it_keeps_i
         assert "shade" in kept_checks
     if method.transforms_image:
         assert images_seen and all(shape == (96, 192, 3) for shape in images_seen)  # full frames, before the crop
+
+
+def _step_and_score(model, method, source, target, tmp_path) -> None:
+    """One real training step (engine.train.train) and one scoring pass (engine.scoring.evaluate)."""
+    settings = TrainSettings(iters=1, batch_size=2, workers=0, ckpt_every=0, crop=CROP, amp=False)
+    transform = build_train_transform(CROP, image_method=method.transform_image if method.transforms_image else None)
+    train(model, source, transform, settings, seed=0, device=torch.device("cpu"), ckpt_dir=tmp_path / "ck",
+          identity={}, method=method, pretrained="imagenet-like (SHADE's retrospection needs some)")
+    evaluate(model, target, device=torch.device("cpu"), workers=0)
+
+
+def _assert_what_trained(model, name, backbone_before) -> None:
+    """An adapting method leaves every weight the backbone had before it was built as it was (its own parameters
+    and the head train); the others move the backbone. BatchNorm's running statistics count as weights here."""
+    after = model.backbone.state_dict()
+    kept = [k for k, v in backbone_before.items() if k in after and torch.equal(after[k], v)]
+    moved = [k for k, v in backbone_before.items() if k in after and not torch.equal(after[k], v)]
+    if name in ADAPTING:
+        assert not moved, f"{name} changed backbone weights {moved[:3]}"
+        lora = [k for k in backbone_before if k not in after]  # peft renames qkv.weight to qkv.base_layer.weight
+        for key in lora:
+            assert torch.equal(after[key.replace(".weight", ".base_layer.weight").replace(".bias", ".base_layer.bias")],
+                               backbone_before[key]), key
+    else:
+        assert moved, f"{name} trained no backbone weight"

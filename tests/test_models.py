@@ -14,9 +14,11 @@ from torch import nn
 from torchvision.models.resnet import BasicBlock as TVBasic, Bottleneck as TVBottleneck, ResNet as TVResNet
 
 import segbench.models as M
+from segbench.models.resnet import SPECS as RESNET_SPECS
 from segbench.models.ibn import IBN
 
 PAPER_BACKBONES = [f"resnet{d}{s}" for d in (18, 34, 50, 101) for s in ("", "_ibn_a", "_ibn_b")]
+RESNETS = sorted(RESNET_SPECS)  # the registered ResNet family (the DINOv2 ViTs have their own tests)
 NATIVE_HEADS = ["fcn", "deeplabv3", "deeplabv3plus"]
 BLOCKS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
 BOTTLENECK = {18: False, 34: False, 50: True, 101: True}
@@ -88,8 +90,15 @@ def _build(backbone: str, head: str, **kwargs) -> nn.Module:
 
 # every registered backbone x every registered head (smp-* included when smp is installed), backbone-major order
 # (RobustNet's head dilates bottleneck ResNets only: ResNet-18/34 are refused, tests/test_robustnet_head.py)
-MATRIX = [(b, h) for b in M.list_backbones() for h in M.list_heads()
-          if not (h == "robustnet-deeplabv3plus" and b.startswith(("resnet18", "resnet34")))]
+# The DINOv2 ViTs give a fixed pyramid, so they pair with the heads that take the backbone's own stride; the tiny
+# debug ViTs stand for them here (tests/test_models_vit.py checks the real sizes' shapes on the meta device)
+# The mask-classification heads (their own loss, no aux head; Rein's takes its queries from the rein method) have
+# their own test below and in tests/test_mask2former.py
+MASK_HEADS = ("mask2former", "rein-mask2former")
+MATRIX = [(b, h) for b in RESNETS for h in M.list_heads()
+          if not (h == "robustnet-deeplabv3plus" and b.startswith(("resnet18", "resnet34"))) and h not in MASK_HEADS]
+MATRIX += [(b, h) for b in ("vit_debug_p14", "vit_debug_p16") for h in M.list_heads()
+           if M.HEADS.get(h).output_strides is None and h not in MASK_HEADS]
 
 
 @pytest.mark.parametrize("backbone,head", MATRIX)
@@ -101,9 +110,13 @@ def test_model_shapes_gradients_no_nan(backbone, head):
     x = torch.randn(2, 3, 24, 40)  # divisible by neither 32 nor 16; tiny: the matrix dominates the test time
     out = model(x)
     hook.remove()
-    assert model.backbone.output_stride == M.HEADS.get(head).default_output_stride
+    assert model.backbone.output_stride == (M.HEADS.get(head).default_output_stride or model.backbone.output_stride)
     padded = tuple(-(-n // model.size_divisor) * model.size_divisor for n in (24, 40))  # smp heads pad to /32
-    _check_feature_strides(feats, model.backbone.out_channels[-4:], padded, model.backbone.output_stride)
+    if backbone.startswith("vit_"):  # Rein's pyramid: the patch grid x4, x2, x1, x0.5
+        grid = [n // model.backbone.patch_size for n in padded]
+        assert [tuple(f.shape[-2:]) for f in feats] == [tuple(int(n * s) for n in grid) for s in (4, 2, 1, 0.5)]
+    else:
+        _check_feature_strides(feats, model.backbone.out_channels[-4:], padded, model.backbone.output_stride)
     assert set(out) == {"out", "aux"}
     for v in out.values():
         assert v.shape == (2, 5, 24, 40)
@@ -267,7 +280,7 @@ def _expected_official_keys(name: str) -> dict[str, torch.Size]:
     return ref
 
 
-@pytest.mark.parametrize("name", M.list_backbones())
+@pytest.mark.parametrize("name", RESNETS)
 def test_backbone_layout_matches_official(name):
     """IBN placement per the official ibnnet/resnet_ibn.py, the release's exact key->shape map, no dilation at OS 32.
 
@@ -366,7 +379,7 @@ def test_parameter_rule_reproduces_torchvision_published_sizes():
         assert _resnet_params(depth, groups, width, classes=1000) == published, (depth, groups, width)
 
 
-@pytest.mark.parametrize("name", M.list_backbones())
+@pytest.mark.parametrize("name", RESNETS)
 def test_count_parameters_matches_hand_count(name):
     """Every backbone's size from the rules above (no classifier); on the meta device, so free."""
     kwargs = dict(groups=32, width_per_group=4) if name.startswith("resnext") else {}
@@ -409,3 +422,28 @@ def test_cli_says_which_official_weights_are_in_the_hub_cache_and_where(tmp_path
     assert rows["resnet18"] == [cache_path(imagenet_url("resnet18")).name, "no"]
     assert rows["resnet18_ibn_a"][1] == "no" and rows["resnet18_ibn_a"][0].startswith("resnet18_ibn_a-")
     assert str(tmp_path / "hub" / "checkpoints") in text and "TORCH_HOME" in text
+
+
+@pytest.mark.parametrize("backbone", ["resnet18", "resnet50_ibn_a", "vit_debug_p16"])
+def test_the_mask2former_head_trains_and_predicts_on_each_backbone_family(backbone):
+    """Its training outputs feed its own loss, every trainable parameter gets a gradient, and inference gives
+    per-pixel scores at the input size; an aux head is refused (it supervises every decoder layer itself)."""
+    pytest.importorskip("transformers")
+    from segbench.engine.train import model_loss
+
+    torch.manual_seed(0)
+    with pytest.raises(ValueError, match="set model.aux false"):
+        _build(backbone, "mask2former", num_classes=5, aux=True)
+    model = _build(backbone, "mask2former", num_classes=5, aux=False).train()
+    out = model(torch.randn(2, 3, 64, 64))
+    target = torch.randint(0, 5, (2, 64, 64))
+    target[:, :8] = 255
+    loss = model_loss(model, out, target, aux_weight=0.4)
+    loss.backward()
+    assert torch.isfinite(loss)
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not missing, f"no gradient reaches {missing[:5]}"
+    model.eval()
+    with torch.no_grad():
+        out = model(torch.randn(1, 3, 48, 80))
+    assert set(out) == {"out"} and out["out"].shape == (1, 5, 48, 80)

@@ -125,11 +125,19 @@ def _save_hashed(state, directory, name):
 
 
 def test_urls_follow_the_official_releases():
+    from segbench.models.resnet import SPECS as RESNET_SPECS
+    from segbench.models.vit_weights import official_url
+
+    assert official_url("dinov2_vitl14_reg4_p16") == \
+        "https://dl.fbaipublicfiles.com/dinov2/dinov2_vitl14/dinov2_vitl14_reg4_pretrain.pth"
     assert P.imagenet_url("resnet50_ibn_b") == \
         "https://github.com/XingangPan/IBN-Net/releases/download/v1.0/resnet50_ibn_b-9ca61e85.pth"
     assert P.imagenet_url("resnet50") == torchvision.models.ResNet50_Weights.IMAGENET1K_V1.url
     for name in M.list_backbones():
-        assert P.imagenet_url(name).endswith(".pth")  # every registered backbone has official weights
+        if name.startswith("vit_debug"):  # not a release: no official weights
+            continue
+        url = P.imagenet_url(name) if name in RESNET_SPECS else official_url(name)
+        assert url.endswith(".pth")  # every released backbone has official weights
 
 
 def test_imagenet_from_cache_loads_strictly(torch_home, monkeypatch):

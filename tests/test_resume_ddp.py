@@ -142,6 +142,25 @@ def test_two_gloo_processes_train_and_score_exactly_like_one(data_root, tmp_path
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("method", ["frozen", "rein"])
+def test_a_frozen_backbone_trains_under_ddp_without_the_unused_parameter_error(data_root, tmp_path, children, method):
+    """Rein's users hit DDP's 'parameters that were not used in producing loss' (w1oves/Rein issue 6). Here the frozen
+    parameters are out of DDP's sight (requires_grad off) and Rein's query link is not built for a head that takes no
+    queries, so 2 gloo processes train; DDP keeps the ranks' weights equal, and the frozen backbone does not move."""
+    port = str(_free_port())
+    args = ("--model", "vit_debug_p16", "--optimizer", "adamw", "--iters", 2, "--batch", 2, "--method", method)
+    ranks = [children.start(f"rank{r}", _cmd(data_root, tmp_path / "two", *args), MASTER_ADDR="127.0.0.1",
+                            MASTER_PORT=port, RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE="2") for r in range(2)]
+    for proc in ranks:
+        children.finish(proc)
+    assert [_info(tmp_path / "two", r)["forwards"] for r in range(2)] == [2, 2]
+    final, init = _weights(tmp_path / "two"), torch.load(tmp_path / "two" / "init.pt", weights_only=True)
+    backbone = [k for k in init if k.startswith("backbone.")]
+    assert backbone and all(torch.equal(final[k], init[k]) for k in backbone)
+    assert any(not torch.equal(final[k], init[k]) for k in init if k.startswith("head."))
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("workers, class_uniform", [(0, 0.0), (2, 0.5)], ids=["plain", "workers-class-uniform"])
 def test_sigkill_right_after_a_checkpoint_then_resume_is_bit_identical(data_root, tmp_path, children, workers,
                                                                         class_uniform):
@@ -185,6 +204,10 @@ METHOD_CASES = {
     # basis styles at iterations 0 and 3 (every 0.75 epoch of 8 images at batch 2): the second in the resumed process;
     # no retrospection, which needs ImageNet weights these children do not start from
     "shade": ["basis_epochs=0.75", "retrospection=0"],
+    # the parameter-efficient methods on a tiny ViT, with AdamW (its moments must be restored too)
+    "frozen-vit": [], "full-vit": [], "rein-vit": [], "vpt-vit": [], "lora-vit": [],
+    # Rein's recipe: its tokens as a Mask2Former head's queries, mmseg's pipeline, AdamW
+    "rein-recipe": [],
 }
 
 
@@ -195,9 +218,16 @@ def test_resume_after_sigkill_is_bit_identical_with_every_method(data_root, tmp_
     resumed, the run ends bit-identical to an uninterrupted one. ISW's pass runs at round(epochs * 8 / 2) (8 images,
     batch 2): iteration 1 (before the checkpoint at 2) or 3 (in the resumed process)."""
     method = case.split("-")[0]
+    if method == "lora":
+        pytest.importorskip("peft")
     opts = [a for o in METHOD_CASES[case] for a in ("--method-opt", o)]
     iters, every, kill_at = 4, 2, 2
-    args = ("--model", "resnet18", "--iters", iters, "--batch", 2, "--ckpt-every", every, "--method", method, *opts)
+    model = ("--model", "vit_debug_p16", "--optimizer", "adamw") if case.endswith(("-vit", "-recipe")) else \
+        ("--model", "resnet18")
+    if case.endswith("-recipe"):
+        pytest.importorskip("transformers")
+        model = (*model, "--head", "mask2former", "--pipeline", "rein")
+    args = (*model, "--iters", iters, "--batch", 2, "--ckpt-every", every, "--method", method, *opts)
     straight = children.start("straight", _cmd(data_root, tmp_path / "straight", *args))
     killed_out = tmp_path / "killed"
     killed = children.start("killed", _cmd(data_root, killed_out, *args, "--freeze-after", kill_at))

@@ -13,7 +13,8 @@ import torch.optim.optimizer as optim_hooks
 
 from segbench.config import apply_overrides, load_config, train_settings
 from segbench.data.transforms import build_train_transform
-from segbench.engine.train import poly_lr, train
+from segbench.engine.optim import poly_lr
+from segbench.engine.train import train
 from tiny_models import PixelModel
 
 

@@ -309,6 +309,18 @@ def build_train_transform(crop_size: Sequence[int], scale_range: Sequence[float]
                           photometric=Photometric.from_setting(photometric), **kwargs)
 
 
+def train_transform(settings, image_method=None):
+    """The sample pipeline `train.pipeline` names, from the train settings: "scale_crop" (`build_train_transform`)
+    or "rein" (mmsegmentation's, data/mmseg_pipeline.py, which has no scale range or photometric preset of its
+    own: it takes `crop`, from which Rein's configs derive their scales, and `hflip`)."""
+    if settings.pipeline == "rein":
+        from .mmseg_pipeline import ReinTrainTransform  # it builds on this module
+
+        return ReinTrainTransform.for_crop(settings.crop, hflip=settings.hflip, image_method=image_method)
+    return build_train_transform(settings.crop, settings.scale_range, settings.hflip, settings.photometric,
+                                 image_method=image_method)
+
+
 def eval_transform_for(dataset, size: Sequence[int] | None = None, protocol: str = DEFAULT_PROTOCOL) -> EvalTransform:
     """The eval preset for one dataset under `protocol` (`eval.protocol`, data/eval_protocols.py). An explicit `size`
     (`eval.size`) replaces the image size of the `native` protocol; the other protocols fix their own sizes, so the

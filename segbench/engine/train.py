@@ -1,4 +1,5 @@
-"""The training loop of one cell: SGD + poly lr, iteration based, seeded, resumable, with AMP on GPUs."""
+"""The training loop of one cell: the optimizer and schedule of engine/optim.py (SGD or AdamW, poly lr with an
+optional warmup), iteration based, seeded, resumable, with AMP on GPUs."""
 from __future__ import annotations
 
 import math
@@ -21,7 +22,9 @@ from ..data.workers import worker_init_fn
 from ..labels import IGNORE_INDEX
 from ..methods.base import Batch, Method, TrainRun
 from .checkpoint import TrainingState, check_same_config, load_latest_checkpoint, save_checkpoint
+from .frozen_weights import weights_to_load, weights_to_save
 from .logging import ScalarLog
+from .optim import learning_rate, make_optimizer, set_learning_rate
 
 
 LOG_EVERY = 10  # iterations between log rows (and host syncs)
@@ -30,9 +33,6 @@ LOG_EVERY = 10  # iterations between log rows (and host syncs)
 class NonFiniteLoss(RuntimeError):
     """The loss became NaN/inf; the last good checkpoint is left untouched."""
 
-
-def poly_lr(base_lr: float, iteration: int, total: int, power: float) -> float:
-    return base_lr * (1 - iteration / total) ** power
 
 
 def autocast_for(device: torch.device, enabled: bool):
@@ -80,6 +80,14 @@ def segmentation_loss(outputs: dict, target: torch.Tensor, aux_weight: float) ->
         aux = outputs["aux"]
         loss = loss + aux_weight * labelled_ce(aux, label_at(target, aux.shape[-2:]))
     return loss
+
+
+def model_loss(model: torch.nn.Module, outputs: dict, target: torch.Tensor, aux_weight: float) -> torch.Tensor:
+    """The network's training loss: a mask-classification head's own (its matched class, mask and dice terms over
+    every decoder output: models/mask2former.py), else `segmentation_loss` on the per-pixel logits."""
+    if "mask_logits" in outputs:
+        return sum(model.head.loss(outputs, target).values())
+    return segmentation_loss(outputs, target, aux_weight)
 
 
 def make_loader(dataset, transform, settings: TrainSettings, seed: int, start_iter: int, device: torch.device):
@@ -207,11 +215,6 @@ def put_on_device(model: torch.nn.Module, settings: TrainSettings, device: torch
         model.to(memory_format=torch.channels_last)
 
 
-def make_optimizer(model: torch.nn.Module, settings: TrainSettings) -> torch.optim.Optimizer:
-    """SGD with momentum and weight decay; its learning rate follows `poly_lr` step by step (`begin_step`)."""
-    return torch.optim.SGD(model.parameters(), lr=settings.lr, momentum=settings.momentum,
-                           weight_decay=settings.weight_decay)
-
 
 @dataclass
 class Progress:
@@ -273,7 +276,7 @@ def resume(ckpt_dir: Path, identity: dict, model: torch.nn.Module, optimizer: to
         return Progress()
     path, state = found
     check_same_config(state.identity, identity, path)
-    model.load_state_dict(state.model)
+    model.load_state_dict(weights_to_load(model, state.model, path))
     optimizer.load_state_dict(state.optimizer)
     if scaler is not None and state.scaler:
         scaler.load_state_dict(state.scaler)
@@ -300,7 +303,7 @@ class Checkpointing:
             return
         cuda = self.device.type == "cuda"
         state = TrainingState(
-            iteration=iteration, identity=self.identity, model=self.model.state_dict(),
+            iteration=iteration, identity=self.identity, model=weights_to_save(self.model),
             optimizer=self.optimizer.state_dict(), scaler=self.scaler.state_dict() if self.scaler else None,
             rng_cpu=torch.get_rng_state(), rng_cuda=torch.cuda.get_rng_state(self.device) if cuda else None,
             train_seconds=progress.before_seconds + progress.training_seconds(),
@@ -336,9 +339,8 @@ def begin_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, method:
     """Before an optimizer step's first micro-batch: the method's `before_step`, the poly learning rate, gradients
     cleared. Returns the learning rate."""
     method.before_step(model, iteration, run)
-    lr = poly_lr(settings.lr, iteration, settings.iters, settings.power)
-    for group in optimizer.param_groups:
-        group["lr"] = lr
+    lr = learning_rate(settings, iteration)
+    set_learning_rate(optimizer, lr)
     optimizer.zero_grad(set_to_none=True)
     return lr
 
@@ -358,7 +360,7 @@ def micro_step(image: torch.Tensor, target: torch.Tensor, domains, model: torch.
     with nullcontext() if syncs else ddp_model.no_sync():
         with amp_ctx:
             outputs = step_model(image)
-            loss = segmentation_loss(outputs, target, settings.aux_weight)
+            loss = model_loss(model, outputs, target, settings.aux_weight)
             for term in method.losses(model, outputs, batch, iteration).values():
                 loss = loss + term
             loss = loss / settings.accumulate

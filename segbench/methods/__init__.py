@@ -23,6 +23,7 @@ from .shade import (StyleHallucination, basis_styles, farthest_point_sampling, i
 from .switchable import SwitchWhiten2d
 from .whitening import CovarianceVariance, InstanceWhitening, covariance, instance_whitening_loss, isw_mask
 from . import builtin  # noqa: F401  (registers segbench's methods)
+from . import foundation  # noqa: F401  (registers the parameter-efficient methods for foundation models)
 
 #: os.pathsep-separated modules (`my_lab.methods`) or Python files (`./my_method.py`) that register methods; an
 #: environment variable, so the worker processes of every launcher import them too

@@ -5,7 +5,9 @@ segmentation-models-pytorch encoders when smp is installed).
 """
 from .registries import BACKBONES, HEADS
 from . import resnet as _resnet  # noqa: F401  (registers backbones)
+from . import vit as _vit  # noqa: F401  (registers the DINOv2 backbones)
 from . import heads as _heads  # noqa: F401  (registers native heads)
+from . import mask2former as _mask2former  # noqa: F401  (registers the Mask2Former heads; transformers on first use)
 try:  # segmentation-models-pytorch is a dependency, but the native models must not need it
     from . import smp_encoders as _smp_encoders
     from . import smp_heads as _smp_heads  # noqa: F401  (registers smp-* heads)

@@ -200,6 +200,23 @@ def aux_head(in_channels: int, num_classes: int, kind: bool | str, in_index: int
     raise ValueError(f"aux must be false, true or 'robustnet', got {kind!r}")
 
 
+class LinearHead(nn.Module):
+    """DINOv2's linear segmentation probe (facebookresearch/dinov2 `dinov2/eval/segmentation/models/decode_heads/
+    linear_head.py` BNHead with mmseg's `resize_concat` input transform and no dropout): every level resized
+    bilinearly to the finest one's size and concatenated, one BatchNorm, one 1x1 convolution. The head that lets a
+    frozen or adapted ViT run end to end without a mask-classification head."""
+
+    def __init__(self, in_channels: Sequence[int], num_classes: int, output_stride: int | None = None):
+        super().__init__()
+        total = sum(in_channels)
+        self.bn = nn.BatchNorm2d(total)
+        self.conv_seg = nn.Conv2d(total, num_classes, 1)
+
+    def forward(self, feats: Sequence[torch.Tensor]) -> torch.Tensor:
+        size = feats[0].shape[-2:]
+        return self.conv_seg(self.bn(torch.cat([upsample_to(f, size) for f in feats], 1)))
+
+
 def _native(head_cls):
     def build(backbone: nn.Module, num_classes: int, aux: bool | str) -> Segmenter:
         if head_cls is FCNHead:
@@ -208,7 +225,8 @@ def _native(head_cls):
             head = head_cls(backbone.out_channels, num_classes, backbone.output_stride)
         if head_cls is RobustNetDeepLabV3PlusHead:
             robustnet_dilation(backbone)
-        return Segmenter(backbone, head, aux_head(backbone.out_channels[2], num_classes, aux))
+        return Segmenter(backbone, head, aux_head(backbone.out_channels[2], num_classes, aux),
+                         size_divisor=getattr(backbone, "size_divisor", 1))
 
     return build
 
@@ -219,6 +237,9 @@ HEADS.add("deeplabv3", HeadSpec(_native(DeepLabV3Head), 8, (8, 16, 32), "ASPP on
 HEADS.add("deeplabv3plus", HeadSpec(_native(DeepLabV3PlusHead), 16, (8, 16, 32),
                                     "ASPP rates 6/12/18 at OS16 + 48-channel layer1 skip (torchvision's ASPP "
                                     "and dilation; RobustNet's exact network is robustnet-deeplabv3plus)"))
+HEADS.add("linear", HeadSpec(_native(LinearHead), None, None,
+                             "DINOv2's linear probe: the levels upsampled and concatenated, BatchNorm, 1x1 conv; "
+                             "at the backbone's own output stride"))
 HEADS.add("robustnet-deeplabv3plus", HeadSpec(_native(RobustNetDeepLabV3PlusHead), 16, (8, 16, 32),
                                               "RobustNet's DeepV3Plus exactly: its ASPP, decoder, init, "
                                               "align_corners=True and dilation of every block"))

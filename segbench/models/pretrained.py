@@ -270,7 +270,14 @@ def load_torchvision(backbone: nn.Module, name: str) -> PartialLoad:
 
 def load_pretrained(backbone: nn.Module, name: str, pretrained: str | os.PathLike) -> nn.Module:
     """Load 'imagenet' (official file for `name`) or a local file into `backbone`, strictly; 'torchvision' partially
-    (`load_torchvision`)."""
+    (`load_torchvision`); a DINOv2 backbone's weights through vit_weights.load_dinov2."""
+    from .vit import DinoV2Backbone
+
+    if isinstance(backbone, DinoV2Backbone):
+        from .vit_weights import load_dinov2
+
+        load_dinov2(backbone, name, pretrained)
+        return backbone
     if str(pretrained) == TORCHVISION:
         load_torchvision(backbone, name)
         return backbone

@@ -48,6 +48,8 @@ class Segmenter(nn.Module):
         h, w = x.shape[-2:]
         padded = pad_to_multiple(x, self.size_divisor)
         feats = self.backbone(padded)
+        if getattr(self.head, "mask_classification", False):
+            return self._mask_classification(feats, padded.shape[-2:], h, w)
         align_corners = getattr(self.head, "align_corners", False)
         out = {"out": upsample_to(self.head(feats), padded.shape[-2:], align_corners)[..., :h, :w]}
         if self.aux_head is not None and self.training:
@@ -61,12 +63,29 @@ class Segmenter(nn.Module):
         return out
 
 
+    def _mask_classification(self, feats, size, h: int, w: int) -> dict:
+        """A mask-classification head (models/mask2former.py): its per-layer class and mask logits while training
+        (its own loss reads them), the semantic scores at the input size otherwise; its queries from the model's
+        method (Rein's tokens) when it takes them."""
+        queries = self.queries() if getattr(self.head, "takes_queries", False) else None
+        out = self.head(feats, out_size=size, queries=queries)
+        return out if self.training else {"out": out[..., :h, :w]}
+
+    def queries(self) -> torch.Tensor:
+        """The queries a method's module offers the head (Rein's `queries()`)."""
+        for module in getattr(self, "method_modules", {}).values():
+            if hasattr(module, "queries"):
+                return module.queries()
+        raise ValueError("this head takes its queries from a method's tokens (rein-mask2former: --methods rein); "
+                         "no method of this model offers them")
+
+
 @dataclass(frozen=True)
 class HeadSpec:
     """What HEADS holds: `build(backbone, num_classes, aux) -> model` plus the output strides it supports; `aux` is
     the `model.aux` kind (False, True or "robustnet": heads.aux_head)."""
 
     build: Callable[[nn.Module, int, "bool | str"], nn.Module]
-    default_output_stride: int
-    output_strides: tuple[int, ...]
+    default_output_stride: int | None  # None: the backbone's own (a ViT's fixed pyramid, a ResNet's 32)
+    output_strides: tuple[int, ...] | None  # None: any the backbone offers
     description: str

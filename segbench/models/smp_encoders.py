@@ -79,8 +79,12 @@ def _smp_channels(name: str) -> list[int]:
 
 def register_smp_encoders() -> list[str]:
     """Add every segbench backbone that smp lacks to smp's encoder table; returns the names added."""
+    from .vit import DINOV2_SPECS  # ViTs have no convolutional stem and stages for smp's decoders
+
     added = []
     for name in BACKBONES.names():
+        if name in DINOV2_SPECS:
+            continue
         if name in SMP_ENCODERS and SMP_ENCODERS[name]["encoder"] is not SegbenchEncoder:
             continue  # smp's own resnet18..101: same network, keep smp's entry (and its weights)
         SMP_ENCODERS[name] = {"encoder": SegbenchEncoder, "pretrained_settings": {},

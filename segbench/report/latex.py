@@ -14,7 +14,7 @@ from .bootstrap import Interval, interval_note
 from .protocols import footer
 from .records import Score
 from .stats import DASH, DEFAULT_STAT, Agg
-from .tables import MEAN_UNSEEN, agg_md, dg_aggs, dg_intervals, paper_aggs, paper_intervals, seed_note
+from .tables import agg_md, mean_note_for, dg_aggs, dg_intervals, paper_aggs, paper_intervals, seed_note
 
 # `<`, `>` and `|` are not text characters in LaTeX's default OT1 encoding: its slots 60, 62 and 124 print ¡, ¿ and an
 # em dash. \textless, \textgreater and \textbar print them in any encoding (latex3/latex2e base/ltoutenc.dtx:
@@ -107,8 +107,7 @@ def dg_tex(items: list[Score], cards: dict[str, dict] | None = None, stat: str =
         partial = any(a.n < n_max for a in table.values())
         shown = {(r, c): shown_all[(source, r, c)] for r in rows for c in columns}
         header = ["backbone"] + [escape(f"{c} (in-domain)" if is_in_domain(source, c) else c) for c in columns]
-        mean_note = (f"{MEAN_UNSEEN} = average over the targets other than the source, taken per seed; "
-                     if MEAN_UNSEEN in columns else "")
+        mean_note = mean_note_for(columns)
         caption = _caption(f"Domain generalization, trained on {source}: mIoU (%); {mean_note}", mine, n_max,
                            partial, stat, cards or {}, shown)
         tables.append(table_env(caption, f"tab:segbench-dg-{source}",

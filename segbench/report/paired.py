@@ -20,17 +20,16 @@ from ..io import csv_text, pyplot, save_figure
 from ..spec import is_in_domain
 from .records import Score, scores_by_cell
 from .stats import DASH, Paired
-from .tables import MEAN_UNSEEN, Layout, Table, dg_aggs
+from .tables import Layout, Table, dg_aggs, is_mean, unseen_means
 
 Comparisons = dict[str, tuple[str, list[tuple[str, str]], list[str], dict]]
 
 
-def _seed_values(cells: dict, row: str, source: str, column: str, unseen: list[str]) -> dict[int, float]:
-    """seed -> mIoU of one table cell; the unseen mean per seed over the seeds that scored every unseen target."""
-    if column != MEAN_UNSEEN:
-        return {sd: s.miou for sd, s in cells.get((row, source, column), {}).items()}
-    seeds = set.intersection(*(set(cells.get((row, source, t), {})) for t in unseen))
-    return {sd: statistics.fmean(cells[(row, source, t)][sd].miou for t in unseen) for sd in seeds}
+def _seed_values(cells: dict, row: str, source: str, targets: list[str]) -> dict[int, float]:
+    """seed -> mIoU of one table cell (one target), or of a mean column per seed over the seeds that scored every
+    one of its targets."""
+    seeds = set.intersection(*(set(cells.get((row, source, t), {})) for t in targets))
+    return {sd: statistics.fmean(cells[(row, source, t)][sd].miou for t in targets) for sd in seeds}
 
 
 def _cards(cells: dict, row: str, source: str, targets: list[str]) -> set[str]:
@@ -61,7 +60,7 @@ def comparisons(items: list[Score], baseline: str) -> Comparisons:
     score_of = {s.row: s for s in items}
     out: Comparisons = {}
     for source, (rows, columns, _) in dg_aggs(items).items():
-        unseen = [c for c in columns if c != MEAN_UNSEEN and not is_in_domain(source, c)]
+        means = unseen_means(source, [c for c in columns if not is_mean(c)])
         pairs = [(r, baseline_row(r, score_of[r], baseline, by_method)) for r in rows
                  if (score_of[r].method if by_method else score_of[r].backbone) != baseline]
         pairs = [(r, b) for r, b in pairs if b in rows]
@@ -70,11 +69,11 @@ def comparisons(items: list[Score], baseline: str) -> Comparisons:
         table = {}
         for r, b in pairs:
             for c in columns:
-                targets = unseen if c == MEAN_UNSEEN else [c]
+                targets = means.get(c, [c])
                 if _cards(cells, r, source, targets) != _cards(cells, b, source, targets):
                     continue  # measured under different protocols: no comparison
-                table[(r, c)] = Paired.of(_seed_values(cells, r, source, c, unseen),
-                                          _seed_values(cells, b, source, c, unseen))
+                table[(r, c)] = Paired.of(_seed_values(cells, r, source, targets),
+                                          _seed_values(cells, b, source, targets))
         out[source] = (baseline, pairs, columns, table)
     return out
 

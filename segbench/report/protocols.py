@@ -28,7 +28,7 @@ def card_of(record: dict) -> dict | None:
         return None
     model = card.get("model")
     if isinstance(model, dict):
-        resolved = with_resolved_output_stride(model, record.get("head"))
+        resolved = with_resolved_output_stride(model, record.get("head"), record.get("backbone"))
         if resolved is not model:
             card = {**card, "model": resolved}
     return card

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from ..io import csv_text, markdown_table
 from ..labels import CLASS_NAMES
-from ..spec import is_in_domain
+from ..spec import is_in_domain, scoring_view, view_name
 from .bootstrap import Interval, MissingInterval, interval_note
 from .protocols import footer
 from .records import Score, ordered_pairs, ordered_rows, scores_by_cell
@@ -159,32 +159,60 @@ def paper(items: list[Score], cards: dict[str, dict] | None = None, stat: str = 
 
 # --- domain-generalization layout ------------------------------------------------------------------------------------
 
+def unseen_means(source: str, targets: list[str]) -> dict[str, list[str]]:
+    """mean column -> the unseen targets it averages (two at least): MEAN_UNSEEN over those scored under the cells'
+    own protocol, `MEAN_UNSEEN~P` over the views scored under protocol P (`eval.geometries`): two geometries are
+    never averaged together."""
+    groups: dict[str, list[str]] = {}
+    for t in targets:
+        if t in groups or is_in_domain(source, t):
+            continue
+        protocol = scoring_view(t)[1]
+        groups.setdefault(MEAN_UNSEEN if protocol is None else view_name(MEAN_UNSEEN, protocol), []).append(t)
+    return {mean: members for mean, members in groups.items() if len(members) > 1}
+
+
+def is_mean(column: str) -> bool:
+    return scoring_view(column)[0] == MEAN_UNSEEN
+
+
 def dg_aggs(items: list[Score]) -> dict[str, tuple[list[str], list[str], dict]]:
     """source -> (rows, columns, {(row, column): Agg}); columns = in-domain (the source, or each part of a
-    multi-source one), unseen targets, mean (unseen).
+    multi-source one), unseen targets, their mean; then each view protocol's targets and their mean (`unseen_means`).
 
-    The mean is taken per seed over all unseen targets, then aggregated over the seeds that scored every one of
-    them, so its std is the spread of the average (not a mix of target spreads).
+    A mean is taken per seed over its targets, then aggregated over the seeds that scored every one of them, so its
+    std is the spread of the average (not a mix of target spreads).
     """
     cells = scores_by_cell(items)
     out = {}
     for source in sorted({s.source for s in items}):
         mine = [s for s in items if s.source == source]
         rows = ordered_rows(mine)
-        columns = [t for _, t in ordered_pairs(mine)]  # in-domain first, then the targets in the spec's order
-        unseen = [t for t in columns if not is_in_domain(source, t)]
+        scored = [t for _, t in ordered_pairs(mine)]  # in-domain first, then the targets in the spec's order
+        means = unseen_means(source, scored)
+        columns = []
+        for protocol in dict.fromkeys(scoring_view(t)[1] for t in scored):  # the cells' own protocol, then views
+            columns += [t for t in scored if scoring_view(t)[1] == protocol]
+            columns += [m for m in means if scoring_view(m)[1] == protocol]
         table = {}
         for r in rows:
-            for t in columns:
+            for t in scored:
                 table[(r, t)] = Agg.of(s.miou for s in cells.get((r, source, t), {}).values())
-            if len(unseen) > 1:
-                seeds = set.intersection(*(set(cells.get((r, source, t), {})) for t in unseen))
-                per_seed = [statistics.fmean(cells[(r, source, t)][sd].miou for t in unseen) for sd in sorted(seeds)]
-                table[(r, MEAN_UNSEEN)] = Agg.of(per_seed)
-        if len(unseen) > 1:
-            columns = columns + [MEAN_UNSEEN]
+            for mean, members in means.items():
+                seeds = set.intersection(*(set(cells.get((r, source, t), {})) for t in members))
+                table[(r, mean)] = Agg.of(statistics.fmean(cells[(r, source, t)][sd].miou for t in members)
+                                          for sd in sorted(seeds))
         out[source] = (rows, columns, table)
     return out
+
+
+def mean_note_for(columns: list[str]) -> str:
+    """What the mean columns average, for a table's note; "" without one."""
+    if not any(is_mean(c) for c in columns):
+        return ""
+    views = any(is_mean(c) and scoring_view(c)[1] for c in columns)
+    return (f"{MEAN_UNSEEN} = average over the targets other than the source, taken per seed"
+            + (f" ({view_name(MEAN_UNSEEN, 'P')}: over their views under eval protocol P)" if views else "") + "; ")
 
 
 def dg_intervals(items: list[Score], aggs: dict, intervals: dict[tuple[str, str], Interval] | None) -> dict:
@@ -213,8 +241,7 @@ def dg_layout(items: list[Score], cards: dict[str, dict] | None = None, stat: st
                      for r in rows for c in columns]
     if not tables:
         return Layout()
-    mean_note = (f"{MEAN_UNSEEN} = average over the targets other than the source, taken per seed; "
-                 if any(MEAN_UNSEEN in cols for _, cols, _ in aggs.values()) else "")
+    mean_note = mean_note_for([c for _, cols, _ in aggs.values() for c in cols])
     note = (f"mIoU (%); {mean_note}{seed_note(items, n_all, partial, stat)}.\n"
             + interval_note([i for i in shown.values() if i is not None]) + footer(items, cards or {}))
     return Layout(tables, note, csv_text(["source", "backbone", "target", "mIoU", *csv_fields(stat), *boot], csv_rows))
