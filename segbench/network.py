@@ -98,10 +98,13 @@ def load_trained_model(path: Path, device: torch.device | str = "cpu") -> tuple[
         state = weights_to_load(model, state, weights)
     except FrozenBackboneError as e:
         raise CheckpointError(str(e)) from None
-    result = model.load_state_dict(state, strict=False)
+    mismatch = f"{weights}: weights do not match {record['backbone']} + {record['head']} described by {record_path}"
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # a tensor of another shape (strict=False still refuses those)
+        raise CheckpointError(f"{mismatch}: {str(e).splitlines()[-1].strip()}") from None
     if result.missing_keys or result.unexpected_keys:
         more = lambda keys: f"{keys[:5]}{'...' if len(keys) > 5 else ''}"  # noqa: E731
-        raise CheckpointError(
-            f"{weights}: weights do not match {record['backbone']} + {record['head']} described by {record_path}: "
-            f"missing {more(result.missing_keys)}, unexpected {more(result.unexpected_keys)}")
+        raise CheckpointError(f"{mismatch}: missing {more(result.missing_keys)}, "
+                              f"unexpected {more(result.unexpected_keys)}")
     return model.eval().to(device), record
