@@ -110,3 +110,25 @@ def test_a_groups_multiplier_scales_its_learning_rate():
     optimizer = make_optimizer(model, _settings(lr_mult={"backbone": 0.1}))
     set_learning_rate(optimizer, 0.02)
     assert sorted(g["lr"] for g in optimizer.param_groups) == pytest.approx([0.002, 0.02])
+
+
+def test_a_backbone_multiplier_leaves_what_a_method_adds_at_the_base_rate_lora_included():
+    """rein_dg.yaml's `backbone: 0.1` is full fine-tuning's backbone rate: LoRA's adapters, which peft puts inside the
+    backbone's layers, train at the base rate like Rein's tokens, unless `method_modules.lora` names them."""
+    pytest.importorskip("peft")
+    for method, options in (("lora", {}), ("rein", {"token_length": 10}), ("vpt", {"num_tokens": 5})):
+        model = create_model("vit_debug_p16", "linear", num_classes=3)
+        build_method(method, options).build(model)
+        groups = parameter_groups(model, _settings(lr_mult={"backbone": 0.1}))
+        added = [n for n, p in model.named_parameters() if p.requires_grad and not n.startswith("head")]
+        assert added and (".lora_" in added[0]) == (method == "lora")
+        mult = {id(p): g["lr_mult"] for g in groups for p in g["params"]}
+        named = dict(model.named_parameters())
+        assert {mult[id(named[n])] for n in added} == {1.0}, method
+    groups = parameter_groups(model, _settings(lr_mult={"backbone": 0.1, "method_modules.vpt": 0.5}))
+    assert {g["lr_mult"] for g in groups} == {0.5, 1.0}
+    model = create_model("vit_debug_p16", "linear", num_classes=3)
+    build_method("lora", {}).build(model)
+    groups = parameter_groups(model, _settings(lr_mult={"backbone": 0.1, "method_modules.lora": 2.0}))
+    lora = {id(p) for n, p in model.named_parameters() if ".lora_" in n}
+    assert {g["lr_mult"] for g in groups for p in g["params"] if id(p) in lora} == {2.0}

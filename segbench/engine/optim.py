@@ -30,8 +30,23 @@ def multipliers(settings: TrainSettings) -> dict[str, float]:
             **{p: float(a) / float(settings.lr) for p, a in settings.lr_abs.items()}}
 
 
+#: where a method puts the parameters it adds (methods/foundation.py), and the name fragment peft gives LoRA's
+#: adapters inside the backbone's own layers
+METHOD_MODULES = "method_modules"
+LORA_FRAGMENT = ".lora_"
+
+
+def matched_name(name: str) -> str:
+    """The name `lr_mult` and `lr_abs` prefixes are matched on: LoRA's adapters, which peft puts inside the backbone's
+    layers, count as the method's (`method_modules.lora.`...) like Rein's tokens and VPT's prompts, so a backbone
+    multiplier meant for full fine-tuning (rein_dg.yaml's `backbone: 0.1`) leaves every added parameter at the base
+    rate; `method_modules.lora` scales them."""
+    return f"{METHOD_MODULES}.lora.{name}" if LORA_FRAGMENT in name else name
+
+
 def _multiplier(name: str, lr_mult: dict[str, float]) -> float:
     """The multiplier of the longest prefix of `name` in `lr_mult` (a prefix ends at a dot or the name's end)."""
+    name = matched_name(name)
     matches = [p for p in lr_mult if name == p or name.startswith(p.rstrip(".") + ".")]
     return float(lr_mult[max(matches, key=len)]) if matches else 1.0
 
