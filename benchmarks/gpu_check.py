@@ -20,6 +20,9 @@ Sections, in this order (--sections picks and orders them):
             ResNet-50, the loss at the head's own resolution): what would move the fraction of peak; and a
             roofline: the least traffic each kind of op moves in one step, and the fraction of peak the step could
             reach if convolutions kept their time and every other op ran at the card's peak memory bandwidth
+  hours     the projected training hours of each experiment file's whole recipe on this device, from each of its
+            distinct steps timed in segbench's loop (benchmarks/project_hours.py), without and (on a GPU) with
+            train.compile; measuring stops at the budget, leaving the remaining files' hours open
 
 Each section is guarded: a failure is recorded (error and traceback) and the next section runs. Once --budget-s is
 spent the remaining sections are recorded as skipped. Every figure goes to one JSON file (--out), rewritten after each
@@ -57,7 +60,7 @@ from torch.utils._pytree import tree_flatten  # noqa: E402
 
 #: the issue's target on an H100-class card: the preset at >= 35% of peak bf16 counted as model FLOPs
 TARGET_FRACTION_OF_PEAK = 0.35
-SECTION_NAMES = ("tests", "train", "models", "methods", "data", "embedded", "profile")
+SECTION_NAMES = ("tests", "train", "models", "methods", "data", "embedded", "profile", "hours")
 #: the methods the `methods` section times (every one that works on in-memory batches alone)
 TIMED_METHODS = ("erm", "iw", "irw", "sw", "mixstyle", "dsu", "np")
 
@@ -82,6 +85,9 @@ class Profile:
     profile_warmup: int = 5
     profile_steps: int = 15
     embedded_args: tuple[str, ...] = ()
+    hours_experiments: tuple[str, ...] = ()  # experiment file stems the hours section projects (empty: every one)
+    hours_steps: int | None = None  # at most this many distinct steps timed (None: until the budget is spent)
+    hours_compile: bool = True  # also with train.compile (on a GPU only)
     synthetic_sizes: str | None = None  # SEGBENCH_SYNTHETIC_SIZES for the embedded run
     #: intra-op threads on a CPU (None: torch's default). Tiny inputs gain nothing from threads, and on a busy CI
     #: machine two threads that wait for each other made a resnet18 step 20x slower (2.7 s against 0.14 s)
@@ -100,7 +106,8 @@ SMOKE = Profile(backbone="resnet18", head="fcn", crop=(64, 64), batch=2, train_i
                 profile_warmup=1, profile_steps=2,
                 embedded_args=("--set", "train.iters=2", "--set", "train.batch_size=2", "--seeds", "1",
                                "--backbones", "resnet18"),
-                synthetic_sizes="train=2,val=1", cpu_threads=1)
+                synthetic_sizes="train=2,val=1", cpu_threads=1, hours_experiments=("embedded",), hours_steps=1,
+                hours_compile=False)
 
 
 @dataclass
@@ -251,6 +258,27 @@ def section_embedded(ctx: Context) -> dict:
     return {"status": "ok" if ok else "failed", "command": run["command"], "run_wall_s": run["wall_s"],
             "returncode": run["returncode"], "table": table, **({"env": env} if env else {}),
             **({} if ok else {"output_tail": run["output_tail"]})}
+
+
+def section_hours(ctx: Context) -> dict:
+    """Projected hours of each experiment file's training on this device, eager and (on a GPU) compiled."""
+    import project_hours
+
+    p = ctx.profile
+    files = project_hours.experiment_files(list(p.hours_experiments) or None)
+
+    def can_measure(measured: int) -> bool:
+        return ctx.remaining_s() > 0 and (p.hours_steps is None or measured < p.hours_steps)
+
+    def progress(line: str) -> None:
+        print(line, file=sys.stderr)
+
+    figures = {"eager": project_hours.project(files, ctx.device, False, can_measure, progress)}
+    if p.hours_compile and ctx.device.type == "cuda":
+        figures["compiled"] = project_hours.project(files, ctx.device, True, can_measure, progress)
+    figures["table"] = "\n\n".join(project_hours.table(report, device_name(ctx.device))
+                                    for report in (figures["eager"], figures.get("compiled")) if report)
+    return figures
 
 
 #: the profile section's grouping of the innermost aten op that ran each kernel (first match wins, else "other")
@@ -445,7 +473,7 @@ def section_profile(ctx: Context) -> dict:
 
 
 SECTIONS = {"tests": section_tests, "train": section_train, "models": section_models, "methods": section_methods,
-            "data": section_data, "embedded": section_embedded, "profile": section_profile}
+            "data": section_data, "embedded": section_embedded, "hours": section_hours, "profile": section_profile}
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -599,6 +627,10 @@ def detail(name: str, e: dict) -> str:
         return text
     if name == "embedded":
         return f"run {e['run_wall_s']:.1f} s" + ("" if e["status"] == "ok" else f", exit {e['returncode']}")
+    if name == "hours":
+        return "; ".join(f"{kind}: " + ", ".join(
+            f"{stem} {'–' if x['hours'] is None else format(x['hours'], '.1f')} h" for stem, x in e[kind].items())
+            for kind in ("eager", "compiled") if kind in e)
     return ""
 
 
@@ -634,6 +666,9 @@ def main(argv=None) -> int:
     embedded = report["sections"].get("embedded", {})
     if embedded.get("table"):
         print("\nembedded default:\n" + embedded["table"])
+    hours = report["sections"].get("hours", {})
+    if hours.get("table"):
+        print("\n" + hours["table"])
     print(f"\nall figures: {args.out}")
     return 0 if all(e["status"] != "failed" for e in report["sections"].values()) else 1
 

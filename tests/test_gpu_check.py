@@ -43,10 +43,11 @@ def test_smoke_run_on_cpu_fills_every_section(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads(out.read_text())
     s = report["sections"]
-    assert list(s) == ["tests", "train", "models", "methods", "data", "embedded", "profile"]
+    assert list(s) == ["tests", "train", "models", "methods", "data", "embedded", "profile", "hours"]
     assert report["smoke"] is True and report["environment"]["device_type"] == "cpu"
     assert s["tests"]["status"] == "skipped" and "no CUDA" in s["tests"]["reason"]
-    assert all(s[name]["status"] == "ok" for name in ("train", "models", "methods", "data", "embedded", "profile")), s
+    assert all(s[name]["status"] == "ok"
+               for name in ("train", "models", "methods", "data", "embedded", "profile", "hours")), s
     assert set(s["methods"]["ratio_to_erm"]) == {"erm", "iw", "irw", "sw", "mixstyle", "dsu", "np"}
     assert s["methods"]["ratio_to_erm"]["erm"] == 1.0 and all(r > 0 for r in s["methods"]["images_per_s"].values())
 
@@ -72,6 +73,12 @@ def test_smoke_run_on_cpu_fills_every_section(tmp_path):
     assert bound["peak_tb_per_s"] is None and "fraction_of_peak_bf16_bound" not in bound  # no roofline for a CPU
     embedded = s["embedded"]
     assert embedded["returncode"] == 0 and "| resnet18 |" in embedded["table"] and embedded["run_wall_s"] > 0
+    hours = s["hours"]["eager"]["embedded"]  # the smoke run times one of the embedded default's three steps
+    assert hours["cells"] == 9 and hours["iterations"] == 9 * 80 and hours["hours"] is None
+    timed = [step for step in hours["steps"] if step["seconds_per_iteration"] is not None]
+    assert len(timed) == 1 and timed[0]["seconds_per_iteration"] > 0 and timed[0]["cells"] == 3
+    assert timed[0]["hours"] == pytest.approx(3 * 80 * timed[0]["seconds_per_iteration"] / 3600)
+    assert "compiled" not in s["hours"] and "| embedded | 9 | 720 | not measured |" in proc.stdout
     assert report["summary"][0].startswith("gpu_check on") and "embedded" in proc.stdout
     assert all(section.get("wall_s", 0) >= 0 for section in s.values())
 
