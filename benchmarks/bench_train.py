@@ -10,6 +10,8 @@ card's peak bf16 throughput for DeepLabV3+ / ResNet-50-IBN-a at crop 768, batch 
 from __future__ import annotations
 
 import argparse
+import csv
+import dataclasses
 import statistics
 import sys
 import tempfile
@@ -23,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from segbench.config import TrainSettings  # noqa: E402
 from segbench.data.cache import size_argument  # noqa: E402
 from segbench.engine.optim import poly_lr  # noqa: E402
-from segbench.engine.train import autocast_for, train  # noqa: E402
+from segbench.engine.train import LOG_EVERY, autocast_for, train  # noqa: E402
 from segbench.labels import IGNORE_INDEX  # noqa: E402
 from segbench.models import create_model  # noqa: E402
 
@@ -134,11 +136,25 @@ def bare_loop(model, images, masks, settings: TrainSettings, device) -> float:
     return timed_images_per_s(step, batches_of(images, masks, settings.batch_size, device), settings.iters, device)
 
 
-def segbench_loop(model, images, masks, settings: TrainSettings, device) -> float:
+def segbench_loop(model, images, masks, settings: TrainSettings, device, steady: bool = False) -> float:
+    """Images/s of segbench's loop over the whole run, or with `steady` over its second LOG_EVERY iterations only
+    (`window_seconds`): loader workers start inside the run, a cost a 40k-iteration run does not see."""
     with tempfile.TemporaryDirectory() as tmp:
+        log = Path(tmp) / "train_log.csv"
         stats = train(model, InMemory(images, masks), Passthrough(), settings, seed=0, device=device,
-                      ckpt_dir=Path(tmp) / "ckpt", identity={}, desc="segbench")
+                      ckpt_dir=Path(tmp) / "ckpt", identity={}, desc="segbench", log_path=log if steady else None)
+        if steady:
+            rows = {int(r["iteration"]): float(r["images_per_s"]) for r in csv.DictReader(log.open())}
+            return settings.batch_size / window_seconds(rows, settings.batch_size, LOG_EVERY)
     return stats["images_per_s"]
+
+
+def window_seconds(cumulative_rates: dict[int, float], batch: int, every: int) -> float:
+    """Seconds per iteration between the loop's first two log rows, from its cumulative images/s at each: at
+    iteration k it has run for k x batch / rate_k seconds."""
+    first, second = every, 2 * every
+    elapsed = {k: k * batch / cumulative_rates[k] for k in (first, second)}
+    return (elapsed[second] - elapsed[first]) / (second - first)
 
 
 def sync(device):
@@ -154,26 +170,41 @@ def precision(device: torch.device, settings: TrainSettings) -> str:
 
 
 def measure(backbone: str, head: str, size: tuple[int, int], batch: int, iters: int, repeats: int,
-            device: torch.device) -> dict:
+            device: torch.device, workers: int = 0) -> dict:
     """Images/s of both loops, median of `repeats` interleaved rounds after one warm-up round (allocator, cudnn
-    autotune), and their ratio."""
+    autotune), and their ratio. With `workers`, segbench's loop also runs with its real DataLoader (that many worker
+    processes; pinned memory on a GPU), timed at its steady state (`segbench_loop`'s `steady`: needs iters >= 2 x
+    LOG_EVERY), where the plain one collates and pins on the main thread (`workers=0`)."""
     settings = TrainSettings(iters=iters, batch_size=batch, workers=0, ckpt_every=0)
     images, masks = make_data(batch * 4, tuple(size))
-    rates = {"bare": [], "segbench": []}
+    loops = {"bare": bare_loop, "segbench": segbench_loop}
+    if workers:
+        if iters < 2 * LOG_EVERY:
+            raise ValueError(f"iters={iters}: the loop with workers is timed between iterations {LOG_EVERY} and "
+                             f"{2 * LOG_EVERY}; give at least {2 * LOG_EVERY}")
+        with_workers = dataclasses.replace(settings, workers=workers)
+        loops["segbench_workers"] = lambda m, i, k, _, d: segbench_loop(m, i, k, with_workers, d, steady=True)
+    rates = {name: [] for name in loops}
     for r in range(repeats + 1):
-        for name, loop in (("bare", bare_loop), ("segbench", segbench_loop)):
+        for name, loop in loops.items():
             torch.manual_seed(0)
             model = create_model(backbone, head)
             rate = loop(model, images, masks, settings, device)
             if r:
                 rates[name].append(rate)
             del model
-    bare, seg = statistics.median(rates["bare"]), statistics.median(rates["segbench"])
-    return {"backbone": backbone, "head": head, "crop_hw": list(size), "batch": batch, "iters": iters,
-            "repeats": repeats, "precision": precision(device, settings),
-            "channels_last": device.type == "cuda" and settings.channels_last,
-            "bare_images_per_s": bare, "segbench_images_per_s": seg, "segbench_over_bare": seg / bare,
-            "bare_runs": rates["bare"], "segbench_runs": rates["segbench"]}
+    median = {name: statistics.median(runs) for name, runs in rates.items()}
+    bare, seg = median["bare"], median["segbench"]
+    figures = {"backbone": backbone, "head": head, "crop_hw": list(size), "batch": batch, "iters": iters,
+               "repeats": repeats, "precision": precision(device, settings),
+               "channels_last": device.type == "cuda" and settings.channels_last,
+               "bare_images_per_s": bare, "segbench_images_per_s": seg, "segbench_over_bare": seg / bare,
+               "bare_runs": rates["bare"], "segbench_runs": rates["segbench"]}
+    if workers:
+        figures.update({"workers": workers, "segbench_workers_images_per_s": median["segbench_workers"],
+                        "segbench_workers_over_bare": median["segbench_workers"] / bare,
+                        "segbench_workers_runs": rates["segbench_workers"]})
+    return figures
 
 
 def training_flops_per_image(backbone: str, head: str, size: tuple[int, int]) -> float:
@@ -214,12 +245,15 @@ def main(argv=None):
     p.add_argument("--iters", type=int, default=20)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--workers", type=int, default=0,
+                   help="also time segbench's loop with this many DataLoader workers (steady state; iters >= 20)")
     p.add_argument("--gpu-preset", action="store_true", help="DeepLabV3+ / resnet50_ibn_a, crop 768, batch 8")
     args = p.parse_args(argv)
     if args.gpu_preset:
         args.backbone, args.head, args.size, args.batch = (GPU_PRESET[k] for k in ("backbone", "head", "size", "batch"))
     device = torch.device(args.device)
-    m = measure(args.backbone, args.head, tuple(args.size), args.batch, args.iters, args.repeats, device)
+    m = measure(args.backbone, args.head, tuple(args.size), args.batch, args.iters, args.repeats, device,
+                args.workers)
     print(f"device: {device_name(device)}; {args.backbone} + {args.head}, {args.size[0]}x{args.size[1]}, "
           f"batch {args.batch}, {args.iters} iters x {args.repeats}, {m['precision']}")
     print(f"bare loop:     {m['bare_images_per_s']:8.2f} images/s  "
@@ -228,6 +262,10 @@ def main(argv=None):
           f"(runs: {', '.join(f'{x:.2f}' for x in m['segbench_runs'])})")
     ratio = m["segbench_over_bare"]
     print(f"segbench / bare = {ratio:.3f}  (overhead {100 * (1 - ratio):+.1f}%)")
+    if args.workers:
+        w = m["segbench_workers_over_bare"]
+        print(f"segbench loop, {args.workers} workers, steady: {m['segbench_workers_images_per_s']:8.2f} images/s  "
+              f"(runs: {', '.join(f'{x:.2f}' for x in m['segbench_workers_runs'])}); / bare = {w:.3f}")
     if device.type == "cuda":
         t = throughput(args.backbone, args.head, tuple(args.size), m["segbench_images_per_s"], device_name(device))
         peak = t["peak_bf16_tflops"]

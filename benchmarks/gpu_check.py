@@ -7,7 +7,8 @@ Sections, in this order (--sections picks and orders them):
   tests     pytest -m cuda tests/test_cuda.py: bf16 and fp16 + GradScaler steps against fp32, channels_last,
             torch.compile, CUDA vs CPU confusion matrix, SyncBatchNorm in a 1-process NCCL group, sliding windows
   train     bench_train's GPU preset (DeepLabV3+ / ResNet-50-IBN-a, crop 768, batch 8): images/s of segbench's loop
-            and of a bare loop, model TFLOP/s and the fraction of the card's peak bf16
+            and of a bare loop, and of segbench's loop with its real DataLoader (min(8, CPUs) workers, pinned memory)
+            at its steady state; model TFLOP/s and the fraction of the card's peak bf16
   models    bench_models' timing: ResNet-50 vs IBN-a vs IBN-b, a training step of the preset and a full-frame forward
   methods   each feature-level DG method's training images/s in segbench's loop (plain ResNet-50 + the preset's
             head, crop and batch) relative to erm; ISW and SHADE (statistics passes over real images) and PASTA (in the
@@ -150,7 +151,10 @@ def section_train(ctx: Context) -> dict:
     import bench_train
 
     p = ctx.profile
-    figures = bench_train.measure(p.backbone, p.head, p.crop, p.batch, p.train_iters, p.train_repeats, ctx.device)
+    # with enough iterations for a steady window, segbench's loop also runs with its real DataLoader workers
+    workers = ctx.loader_workers if p.train_iters >= 2 * bench_train.LOG_EVERY else 0
+    figures = bench_train.measure(p.backbone, p.head, p.crop, p.batch, p.train_iters, p.train_repeats, ctx.device,
+                                  workers)
     figures.update(bench_train.throughput(p.backbone, p.head, p.crop, figures["segbench_images_per_s"],
                                           device_name(ctx.device)))
     if ctx.device.type == "cuda" and figures["fraction_of_peak_bf16"] is not None:
@@ -597,8 +601,9 @@ def detail(name: str, e: dict) -> str:
         return f"{e['passed']} passed, {e['failed']} failed, {e['errors']} errors, {e['skipped']} skipped"
     if name == "train":
         text = (f"{e['backbone']}+{e['head']} {e['crop_hw'][0]}x{e['crop_hw'][1]} b{e['batch']} {e['precision']}: "
-                f"{e['segbench_images_per_s']:.1f} img/s (bare {e['bare_images_per_s']:.1f}), "
-                f"{e['achieved_tflops']:.1f} TFLOP/s")
+                f"{e['segbench_images_per_s']:.1f} img/s (bare {e['bare_images_per_s']:.1f}"
+                + (f", {e['workers']} workers {e['segbench_workers_images_per_s']:.1f}" if "workers" in e else "")
+                + f"), {e['achieved_tflops']:.1f} TFLOP/s")
         if e.get("fraction_of_peak_bf16") is not None:
             text += f" = {100 * e['fraction_of_peak_bf16']:.1f}% of peak bf16"
         return text

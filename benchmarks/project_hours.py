@@ -102,15 +102,7 @@ def measure(step: Step, cell, device: torch.device) -> dict:
     finally:
         if device.type == "cuda":
             torch.cuda.empty_cache()
-    return {"fits": True, "seconds_per_iteration": window_seconds(rows, settings.batch_size, LOG_EVERY)}
-
-
-def window_seconds(cumulative_rates: dict[int, float], batch: int, every: int) -> float:
-    """Seconds per iteration between the first two log rows, from the loop's cumulative images/s at each: at
-    iteration k it has run for k x batch / rate_k seconds."""
-    first, second = every, 2 * every
-    elapsed = {k: k * batch / cumulative_rates[k] for k in (first, second)}
-    return (elapsed[second] - elapsed[first]) / (second - first)
+    return {"fits": True, "seconds_per_iteration": bench_train.window_seconds(rows, settings.batch_size, LOG_EVERY)}
 
 
 def project(files: list[Path], device: torch.device, compile_: bool = False,

@@ -212,3 +212,16 @@ def test_card_tables_pick_the_specific_name_first(gpu_check):
     assert bench_train.peak_memory_tb_per_s("NVIDIA A100-SXM4-40GB") == 1.555
     assert bench_train.peak_memory_tb_per_s("NVIDIA A10") == 0.6
     assert bench_train.peak_memory_tb_per_s("Intel Xeon") is None
+
+
+def test_the_loop_with_dataloader_workers_is_timed_beside_the_bare_one(gpu_check, one_thread):
+    """gpu_check's train section on a GPU adds segbench's loop with its real DataLoader (issue: within 5% of the bare
+    loop); on a CPU the same code runs with one worker, timed at its steady state."""
+    import bench_train
+
+    m = bench_train.measure("resnet18", "fcn", (16, 16), batch=2, iters=20, repeats=1, device=torch.device("cpu"),
+                            workers=1)
+    assert m["workers"] == 1 and len(m["segbench_workers_runs"]) == 1 and m["segbench_workers_images_per_s"] > 0
+    assert m["segbench_workers_over_bare"] == pytest.approx(m["segbench_workers_images_per_s"] / m["bare_images_per_s"])
+    with pytest.raises(ValueError, match="give at least 20"):
+        bench_train.measure("resnet18", "fcn", (16, 16), 2, 10, 1, torch.device("cpu"), workers=1)
