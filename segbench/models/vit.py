@@ -100,7 +100,10 @@ class DinoV2Backbone(nn.Module):
         self.vit = VisionTransformer(img_size=grid * patch_size, patch_size=patch_size, embed_dim=spec.embed_dim,
                                      depth=spec.depth, num_heads=spec.num_heads, init_values=1e-5, num_classes=0,
                                      global_pool="", reg_tokens=registers, no_embed_class=registers > 0,
-                                     dynamic_img_size=True, **mlp)
+                                     dynamic_img_size=True, **mlp,
+                                     # on the meta device (counting, validation) there are no values to initialise:
+                                     # timm's init would take 10 s of `segbench models`
+                                     weight_init="skip" if torch.empty(0).device.type == "meta" else "")
         if not final_norm:  # features never pass through it: no parameter without a gradient (DDP refuses those)
             self.vit.norm = nn.Identity()
         self.spec, self.patch_size, self.grid, self.registers = spec, patch_size, grid, registers
