@@ -131,9 +131,15 @@ def timed_images_per_s(step, batches, steps: int, device, first: int = 0) -> flo
     return steps * len(batches[0][0]) / (time.perf_counter() - t0)
 
 
-def bare_loop(model, images, masks, settings: TrainSettings, device) -> float:
+def bare_loop(model, images, masks, settings: TrainSettings, device, steady: bool = False) -> float:
+    """Images/s of the bare loop over `settings.iters` steps, or with `steady` over the same window as
+    `segbench_loop(steady=True)`: LOG_EVERY steps untimed, then LOG_EVERY timed."""
     step = bare_step(model, settings, device)
-    return timed_images_per_s(step, batches_of(images, masks, settings.batch_size, device), settings.iters, device)
+    batches = batches_of(images, masks, settings.batch_size, device)
+    if not steady:
+        return timed_images_per_s(step, batches, settings.iters, device)
+    timed_images_per_s(step, batches, LOG_EVERY, device)
+    return timed_images_per_s(step, batches, LOG_EVERY, device, first=LOG_EVERY)
 
 
 def segbench_loop(model, images, masks, settings: TrainSettings, device, steady: bool = False) -> float:
@@ -173,8 +179,8 @@ def measure(backbone: str, head: str, size: tuple[int, int], batch: int, iters: 
             device: torch.device, workers: int = 0) -> dict:
     """Images/s of both loops, median of `repeats` interleaved rounds after one warm-up round (allocator, cudnn
     autotune), and their ratio. With `workers`, segbench's loop also runs with its real DataLoader (that many worker
-    processes; pinned memory on a GPU), timed at its steady state (`segbench_loop`'s `steady`: needs iters >= 2 x
-    LOG_EVERY), where the plain one collates and pins on the main thread (`workers=0`)."""
+    processes; pinned memory on a GPU), against the bare loop over the same steady window (`steady`: needs iters >=
+    2 x LOG_EVERY), where the plain one collates and pins on the main thread (`workers=0`)."""
     settings = TrainSettings(iters=iters, batch_size=batch, workers=0, ckpt_every=0)
     images, masks = make_data(batch * 4, tuple(size))
     loops = {"bare": bare_loop, "segbench": segbench_loop}
@@ -183,6 +189,7 @@ def measure(backbone: str, head: str, size: tuple[int, int], batch: int, iters: 
             raise ValueError(f"iters={iters}: the loop with workers is timed between iterations {LOG_EVERY} and "
                              f"{2 * LOG_EVERY}; give at least {2 * LOG_EVERY}")
         with_workers = dataclasses.replace(settings, workers=workers)
+        loops["bare_steady"] = lambda m, i, k, s, d: bare_loop(m, i, k, s, d, steady=True)
         loops["segbench_workers"] = lambda m, i, k, _, d: segbench_loop(m, i, k, with_workers, d, steady=True)
     rates = {name: [] for name in loops}
     for r in range(repeats + 1):
@@ -201,9 +208,10 @@ def measure(backbone: str, head: str, size: tuple[int, int], batch: int, iters: 
                "bare_images_per_s": bare, "segbench_images_per_s": seg, "segbench_over_bare": seg / bare,
                "bare_runs": rates["bare"], "segbench_runs": rates["segbench"]}
     if workers:
-        figures.update({"workers": workers, "segbench_workers_images_per_s": median["segbench_workers"],
-                        "segbench_workers_over_bare": median["segbench_workers"] / bare,
-                        "segbench_workers_runs": rates["segbench_workers"]})
+        figures.update({"workers": workers, "bare_steady_images_per_s": median["bare_steady"],
+                        "segbench_workers_images_per_s": median["segbench_workers"],
+                        "segbench_workers_over_bare": median["segbench_workers"] / median["bare_steady"],
+                        "bare_steady_runs": rates["bare_steady"], "segbench_workers_runs": rates["segbench_workers"]})
     return figures
 
 
@@ -264,7 +272,8 @@ def main(argv=None):
     print(f"segbench / bare = {ratio:.3f}  (overhead {100 * (1 - ratio):+.1f}%)")
     if args.workers:
         w = m["segbench_workers_over_bare"]
-        print(f"segbench loop, {args.workers} workers, steady: {m['segbench_workers_images_per_s']:8.2f} images/s  "
+        print(f"steady window (iterations {LOG_EVERY}-{2 * LOG_EVERY}): bare {m['bare_steady_images_per_s']:.2f}, "
+              f"segbench with {args.workers} workers {m['segbench_workers_images_per_s']:.2f} images/s "
               f"(runs: {', '.join(f'{x:.2f}' for x in m['segbench_workers_runs'])}); / bare = {w:.3f}")
     if device.type == "cuda":
         t = throughput(args.backbone, args.head, tuple(args.size), m["segbench_images_per_s"], device_name(device))

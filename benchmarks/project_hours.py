@@ -11,14 +11,17 @@ measured once. One device runs the whole global batch in one process; a step tha
 reported as such (run it on more GPUs, or with train.accumulate).
 
 Not in the projection, so a real run takes longer: data loading (gpu_check's `data` section says whether the loader
-keeps up), scoring, checkpoints, ISW's and SHADE's one-off statistics passes (ISW's whitening loss only starts after
-its selection, so its steps are timed before it: IW's cost is the closer estimate), and PASTA's augmentation, which
-runs in the loader on the CPU. Weights start random (pretrained files are not read): the step costs the same.
+keeps up), scoring, checkpoints, ISW's and SHADE's one-off statistics passes over real images (ISW's steps are
+timed with every covariance entry selected, as costly as a real selection), and PASTA's augmentation, which runs in
+the loader on the CPU. Weights start random (pretrained files are not read), and the class-uniform sampler is off
+(it picks other images at the same cost). A step that fails is recorded with its error and leaves its file's hours
+open; the other steps are still timed.
 """
 from __future__ import annotations
 
 import argparse
 import csv
+import gc
 import json
 import sys
 import tempfile
@@ -78,28 +81,41 @@ def step_of(cell, compile_: bool = False) -> Step:
 
 
 def measure(step: Step, cell, device: torch.device) -> dict:
-    """Seconds per iteration of `step` in segbench's loop, timed over the second LOG_EVERY iterations."""
+    """Seconds per iteration of `step` in segbench's loop, timed over the second LOG_EVERY iterations; or why it
+    could not be timed ("fits": False for out of memory, "error" for anything else, so one step never loses the
+    figures of the others)."""
     import bench_train
     from segbench.config import model_settings, train_settings
     from segbench.engine.train import LOG_EVERY, train
+    from segbench.methods.whitening import InstanceWhitening
     from segbench.network import build_cell_model
 
+    # class_uniform's sampler needs the label files a real split has; it changes which images, not the step's cost
     settings = train_settings({**cell.train, **json.loads(step.train), "iters": 2 * LOG_EVERY, "workers": 0,
-                               "ckpt_every": 0, "warmup_iters": 0})
+                               "ckpt_every": 0, "warmup_iters": 0, "class_uniform": 0.0})
     images, masks = bench_train.make_data(settings.batch_size, tuple(settings.crop))
+    if settings.compile:
+        torch._dynamo.reset()  # else after 8 networks through one forward, dynamo runs the next ones eagerly
     torch.manual_seed(0)
     try:
         model, method = build_cell_model(step.backbone, step.head, model_settings(cell.model), step.method,
                                          json.loads(step.method_options), pretrained=False)
+        if hasattr(method, "selection_iteration"):  # ISW selects its entries from real images later: time its steps
+            for module in model.modules():  # as after the selection (the loss on; the entries do not change the cost)
+                if isinstance(module, InstanceWhitening):
+                    module.set_mask(module.mask.bool())
         with tempfile.TemporaryDirectory() as tmp:
             log = Path(tmp) / "train_log.csv"
             train(model, bench_train.InMemory(images, masks), bench_train.Passthrough(), settings, seed=0,
                   device=device, ckpt_dir=Path(tmp) / "ckpt", identity={}, log_path=log, desc=step.label,
                   method=method)
             rows = {int(r["iteration"]): float(r["images_per_s"]) for r in csv.DictReader(log.open())}
-    except torch.OutOfMemoryError:
+    except torch.cuda.OutOfMemoryError:
         return {"fits": False, "seconds_per_iteration": None}
+    except Exception as e:  # noqa: BLE001 - recorded with the step, the next one runs
+        return {"fits": None, "seconds_per_iteration": None, "error": f"{type(e).__name__}: {e}"}
     finally:
+        gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()
     return {"fits": True, "seconds_per_iteration": bench_train.window_seconds(rows, settings.batch_size, LOG_EVERY)}
@@ -144,6 +160,8 @@ def table(report: dict, device_name: str) -> str:
         hours = "not measured" if e["hours"] is None else f"{e['hours']:.2f}"
         if any(s["fits"] is False for s in e["steps"]):
             hours = "does not fit"
+        elif any("error" in s for s in e["steps"]):
+            hours = "a step failed (see the JSON)"
         lines.append(f"| {name}{' (compiled)' if e['compile'] else ''} | {e['cells']} | {e['iterations']} | {hours} | "
                      + ("–" if slowest is None else f"{slowest['step']}: {slowest['seconds_per_iteration']:.3f}")
                      + " |")

@@ -49,3 +49,16 @@ def test_a_file_whose_steps_were_not_all_measured_has_no_hours(project_hours):
     report = project_hours.project(files, device=None, can_measure=lambda measured: False, progress=lambda line: None)
     assert report["embedded"]["hours"] is None and report["embedded"]["iterations"] == 720
     assert "| embedded | 9 | 720 | not measured | – |" in project_hours.table(report, "CPU")
+
+
+def test_a_robustnet_isw_step_is_timed_with_its_sampler_and_selection_set_aside(project_hours, one_thread):
+    """RobustNet's recipes sample class-uniformly and ISW selects from real images: neither needs the synthetic
+    batches' labels or images, so the step is timed (shrunk here to a 32 x 32 crop and batch 2)."""
+    import torch
+
+    files = {p.stem: p for p in project_hours.experiment_files(None)}
+    cell = next(c for c in project_hours.experiment_cells(files["robustnet_methods"]) if c.method == "isw")
+    assert cell.train["class_uniform"] > 0
+    cell.train.update(crop=[32, 32], batch_size=2)
+    figures = project_hours.measure(project_hours.step_of(cell), cell, torch.device("cpu"))
+    assert figures["fits"] is True and figures["seconds_per_iteration"] > 0, figures
