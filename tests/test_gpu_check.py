@@ -2,7 +2,6 @@
 broken script), and its guard keeps going past a failing section and stops at the time budget."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -11,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from benchmark_scripts import benchmark_script
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "gpu_check.py"
@@ -18,20 +18,8 @@ SCRIPT = ROOT / "benchmarks" / "gpu_check.py"
 
 @pytest.fixture(scope="module")
 def gpu_check():
-    """The script as a module (it puts the repository and benchmarks/ on sys.path and sets environment defaults:
-    undone afterwards)."""
-    saved_path, saved_env = list(sys.path), set(os.environ)
-    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["gpu_check"] = module  # dataclasses look their module up there
-    try:
-        spec.loader.exec_module(module)
+    with benchmark_script("gpu_check") as module:
         yield module
-    finally:
-        sys.modules.pop("gpu_check", None)
-        sys.path[:] = saved_path
-        for key in set(os.environ) - saved_env:
-            del os.environ[key]
 
 
 @pytest.mark.slow

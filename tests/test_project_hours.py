@@ -2,27 +2,14 @@
 cumulative log, worked out by hand (the timing itself runs in gpu_check's smoke test)."""
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
+from benchmark_scripts import benchmark_script
 
 
 @pytest.fixture(scope="module")
 def project_hours():
-    saved = list(sys.path)
-    spec = importlib.util.spec_from_file_location("project_hours", ROOT / "benchmarks" / "project_hours.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["project_hours"] = module  # dataclasses look their module up there
-    try:
-        spec.loader.exec_module(module)
+    with benchmark_script("project_hours") as module:
         yield module
-    finally:
-        sys.modules.pop("project_hours", None)
-        sys.path[:] = saved
 
 
 def test_the_window_between_two_log_rows_is_the_steady_step(project_hours):
