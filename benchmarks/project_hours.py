@@ -60,15 +60,9 @@ class Step:
 def experiment_cells(path: Path) -> list:
     """The cells `python -m segbench.run --config PATH` would plan, without looking for datasets."""
     from segbench import run
-    from segbench.cells import plan
-    from segbench.models import BACKBONES, HEADS
-    from segbench.spec import parse_specs
 
     args = run.build_parser().parse_args(["--config", str(path)])
-    cfg = run.resolve_config(args, run.base_config(args))
-    methods = run.study_methods(cfg)
-    return plan(cfg, parse_specs(cfg["specs"]), BACKBONES.expand(cfg["backbones"]), HEADS.expand(cfg["heads"]),
-                methods, run.method_revisions(methods))
+    return run.study_cells(run.resolve_config(args, run.base_config(args)))
 
 
 def step_of(cell, compile_: bool = False) -> Step:

@@ -168,6 +168,18 @@ def method_revisions(methods: dict[str, dict]) -> dict[str, int]:
     return {name: METHODS.get(name).revision for name in methods}
 
 
+def study_cells(cfg: dict, transfers=None, backbones=None) -> list:
+    """The study's cells in run order (cells.plan over its specs, backbones, heads and methods); `transfers` and
+    `backbones` when the caller has them already."""
+    from .cells import plan
+    from .models import BACKBONES, HEADS
+
+    methods = study_methods(cfg)
+    return plan(cfg, parse_specs(cfg["specs"]) if transfers is None else transfers,
+                BACKBONES.expand(cfg["backbones"]) if backbones is None else backbones,
+                HEADS.expand(cfg["heads"]), methods, method_revisions(methods))
+
+
 def parse_analyses(text: str) -> list[str]:
     from .analysis import ANALYSES
 
@@ -339,20 +351,17 @@ def main(argv: list[str] | None = None) -> int:
         say(line)
 
     from . import distributed as dist_utils
-    from .cells import plan
     from .launchers import LAUNCHERS, parse_options
-    from .models import BACKBONES, HEADS
+    from .models import BACKBONES
     from .report import build_report
 
     backbones = BACKBONES.expand(cfg["backbones"])
-    heads = HEADS.expand(cfg["heads"])
     launcher = LAUNCHERS.get(args.launcher)
     try:
         launcher_opts = parse_options(args.launcher_opts, launcher)
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    methods = study_methods(cfg)
-    cells = plan(cfg, transfers, backbones, heads, methods, method_revisions(methods))
+    cells = study_cells(cfg, transfers, backbones)
     if args.only:
         unknown = set(args.only) - {c.cell_id for c in cells}
         if unknown:
